@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install dev run test lint typecheck conformance bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev-installed
+
+run: install
+	$(BIN)/tokenwire serve --host $(HOST) --port $(PORT)
+
+lint: dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: dev
+	$(BIN)/mypy
+
+test: dev lint typecheck
+	$(BIN)/python -m pytest -q
+
+conformance: install dev
+	TOKENWIRE_ROOT=$(CURDIR) $(BIN)/python -m pytest -q -p no:cacheprovider ../shared/conformance
+
+bench: install
+	$(BIN)/python bench/ws_load.py --clients 1 100 1000
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Request orchestration, sessions, event logs and statistics. No sockets here."""

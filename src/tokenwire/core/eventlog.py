@@ -1,0 +1,121 @@
+"""The per-request append-only event log, the one place a request's events go.
+
+The orchestrator appends; transports subscribe and receive records, replayed
+from any sequence number still held and then live. A record is encoded once
+and the same frame goes to every subscriber. The log is bounded in bytes: past
+`max_bytes` it drops its oldest records, and a subscriber that needs one of
+those is told so (`NotRecovered`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tokenwire.protocol.errors import TokenwireError
+from tokenwire.protocol.events import Event, EventType
+
+
+class NotRecovered(TokenwireError):
+    error_type = "not_recovered"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    event_type: EventType
+    frame: str
+
+
+class Subscriber(Protocol):
+    def deliver(self, record: Record) -> None:
+        """Take one record; must not block (buffer it and send it from elsewhere)."""
+
+
+class EventLog:
+    def __init__(
+        self,
+        request_id: str,
+        session_id: str | None,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.request_id = request_id
+        self.session_id = session_id
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._records: deque[Record] = deque()
+        self._bytes = 0
+        self._next_seq = 1
+        self._subscribers: list[Subscriber] = []
+        self.finished = False
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    @property
+    def first_held_seq(self) -> int:
+        return self._records[0].seq if self._records else self._next_seq
+
+    def append(self, event_type: EventType, data: dict[str, Any]) -> Record:
+        if self.finished:
+            raise RuntimeError(f"log of {self.request_id} is finished; nothing may follow")
+        event = Event(
+            event_type=event_type,
+            data=data,
+            timestamp=self._clock(),
+            session_id=self.session_id,
+            request_id=self.request_id,
+            seq=self._next_seq,
+        )
+        record = Record(self._next_seq, event_type, event.to_frame())
+        self._next_seq += 1
+        self._records.append(record)
+        self._bytes += len(record.frame)
+        while self._bytes > self._max_bytes and len(self._records) > 1:
+            self._bytes -= len(self._records.popleft().frame)
+        if event_type is EventType.STREAM_END:
+            self.finished = True
+        for subscriber in self._subscribers:
+            subscriber.deliver(record)
+        if self.finished:
+            self._subscribers.clear()
+        return record
+
+    def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
+        """Replay the records after `after_seq`, then deliver new ones as they come."""
+        if after_seq + 1 < self.first_held_seq:
+            raise NotRecovered(
+                f"events after seq {after_seq} of request {self.request_id} are no longer held"
+            )
+        for record in self._records:
+            if record.seq > after_seq:
+                subscriber.deliver(record)
+        if not self.finished:
+            self._subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+
+class LogStore(Protocol):
+    """Where logs live while their request runs and for a while after (a backend)."""
+
+    def create(self, request_id: str, session_id: str | None) -> EventLog:
+        """A new log; raises `InvalidRequest` if the id is taken."""
+
+    def get(self, request_id: str) -> EventLog | None: ...
+
+    def finished(self, log: EventLog) -> None:
+        """The request ended: keep its log for the retention time, then drop it."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,281 @@
+"""One request, start to end: provider stream in, events out into the request's log.
+
+The run writes stream_start, typing on, metadata, text (chunks or tokens) with
+progress, then on any outcome: an error event if it failed, typing off and
+exactly one stream_end. It knows nothing about sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from tokenwire.core.chunking import Coalescer
+from tokenwire.core.eventlog import EventLog
+from tokenwire.core.request import RequestSpec, Route
+from tokenwire.core.stats import StreamOutcome
+from tokenwire.protocol.errors import (
+    InternalError,
+    RequestTimeout,
+    TokenwireError,
+    error_payload,
+)
+from tokenwire.protocol.events import EventType, StreamStatus
+from tokenwire.protocol.messages import Granularity
+from tokenwire.providers.base import ProviderEvent, Usage, estimate_tokens
+
+logger = structlog.get_logger("tokenwire.stream")
+
+# Where the answer's length is unknown, progress approaches 100 along 1 - e^(-n/expected).
+DEFAULT_EXPECTED_DELTAS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTuning:
+    chunk_max_chars: int
+    chunk_flush_seconds: float
+    default_timeout: float
+
+
+class StreamRun:
+    """The state of one running request; `run()` is its whole life."""
+
+    def __init__(self, spec: RequestSpec, route: Route, log: EventLog, tuning: StreamTuning):
+        self.spec = spec
+        self.route = route
+        self.log = log
+        self._tuning = tuning
+        self.cancel_reason: str | None = None
+        self.started = time.monotonic()
+        self.ttft: float | None = None
+        self.usage: Usage | None = None
+        self.answer_parts: list[str] | None = [] if spec.conversation_id else None
+        self._coalescer = Coalescer(tuning.chunk_max_chars, tuning.chunk_flush_seconds)
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._deltas = 0
+        self._text_events = 0
+        self._text_length = 0
+        self._text_bytes = 0
+        self._known_total = route.slot.provider.expected_deltas(route.slot.provider_request(spec))
+        self._expected = self._known_total or spec.config.max_tokens or DEFAULT_EXPECTED_DELTAS
+        self._last_progress = 0.0
+
+    async def run(self) -> StreamOutcome:
+        self._emit_opening()
+        status = StreamStatus.COMPLETED
+        error: TokenwireError | None = None
+        try:
+            await self._pump()
+        except asyncio.CancelledError:
+            if self.cancel_reason is None:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            status = StreamStatus.CANCELLED
+        except TokenwireError as exc:
+            status, error = StreamStatus.ERROR, exc
+        except Exception:
+            logger.exception("stream failed", request_id=self.spec.request_id)
+            status, error = StreamStatus.ERROR, InternalError("internal error while streaming")
+        finally:
+            self._stop_flush_timer()
+        if status is not StreamStatus.CANCELLED:
+            # Text already produced goes out before the end; on cancel it is dropped.
+            self._flush_held_text()
+        return self._emit_closing(status, error)
+
+    def cancel(self, reason: str, task: asyncio.Task[Any]) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            task.cancel()
+
+    # -- phases ---------------------------------------------------------------
+
+    def _emit_opening(self) -> None:
+        spec, route = self.spec, self.route
+        self.log.append(
+            EventType.STREAM_START,
+            {
+                "request_id": spec.request_id,
+                "prompt_length": spec.prompt_length,
+                "estimated_duration": self._estimated_duration(),
+            },
+        )
+        self.log.append(EventType.TYPING_INDICATOR, {"is_typing": True})
+        self.log.append(
+            EventType.METADATA,
+            {
+                "task_type": route.task_type,
+                "recommended_provider": route.slot.name,
+                "routing_strategy": route.strategy.value,
+                "model": spec.config.model or route.slot.provider.model,
+            },
+        )
+
+    async def _pump(self) -> None:
+        slot = self.route.slot
+        timeout = self.spec.config.timeout or self._tuning.default_timeout
+        deadline = self.started + timeout
+        silence = slot.settings.timeout
+        request = slot.provider_request(self.spec)
+        try:
+            async with asyncio.timeout_at(self._loop_deadline(deadline)) as timer:
+                gate = slot.gate or contextlib.nullcontext()
+                async with gate, contextlib.aclosing(slot.provider.stream(request)) as events:
+                    await self._consume(events, timer, deadline, silence)
+        except TimeoutError:
+            raise RequestTimeout(self._timeout_message(timeout, deadline, silence)) from None
+
+    async def _consume(
+        self,
+        events: AsyncIterator[ProviderEvent],
+        timer: asyncio.Timeout,
+        deadline: float,
+        silence: float | None,
+    ) -> None:
+        token_mode = self.spec.granularity is Granularity.TOKEN
+        async for item in events:
+            if isinstance(item, Usage):
+                self.usage = item
+                continue
+            if not item:
+                continue
+            now = time.monotonic()
+            if self.ttft is None:
+                self.ttft = now - self.started
+            self._deltas += 1
+            if self.answer_parts is not None:
+                self.answer_parts.append(item)
+            if token_mode:
+                self._emit_text(item)
+            else:
+                chunk = self._coalescer.push(item, now)
+                if chunk is not None:
+                    self._stop_flush_timer()
+                    self._emit_text(chunk)
+                elif self._flush_timer is None and self._coalescer.due_at is not None:
+                    self._start_flush_timer(self._coalescer.due_at - now)
+            if silence is not None and now + silence < deadline:
+                timer.reschedule(self._loop_deadline(now + silence))
+
+    def _emit_closing(self, status: StreamStatus, error: TokenwireError | None) -> StreamOutcome:
+        spec = self.spec
+        if error is not None:
+            self.log.append(EventType.ERROR, error_payload(error, spec.request_id))
+        self.log.append(EventType.TYPING_INDICATOR, {"is_typing": False})
+        usage = self.usage or Usage(
+            prompt_tokens=estimate_tokens("".join(m.content for m in spec.messages)),
+            completion_tokens=self._deltas,
+        )
+        cost = self.route.slot.cost_usd(usage)
+        duration = time.monotonic() - self.started
+        end: dict[str, Any] = {
+            "request_id": spec.request_id,
+            "status": status.value,
+            "total_chunks": self._text_events,
+            "total_length": self._text_length,
+            "duration": duration,
+            "provider_used": self.route.slot.name,
+            "model": spec.config.model or self.route.slot.provider.model,
+            "cache_hit": False,
+            "ttft": self.ttft,
+            "usage": usage.as_dict(),
+            "cost_usd": cost,
+        }
+        if status is StreamStatus.CANCELLED:
+            end["reason"] = self.cancel_reason
+        elif error is not None:
+            end["error_type"] = error.error_type
+        self.log.append(EventType.STREAM_END, end)
+        return StreamOutcome(
+            provider=self.route.slot.name,
+            status=status,
+            duration=duration,
+            ttft=self.ttft,
+            chunks=self._text_events,
+            text_bytes=self._text_bytes,
+            usage=usage,
+            cost_usd=cost,
+        )
+
+    # -- text -----------------------------------------------------------------
+
+    def _emit_text(self, text: str) -> None:
+        self._text_length += len(text)
+        self._text_bytes += len(text.encode())
+        if self.spec.granularity is Granularity.TOKEN:
+            self.log.append(EventType.TOKEN, {"token": text, "index": self._text_events})
+        else:
+            self.log.append(
+                EventType.CHUNK,
+                {
+                    "chunk": text,
+                    "chunk_number": self._text_events + 1,
+                    "accumulated_length": self._text_length,
+                },
+            )
+        self._text_events += 1
+        every = self.spec.progress_every
+        if every and self._text_events % every == 0:
+            self.log.append(
+                EventType.PROGRESS,
+                {"progress": self._progress(), "chunks_sent": self._text_events},
+            )
+
+    def _progress(self) -> float:
+        if self._known_total and self._deltas <= self._known_total:
+            value = 100.0 * self._deltas / self._known_total
+        else:
+            value = 99.0 * (1.0 - math.exp(-self._deltas / self._expected))
+        self._last_progress = max(self._last_progress, min(100.0, round(value, 2)))
+        return self._last_progress
+
+    def _flush_held_text(self) -> None:
+        chunk = self._coalescer.take()
+        if chunk is not None:
+            self._emit_text(chunk)
+
+    def _start_flush_timer(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._flush_timer = loop.call_later(max(0.0, delay), self._on_flush_timer)
+
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        if not self.log.finished:
+            self._flush_held_text()
+
+    def _stop_flush_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    # -- helpers --------------------------------------------------------------
+
+    def _estimated_duration(self) -> float:
+        # A guess from the expected answer length at a typical 50 deltas/s.
+        return round(max(0.5, self._expected / 50.0), 2)
+
+    def _timeout_message(self, timeout: float, deadline: float, silence: float | None) -> str:
+        if time.monotonic() >= deadline - 0.001 or silence is None:
+            return f"no complete answer within {timeout:g} s"
+        return f"provider {self.route.slot.name} sent nothing for {silence:g} s"
+
+    @staticmethod
+    def _loop_deadline(monotonic_deadline: float) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def answer_text(run: StreamRun) -> str:
+    return "".join(run.answer_parts or ())
+
+
+OutcomeCallback = Callable[[StreamRun, StreamOutcome], None]

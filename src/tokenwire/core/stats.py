@@ -1,0 +1,115 @@
+"""Streaming statistics: counters the core updates, read by the stats endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tokenwire.core.sessions import SessionRegistry
+from tokenwire.protocol.events import StreamStatus
+from tokenwire.providers.base import Usage
+
+
+@dataclass
+class ProviderTotals:
+    streams: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "completed": self.completed,
+            "cancelled": self.cancelled,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+        }
+
+
+@dataclass
+class StreamOutcome:
+    provider: str
+    status: StreamStatus
+    duration: float
+    ttft: float | None
+    chunks: int
+    text_bytes: int
+    usage: Usage | None
+    cost_usd: float
+
+
+class StreamingStats:
+    def __init__(self) -> None:
+        self.total_streams = 0
+        self.active_streams = 0
+        self.bytes_streamed = 0
+        self._finished = 0
+        self._duration_sum = 0.0
+        self._ttft_sum = 0.0
+        self._ttft_count = 0
+        self._by_status = {status: 0 for status in StreamStatus}
+        self.providers: dict[str, ProviderTotals] = {}
+
+    def stream_started(self) -> None:
+        self.total_streams += 1
+        self.active_streams += 1
+
+    def stream_ended(self, outcome: StreamOutcome) -> None:
+        self.active_streams -= 1
+        self._finished += 1
+        self._duration_sum += outcome.duration
+        self.bytes_streamed += outcome.text_bytes
+        self._by_status[outcome.status] += 1
+        if outcome.ttft is not None:
+            self._ttft_sum += outcome.ttft
+            self._ttft_count += 1
+        totals = self.providers.setdefault(outcome.provider, ProviderTotals())
+        totals.streams += 1
+        if outcome.status is StreamStatus.COMPLETED:
+            totals.completed += 1
+        elif outcome.status is StreamStatus.CANCELLED:
+            totals.cancelled += 1
+        else:
+            totals.errors += 1
+        if outcome.usage is not None:
+            totals.prompt_tokens += outcome.usage.prompt_tokens
+            totals.completion_tokens += outcome.usage.completion_tokens
+        totals.cost_usd += outcome.cost_usd
+
+    def snapshot(self, sessions: SessionRegistry) -> dict[str, Any]:
+        live = list(sessions)
+        users = sessions.user_count
+        return {
+            "sessions": sessions_snapshot(sessions),
+            "streams": {
+                "total_streams": self.total_streams,
+                "active_streams": self.active_streams,
+                "avg_stream_duration": self._duration_sum / self._finished
+                if self._finished
+                else 0.0,
+                "avg_ttft": self._ttft_sum / self._ttft_count if self._ttft_count else 0.0,
+                "bytes_streamed": self.bytes_streamed,
+                "by_status": {status.value: n for status, n in self._by_status.items()},
+            },
+            "providers": {name: t.as_dict() for name, t in self.providers.items()},
+            "performance": {
+                "avg_session_duration": sum(s.duration for s in live) / len(live) if live else 0.0,
+                "distinct_users": users,
+                "sessions_per_user": len(live) / users if users else 0.0,
+            },
+        }
+
+
+def sessions_snapshot(sessions: SessionRegistry) -> dict[str, Any]:
+    return {
+        "total_sessions": sessions.total_opened,
+        "active_sessions": len(sessions),
+        "active_session_details": {s.session_id: s.describe() for s in sessions},
+    }

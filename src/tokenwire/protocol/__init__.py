@@ -1,0 +1,1 @@
+"""The wire contract: client messages, server events, error codes. No I/O happens here."""

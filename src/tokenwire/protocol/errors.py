@@ -1,0 +1,138 @@
+"""The one exception hierarchy of tokenwire, and its mapping onto the wire.
+
+Every error a client can see is a `TokenwireError` subclass carrying its wire
+`error_type`. How an error becomes an event payload, an HTTP status or a
+WebSocket close code is decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TokenwireError(Exception):
+    """Base of every error that reaches a client."""
+
+    error_type = "internal_error"
+    # Set where an error about a request is raised before that request exists.
+    request_id: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> dict[str, Any]:
+        """Extra fields a subclass adds to the error event."""
+        return {}
+
+
+class InvalidJSON(TokenwireError):
+    error_type = "invalid_json"
+
+
+class InvalidMessage(TokenwireError):
+    """A frame that is JSON but not a client message (not an object, no type, binary)."""
+
+    error_type = "invalid_message"
+
+
+class UnknownMessageType(TokenwireError):
+    error_type = "unknown_message_type"
+
+
+class InvalidRequest(TokenwireError):
+    """A well-formed message whose content is wrong (bad prompt, config, options)."""
+
+    error_type = "invalid_request"
+
+
+class UnknownRequest(TokenwireError):
+    """A request id that is not running, or not the caller's to touch."""
+
+    error_type = "unknown_request"
+
+
+class MessageTooLarge(TokenwireError):
+    error_type = "message_too_large"
+
+
+class ProviderError(TokenwireError):
+    """The upstream failed, or ended its stream without its end marker."""
+
+    error_type = "provider_error"
+
+
+class ProviderAuthError(ProviderError):
+    error_type = "provider_auth_error"
+
+
+class RateLimited(ProviderError):
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.retry_after is None else {"retry_after": self.retry_after}
+
+
+class RequestTimeout(TokenwireError):
+    """The request's deadline passed, or the upstream fell silent for too long."""
+
+    error_type = "timeout"
+
+
+class ShuttingDown(TokenwireError):
+    error_type = "shutting_down"
+
+
+class InternalError(TokenwireError):
+    """A defect in tokenwire itself; the message never carries internals."""
+
+    error_type = "internal_error"
+
+
+_HTTP_STATUS: dict[type[TokenwireError], int] = {
+    InvalidJSON: 400,
+    InvalidMessage: 400,
+    UnknownMessageType: 400,
+    InvalidRequest: 400,
+    UnknownRequest: 404,
+    MessageTooLarge: 413,
+    RateLimited: 429,
+    ProviderAuthError: 502,
+    ProviderError: 502,
+    RequestTimeout: 504,
+    ShuttingDown: 503,
+}
+
+_CLOSE_CODE: dict[type[TokenwireError], int] = {
+    MessageTooLarge: 1009,
+    ShuttingDown: 1001,
+}
+
+
+def error_payload(error: TokenwireError, request_id: str | None) -> dict[str, Any]:
+    """The `data` of an `error` event."""
+    return {
+        "error": error.message,
+        "error_type": error.error_type,
+        "request_id": request_id,
+        **error.details(),
+    }
+
+
+def http_status(error: TokenwireError) -> int:
+    for cls in type(error).__mro__:
+        if cls in _HTTP_STATUS:
+            return _HTTP_STATUS[cls]
+    return 500
+
+
+def close_code(error: TokenwireError) -> int:
+    """The WebSocket close code for an error that ends a connection."""
+    for cls in type(error).__mro__:
+        if cls in _CLOSE_CODE:
+            return _CLOSE_CODE[cls]
+    return 1011

@@ -1,0 +1,1 @@
+"""Model providers, one module per kind, all behind `providers.base.Provider`."""

@@ -1,0 +1,81 @@
+"""The one seam every model sits behind.
+
+A provider turns a `ProviderRequest` into an async iterator of text deltas that
+ends with one `Usage`. Closing the iterator early (`aclose()`, which happens on
+cancel, timeout or a vanished client) must close the upstream at once, so that
+no tokens keep being generated or paid for. A stream that ends without the
+upstream's end marker raises `ProviderError`; it is never a completed answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tokenwire.protocol.messages import ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """What a provider is asked: the whole conversation, already assembled."""
+
+    messages: tuple[ChatMessage, ...]
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_text(self) -> str:
+        return "\n".join(m.content for m in self.messages)
+
+
+ProviderEvent = str | Usage
+
+
+class Provider(Protocol):
+    """A configured model endpoint. `name` is what clients and stats see."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    def validate(self, request: ProviderRequest) -> None:
+        """Raise `InvalidRequest` for options this provider cannot take."""
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        """How many deltas the answer will have, where known in advance (drives progress)."""
+
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        """Text deltas, then one `Usage`; raises a `ProviderError` subclass on failure."""
+
+    async def aclose(self) -> None:
+        """Release clients and threads at shutdown."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough local count (about four characters a token) for providers that report none."""
+    return max(1, (len(text) + 3) // 4) if text else 0

@@ -1,0 +1,138 @@
+"""A deterministic stand-in model for tests, demos and benchmarks.
+
+The same prompt and options always give the same deltas. Per-request options
+(`config.options`): `tokens` (number of deltas, default 60), `delay_ms` (pause
+between deltas, default 20), `fail_after` (raise a provider error after that
+many deltas), `stall_after` (stop sending, without ending, after that many).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenwire.protocol.errors import InvalidRequest, ProviderError
+from tokenwire.protocol.messages import describe_validation_error
+from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage, estimate_tokens
+from tokenwire.settings import ProviderSettings
+
+_WORDS = [
+    "stream",
+    "token",
+    "answer",
+    "model",
+    "latency",
+    "socket",
+    "event",
+    "provider",
+    "request",
+    "client",
+    "server",
+    "chunk",
+    "progress",
+    "session",
+    "cancel",
+    "resume",
+    "buffer",
+    "frame",
+    "deliver",
+    "route",
+    "fast",
+    "reliable",
+    "complete",
+    "order",
+    "sequence",
+    "gateway",
+    "network",
+    "browser",
+    "message",
+    "text",
+    "signal",
+    "quiet",
+]
+
+
+class SimulatedOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    tokens: Annotated[int, Field(ge=0, le=1_000_000)] = 60
+    delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
+    fail_after: Annotated[int, Field(ge=0)] | None = None
+    stall_after: Annotated[int, Field(ge=0)] | None = None
+
+
+class SimulatedProvider:
+    kind = "simulated"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self._name = settings.name
+        self._model = settings.model or "simulated-1"
+        self._defaults = _parse(settings.options, "options")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def validate(self, request: ProviderRequest) -> None:
+        self._options(request)
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        options = self._options(request)
+        if request.max_tokens is not None:
+            return min(options.tokens, request.max_tokens)
+        return options.tokens
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        options = self._options(request)
+        count = options.tokens
+        if request.max_tokens is not None:
+            count = min(count, request.max_tokens)
+        delay = options.delay_ms / 1000
+        rng = random.Random(_seed(request, options))
+        for index in range(count):
+            if options.fail_after is not None and index >= options.fail_after:
+                raise ProviderError(f"simulated failure after {options.fail_after} deltas")
+            if options.stall_after is not None and index >= options.stall_after:
+                await asyncio.Event().wait()
+            # sleep(0) still yields, so a fast stream never starves the event loop.
+            await asyncio.sleep(delay)
+            word = rng.choice(_WORDS)
+            yield word if index == 0 else " " + word
+        yield Usage(
+            prompt_tokens=estimate_tokens(request.prompt_text),
+            completion_tokens=count,
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+    def _options(self, request: ProviderRequest) -> SimulatedOptions:
+        if not request.options:
+            return self._defaults
+        merged = {**self._defaults.model_dump(exclude_unset=True), **request.options}
+        return _parse(merged, "config.options")
+
+
+def _parse(options: object, where: str) -> SimulatedOptions:
+    try:
+        return SimulatedOptions.model_validate(options)
+    except ValidationError as exc:
+        raise InvalidRequest(f"{where}: {describe_validation_error(exc)}") from None
+
+
+def _seed(request: ProviderRequest, options: SimulatedOptions) -> int:
+    material = json.dumps(
+        [[m.role, m.content] for m in request.messages] + [options.model_dump()],
+        sort_keys=True,
+    )
+    return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")

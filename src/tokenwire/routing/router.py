@@ -1,0 +1,36 @@
+"""The router: a forced provider, else one strong at the task, else the default."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tokenwire.core.request import ProviderSlot, RequestSpec, Route
+from tokenwire.protocol.errors import InvalidRequest
+from tokenwire.routing.classify import classify
+
+
+class StrengthRouter:
+    def __init__(self, slots: Mapping[str, ProviderSlot], default_provider: str) -> None:
+        if default_provider not in slots:
+            raise ValueError(f"default provider {default_provider!r} is not configured")
+        self._slots = dict(slots)
+        self._default = slots[default_provider]
+
+    def choose(self, spec: RequestSpec) -> Route:
+        task = classify(spec.latest_user_text)
+        strategy = spec.config.routing_strategy
+        forced = spec.config.provider
+        if forced is not None:
+            slot = self._slots.get(forced)
+            if slot is None:
+                known = ", ".join(sorted(self._slots))
+                raise InvalidRequest(
+                    f"config.provider: unknown provider {forced!r}; known: {known}"
+                )
+            return Route(slot, task.value, strategy)
+        if task.value in self._default.settings.strengths:
+            return Route(self._default, task.value, strategy)
+        for slot in self._slots.values():
+            if task.value in slot.settings.strengths:
+                return Route(slot, task.value, strategy)
+        return Route(self._default, task.value, strategy)

@@ -1,0 +1,229 @@
+"""One typed settings model, built once at start-up and handed down.
+
+Sources, weakest first: the TOML file given with `--config`, environment
+variables `TOKENWIRE_<TABLE>__<KEY>`, command-line flags. A wrong file stops
+start-up with one message naming the key; nothing starts half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from tokenwire.protocol.messages import RoutingStrategy
+
+ProviderKind = Literal["openai", "anthropic", "bedrock", "local", "simulated"]
+PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "anthropic", "bedrock", "local", "simulated")
+
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Table):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Off by default: deflate roughly doubles CPU per frame for small token frames.
+    ws_per_message_deflate: bool = False
+    # How long SIGTERM waits for streams to end and sockets to close before exiting.
+    shutdown_grace_seconds: Positive = 5.0
+
+
+class StreamSettings(_Table):
+    progress_every: Annotated[int, Field(ge=0)] = 10
+    chunk_flush_ms: Positive = 40.0
+    chunk_max_chars: Annotated[int, Field(ge=1)] = 256
+    request_timeout_seconds: Positive = 30.0
+    log_retention_seconds: NonNegative = 300.0
+    max_log_bytes: Annotated[int, Field(ge=1024)] = 8 * MiB
+    resume_grace_seconds: NonNegative = 10.0
+    session_idle_seconds: Positive = 3600.0
+    session_sweep_seconds: Positive = 300.0
+    conversation_max_tokens: Annotated[int, Field(ge=1)] = 4096
+
+
+class ProviderSettings(_Table):
+    name: Annotated[str, Field(min_length=1)]
+    kind: ProviderKind
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    input_cost_per_mtok: NonNegative = 0.0
+    output_cost_per_mtok: NonNegative = 0.0
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    timeout: Positive | None = None
+    strengths: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def api_key(self) -> str | None:
+        """The key, read from the environment at the moment it is needed; never stored."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class RoutingSettings(_Table):
+    default_provider: str | None = None
+    strategy: RoutingStrategy = RoutingStrategy.INTELLIGENT
+
+
+class AuthSettings(_Table):
+    mode: Literal["none"] = "none"
+    jwt_secret_env: str | None = None
+    jwt_public_key_file: str | None = None
+    jwks_file: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    api_keys_env: str | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    admin_users: list[str] = Field(default_factory=list)
+    metrics_public: bool = False
+
+
+class LimitsSettings(_Table):
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1 * MiB
+
+
+class RedisSettings(_Table):
+    url: str | None = None
+
+
+class LoggingSettings(_Table):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class MetricsSettings(_Table):
+    pass
+
+
+def default_providers() -> list[ProviderSettings]:
+    return [
+        ProviderSettings(name="local", kind="local"),
+        ProviderSettings(name="simulated", kind="simulated"),
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENWIRE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    providers: list[ProviderSettings] = Field(default_factory=default_providers)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @model_validator(mode="after")
+    def _providers_are_coherent(self) -> Settings:
+        if not self.providers:
+            raise ValueError("providers: at least one provider is needed")
+        seen: set[str] = set()
+        for i, p in enumerate(self.providers):
+            if p.name in seen:
+                raise ValueError(f"providers[{i}].name: duplicate provider name {p.name!r}")
+            seen.add(p.name)
+            if p.api_key_env and p.api_key_env not in os.environ:
+                raise ValueError(
+                    f"providers[{i}].api_key_env: environment variable {p.api_key_env} is not set"
+                )
+        default = self.routing.default_provider
+        if default is not None and default not in seen:
+            raise ValueError(f"routing.default_provider: no provider is named {default!r}")
+        return self
+
+    @property
+    def default_provider(self) -> str:
+        return self.routing.default_provider or self.providers[0].name
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Strongest first: flags (init values), then the environment, then the file.
+        file_source = InitSettingsSource(settings_cls, init_kwargs=_file_data.get() or {})
+        return (init_settings, env_settings, file_source)
+
+
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("tokenwire_config_file", default=None)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the settings from file, environment and flags, or raise `ConfigError`."""
+    token = _file_data.set(read_config_file(config_file) if config_file else {})
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(describe_config_error(exc)) from None
+    finally:
+        _file_data.reset(token)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+_FRIENDLY = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+}
+
+
+def describe_config_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    where = ""
+    for part in err["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    message = _FRIENDLY.get(err["type"], err["msg"].removeprefix("Value error, "))
+    if err["type"] == "value_error" and not where:
+        return message
+    return f"{where}: {message}" if where else message

@@ -1,0 +1,1 @@
+"""Thin adapters from the network onto the core gateway."""

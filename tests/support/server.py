@@ -1,0 +1,113 @@
+"""A real tokenwire server on a loopback port, inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+
+from tokenwire.app import build_app, build_gateway
+from tokenwire.cli import GracefulServer
+from tokenwire.core.gateway import Gateway
+from tokenwire.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def simulated_settings(**tables: Any) -> Settings:
+    """Settings serving only the simulated provider, with table overrides."""
+    overrides: dict[str, Any] = {"providers": [{"name": "simulated", "kind": "simulated"}]}
+    overrides.update(tables)
+    return load_settings(None, overrides)
+
+
+class RunningServer:
+    def __init__(self, url: str, gateway: Gateway, server: GracefulServer) -> None:
+        self.url = url
+        self.ws_url = url.replace("http", "ws", 1) + "/ws/ai-stream"
+        self.gateway = gateway
+        self.server = server
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings | None = None) -> AsyncIterator[RunningServer]:
+    settings = settings or simulated_settings()
+    port = free_port()
+    gateway = build_gateway(settings)
+    config = uvicorn.Config(
+        build_app(settings, gateway),
+        host="127.0.0.1",
+        port=port,
+        ws_max_size=4 * settings.limits.max_message_bytes,
+        ws_per_message_deflate=settings.server.ws_per_message_deflate,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", gateway, server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+class WsClient:
+    """A recording WebSocket client for tests."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.hello: dict[str, Any] = {}
+
+    async def send(self, obj: Any) -> None:
+        await self.ws.send(obj if isinstance(obj, str | bytes) else json.dumps(obj))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        return frame
+
+    async def until_end(self, request_id: str | None = None, timeout: float = 20.0) -> list[
+        dict[str, Any]
+    ]:
+        """Frames up to the stream_end of `request_id` (or of any request)."""
+        frames = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                frames.append(frame)
+                if frame.get("event_type") == "stream_end" and (
+                    request_id is None or frame["request_id"] == request_id
+                ):
+                    return frames
+
+    async def ask(self, prompt: str, **fields: Any) -> list[dict[str, Any]]:
+        await self.send({"type": "ai_request", "prompt": prompt, **fields})
+        return await self.until_end(fields.get("request_id"))
+
+
+@contextlib.asynccontextmanager
+async def ws_client(server: RunningServer, query: str = "") -> AsyncIterator[WsClient]:
+    async with connect(server.ws_url + query, max_size=2**24) as ws:
+        client = WsClient(ws)
+        client.hello = await client.recv()
+        yield client
+
+
+def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [f for f in frames if f.get("event_type") == event_type]
