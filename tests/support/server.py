@@ -40,10 +40,12 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings | None = None) -> AsyncIterator[RunningServer]:
-    settings = settings or simulated_settings()
+async def running_server(
+    settings: Settings | None = None, gateway: Gateway | None = None
+) -> AsyncIterator[RunningServer]:
+    settings = settings or (gateway.settings if gateway else simulated_settings())
     port = free_port()
-    gateway = build_gateway(settings)
+    gateway = gateway or build_gateway(settings)
     config = uvicorn.Config(
         build_app(settings, gateway),
         host="127.0.0.1",
@@ -82,9 +84,9 @@ class WsClient:
         frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         return frame
 
-    async def until_end(self, request_id: str | None = None, timeout: float = 20.0) -> list[
-        dict[str, Any]
-    ]:
+    async def until_end(
+        self, request_id: str | None = None, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
         """Frames up to the stream_end of `request_id` (or of any request)."""
         frames = []
         async with asyncio.timeout(timeout):
@@ -111,3 +113,19 @@ async def ws_client(server: RunningServer, query: str = "") -> AsyncIterator[WsC
 
 def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
     return [f for f in frames if f.get("event_type") == event_type]
+
+
+def gateway_with(*providers: Any, settings: Settings | None = None) -> Gateway:
+    """A gateway serving these provider objects (the first is the default)."""
+    from tokenwire.backends.memory import MemoryLogStore
+    from tokenwire.core.request import ProviderSlot
+    from tokenwire.routing.router import StrengthRouter
+    from tokenwire.settings import ProviderSettings
+
+    settings = settings or simulated_settings()
+    slots = {
+        p.name: ProviderSlot(p, ProviderSettings(name=p.name, kind="simulated")) for p in providers
+    }
+    router = StrengthRouter(slots, providers[0].name)
+    logs = MemoryLogStore(settings.streams.log_retention_seconds, settings.streams.max_log_bytes)
+    return Gateway(settings, slots, router, logs)

@@ -18,7 +18,7 @@ from tokenwire.core.orchestrator import StreamRun, StreamTuning, answer_text
 from tokenwire.core.request import ProviderSlot, RequestSpec, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.stats import StreamingStats
-from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
+from tokenwire.protocol.errors import InvalidRequest, TokenwireError, UnknownRequest
 from tokenwire.protocol.events import StreamStatus
 from tokenwire.protocol.messages import AiRequest, ChatMessage
 from tokenwire.settings import Settings
@@ -75,10 +75,14 @@ class Gateway:
 
     def start(self, session: Session, message: AiRequest) -> EventLog:
         """Validate, route and start a request; its events go to the returned log."""
-        spec = self._spec(session, message)
-        route = self.router.choose(spec)
-        route.slot.provider.validate(route.slot.provider_request(spec))
-        log = self.logs.create(spec.request_id, session.session_id)
+        try:
+            spec = self._spec(session, message)
+            route = self.router.choose(spec)
+            route.slot.provider.validate(route.slot.provider_request(spec))
+            log = self.logs.create(spec.request_id, session.session_id)
+        except TokenwireError as exc:
+            exc.request_id = exc.request_id or message.request_id
+            raise
         run = StreamRun(spec, route, log, self._tuning)
         task = asyncio.create_task(self._drive(run, session), name=f"stream {spec.request_id}")
         self._runs[spec.request_id] = (run, task)

@@ -1,0 +1,276 @@
+"""One request's run, without sockets: event order, outcomes, timeouts, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from tokenwire.core.eventlog import EventLog, Record
+from tokenwire.core.orchestrator import StreamRun, StreamTuning
+from tokenwire.core.request import ProviderSlot, RequestSpec, Route
+from tokenwire.protocol.errors import ProviderError
+from tokenwire.protocol.messages import ChatMessage, Granularity, RequestConfig, RoutingStrategy
+from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.providers.simulated import SimulatedProvider
+from tokenwire.settings import ProviderSettings
+
+TUNING = StreamTuning(chunk_max_chars=64, chunk_flush_seconds=0.02, default_timeout=5.0)
+
+
+class Scripted:
+    """A provider that plays a script of (delay, delta) steps and records its closing."""
+
+    kind = "scripted"
+    name = "scripted"
+    model = "script-1"
+
+    def __init__(self, steps: list[tuple[float, str]], usage: Usage | None = None) -> None:
+        self.steps = steps
+        self.usage = usage
+        self.closed_at: float | None = None
+
+    def validate(self, request: ProviderRequest) -> None:
+        return None
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        try:
+            for delay, delta in self.steps:
+                await asyncio.sleep(delay)
+                yield delta
+            if self.usage is not None:
+                yield self.usage
+        finally:
+            self.closed_at = time.monotonic()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.arrived: list[float] = []
+
+    def deliver(self, record: Record) -> None:
+        self.frames.append(json.loads(record.frame))
+        self.arrived.append(time.monotonic())
+
+    def kinds(self) -> list[str]:
+        return [f["event_type"] for f in self.frames]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f["data"] for f in self.frames if f["event_type"] == kind]
+
+
+def make_run(
+    provider: Any,
+    *,
+    timeout: float | None = None,
+    silence: float | None = None,
+    granularity: Granularity = Granularity.CHUNK,
+    progress_every: int = 10,
+    options: dict[str, Any] | None = None,
+) -> tuple[StreamRun, Inbox]:
+    settings = ProviderSettings(name=provider.name, kind="simulated", timeout=silence)
+    slot = ProviderSlot(provider, settings)
+    spec = RequestSpec(
+        request_id="r1",
+        user_id="u",
+        session_id="s",
+        messages=(ChatMessage(role="user", content="hello there"),),
+        prompt_length=11,
+        config=RequestConfig(timeout=timeout, options=options or {}),
+        granularity=granularity,
+        progress_every=progress_every,
+    )
+    log = EventLog("r1", "s", 1 << 20)
+    inbox = Inbox()
+    log.subscribe(inbox)
+    return StreamRun(
+        spec, Route(slot, "conversation", RoutingStrategy.INTELLIGENT), log, TUNING
+    ), inbox
+
+
+def simulated() -> SimulatedProvider:
+    return SimulatedProvider(ProviderSettings(name="sim", kind="simulated"))
+
+
+async def test_completed_run_emits_the_contract_sequence() -> None:
+    run, inbox = make_run(simulated(), options={"tokens": 25, "delay_ms": 0})
+    outcome = await run.run()
+    kinds = inbox.kinds()
+    assert kinds[:3] == ["stream_start", "typing_indicator", "metadata"]
+    assert kinds[-2:] == ["typing_indicator", "stream_end"]
+    assert [f["seq"] for f in inbox.frames] == list(range(1, len(kinds) + 1))
+    end = inbox.of("stream_end")[0]
+    text = "".join(c["chunk"] for c in inbox.of("chunk"))
+    assert end["status"] == "completed"
+    assert end["total_length"] == len(text)
+    assert end["total_chunks"] == len(inbox.of("chunk"))
+    assert end["usage"]["completion_tokens"] == 25
+    assert outcome.usage is not None
+    assert outcome.usage.completion_tokens == 25
+    assert len(text.split()) == 25
+
+
+async def test_same_prompt_and_options_give_the_same_text() -> None:
+    texts = []
+    for _ in range(2):
+        run, inbox = make_run(
+            simulated(), granularity=Granularity.TOKEN, options={"tokens": 30, "delay_ms": 0}
+        )
+        await run.run()
+        texts.append([t["token"] for t in inbox.of("token")])
+    assert texts[0] == texts[1]
+    assert len(texts[0]) == 30
+
+
+async def test_token_granularity_sends_one_event_per_delta() -> None:
+    provider = Scripted([(0, "a"), (0, "b"), (0, "c")])
+    run, inbox = make_run(provider, granularity=Granularity.TOKEN)
+    await run.run()
+    assert inbox.of("token") == [
+        {"token": "a", "index": 0},
+        {"token": "b", "index": 1},
+        {"token": "c", "index": 2},
+    ]
+
+
+async def test_first_text_is_not_delayed_and_held_text_flushes_within_the_interval() -> None:
+    provider = Scripted([(0, "first"), (0.001, " second"), (0.2, " third")])
+    run, inbox = make_run(provider)
+    started = time.monotonic()
+    await run.run()
+    chunks = inbox.of("chunk")
+    assert [c["chunk"] for c in chunks] == ["first", " second", " third"]
+    chunk_times = [
+        t for f, t in zip(inbox.frames, inbox.arrived, strict=True) if f["event_type"] == "chunk"
+    ]
+    assert chunk_times[0] - started < 0.05
+    # " second" waited for the flush timer (20 ms), not for " third" (200 ms later).
+    assert chunk_times[1] - started < 0.1
+
+
+async def test_provider_failure_gives_error_then_typing_off_then_stream_end() -> None:
+    run, inbox = make_run(simulated(), options={"tokens": 20, "delay_ms": 0, "fail_after": 5})
+    await run.run()
+    kinds = inbox.kinds()
+    assert kinds[-3:] == ["error", "typing_indicator", "stream_end"]
+    error = inbox.of("error")[0]
+    assert error["error_type"] == "provider_error"
+    assert error["request_id"] == "r1"
+    end = inbox.of("stream_end")[0]
+    text = "".join(c["chunk"] for c in inbox.of("chunk"))
+    assert end["status"] == "error"
+    assert len(text.split()) == 5
+    assert end["total_length"] == len(text) > 0
+
+
+async def test_request_deadline_gives_timeout() -> None:
+    run, inbox = make_run(
+        simulated(), timeout=0.2, options={"tokens": 10, "delay_ms": 0, "stall_after": 2}
+    )
+    started = time.monotonic()
+    await run.run()
+    assert 0.15 < time.monotonic() - started < 1.0
+    assert inbox.of("error")[0]["error_type"] == "timeout"
+    assert inbox.of("stream_end")[0]["status"] == "error"
+
+
+async def test_silence_between_deltas_gives_timeout_before_the_deadline() -> None:
+    provider = Scripted([(0, "a"), (0.05, "b"), (2.0, "never")])
+    run, inbox = make_run(provider, timeout=5.0, silence=0.2)
+    started = time.monotonic()
+    await run.run()
+    assert time.monotonic() - started < 1.0
+    assert inbox.of("error")[0]["error_type"] == "timeout"
+    assert provider.closed_at is not None
+
+
+async def test_cancel_ends_with_cancelled_and_closes_the_provider_at_once() -> None:
+    provider = Scripted([(0.01, "x")] * 1000)
+    run, inbox = make_run(provider)
+    task = asyncio.create_task(run.run())
+    await asyncio.sleep(0.1)
+    asked = time.monotonic()
+    run.cancel("cancelled by client", task)
+    outcome = await task
+    assert provider.closed_at is not None
+    assert provider.closed_at - asked < 0.1
+    assert inbox.kinds()[-2:] == ["typing_indicator", "stream_end"]
+    end = inbox.of("stream_end")[0]
+    assert end["status"] == "cancelled"
+    assert end["reason"] == "cancelled by client"
+    assert outcome.status.value == "cancelled"
+    assert "error" not in inbox.kinds()
+
+
+async def test_progress_is_non_decreasing_and_reaches_100_for_a_known_length() -> None:
+    run, inbox = make_run(
+        simulated(),
+        granularity=Granularity.TOKEN,
+        progress_every=10,
+        options={"tokens": 60, "delay_ms": 0},
+    )
+    await run.run()
+    progress = inbox.of("progress")
+    values = [p["progress"] for p in progress]
+    assert len(progress) == 6
+    assert values == sorted(values)
+    assert values[-1] == 100.0
+    assert [p["chunks_sent"] for p in progress] == [10, 20, 30, 40, 50, 60]
+
+
+async def test_progress_stays_below_100_while_the_length_is_unknown() -> None:
+    provider = Scripted([(0, "w")] * 400)
+    run, inbox = make_run(provider, granularity=Granularity.TOKEN, progress_every=50)
+    await run.run()
+    values = [p["progress"] for p in inbox.of("progress")]
+    assert values == sorted(values)
+    assert all(0 <= v < 100 for v in values)
+
+
+async def test_usage_from_the_provider_is_reported_with_cost() -> None:
+    provider = Scripted([(0, "hi")], usage=Usage(prompt_tokens=1000, completion_tokens=500))
+    settings = ProviderSettings(
+        name="scripted", kind="simulated", input_cost_per_mtok=2.0, output_cost_per_mtok=10.0
+    )
+    run, inbox = make_run(provider)
+    run.route = Route(ProviderSlot(provider, settings), "conversation", RoutingStrategy.INTELLIGENT)
+    await run.run()
+    end = inbox.of("stream_end")[0]
+    assert end["usage"] == {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+    assert end["cost_usd"] == pytest.approx(0.002 + 0.005)
+
+
+async def test_unexpected_exception_is_an_internal_error_without_details() -> None:
+    class Broken(Scripted):
+        async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+            yield "a"
+            raise KeyError("secret internals")
+
+    run, inbox = make_run(Broken([]))
+    await run.run()
+    error = inbox.of("error")[0]
+    assert error["error_type"] == "internal_error"
+    assert "secret" not in error["error"]
+
+
+async def test_provider_error_message_reaches_the_client() -> None:
+    class Failing(Scripted):
+        async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+            raise ProviderError("upstream said no")
+            yield "unreachable"
+
+    run, inbox = make_run(Failing([]))
+    await run.run()
+    assert inbox.of("error")[0]["error"] == "upstream said no"
+    assert inbox.of("stream_end")[0]["total_length"] == 0

@@ -1,0 +1,105 @@
+"""Settings: file, then environment, then flags; a wrong file names the key."""
+
+from pathlib import Path
+
+import pytest
+
+from tokenwire.settings import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tokenwire.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_the_local_model_and_the_simulated_one() -> None:
+    settings = load_settings()
+    assert [p.name for p in settings.providers] == ["local", "simulated"]
+    assert settings.default_provider == "local"
+    assert settings.streams.resume_grace_seconds == 10
+    assert settings.limits.max_message_bytes == 1024 * 1024
+
+
+def test_file_values_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[server]
+port = 9001
+[streams]
+progress_every = 5
+[[providers]]
+name = "fast"
+kind = "simulated"
+strengths = ["code"]
+""",
+    )
+    settings = load_settings(path)
+    assert settings.server.port == 9001
+    assert settings.streams.progress_every == 5
+    assert settings.providers[0].strengths == ["code"]
+
+
+def test_environment_beats_file_and_flags_beat_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[server]\nport = 9001\nhost = '0.0.0.0'\n")
+    monkeypatch.setenv("TOKENWIRE_SERVER__PORT", "9002")
+    monkeypatch.setenv("TOKENWIRE_STREAMS__RESUME_GRACE_SECONDS", "0")
+    settings = load_settings(path)
+    assert settings.server.port == 9002
+    assert settings.server.host == "0.0.0.0"
+    assert settings.streams.resume_grace_seconds == 0
+    flagged = load_settings(path, {"server": {"port": 9003}})
+    assert flagged.server.port == 9003
+    assert flagged.server.host == "0.0.0.0"
+
+
+def test_unrelated_tokenwire_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENWIRE_ROOT", "/somewhere")
+    monkeypatch.setenv("TOKENWIRE_URL", "http://x")
+    assert load_settings().server.port == 8000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[nonsense]\nx = 1\n", "nonsense: unknown key"),
+        ("[limits]\nmax_message_bytes = 'big'\n", "limits.max_message_bytes: expected an integer"),
+        ("[streams]\nwhatever = 1\n", "streams.whatever: unknown key"),
+        ("[[providers]]\nname = 'a'\nkind = 'magic'\n", "providers[0].kind"),
+        ("[[providers]]\nkind = 'simulated'\n", "providers[0].name: required key is missing"),
+        (
+            "[[providers]]\nname='a'\nkind='simulated'\n[[providers]]\nname='a'\nkind='simulated'\n",
+            "providers[1].name: duplicate provider name 'a'",
+        ),
+        (
+            "[[providers]]\nname='a'\nkind='openai'\napi_key_env='TW_TEST_NO_SUCH_KEY'\n",
+            "providers[0].api_key_env: environment variable TW_TEST_NO_SUCH_KEY is not set",
+        ),
+        ("[routing]\ndefault_provider = 'ghost'\n", "routing.default_provider"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_a_wrong_file_stops_with_one_message_naming_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+    assert message in str(caught.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_api_key_is_read_from_the_named_variable_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TW_TEST_KEY", "sk-secret")
+    path = write(tmp_path, "[[providers]]\nname='a'\nkind='openai'\napi_key_env='TW_TEST_KEY'\n")
+    provider = load_settings(path).providers[0]
+    assert provider.api_key() == "sk-secret"
+    assert "sk-secret" not in repr(provider)
