@@ -99,6 +99,9 @@ class AuthSettings(_Table):
 
 class LimitsSettings(_Table):
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1 * MiB
+    # Frames queued for one connection beyond what its socket takes; past it the
+    # client is too slow and is disconnected.
+    max_send_buffer_bytes: Annotated[int, Field(ge=4096)] = 8 * MiB
 
 
 class RedisSettings(_Table):

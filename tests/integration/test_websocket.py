@@ -261,3 +261,26 @@ async def test_messages_are_sent_before_the_prompt() -> None:
         )
         roles = [m.role for m in provider.requests[-1].messages]
         assert roles == ["system", "user", "assistant", "user"]
+
+
+async def test_a_client_that_stops_reading_is_disconnected_and_its_stream_cancelled() -> None:
+    provider = WatchedProvider()
+    settings = simulated_settings(limits={"max_send_buffer_bytes": 64 * 1024})
+    gateway = gateway_with(provider, settings=settings)
+    async with running_server(gateway=gateway) as server:
+        # A tiny client queue: the client stops reading from its socket almost at once.
+        ws = await connect(server.ws_url, max_queue=1, max_size=2**24)
+        await ws.recv()
+        await ws.send(
+            '{"type": "ai_request", "prompt": "x", "stream_config": {"granularity": "token"},'
+            ' "config": {"timeout": 60, "options": {"tokens": 1000000, "delay_ms": 0}}}'
+        )
+        await asyncio.wait_for(provider.closed.wait(), 20)
+        for _ in range(100):
+            if len(server.gateway.sessions) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert len(server.gateway.sessions) == 0
+        assert server.gateway.running == 0
+        assert provider.deltas_sent < 1000000
+        ws.transport.abort()

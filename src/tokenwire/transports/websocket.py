@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 
 import structlog
 from starlette.websockets import WebSocket
@@ -27,20 +26,22 @@ from tokenwire.protocol.messages import (
     UpdatePreferences,
     parse_client_message,
 )
+from tokenwire.transports.outbox import Outbox
 
 logger = structlog.get_logger("tokenwire.websocket")
 
 
 class Connection:
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        limits = gateway.settings.limits
         self._ws = websocket
         self._gateway = gateway
-        self._outbox: deque[str] = deque()
-        self._wakeup = asyncio.Event()
+        self._outbox = Outbox(limits.max_send_buffer_bytes)
         self._closing: tuple[int, str] | None = None
         self._subscriptions: list[EventLog] = []
+        self._max_message_bytes = limits.max_message_bytes
         self.session: Session | None = None
-        self._max_message_bytes = gateway.settings.limits.max_message_bytes
+        self._writer: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         query = self._ws.query_params
@@ -58,6 +59,7 @@ class Connection:
         )
         session.state = SessionState.CONNECTED
         writer = asyncio.create_task(self._write_loop(), name=f"writer {session.session_id}")
+        self._writer = writer
         reader = asyncio.create_task(self._read_loop(), name=f"reader {session.session_id}")
         try:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
@@ -65,7 +67,8 @@ class Connection:
             session.state = SessionState.DISCONNECTING
             for log in self._subscriptions:
                 log.unsubscribe(self)
-            self._gateway.close_session(session, reason="client disconnected")
+            reason = "send buffer overflow" if self._outbox.overflowed else "client disconnected"
+            self._gateway.close_session(session, reason=reason)
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
@@ -73,13 +76,12 @@ class Connection:
     # -- the log subscriber side ----------------------------------------------
 
     def deliver(self, record: Record) -> None:
-        self._outbox.append(record.frame)
-        self._wakeup.set()
+        self._push_frame(record.frame)
 
     async def close(self, code: int, reason: str) -> None:
         """Send what is queued, then close; used for idle sessions and shutdown."""
         self._closing = (code, reason)
-        self._wakeup.set()
+        self._outbox.close()
 
     # -- loops ----------------------------------------------------------------
 
@@ -100,17 +102,15 @@ class Connection:
 
     async def _write_loop(self) -> None:
         send = self._ws.send
-        outbox = self._outbox
-        while True:
-            while outbox:
-                await send({"type": "websocket.send", "text": outbox.popleft()})
-            if self._closing is not None:
-                code, reason = self._closing
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-                # Keep reading until the client answers the close, so the reader ends it.
-                await asyncio.Event().wait()
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        take = self._outbox.take
+        while (frame := await take()) is not None:
+            await send({"type": "websocket.send", "text": frame})
+        if self._outbox.overflowed:
+            return
+        code, reason = self._closing or (1000, "")
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+        # The reader sees the client's answering close and ends the connection.
+        await asyncio.Event().wait()
 
     # -- messages -------------------------------------------------------------
 
@@ -155,8 +155,18 @@ class Connection:
         self._push_frame(event.to_frame())
 
     def _push_frame(self, frame: str) -> None:
-        self._outbox.append(frame)
-        self._wakeup.set()
+        outbox = self._outbox
+        if outbox.overflowed:
+            return
+        outbox.put(frame)
+        if outbox.overflowed and self._writer is not None:
+            # The writer is stuck in a send the client does not read: stop it, which
+            # ends the connection and cancels its streams.
+            logger.warning(
+                "client too slow: send buffer overflow",
+                session_id=self.session.session_id if self.session else None,
+            )
+            self._writer.cancel()
 
 
 def _exceeds(frame: str | bytes, limit: int) -> bool:

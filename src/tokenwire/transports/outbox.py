@@ -1,0 +1,57 @@
+"""A connection's queue of frames to send, bounded in bytes.
+
+Request logs put frames here without waiting; the connection's writer takes
+them out as fast as the client reads. A client that stops reading makes the
+queue grow, and past `max_bytes` the outbox overflows: it drops what it holds
+and the connection is ended, so one lagging client cannot take the server's
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class Outbox:
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._frames: deque[str] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def put(self, frame: str) -> None:
+        if self.overflowed:
+            return
+        self._frames.append(frame)
+        self._bytes += len(frame)
+        if self._bytes > self._max_bytes:
+            self.overflowed = True
+            self._frames.clear()
+            self._bytes = 0
+        self._ready.set()
+
+    async def take(self) -> str | None:
+        """The next frame, waiting for one; None once overflowed, or closed and drained."""
+        while not self._frames:
+            if self.overflowed or self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        frame = self._frames.popleft()
+        self._bytes -= len(frame)
+        return frame
+
+    def close(self) -> None:
+        """No more frames will come: `take` returns None once the queue is drained."""
+        self.closed = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes

@@ -1,0 +1,48 @@
+"""The bounded send queue of a connection."""
+
+import asyncio
+
+from tokenwire.transports.outbox import Outbox
+
+
+async def test_frames_come_out_in_order() -> None:
+    outbox = Outbox(max_bytes=1000)
+    for frame in ("a", "b", "c"):
+        outbox.put(frame)
+    assert [await outbox.take() for _ in range(3)] == ["a", "b", "c"]
+    assert outbox.queued_bytes == 0
+
+
+async def test_take_waits_for_a_frame() -> None:
+    outbox = Outbox(max_bytes=1000)
+    waiting = asyncio.create_task(outbox.take())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    outbox.put("late")
+    assert await asyncio.wait_for(waiting, 1) == "late"
+
+
+async def test_past_its_bound_the_outbox_drops_everything_and_ends() -> None:
+    outbox = Outbox(max_bytes=10)
+    outbox.put("12345")
+    outbox.put("123456")
+    assert outbox.overflowed
+    assert len(outbox) == 0
+    outbox.put("more")
+    assert await outbox.take() is None
+
+
+async def test_a_closed_outbox_drains_then_ends() -> None:
+    outbox = Outbox(max_bytes=1000)
+    outbox.put("last words")
+    outbox.close()
+    assert await outbox.take() == "last words"
+    assert await outbox.take() is None
+
+
+async def test_close_wakes_a_waiting_take() -> None:
+    outbox = Outbox(max_bytes=1000)
+    waiting = asyncio.create_task(outbox.take())
+    await asyncio.sleep(0.01)
+    outbox.close()
+    assert await asyncio.wait_for(waiting, 1) is None
