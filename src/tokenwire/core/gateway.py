@@ -118,9 +118,9 @@ class Gateway:
             self._cancel_run(request_id, "shutdown")
         if tasks:
             await asyncio.wait(tasks, timeout=grace_seconds)
-        closers = [s.closer(1001, "server shutting down") for s in self.sessions if s.closer]
-        if closers:
-            await asyncio.wait([asyncio.ensure_future(c) for c in closers], timeout=grace_seconds)
+        await self._close_connections(
+            list(self.sessions), 1001, "server shutting down", within=grace_seconds
+        )
         for provider_slot in self.slots.values():
             await provider_slot.provider.aclose()
         self.logs.close()
@@ -194,8 +194,22 @@ class Gateway:
         streams = self.settings.streams
         while True:
             await asyncio.sleep(streams.session_sweep_seconds)
-            for session in self.sessions.idle_since(streams.session_idle_seconds):
+            idle = self.sessions.idle_since(streams.session_idle_seconds)
+            for session in idle:
                 logger.info("closing idle session", session_id=session.session_id)
-                if session.closer is not None:
-                    await session.closer(1000, "idle timeout")
+            # A client that does not read must not hold up the others: close in parallel.
+            await self._close_connections(idle, 1000, "idle timeout", within=5.0)
+            for session in idle:
                 self.close_session(session, "idle")
+
+    @staticmethod
+    async def _close_connections(
+        sessions: list[Session], code: int, reason: str, within: float
+    ) -> None:
+        closing = [
+            asyncio.ensure_future(s.closer(code, reason)) for s in sessions if s.closer is not None
+        ]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=within)
+            for future in late:
+                future.cancel()

@@ -42,6 +42,7 @@ class Connection:
         self._max_message_bytes = limits.max_message_bytes
         self.session: Session | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._close_sent = asyncio.Event()
 
     async def serve(self) -> None:
         query = self._ws.query_params
@@ -79,9 +80,11 @@ class Connection:
         self._push_frame(record.frame)
 
     async def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then close; used for idle sessions and shutdown."""
-        self._closing = (code, reason)
-        self._outbox.close()
+        """Send what is queued, then the close frame; returns once that is sent."""
+        if self._closing is None:
+            self._closing = (code, reason)
+            self._outbox.close()
+        await self._close_sent.wait()
 
     # -- loops ----------------------------------------------------------------
 
@@ -96,7 +99,8 @@ class Connection:
             frame = text if text is not None else message.get("bytes") or b""
             if _exceeds(frame, self._max_message_bytes):
                 error = MessageTooLarge(f"message exceeds {self._max_message_bytes} bytes")
-                await self.close(close_code(error), error.message)
+                self._closing = (close_code(error), error.message)
+                self._outbox.close()
                 continue
             self._on_frame(frame)
 
@@ -109,6 +113,7 @@ class Connection:
             return
         code, reason = self._closing or (1000, "")
         await send({"type": "websocket.close", "code": code, "reason": reason})
+        self._close_sent.set()
         # The reader sees the client's answering close and ends the connection.
         await asyncio.Event().wait()
 
