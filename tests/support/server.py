@@ -57,7 +57,8 @@ async def running_server(
         lifespan="on",
     )
     server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The test process keeps its own signal handlers.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
