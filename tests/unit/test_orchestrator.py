@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -274,3 +275,38 @@ async def test_provider_error_message_reaches_the_client() -> None:
     await run.run()
     assert inbox.of("error")[0]["error"] == "upstream said no"
     assert inbox.of("stream_end")[0]["total_length"] == 0
+
+
+async def test_a_burst_of_deltas_lets_other_tasks_run_between_them() -> None:
+    # SDKs hand out buffered deltas without suspending; the writer must not wait for
+    # the whole burst before the first delta goes out.
+    class Burst(Scripted):
+        async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+            for n in range(20):
+                yield f"d{n} "
+
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    run, inbox = make_run(Burst([]), granularity=Granularity.TOKEN)
+    seen: list[int] = []
+    original = inbox.deliver
+
+    def deliver(record: Record) -> None:
+        if record.event_type.value == "token":
+            seen.append(ticks)
+        original(record)
+
+    inbox.deliver = deliver  # type: ignore[method-assign]
+    ticker = asyncio.create_task(tick())
+    try:
+        await run.run()
+    finally:
+        ticker.cancel()
+    assert len(seen) == 20
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen))

@@ -165,6 +165,9 @@ class StreamRun:
                     self._start_flush_timer(self._coalescer.due_at - now)
             if silence is not None and now + silence < deadline:
                 timer.reschedule(self._loop_deadline(now + silence))
+            # SDKs do not suspend while bytes are buffered; yielding here lets this
+            # delta reach the client (and other streams run) before the rest of a burst.
+            await asyncio.sleep(0)
 
     def _emit_closing(self, status: StreamStatus, error: TokenwireError | None) -> StreamOutcome:
         spec = self.spec

@@ -104,8 +104,8 @@ class SimulatedProvider:
                 raise ProviderError(f"simulated failure after {options.fail_after} deltas")
             if options.stall_after is not None and index >= options.stall_after:
                 await asyncio.Event().wait()
-            # sleep(0) still yields, so a fast stream never starves the event loop.
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
             word = rng.choice(_WORDS)
             yield word if index == 0 else " " + word
         yield Usage(

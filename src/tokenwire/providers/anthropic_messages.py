@@ -1,0 +1,196 @@
+"""Anthropic's Messages API, through the official `anthropic` SDK.
+
+System messages become the `system` parameter. `max_tokens`, which Anthropic
+requires, comes from the request, else the provider's `options.max_tokens`, else
+1024. Request options (`config.options`), all optional: `top_p` (0-1), `top_k`
+(a positive integer), `stop_sequences` (a list of strings); the provider's
+`options` table may set defaults for these and for `temperature`.
+
+SDK 2.14 has no `temperature`, `top_p` or `top_k` argument on `messages.create`;
+they go in the body through `extra_body`. The SDK ends a stream silently when the
+connection drops cleanly before `message_stop`, and lets transport errors met
+mid-stream through unwrapped (as `httpx2` exceptions); both are handled here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Mapping
+from typing import Annotated, Any
+
+import anthropic
+import httpx2
+from anthropic.types import MessageParam, RawMessageStreamEvent
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenwire.protocol.errors import (
+    InvalidRequest,
+    ProviderError,
+    RequestTimeout,
+    TokenwireError,
+)
+from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
+from tokenwire.settings import ProviderSettings
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_MAX_TOKENS = 1024
+
+Temperature = Annotated[float, Field(ge=0, le=1)]
+
+
+class RequestOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    stop_sequences: Annotated[list[str], Field(min_length=1)] | None = None
+
+
+class ProviderOptions(RequestOptions):
+    temperature: Temperature | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+
+
+class AnthropicProvider:
+    kind = "anthropic"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        if not settings.model:
+            raise ValueError("model: required for an anthropic provider (the model to ask for)")
+        try:
+            self._defaults = ProviderOptions.model_validate(settings.options)
+        except ValidationError as exc:
+            raise ValueError(f"options: {describe_validation_error(exc)}") from None
+        self._settings = settings
+        self._model = settings.model
+        # Every source is given, so that ANTHROPIC_* variables cannot redirect the key,
+        # and `open_telemetry={}` pins spans to metadata: never a prompt or an answer.
+        self._client = anthropic.AsyncAnthropic(
+            base_url=settings.base_url or DEFAULT_BASE_URL,
+            api_key=settings.api_key() or "unused",
+            max_retries=0,
+            open_telemetry={},
+        )
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def validate(self, request: ProviderRequest) -> None:
+        _request_options(request.options)
+        if request.temperature is not None and request.temperature > 1:
+            raise InvalidRequest("config.temperature: anthropic takes 0 to 1")
+        if all(m.role == "system" for m in request.messages):
+            raise InvalidRequest("anthropic needs a user message besides the system prompt")
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        options = self._merged_options(request)
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        answer = _Answer()
+        try:
+            # Leaving this block by any path (end, error, aclose, cancel) closes the response.
+            async with await self._client.messages.create(
+                model=request.model or self._model,
+                max_tokens=request.max_tokens or options.max_tokens or DEFAULT_MAX_TOKENS,
+                messages=[_message(m) for m in request.messages if m.role != "system"],
+                system=system or anthropic.omit,
+                stop_sequences=options.stop_sequences or anthropic.omit,
+                stream=True,
+                extra_body=_sampling(request, options),
+            ) as events:
+                async for event in events:
+                    text = answer.read(event)
+                    if text:
+                        yield text
+        except (anthropic.APIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
+            raise upstream_error(exc, self._settings.api_key()) from None
+        yield answer.usage()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _merged_options(self, request: ProviderRequest) -> ProviderOptions:
+        if not request.options:
+            return self._defaults
+        given = _request_options(request.options)
+        return self._defaults.model_copy(update=given.model_dump(exclude_unset=True))
+
+
+class _Answer:
+    """What has arrived of one streamed message, and whether it is whole."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.input_tokens: int | None = None
+        self.output_tokens = 0
+
+    def read(self, event: RawMessageStreamEvent) -> str:
+        if event.type == "content_block_delta":
+            return event.delta.text if event.delta.type == "text_delta" else ""
+        if event.type == "message_start":
+            self.input_tokens = event.message.usage.input_tokens
+            self.output_tokens = event.message.usage.output_tokens
+        elif event.type == "message_delta":
+            # Counts in message_delta are cumulative: the latest one is the total.
+            self.output_tokens = event.usage.output_tokens
+            if event.usage.input_tokens is not None:
+                self.input_tokens = event.usage.input_tokens
+        elif event.type == "message_stop":
+            self.stopped = True
+        return ""
+
+    def usage(self) -> Usage:
+        if not self.stopped or self.input_tokens is None:
+            raise ProviderError(f"{END_MARKER_MISSING} (no message_stop): the answer is cut short")
+        return Usage(self.input_tokens, self.output_tokens)
+
+
+def _request_options(options: Mapping[str, Any]) -> RequestOptions:
+    try:
+        return RequestOptions.model_validate(options)
+    except ValidationError as exc:
+        raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
+
+
+def _message(message: ChatMessage) -> MessageParam:
+    if message.role == "assistant":
+        return {"role": "assistant", "content": message.content}
+    return {"role": "user", "content": message.content}
+
+
+def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, Any] | None:
+    """The sampling parameters the SDK has no arguments for, to go in the body."""
+    temperature = options.temperature if request.temperature is None else request.temperature
+    body = {"temperature": temperature, "top_p": options.top_p, "top_k": options.top_k}
+    return {k: v for k, v in body.items() if v is not None} or None
+
+
+def upstream_error(exc: Exception, api_key: str | None) -> TokenwireError:
+    """The gateway's error for what the SDK (or httpx2 under it) raised; never the key."""
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        return RequestTimeout("upstream did not answer in time")
+    if isinstance(exc, anthropic.APIConnectionError):
+        exc = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    if isinstance(exc, httpx2.HTTPError | anthropic.APIConnectionError):
+        return ProviderError(f"upstream connection failed: {scrub(str(exc), api_key)}")
+    if isinstance(exc, json.JSONDecodeError):
+        return ProviderError("upstream sent an event that is not JSON")
+    if not isinstance(exc, anthropic.APIStatusError):
+        return ProviderError(f"upstream error: {scrub(str(exc), api_key)}")
+    message = scrub(exc.api_message or exc.message, api_key)
+    return status_error(
+        exc.status_code,
+        message if exc.status_code >= 400 else f"{exc.type}: {message}",
+        exc.response.headers,
+        rate_limited=exc.type == "rate_limit_error",
+        auth_refused=exc.type in ("authentication_error", "permission_error"),
+    )

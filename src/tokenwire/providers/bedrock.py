@@ -1,0 +1,294 @@
+"""AWS Bedrock through the ConverseStream API, on an async AWS client (aiobotocore).
+
+`model` is the Bedrock modelId (or inference-profile id/ARN) and is required.
+`base_url` overrides the endpoint (a VPC endpoint, a test server). Credentials
+come from the standard AWS chain only: environment variables, the shared
+config and credentials files (profile), SSO, container and instance roles.
+tokenwire never reads or stores AWS keys itself, so `api_key_env` is not used
+for bedrock.
+
+Provider options (`[[providers]] options`): `region` (default "us-east-1"),
+`profile` (a named AWS profile), defaults for `max_tokens`, `temperature`,
+`top_p`, and `connect_timeout` / `read_timeout` in seconds (5 and 60).
+Request options (`config.options`): `top_p`, `stop_sequences`.
+
+botocore's own retries are off: a retry would hide a failure behind seconds of
+silence, and the gateway decides what to do about failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Annotated, Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.eventstream import ParserError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    EventStreamError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenwire.protocol.errors import (
+    InvalidRequest,
+    ProviderAuthError,
+    ProviderError,
+    RateLimited,
+    RequestTimeout,
+    TokenwireError,
+)
+from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage, estimate_tokens
+from tokenwire.providers.upstream import END_MARKER_MISSING, retry_after
+from tokenwire.settings import ProviderSettings
+
+_THROTTLED = {"throttlingexception", "toomanyrequestsexception", "servicequotaexceededexception"}
+_AUTH = {
+    "accessdeniedexception",
+    "unrecognizedclientexception",
+    "invalidsignatureexception",
+    "incompletesignature",
+    "missingauthenticationtoken",
+    "expiredtokenexception",
+}
+_CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+
+
+class BedrockSettingsOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    region: Annotated[str, Field(min_length=1)] = "us-east-1"
+    profile: Annotated[str, Field(min_length=1)] | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    temperature: Annotated[float, Field(ge=0)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout: Annotated[float, Field(gt=0)] = 60.0
+
+
+class BedrockRequestOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = None
+
+
+_REQUEST_OPTION_NAMES = ", ".join(BedrockRequestOptions.model_fields)
+
+
+class BedrockProvider:
+    kind = "bedrock"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        if not settings.model:
+            raise ValueError("model: required for bedrock (the Bedrock modelId)")
+        self._name = settings.name
+        self._model = settings.model
+        self._endpoint_url = settings.base_url
+        try:
+            self._options = BedrockSettingsOptions.model_validate(settings.options)
+        except ValidationError as exc:
+            raise ValueError(f"options: {describe_validation_error(exc)}") from None
+        # Streams beyond the HTTP pool size would queue inside botocore, unseen.
+        self._pool_size = settings.max_concurrency or 256
+        # Built and warmed here, at start-up: botocore's handlers and JSON models
+        # take tens of milliseconds of CPU, which would stall every running stream.
+        try:
+            self._session = AioSession(profile=self._options.profile)
+            self._session.warm_up_loader_caches("bedrock-runtime")
+        except BotoCoreError as exc:  # a named profile that does not exist
+            raise ValueError(f"AWS configuration: {exc}") from None
+        self._client: Any = None
+        self._client_stack = contextlib.AsyncExitStack()
+        self._client_lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def validate(self, request: ProviderRequest) -> None:
+        _request_options(request.options)
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        arguments = self._converse_arguments(request)
+        client = await self._ensure_client()
+        with _upstream_errors(self._options.read_timeout):
+            response = await client.converse_stream(**arguments)
+        events = response["stream"]
+        stopped = False
+        usage: Usage | None = None
+        produced: list[str] = []
+        try:
+            with _upstream_errors(self._options.read_timeout):
+                async for event in events:
+                    if "contentBlockDelta" in event:
+                        text = event["contentBlockDelta"].get("delta", {}).get("text")
+                        if text:
+                            produced.append(text)
+                            yield text
+                    elif "messageStop" in event:
+                        stopped = True
+                    elif "metadata" in event:
+                        usage = _usage(event["metadata"])
+        finally:
+            # Closing the HTTP response drops the connection, which is what stops
+            # Bedrock generating (and billing) on cancel, timeout or error.
+            events.close()
+        if not stopped:
+            raise ProviderError(END_MARKER_MISSING)
+        yield usage or Usage(
+            prompt_tokens=estimate_tokens(request.prompt_text),
+            completion_tokens=estimate_tokens("".join(produced)),
+        )
+
+    async def aclose(self) -> None:
+        async with self._client_lock:
+            self._client = None
+            await self._client_stack.aclose()
+
+    async def _ensure_client(self) -> Any:
+        # Created in the running loop on first use: aiohttp binds to its loop.
+        async with self._client_lock:
+            if self._client is None:
+                options = self._options
+                config = AioConfig(
+                    region_name=options.region,
+                    connect_timeout=options.connect_timeout,
+                    read_timeout=options.read_timeout,
+                    retries={"mode": "standard", "total_max_attempts": 1},
+                    max_pool_connections=self._pool_size,
+                    user_agent_extra="tokenwire",
+                )
+                self._client = await self._client_stack.enter_async_context(
+                    self._session.create_client(
+                        "bedrock-runtime",
+                        region_name=options.region,
+                        endpoint_url=self._endpoint_url,
+                        config=config,
+                    )
+                )
+            return self._client
+
+    def _converse_arguments(self, request: ProviderRequest) -> dict[str, Any]:
+        options = _request_options(request.options)
+        arguments: dict[str, Any] = {
+            "modelId": request.model or self._model,
+            "messages": _conversation(request.messages),
+        }
+        system = [{"text": m.content} for m in request.messages if m.role == "system" and m.content]
+        if system:
+            arguments["system"] = system
+        inference: dict[str, Any] = {}
+        max_tokens = request.max_tokens or self._options.max_tokens
+        if max_tokens is not None:
+            inference["maxTokens"] = max_tokens
+        temperature = (
+            request.temperature if request.temperature is not None else self._options.temperature
+        )
+        if temperature is not None:
+            inference["temperature"] = temperature
+        top_p = options.top_p if options.top_p is not None else self._options.top_p
+        if top_p is not None:
+            inference["topP"] = top_p
+        if options.stop_sequences:
+            inference["stopSequences"] = options.stop_sequences
+        if inference:
+            arguments["inferenceConfig"] = inference
+        return arguments
+
+
+def _request_options(options: Mapping[str, Any]) -> BedrockRequestOptions:
+    for key in options:
+        if key not in BedrockRequestOptions.model_fields:
+            raise InvalidRequest(
+                f"config.options.{key}: not accepted by bedrock (accepted: {_REQUEST_OPTION_NAMES})"
+            )
+    try:
+        return BedrockRequestOptions.model_validate(options)
+    except ValidationError as exc:
+        raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
+
+
+def _conversation(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    """Converse wants alternating turns: consecutive turns of one role become one turn."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system" or not message.content:
+            continue
+        if turns and turns[-1]["role"] == message.role:
+            turns[-1]["content"].append({"text": message.content})
+        else:
+            turns.append({"role": message.role, "content": [{"text": message.content}]})
+    return turns
+
+
+def _usage(metadata: Mapping[str, Any]) -> Usage | None:
+    usage = metadata.get("usage")
+    if not usage:
+        return None
+    return Usage(
+        prompt_tokens=int(usage.get("inputTokens", 0)),
+        completion_tokens=int(usage.get("outputTokens", 0)),
+    )
+
+
+@contextlib.contextmanager
+def _upstream_errors(read_timeout: float) -> Iterator[None]:
+    """Turn what botocore and aiohttp raise into the gateway's errors."""
+    try:
+        yield
+    except TokenwireError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, read_timeout) from exc
+
+
+def _translate(exc: Exception, read_timeout: float) -> TokenwireError:
+    if isinstance(exc, ClientError):
+        return _from_client_error(exc)
+    if isinstance(exc, ReadTimeoutError | TimeoutError):
+        return RequestTimeout(f"bedrock sent nothing for {read_timeout:g} s")
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        # The class name only: credential errors can quote profile or process output.
+        return ProviderAuthError(f"no usable AWS credentials for bedrock ({type(exc).__name__})")
+    if isinstance(exc, ParamValidationError):
+        return InvalidRequest("bedrock rejected the request parameters")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return ProviderError(END_MARKER_MISSING)
+    if isinstance(exc, ParserError):
+        return ProviderError(f"bedrock sent a malformed event stream ({type(exc).__name__})")
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError):
+        return ProviderError(f"bedrock connection failed: {exc}")
+    return ProviderError(f"bedrock failed: {type(exc).__name__}")
+
+
+def _from_client_error(exc: ClientError) -> TokenwireError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code") or "UnknownError")
+    upstream = str(error.get("Message") or "no message")
+    meta = exc.response.get("ResponseMetadata", {})
+    status = meta.get("HTTPStatusCode")
+    where = "in stream" if isinstance(exc, EventStreamError) else f"HTTP {status}"
+    message = f"bedrock {code} ({where}): {upstream}"
+    if code.lower() in _THROTTLED or status == 429:
+        return RateLimited(message, retry_after(meta.get("HTTPHeaders", {})))
+    if code.lower() in _AUTH or status in (401, 403):
+        return ProviderAuthError(message)
+    return ProviderError(message)

@@ -1,0 +1,197 @@
+"""Any OpenAI-compatible Chat Completions endpoint, through the official `openai` SDK.
+
+Request options (`config.options`), all optional: `top_p` (0-1), `stop` (a string or
+up to 4 strings), `seed` (integer), `presence_penalty` and `frequency_penalty`
+(-2 to 2). The provider's `options` table may set defaults for these and for
+`temperature` and `max_tokens`; request values win.
+
+The SDK ends a stream silently when the connection drops before `data: [DONE]`
+and hides `[DONE]` itself, so completeness is judged from what arrived: a choice
+with a `finish_reason`, then the usage chunk this provider always asks for.
+SDK retries are off: a failed stream is the core's to handle, not to repeat here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Mapping
+from typing import Annotated, Any, TypeVar
+
+import openai
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.completion_usage import CompletionUsage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenwire.protocol.errors import (
+    InvalidRequest,
+    ProviderError,
+    RequestTimeout,
+    TokenwireError,
+)
+from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
+from tokenwire.settings import ProviderSettings
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+_T = TypeVar("_T")
+
+
+class RequestOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop: str | Annotated[list[str], Field(min_length=1, max_length=4)] | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+
+
+class ProviderOptions(RequestOptions):
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+
+
+class OpenAIProvider:
+    kind = "openai"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        if not settings.model:
+            raise ValueError("model: required for an openai provider (the model name to ask for)")
+        try:
+            self._defaults = ProviderOptions.model_validate(settings.options)
+        except ValidationError as exc:
+            raise ValueError(f"options: {describe_validation_error(exc)}") from None
+        self._settings = settings
+        self._model = settings.model
+        # base_url is always given, so that OPENAI_BASE_URL cannot redirect the key.
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.base_url or DEFAULT_BASE_URL,
+            api_key=settings.api_key() or "unused",
+            max_retries=0,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def validate(self, request: ProviderRequest) -> None:
+        _request_options(request.options)
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        options = self._merged_options(request)
+        answer = _Answer()
+        try:
+            # Leaving this block by any path (end, error, aclose, cancel) closes the response.
+            async with await self._client.chat.completions.create(
+                model=request.model or self._model,
+                messages=[_message(m) for m in request.messages],
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=_given(request.max_tokens or options.max_tokens),
+                temperature=_given(
+                    options.temperature if request.temperature is None else request.temperature
+                ),
+                top_p=_given(options.top_p),
+                stop=_given(options.stop),
+                seed=_given(options.seed),
+                presence_penalty=_given(options.presence_penalty),
+                frequency_penalty=_given(options.frequency_penalty),
+            ) as chunks:
+                async for chunk in chunks:
+                    text = answer.read(chunk)
+                    if text:
+                        yield text
+        except (openai.APIError, json.JSONDecodeError) as exc:
+            raise upstream_error(exc, self._settings.api_key()) from None
+        yield answer.usage()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _merged_options(self, request: ProviderRequest) -> ProviderOptions:
+        if not request.options:
+            return self._defaults
+        given = _request_options(request.options)
+        return self._defaults.model_copy(update=given.model_dump(exclude_unset=True))
+
+
+class _Answer:
+    """What has arrived of one streamed answer, and whether it is whole."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.reported: CompletionUsage | None = None
+
+    def read(self, chunk: ChatCompletionChunk) -> str:
+        if chunk.usage is not None:
+            self.reported = chunk.usage
+        text = ""
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            if choice.finish_reason is not None:
+                self.finished = True
+            if choice.delta is not None and choice.delta.content:
+                text += choice.delta.content
+        return text
+
+    def usage(self) -> Usage:
+        if not self.finished:
+            raise ProviderError(f"{END_MARKER_MISSING} (no finish_reason): the answer is cut short")
+        if self.reported is None:
+            raise ProviderError(f"{END_MARKER_MISSING} (no usage chunk after the answer)")
+        return Usage(self.reported.prompt_tokens, self.reported.completion_tokens)
+
+
+def _request_options(options: Mapping[str, Any]) -> RequestOptions:
+    try:
+        return RequestOptions.model_validate(options)
+    except ValidationError as exc:
+        raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
+
+
+def _message(message: ChatMessage) -> ChatCompletionMessageParam:
+    if message.role == "system":
+        return {"role": "system", "content": message.content}
+    if message.role == "assistant":
+        return {"role": "assistant", "content": message.content}
+    return {"role": "user", "content": message.content}
+
+
+def _given(value: _T | None) -> _T | openai.Omit:
+    """`omit` leaves a parameter out of the body; None would send a JSON null."""
+    return openai.omit if value is None else value
+
+
+def upstream_error(
+    exc: openai.APIError | json.JSONDecodeError, api_key: str | None
+) -> TokenwireError:
+    """The gateway's error for what the SDK raised; the message never carries the key."""
+    if isinstance(exc, json.JSONDecodeError):
+        return ProviderError("upstream sent an event that is not JSON")
+    if isinstance(exc, openai.APITimeoutError):
+        return RequestTimeout("upstream did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = scrub(str(exc.__cause__ or exc), api_key)
+        return ProviderError(f"upstream connection failed: {cause}")
+    message = scrub(_upstream_message(exc), api_key)
+    if not isinstance(exc, openai.APIStatusError):
+        return ProviderError(f"upstream error: {message}")
+    return status_error(exc.status_code, message, exc.response.headers)
+
+
+def _upstream_message(exc: openai.APIError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return exc.message

@@ -1,0 +1,1 @@
+"""Fake upstreams that speak real wire formats on loopback sockets."""

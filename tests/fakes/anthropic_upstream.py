@@ -1,0 +1,107 @@
+"""The Anthropic Messages streaming wire format, for the scripted upstream.
+
+Events as the API sends them: `message_start`, `content_block_start`, `ping`,
+`content_block_delta` (text_delta) ..., `content_block_stop`, `message_delta`
+(stop_reason, cumulative usage.output_tokens), `message_stop`; each one an SSE
+frame with both an `event:` and a `data:` line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tests.fakes.openai_upstream import Reply
+
+
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def message_frames(
+    deltas: Sequence[str],
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    model: str = "m",
+    stop_reason: str = "end_turn",
+) -> list[bytes]:
+    """A whole streamed answer, ending with `message_stop`."""
+    message: dict[str, Any] = {
+        "id": "msg_fake0001",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 1,
+            "service_tier": "standard",
+        },
+    }
+    frames = [
+        sse_event("message_start", {"type": "message_start", "message": message}),
+        sse_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        sse_event("ping", {"type": "ping"}),
+    ]
+    frames += [
+        sse_event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+        )
+        for t in deltas
+    ]
+    frames += [
+        sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        ),
+        sse_event("message_stop", {"type": "message_stop"}),
+    ]
+    return frames
+
+
+def anthropic_answer(
+    deltas: Sequence[str], input_tokens: int, output_tokens: int, **reply: Any
+) -> Reply:
+    return Reply(frames=message_frames(deltas, input_tokens, output_tokens), **reply)
+
+
+def anthropic_error(
+    status: int, message: str, error_type: str, headers: dict[str, str] | None = None
+) -> Reply:
+    body = {"type": "error", "error": {"type": error_type, "message": message}}
+    return Reply(
+        status=status,
+        headers={"content-type": "application/json", "request-id": "req_fake", **(headers or {})},
+        body=json.dumps(body).encode(),
+    )
+
+
+def overloaded_mid_stream(deltas: Sequence[str]) -> Reply:
+    """Some text, then the `error` event Anthropic sends when it is overloaded mid-answer."""
+    frames = message_frames(deltas, 5, 1)[: 3 + len(deltas)]
+    frames.append(
+        sse_event(
+            "error",
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        )
+    )
+    return Reply(frames=frames)
