@@ -1,0 +1,539 @@
+"""The embedded model: a GGUF file run in-process by llama.cpp.
+
+By default this is the Gemma 3 270M that ships as a Python package (see
+`gguf_package`). Options (`[[providers]] options`, checked at start-up):
+`model_path` (any GGUF file instead), `n_ctx` (2048), `threads` (the usable CPUs
+divided by `parallelism`), `parallelism` (generations at once, one model
+instance each; 1), `temperature` (0), `max_tokens` (256), `prompt_format`,
+`extra_buffers` (false), and the defaults of the per-request options `stop`,
+`top_p`, `top_k`, `repeat_penalty` and `seed`.
+
+`prompt_format` "qa" (the default) writes the conversation as "Question: ... /
+Answer:" lines, which a base model such as the packaged one continues with an
+answer; "gemma" uses Gemma's turn markup, for instruction-tuned Gemma files
+(the packaged base model answers it with noise); "plain" sends the text as is.
+
+Loading starts in a worker thread when the provider is built, so the first
+request does not pay for it. Every llama.cpp call runs on the provider's own
+threads, one per model instance: requests beyond `parallelism` queue there, and
+a request closed while queued never reaches the model. Closing a stream stops
+its generation before the next token (or the next slice of a long prompt).
+Each prompt is evaluated afresh, so at temperature 0 the same conversation
+always gets the same answer.
+
+llama.cpp's threads wait for each other many times a token: when another
+process keeps a core busy, as many threads as cores run several times slower
+than one thread. On a shared or busy machine, set `threads` below the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import ctypes
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from concurrent.futures import CancelledError as FutureCancelled
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import llama_cpp
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenwire.protocol.errors import InvalidRequest, ProviderError, TokenwireError
+from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.providers.gguf_package import (
+    MODEL_NAME,
+    ModelFileError,
+    packaged_model,
+    packaged_model_path,
+)
+from tokenwire.settings import ProviderSettings
+
+logger = structlog.get_logger("tokenwire.local")
+
+PromptFormat = Literal["qa", "gemma", "plain"]
+
+# Prompt tokens evaluated between two looks at the cancel flag: about 90 ms on
+# two cores, at about 80% of the speed of llama.cpp's default 512.
+PROMPT_SLICE = 32
+
+
+class SamplingOptions(BaseModel):
+    """What a request may set in `config.options`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] = []
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    top_k: Annotated[int, Field(ge=0)] = 40
+    repeat_penalty: Annotated[float, Field(gt=0, le=5)] = 1.1
+    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+
+
+class LocalOptions(SamplingOptions):
+    """The provider's `options` table."""
+
+    model_path: Annotated[str, Field(min_length=1)] | None = None
+    n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 2048
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    parallelism: Annotated[int, Field(ge=1, le=64)] = 1
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
+    max_tokens: Annotated[int, Field(ge=1)] = 256
+    prompt_format: PromptFormat = "qa"
+    # llama.cpp's weight repacking and AMX buffers: off, because on some virtual
+    # machines that advertise AMX the AMX kernels kill the process (SIGILL).
+    extra_buffers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One request, resolved against the provider's defaults."""
+
+    messages: tuple[ChatMessage, ...]
+    prompt_format: PromptFormat
+    max_tokens: int
+    temperature: float
+    sampling: SamplingOptions
+
+
+_Item = str | Usage | Exception | None
+
+
+class _Job:
+    """A generation's link between its worker thread and the waiting stream."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, generation: Generation) -> None:
+        self.generation = generation
+        self.cancelled = threading.Event()
+        self.items: asyncio.Queue[_Item] = asyncio.Queue()
+        self._loop = loop
+
+    def send(self, item: _Item) -> None:
+        """From the worker thread; a text delta, or the end (`Usage`, an error, None)."""
+        if item == "":
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+
+class LocalProvider:
+    kind = "local"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self._name = settings.name
+        self._options = _parse_options(settings.options)
+        self._sampling = SamplingOptions.model_validate(
+            self._options.model_dump(include=set(SamplingOptions.model_fields))
+        )
+        locate, default_model = _model_source(self._options.model_path)
+        self._model = settings.model or default_model
+        parallelism = self._options.parallelism
+        self._threads = self._options.threads or max(1, _usable_cpus() // parallelism)
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._instances: list[Any] = []
+        self._jobs: set[_Job] = set()
+        self._closing = False
+        self._started = 0
+        self._started_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(parallelism, f"tokenwire-local-{self._name}")
+        self._loading: Future[None] = self._executor.submit(self._load, locate)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def threads(self) -> int:
+        """llama.cpp threads per model instance."""
+        return self._threads
+
+    @property
+    def started_generations(self) -> int:
+        """How many requests reached the model; one closed while queued never does."""
+        return self._started
+
+    def validate(self, request: ProviderRequest) -> None:
+        self._generation(request)
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        generation = self._generation(request)
+        await self._ready()
+        job = _Job(asyncio.get_running_loop(), generation)
+        try:
+            future = self._executor.submit(self._run, job)
+        except RuntimeError:
+            raise ProviderError(f"provider {self._name} is shutting down") from None
+        self._jobs.add(job)
+        try:
+            while True:
+                item = await job.items.get()
+                if isinstance(item, str):
+                    yield item
+                elif isinstance(item, Usage):
+                    yield item
+                    return
+                elif isinstance(item, TokenwireError):
+                    raise item
+                elif item is None:
+                    raise ProviderError(f"provider {self._name} shut down during the answer")
+                else:
+                    raise ProviderError(f"the local model failed: {item}") from item
+        finally:
+            # Closed early (cancel, timeout, a vanished client) or done: either way
+            # the worker stops before its next token, and a queued job never starts.
+            job.cancelled.set()
+            future.cancel()
+            self._jobs.discard(job)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for job in list(self._jobs):
+            job.cancelled.set()
+            job.send(None)
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        while self._instances:
+            self._instances.pop().close()
+
+    # -- requests -------------------------------------------------------------
+
+    def _generation(self, request: ProviderRequest) -> Generation:
+        if request.model is not None and request.model != self._model:
+            raise InvalidRequest(f"provider {self._name} serves only model {self._model!r}")
+        defaults, sampling = self._options, self._sampling
+        if request.options:
+            try:
+                chosen = SamplingOptions.model_validate(request.options)
+            except ValidationError as exc:
+                raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
+            sampling = sampling.model_copy(update=chosen.model_dump(exclude_unset=True))
+        temperature = request.temperature
+        return Generation(
+            messages=request.messages,
+            prompt_format=defaults.prompt_format,
+            max_tokens=request.max_tokens or defaults.max_tokens,
+            temperature=defaults.temperature if temperature is None else temperature,
+            sampling=sampling,
+        )
+
+    async def _ready(self) -> None:
+        try:
+            if not self._loading.done():
+                # Shielded: a cancelled request must not cancel the shared load.
+                await asyncio.shield(asyncio.wrap_future(self._loading))
+            self._loading.result()
+        except (asyncio.CancelledError, FutureCancelled):
+            if self._loading.cancelled():
+                raise ProviderError(f"provider {self._name} is shutting down") from None
+            raise
+        except Exception as exc:
+            raise ProviderError(f"the local model could not be loaded: {exc}") from None
+
+    # -- worker threads ---------------------------------------------------------
+
+    def _load(self, locate: Callable[[], Path]) -> None:
+        started = time.monotonic()
+        try:
+            path = locate()
+            for _ in range(self._options.parallelism):
+                if self._closing:
+                    return
+                llm = _open_model(path, self._options, self._threads)
+                _warm_up(llm)
+                self._instances.append(llm)
+                self._idle.put(llm)
+        except Exception as exc:
+            logger.error("local model failed to load", provider=self._name, error=str(exc))
+            raise
+        logger.info(
+            "local model loaded",
+            provider=self._name,
+            path=str(path),
+            instances=self._options.parallelism,
+            threads=self._threads,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _run(self, job: _Job) -> None:
+        if job.cancelled.is_set():
+            return
+        try:
+            # There are as many instances as threads, each holding at most one.
+            llm = self._idle.get_nowait()
+        except queue.Empty:
+            job.send(ProviderError(f"provider {self._name} has no model loaded"))
+            return
+        with self._started_lock:
+            self._started += 1
+        try:
+            job.send(generate(llm, job.generation, job.send, job.cancelled))
+        except Exception as exc:
+            job.send(exc)
+        finally:
+            self._idle.put(llm)
+
+
+def generate(
+    llm: Any,
+    generation: Generation,
+    emit: Callable[[str], None],
+    cancelled: threading.Event,
+) -> Usage | None:
+    """Run one generation on `llm`, emitting text; None when cancelled."""
+    prompt = tokenize_prompt(llm, prompt_segments(generation.messages, generation.prompt_format))
+    room = llm.n_ctx() - len(prompt)
+    if room < 1:
+        raise InvalidRequest(
+            f"the prompt is {len(prompt)} tokens; the local model's context holds {llm.n_ctx()}"
+        )
+    sampling = generation.sampling
+    seed = random.randrange(2**32) if sampling.seed is None else sampling.seed
+    llm.set_seed(seed)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    answer = AnswerText(
+        (*format_stops(generation.prompt_format), *sampling.stop),
+        strip=generation.prompt_format != "plain",
+    )
+    budget = min(generation.max_tokens, room)
+    count = 0
+    # From an empty cache, in fixed slices: the same prompt always gets the same
+    # arithmetic (so the same answer at temperature 0; reusing a cached prefix
+    # would change it), and a cancel is seen between slices of a long prompt.
+    llm.reset()
+    for start in range(0, len(prompt), PROMPT_SLICE):
+        if cancelled.is_set():
+            return None
+        llm.eval(prompt[start : start + PROMPT_SLICE])
+    # The prompt is evaluated: `generate` finds it cached and samples at once.
+    tokens = llm.generate(
+        prompt,
+        temp=generation.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        repeat_penalty=sampling.repeat_penalty,
+    )
+    try:
+        for token in tokens:
+            if cancelled.is_set():
+                return None
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            count += 1
+            emit(answer.push(token_bytes(vocab, token)))
+            if answer.stopped or count >= budget:
+                break
+    finally:
+        tokens.close()
+    emit(answer.finish())
+    return Usage(prompt_tokens=len(prompt), completion_tokens=count)
+
+
+# -- prompts ------------------------------------------------------------------
+
+Segment = tuple[str, bool]
+"""Prompt text, and whether it is markup whose special tokens count (never user text)."""
+
+
+def prompt_segments(messages: Sequence[ChatMessage], prompt_format: PromptFormat) -> list[Segment]:
+    if prompt_format == "plain":
+        return [("\n".join(m.content for m in messages), False)]
+    if prompt_format == "qa":
+        label = {"system": "", "user": "Question: ", "assistant": "Answer: "}
+        lines = [f"{label[m.role]}{m.content}\n" for m in messages]
+        return [("".join(lines) + "Answer:", False)]
+    # Gemma has no system turn: system text opens the next user turn.
+    segments: list[Segment] = []
+    system: list[str] = []
+    for m in messages:
+        if m.role == "system":
+            system.append(m.content)
+            continue
+        text = "\n\n".join([*system, m.content]) if m.role == "user" else m.content
+        if m.role == "user":
+            system = []
+        role = "user" if m.role == "user" else "model"
+        segments += [(f"<start_of_turn>{role}\n", True), (text, False), ("<end_of_turn>\n", True)]
+    if system:
+        segments += [("<start_of_turn>user\n", True), ("\n\n".join(system), False)]
+        segments.append(("<end_of_turn>\n", True))
+    segments.append(("<start_of_turn>model\n", True))
+    return segments
+
+
+def format_stops(prompt_format: PromptFormat) -> tuple[str, ...]:
+    """Where an answer ends in that format, besides the model's end-of-turn tokens."""
+    return ("\nQuestion:",) if prompt_format == "qa" else ()
+
+
+def tokenize_prompt(llm: Any, segments: Sequence[Segment]) -> list[int]:
+    tokens: list[int] = llm.tokenize(b"", add_bos=True)
+    for text, markup in segments:
+        if text:
+            tokens += llm.tokenize(text.encode(), add_bos=False, special=markup)
+    return tokens
+
+
+# -- text ---------------------------------------------------------------------
+
+
+class AnswerText:
+    """Token bytes in, answer text out.
+
+    Only whole UTF-8 characters leave (a character split across tokens waits
+    for its last byte); text that may begin a stop sequence is held until it
+    is clear, and nothing from a stop sequence on is ever sent. With `strip`,
+    whitespace at either end of the answer is dropped (inner whitespace waits
+    for the text after it).
+    """
+
+    def __init__(self, stops: Sequence[str], strip: bool = False) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._stops = tuple(s for s in stops if s)
+        self._strip = strip
+        self._started = False
+        self._held = ""
+        self.stopped = False
+
+    def push(self, piece: bytes) -> str:
+        return self._feed(self._decoder.decode(piece))
+
+    def finish(self) -> str:
+        """The text still held back, at the end of the answer.
+
+        Bytes of a character the answer was cut off in the middle of are dropped.
+        """
+        text, self._held = self._held, ""
+        return text.rstrip() if self._strip else text
+
+    def _feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if self._strip and not self._started:
+            text = text.lstrip()
+        self._started = self._started or bool(text)
+        held = self._held + text
+        found = [i for i in (held.find(s) for s in self._stops) if i >= 0]
+        if found:
+            self.stopped = True
+            self._held = ""
+            answer = held[: min(found)]
+            return answer.rstrip() if self._strip else answer
+        cut = len(held) - _partial_stop(held, self._stops)
+        if self._strip:
+            cut = len(held[:cut].rstrip())
+        self._held = held[cut:]
+        return held[:cut]
+
+
+def _partial_stop(text: str, stops: Sequence[str]) -> int:
+    """The length of the longest end of `text` that begins some stop sequence."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def token_bytes(vocab: Any, token: int) -> bytes:
+    # Llama.detokenize uses a 32-byte buffer and garbles longer pieces (Gemma has some).
+    buffer = ctypes.create_string_buffer(64)
+    size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if size < 0:
+        buffer = ctypes.create_string_buffer(-size)
+        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    return buffer.raw[:size]
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def _parse_options(options: dict[str, Any]) -> LocalOptions:
+    try:
+        return LocalOptions.model_validate(options)
+    except ValidationError as exc:
+        raise ValueError(f"options.{describe_validation_error(exc)}") from None
+
+
+def _model_source(model_path: str | None) -> tuple[Callable[[], Path], str]:
+    """How to find the model file when loading, and the model's default name.
+
+    Checked now, so that a wrong path or a missing package stops start-up.
+    """
+    if model_path is not None:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise ValueError(f"options.model_path: no such file: {path}")
+        return (lambda: path), path.stem
+    try:
+        packaged_model()
+    except ModelFileError as exc:
+        raise ValueError(str(exc)) from None
+    return packaged_model_path, MODEL_NAME
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+def _open_model(path: Path, options: LocalOptions, threads: int) -> Any:
+    with _PARAMS_LOCK, _default_model_params(extra_buffers=options.extra_buffers):
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=options.n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+
+
+def _warm_up(llm: Any) -> None:
+    """Evaluate a few tokens, so that the first request does not pay for
+    touching every page of the weights (a few hundred milliseconds)."""
+    llm.eval(llm.tokenize(b"Hello", add_bos=True))
+    llm.reset()
+
+
+@contextlib.contextmanager
+def _default_model_params(extra_buffers: bool) -> Iterator[None]:
+    """`Llama()` has no argument for llama.cpp's `use_extra_bufts`; set it on its defaults."""
+    if extra_buffers:
+        yield
+        return
+    library = llama_cpp.llama_cpp
+    original = library.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    library.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        library.llama_model_default_params = original
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
