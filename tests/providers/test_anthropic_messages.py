@@ -176,7 +176,7 @@ def test_a_provider_without_a_model_fails_start_up_naming_the_key() -> None:
 def test_a_bad_request_option_is_an_invalid_request_naming_the_key(
     provider: AnthropicProvider, options: dict[str, Any], named: str
 ) -> None:
-    with pytest.raises(InvalidRequest, match=rf"config\.options: {named}"):
+    with pytest.raises(InvalidRequest, match=rf"config\.options\.{named}"):
         provider.validate(ProviderRequest(HELLO, options=options))
 
 

@@ -256,7 +256,7 @@ def test_wrong_options_fail_at_construction_naming_the_key(
 def test_validate_rejects_wrong_request_options_naming_the_key(
     provider: LocalProvider, options: dict[str, Any], key: str
 ) -> None:
-    with pytest.raises(InvalidRequest, match=rf"config\.options: {key}"):
+    with pytest.raises(InvalidRequest, match=rf"config\.options\.{key}"):
         provider.validate(ask("hi", **options))
 
 

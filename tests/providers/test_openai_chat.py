@@ -155,7 +155,7 @@ def test_a_provider_without_a_model_fails_start_up_naming_the_key() -> None:
 
 
 def test_unknown_provider_options_fail_start_up() -> None:
-    with pytest.raises(ConfigError, match="options: temprature"):
+    with pytest.raises(ConfigError, match="options.temprature: unknown key"):
         build_provider(
             ProviderSettings(name="oa", kind="openai", model="m", options={"temprature": 1}), 0
         )
@@ -175,7 +175,7 @@ def test_unknown_provider_options_fail_start_up() -> None:
 def test_a_bad_request_option_is_an_invalid_request_naming_the_key(
     provider: OpenAIProvider, options: dict[str, Any], named: str
 ) -> None:
-    with pytest.raises(InvalidRequest, match=rf"config\.options: {named}"):
+    with pytest.raises(InvalidRequest, match=rf"config\.options\.{named}"):
         provider.validate(ProviderRequest(HELLO, options=options))
 
 

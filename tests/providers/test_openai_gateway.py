@@ -175,7 +175,7 @@ async def test_a_bad_option_is_refused_before_anything_is_sent_upstream(
         error = await first(client, "error")
 
     assert error["data"]["error_type"] == "invalid_request"
-    assert "config.options: n" in error["data"]["error"]
+    assert "config.options.n: unknown key" in error["data"]["error"]
     assert upstream.exchanges == []
 
 

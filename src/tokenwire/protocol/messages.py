@@ -139,11 +139,12 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
         raise error from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the field; never echoes the input (it may be a prompt)."""
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One part per problem, naming the field (under `prefix`); never echoes the input."""
     parts = []
     for err in exc.errors(include_input=False, include_url=False, include_context=False):
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)

@@ -15,13 +15,13 @@ mid-stream through unwrapped (as `httpx2` exceptions); both are handled here.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 import anthropic
 import httpx2
 from anthropic.types import MessageParam, RawMessageStreamEvent
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -29,8 +29,9 @@ from tokenwire.protocol.errors import (
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.providers.options import configured_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
 
@@ -59,10 +60,7 @@ class AnthropicProvider:
     def __init__(self, settings: ProviderSettings) -> None:
         if not settings.model:
             raise ValueError("model: required for an anthropic provider (the model to ask for)")
-        try:
-            self._defaults = ProviderOptions.model_validate(settings.options)
-        except ValidationError as exc:
-            raise ValueError(f"options: {describe_validation_error(exc)}") from None
+        self._defaults = configured_options(ProviderOptions, settings.options)
         self._settings = settings
         self._model = settings.model
         # Every source is given, so that ANTHROPIC_* variables cannot redirect the key,
@@ -83,7 +81,7 @@ class AnthropicProvider:
         return self._model
 
     def validate(self, request: ProviderRequest) -> None:
-        _request_options(request.options)
+        request_options(RequestOptions, request.options)
         if request.temperature is not None and request.temperature > 1:
             raise InvalidRequest("config.temperature: anthropic takes 0 to 1")
         if all(m.role == "system" for m in request.messages):
@@ -121,7 +119,7 @@ class AnthropicProvider:
     def _merged_options(self, request: ProviderRequest) -> ProviderOptions:
         if not request.options:
             return self._defaults
-        given = _request_options(request.options)
+        given = request_options(RequestOptions, request.options)
         return self._defaults.model_copy(update=given.model_dump(exclude_unset=True))
 
 
@@ -152,13 +150,6 @@ class _Answer:
         if not self.stopped or self.input_tokens is None:
             raise ProviderError(f"{END_MARKER_MISSING} (no message_stop): the answer is cut short")
         return Usage(self.input_tokens, self.output_tokens)
-
-
-def _request_options(options: Mapping[str, Any]) -> RequestOptions:
-    try:
-        return RequestOptions.model_validate(options)
-    except ValidationError as exc:
-        raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
 
 
 def _message(message: ChatMessage) -> MessageParam:

@@ -37,7 +37,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -47,8 +47,9 @@ from tokenwire.protocol.errors import (
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage, estimate_tokens
+from tokenwire.providers.options import configured_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, retry_after
 from tokenwire.settings import ProviderSettings
 
@@ -83,9 +84,6 @@ class BedrockRequestOptions(BaseModel):
     stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = None
 
 
-_REQUEST_OPTION_NAMES = ", ".join(BedrockRequestOptions.model_fields)
-
-
 class BedrockProvider:
     kind = "bedrock"
 
@@ -95,10 +93,7 @@ class BedrockProvider:
         self._name = settings.name
         self._model = settings.model
         self._endpoint_url = settings.base_url
-        try:
-            self._options = BedrockSettingsOptions.model_validate(settings.options)
-        except ValidationError as exc:
-            raise ValueError(f"options: {describe_validation_error(exc)}") from None
+        self._options = configured_options(BedrockSettingsOptions, settings.options)
         # Streams beyond the HTTP pool size would queue inside botocore, unseen.
         self._pool_size = settings.max_concurrency or 256
         # Built and warmed here, at start-up: botocore's handlers and JSON models
@@ -121,7 +116,7 @@ class BedrockProvider:
         return self._model
 
     def validate(self, request: ProviderRequest) -> None:
-        _request_options(request.options)
+        request_options(BedrockRequestOptions, request.options)
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         return None
@@ -187,7 +182,7 @@ class BedrockProvider:
             return self._client
 
     def _converse_arguments(self, request: ProviderRequest) -> dict[str, Any]:
-        options = _request_options(request.options)
+        options = request_options(BedrockRequestOptions, request.options)
         arguments: dict[str, Any] = {
             "modelId": request.model or self._model,
             "messages": _conversation(request.messages),
@@ -212,18 +207,6 @@ class BedrockProvider:
         if inference:
             arguments["inferenceConfig"] = inference
         return arguments
-
-
-def _request_options(options: Mapping[str, Any]) -> BedrockRequestOptions:
-    for key in options:
-        if key not in BedrockRequestOptions.model_fields:
-            raise InvalidRequest(
-                f"config.options.{key}: not accepted by bedrock (accepted: {_REQUEST_OPTION_NAMES})"
-            )
-    try:
-        return BedrockRequestOptions.model_validate(options)
-    except ValidationError as exc:
-        raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
 
 
 def _conversation(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:

@@ -46,10 +46,10 @@ from typing import Annotated, Any, Literal
 
 import llama_cpp
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.protocol.errors import InvalidRequest, ProviderError, TokenwireError
-from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
 from tokenwire.providers.gguf_package import (
     MODEL_NAME,
@@ -57,6 +57,7 @@ from tokenwire.providers.gguf_package import (
     packaged_model,
     packaged_model_path,
 )
+from tokenwire.providers.options import configured_options, request_options
 from tokenwire.settings import ProviderSettings
 
 logger = structlog.get_logger("tokenwire.local")
@@ -133,7 +134,7 @@ class LocalProvider:
 
     def __init__(self, settings: ProviderSettings) -> None:
         self._name = settings.name
-        self._options = _parse_options(settings.options)
+        self._options = configured_options(LocalOptions, settings.options)
         self._sampling = SamplingOptions.model_validate(
             self._options.model_dump(include=set(SamplingOptions.model_fields))
         )
@@ -220,10 +221,7 @@ class LocalProvider:
             raise InvalidRequest(f"provider {self._name} serves only model {self._model!r}")
         defaults, sampling = self._options, self._sampling
         if request.options:
-            try:
-                chosen = SamplingOptions.model_validate(request.options)
-            except ValidationError as exc:
-                raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
+            chosen = request_options(SamplingOptions, request.options)
             sampling = sampling.model_copy(update=chosen.model_dump(exclude_unset=True))
         temperature = request.temperature
         return Generation(
@@ -465,13 +463,6 @@ def token_bytes(vocab: Any, token: int) -> bytes:
 
 
 # -- loading ------------------------------------------------------------------
-
-
-def _parse_options(options: dict[str, Any]) -> LocalOptions:
-    try:
-        return LocalOptions.model_validate(options)
-    except ValidationError as exc:
-        raise ValueError(f"options.{describe_validation_error(exc)}") from None
 
 
 def _model_source(model_path: str | None) -> tuple[Callable[[], Path], str]:

@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import openai
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.completion_usage import CompletionUsage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.protocol.errors import (
-    InvalidRequest,
     ProviderError,
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage, describe_validation_error
+from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.providers.options import configured_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
 
@@ -60,10 +60,7 @@ class OpenAIProvider:
     def __init__(self, settings: ProviderSettings) -> None:
         if not settings.model:
             raise ValueError("model: required for an openai provider (the model name to ask for)")
-        try:
-            self._defaults = ProviderOptions.model_validate(settings.options)
-        except ValidationError as exc:
-            raise ValueError(f"options: {describe_validation_error(exc)}") from None
+        self._defaults = configured_options(ProviderOptions, settings.options)
         self._settings = settings
         self._model = settings.model
         # base_url is always given, so that OPENAI_BASE_URL cannot redirect the key.
@@ -82,7 +79,7 @@ class OpenAIProvider:
         return self._model
 
     def validate(self, request: ProviderRequest) -> None:
-        _request_options(request.options)
+        request_options(RequestOptions, request.options)
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         return None
@@ -121,7 +118,7 @@ class OpenAIProvider:
     def _merged_options(self, request: ProviderRequest) -> ProviderOptions:
         if not request.options:
             return self._defaults
-        given = _request_options(request.options)
+        given = request_options(RequestOptions, request.options)
         return self._defaults.model_copy(update=given.model_dump(exclude_unset=True))
 
 
@@ -151,13 +148,6 @@ class _Answer:
         if self.reported is None:
             raise ProviderError(f"{END_MARKER_MISSING} (no usage chunk after the answer)")
         return Usage(self.reported.prompt_tokens, self.reported.completion_tokens)
-
-
-def _request_options(options: Mapping[str, Any]) -> RequestOptions:
-    try:
-        return RequestOptions.model_validate(options)
-    except ValidationError as exc:
-        raise InvalidRequest(f"config.options: {describe_validation_error(exc)}") from None
 
 
 def _message(message: ChatMessage) -> ChatCompletionMessageParam:

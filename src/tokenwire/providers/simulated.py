@@ -15,11 +15,11 @@ import random
 from collections.abc import AsyncGenerator
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.protocol.errors import InvalidRequest, ProviderError
-from tokenwire.protocol.messages import describe_validation_error
+from tokenwire.protocol.errors import ProviderError
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage, estimate_tokens
+from tokenwire.providers.options import configured_options, request_options
 from tokenwire.settings import ProviderSettings
 
 _WORDS = [
@@ -73,7 +73,7 @@ class SimulatedProvider:
     def __init__(self, settings: ProviderSettings) -> None:
         self._name = settings.name
         self._model = settings.model or "simulated-1"
-        self._defaults = _parse(settings.options, "options")
+        self._defaults = configured_options(SimulatedOptions, settings.options)
 
     @property
     def name(self) -> str:
@@ -120,14 +120,7 @@ class SimulatedProvider:
         if not request.options:
             return self._defaults
         merged = {**self._defaults.model_dump(exclude_unset=True), **request.options}
-        return _parse(merged, "config.options")
-
-
-def _parse(options: object, where: str) -> SimulatedOptions:
-    try:
-        return SimulatedOptions.model_validate(options)
-    except ValidationError as exc:
-        raise InvalidRequest(f"{where}: {describe_validation_error(exc)}") from None
+        return request_options(SimulatedOptions, merged)
 
 
 def _seed(request: ProviderRequest, options: SimulatedOptions) -> int:
