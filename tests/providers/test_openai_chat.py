@@ -155,7 +155,7 @@ def test_a_provider_without_a_model_fails_start_up_naming_the_key() -> None:
 
 
 def test_unknown_provider_options_fail_start_up() -> None:
-    with pytest.raises(ConfigError, match="options.temprature: unknown key"):
+    with pytest.raises(ConfigError, match=r"options\.temprature: unknown key"):
         build_provider(
             ProviderSettings(name="oa", kind="openai", model="m", options={"temprature": 1}), 0
         )
