@@ -26,7 +26,8 @@ from tokenwire.providers.gguf_package import (
     file_sha256,
     packaged_model,
 )
-from tokenwire.providers.local import AnswerText, LocalProvider, prompt_segments
+from tokenwire.providers.llama_text import AnswerText, prompt_segments
+from tokenwire.providers.local import LocalProvider
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ConfigError, ProviderSettings, load_settings
 

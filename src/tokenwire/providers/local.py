@@ -29,7 +29,6 @@ than one thread. On a shared or busy machine, set `threads` below the cores.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ctypes
 import os
@@ -37,12 +36,12 @@ import queue
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import llama_cpp
 import structlog
@@ -57,12 +56,17 @@ from tokenwire.providers.gguf_package import (
     packaged_model,
     packaged_model_path,
 )
+from tokenwire.providers.llama_text import (
+    AnswerText,
+    PromptFormat,
+    format_stops,
+    prompt_segments,
+    tokenize_prompt,
+)
 from tokenwire.providers.options import configured_options, request_options
 from tokenwire.settings import ProviderSettings
 
 logger = structlog.get_logger("tokenwire.local")
-
-PromptFormat = Literal["qa", "gemma", "plain"]
 
 # Prompt tokens evaluated between two looks at the cancel flag: about 90 ms on
 # two cores, at about 80% of the speed of llama.cpp's default 512.
@@ -342,114 +346,6 @@ def generate(
         tokens.close()
     emit(answer.finish())
     return Usage(prompt_tokens=len(prompt), completion_tokens=count)
-
-
-# -- prompts ------------------------------------------------------------------
-
-Segment = tuple[str, bool]
-"""Prompt text, and whether it is markup whose special tokens count (never user text)."""
-
-
-def prompt_segments(messages: Sequence[ChatMessage], prompt_format: PromptFormat) -> list[Segment]:
-    if prompt_format == "plain":
-        return [("\n".join(m.content for m in messages), False)]
-    if prompt_format == "qa":
-        label = {"system": "", "user": "Question: ", "assistant": "Answer: "}
-        lines = [f"{label[m.role]}{m.content}\n" for m in messages]
-        return [("".join(lines) + "Answer:", False)]
-    # Gemma has no system turn: system text opens the next user turn.
-    segments: list[Segment] = []
-    system: list[str] = []
-    for m in messages:
-        if m.role == "system":
-            system.append(m.content)
-            continue
-        text = "\n\n".join([*system, m.content]) if m.role == "user" else m.content
-        if m.role == "user":
-            system = []
-        role = "user" if m.role == "user" else "model"
-        segments += [(f"<start_of_turn>{role}\n", True), (text, False), ("<end_of_turn>\n", True)]
-    if system:
-        segments += [("<start_of_turn>user\n", True), ("\n\n".join(system), False)]
-        segments.append(("<end_of_turn>\n", True))
-    segments.append(("<start_of_turn>model\n", True))
-    return segments
-
-
-def format_stops(prompt_format: PromptFormat) -> tuple[str, ...]:
-    """Where an answer ends in that format, besides the model's end-of-turn tokens."""
-    return ("\nQuestion:",) if prompt_format == "qa" else ()
-
-
-def tokenize_prompt(llm: Any, segments: Sequence[Segment]) -> list[int]:
-    tokens: list[int] = llm.tokenize(b"", add_bos=True)
-    for text, markup in segments:
-        if text:
-            tokens += llm.tokenize(text.encode(), add_bos=False, special=markup)
-    return tokens
-
-
-# -- text ---------------------------------------------------------------------
-
-
-class AnswerText:
-    """Token bytes in, answer text out.
-
-    Only whole UTF-8 characters leave (a character split across tokens waits
-    for its last byte); text that may begin a stop sequence is held until it
-    is clear, and nothing from a stop sequence on is ever sent. With `strip`,
-    whitespace at either end of the answer is dropped (inner whitespace waits
-    for the text after it).
-    """
-
-    def __init__(self, stops: Sequence[str], strip: bool = False) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._stops = tuple(s for s in stops if s)
-        self._strip = strip
-        self._started = False
-        self._held = ""
-        self.stopped = False
-
-    def push(self, piece: bytes) -> str:
-        return self._feed(self._decoder.decode(piece))
-
-    def finish(self) -> str:
-        """The text still held back, at the end of the answer.
-
-        Bytes of a character the answer was cut off in the middle of are dropped.
-        """
-        text, self._held = self._held, ""
-        return text.rstrip() if self._strip else text
-
-    def _feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        if self._strip and not self._started:
-            text = text.lstrip()
-        self._started = self._started or bool(text)
-        held = self._held + text
-        found = [i for i in (held.find(s) for s in self._stops) if i >= 0]
-        if found:
-            self.stopped = True
-            self._held = ""
-            answer = held[: min(found)]
-            return answer.rstrip() if self._strip else answer
-        cut = len(held) - _partial_stop(held, self._stops)
-        if self._strip:
-            cut = len(held[:cut].rstrip())
-        self._held = held[cut:]
-        return held[:cut]
-
-
-def _partial_stop(text: str, stops: Sequence[str]) -> int:
-    """The length of the longest end of `text` that begins some stop sequence."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
 
 
 def token_bytes(vocab: Any, token: int) -> bytes:
