@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -21,12 +21,18 @@ def build_gateway(settings: Settings) -> Gateway:
     slots = {
         p.name: ProviderSlot(build_provider(p, i), p) for i, p in enumerate(settings.providers)
     }
-    router = StrengthRouter(slots, settings.default_provider)
+    return gateway_for(settings, slots)
+
+
+def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gateway:
+    """A gateway over these provider slots, routing and logs set up from settings."""
+    streams = settings.streams
     logs = MemoryLogStore(
-        retention_seconds=settings.streams.log_retention_seconds,
-        max_log_bytes=settings.streams.max_log_bytes,
+        retention_seconds=streams.log_retention_seconds,
+        max_log_bytes=streams.max_log_bytes,
+        max_retained_bytes=streams.max_retained_log_bytes,
     )
-    return Gateway(settings, slots, router, logs)
+    return Gateway(settings, slots, StrengthRouter(slots, settings.default_provider), logs)
 
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:

@@ -55,6 +55,7 @@ class StreamSettings(_Table):
     request_timeout_seconds: Positive = 30.0
     log_retention_seconds: NonNegative = 300.0
     max_log_bytes: Annotated[int, Field(ge=1024)] = 8 * MiB
+    max_retained_log_bytes: Annotated[int, Field(ge=0)] = 256 * MiB
     resume_grace_seconds: NonNegative = 10.0
     session_idle_seconds: Positive = 3600.0
     session_sweep_seconds: Positive = 300.0

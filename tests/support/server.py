@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
-from tokenwire.app import build_app, build_gateway
+from tokenwire.app import build_app, build_gateway, gateway_for
 from tokenwire.cli import GracefulServer
 from tokenwire.core.gateway import Gateway
 from tokenwire.settings import Settings, load_settings
@@ -118,15 +118,18 @@ def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any
 
 def gateway_with(*providers: Any, settings: Settings | None = None) -> Gateway:
     """A gateway serving these provider objects (the first is the default)."""
-    from tokenwire.backends.memory import MemoryLogStore
     from tokenwire.core.request import ProviderSlot
-    from tokenwire.routing.router import StrengthRouter
     from tokenwire.settings import ProviderSettings
 
+    names = [p.name for p in providers]
     settings = settings or simulated_settings()
+    settings = settings.model_copy(
+        update={
+            "providers": [ProviderSettings(name=n, kind="simulated") for n in names],
+            "routing": settings.routing.model_copy(update={"default_provider": names[0]}),
+        }
+    )
     slots = {
         p.name: ProviderSlot(p, ProviderSettings(name=p.name, kind="simulated")) for p in providers
     }
-    router = StrengthRouter(slots, providers[0].name)
-    logs = MemoryLogStore(settings.streams.log_retention_seconds, settings.streams.max_log_bytes)
-    return Gateway(settings, slots, router, logs)
+    return gateway_for(settings, slots)

@@ -1,19 +1,30 @@
-"""The in-process log store: logs live in this process and expire after retention."""
+"""The in-process log store: logs live in this process and expire after retention.
+
+Finished logs are kept for `retention_seconds` so that clients can re-attach,
+but never more than `max_retained_bytes` of them in all: past that the oldest
+finished logs go first, whatever their age. Memory thus stays bounded at any
+request rate.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 from tokenwire.core.eventlog import EventLog
 from tokenwire.protocol.errors import InvalidRequest
 
 
 class MemoryLogStore:
-    def __init__(self, retention_seconds: float, max_log_bytes: int) -> None:
+    def __init__(
+        self, retention_seconds: float, max_log_bytes: int, max_retained_bytes: int
+    ) -> None:
         self._retention = retention_seconds
         self._max_log_bytes = max_log_bytes
+        self._max_retained_bytes = max_retained_bytes
         self._logs: dict[str, EventLog] = {}
-        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._retained: OrderedDict[str, tuple[int, asyncio.TimerHandle]] = OrderedDict()
+        self.retained_bytes = 0
 
     def create(self, request_id: str, session_id: str | None) -> EventLog:
         if request_id in self._logs:
@@ -30,19 +41,26 @@ class MemoryLogStore:
             self._drop(log.request_id)
             return
         loop = asyncio.get_running_loop()
-        self._expiries[log.request_id] = loop.call_later(
-            self._retention, self._drop, log.request_id
-        )
+        expiry = loop.call_later(self._retention, self._drop, log.request_id)
+        self._retained[log.request_id] = (log.held_bytes, expiry)
+        self.retained_bytes += log.held_bytes
+        while self.retained_bytes > self._max_retained_bytes and self._retained:
+            self._drop(next(iter(self._retained)))
 
     def __len__(self) -> int:
         return len(self._logs)
 
     def close(self) -> None:
-        for handle in self._expiries.values():
-            handle.cancel()
-        self._expiries.clear()
+        for _, expiry in self._retained.values():
+            expiry.cancel()
+        self._retained.clear()
         self._logs.clear()
+        self.retained_bytes = 0
 
     def _drop(self, request_id: str) -> None:
         self._logs.pop(request_id, None)
-        self._expiries.pop(request_id, None)
+        retained = self._retained.pop(request_id, None)
+        if retained is not None:
+            size, expiry = retained
+            expiry.cancel()
+            self.retained_bytes -= size

@@ -12,19 +12,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tokenwire.protocol.errors import TokenwireError
-from tokenwire.protocol.events import Event, EventType
+from tokenwire.protocol.events import EventType, encode_event
 
 
 class NotRecovered(TokenwireError):
     error_type = "not_recovered"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    # A tuple, not a dataclass: one is made per token, and tuples are cheapest to make.
     seq: int
     event_type: EventType
     frame: str
@@ -58,21 +57,19 @@ class EventLog:
         return self._next_seq - 1
 
     @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    @property
     def first_held_seq(self) -> int:
         return self._records[0].seq if self._records else self._next_seq
 
     def append(self, event_type: EventType, data: dict[str, Any]) -> Record:
         if self.finished:
             raise RuntimeError(f"log of {self.request_id} is finished; nothing may follow")
-        event = Event(
-            event_type=event_type,
-            data=data,
-            timestamp=self._clock(),
-            session_id=self.session_id,
-            request_id=self.request_id,
-            seq=self._next_seq,
-        )
-        record = Record(self._next_seq, event_type, event.to_frame())
+        seq = self._next_seq
+        frame = encode_event(event_type, data, self._clock(), self.session_id, self.request_id, seq)
+        record = Record(seq, event_type, frame)
         self._next_seq += 1
         self._records.append(record)
         self._bytes += len(record.frame)

@@ -66,6 +66,7 @@ class StreamRun:
         self._known_total = route.slot.provider.expected_deltas(route.slot.provider_request(spec))
         self._expected = self._known_total or spec.config.max_tokens or DEFAULT_EXPECTED_DELTAS
         self._last_progress = 0.0
+        self._loop_turned = True
 
     async def run(self) -> StreamOutcome:
         self._emit_opening()
@@ -142,12 +143,19 @@ class StreamRun:
         silence: float | None,
     ) -> None:
         token_mode = self.spec.granularity is Granularity.TOKEN
+        loop = asyncio.get_running_loop()
         async for item in events:
             if isinstance(item, Usage):
                 self.usage = item
                 continue
             if not item:
                 continue
+            # SDKs do not suspend while bytes are buffered. If the loop has not turned
+            # since the last delta, yield first, so that the last one reaches the client
+            # (and other streams run) before the rest of a burst; a paced provider that
+            # already waited pays no extra task switch.
+            if not self._loop_turned:
+                await asyncio.sleep(0)
             now = time.monotonic()
             if self.ttft is None:
                 self.ttft = now - self.started
@@ -165,9 +173,8 @@ class StreamRun:
                     self._start_flush_timer(self._coalescer.due_at - now)
             if silence is not None and now + silence < deadline:
                 timer.reschedule(self._loop_deadline(now + silence))
-            # SDKs do not suspend while bytes are buffered; yielding here lets this
-            # delta reach the client (and other streams run) before the rest of a burst.
-            await asyncio.sleep(0)
+            self._loop_turned = False
+            loop.call_soon(self._note_loop_turn)
 
     def _emit_closing(self, status: StreamStatus, error: TokenwireError | None) -> StreamOutcome:
         spec = self.spec
@@ -254,6 +261,9 @@ class StreamRun:
         self._flush_timer = None
         if not self.log.finished:
             self._flush_held_text()
+
+    def _note_loop_turn(self) -> None:
+        self._loop_turned = True
 
     def _stop_flush_timer(self) -> None:
         if self._flush_timer is not None:

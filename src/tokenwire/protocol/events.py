@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 
 class EventType(StrEnum):
     STREAM_START = "stream_start"
@@ -29,7 +31,39 @@ class StreamStatus(StrEnum):
     ERROR = "error"
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_stdlib = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text. orjson is an order of magnitude faster on the per-token path;
+    the standard library takes what orjson refuses (integers past 64 bits a client sent)."""
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return _encode_stdlib(value)
+
+
+def encode_event(
+    event_type: EventType,
+    data: dict[str, Any],
+    timestamp: float,
+    session_id: str | None,
+    request_id: str | None = None,
+    seq: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """One event as a text frame: the envelope every server event shares."""
+    return encode_json(
+        {
+            "event_type": event_type.value,
+            "data": data,
+            "timestamp": timestamp,
+            "request_id": request_id,
+            "session_id": session_id,
+            "metadata": metadata or {},
+            "seq": seq,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,22 +79,20 @@ class Event:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> str:
-        return _encode(
-            {
-                "event_type": self.event_type.value,
-                "data": self.data,
-                "timestamp": self.timestamp,
-                "request_id": self.request_id,
-                "session_id": self.session_id,
-                "metadata": self.metadata,
-                "seq": self.seq,
-            }
+        return encode_event(
+            self.event_type,
+            self.data,
+            self.timestamp,
+            self.session_id,
+            self.request_id,
+            self.seq,
+            self.metadata,
         )
 
 
 def pong_frame(echo: Any, server_time: float) -> str:
     """The answer to a `ping`: not an event, so it has no envelope."""
-    return _encode({"type": "pong", "timestamp": echo, "server_time": server_time})
+    return encode_json({"type": "pong", "timestamp": echo, "server_time": server_time})
 
 
 def decode_frame(frame: str) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator
-from typing import Annotated
+from collections.abc import AsyncGenerator, Mapping
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +74,7 @@ class SimulatedProvider:
         self._name = settings.name
         self._model = settings.model or "simulated-1"
         self._defaults = configured_options(SimulatedOptions, settings.options)
+        self._recent: dict[frozenset[tuple[str, Any]], SimulatedOptions] = {}
 
     @property
     def name(self) -> str:
@@ -119,7 +120,21 @@ class SimulatedProvider:
     def _options(self, request: ProviderRequest) -> SimulatedOptions:
         if not request.options:
             return self._defaults
-        merged = {**self._defaults.model_dump(exclude_unset=True), **request.options}
+        try:
+            key = frozenset(request.options.items())
+        except TypeError:  # an unhashable value: wrong anyway, let validation say how
+            return self._parse(request.options)
+        # Asked three times per request (validate, expected_deltas, stream): parse once.
+        parsed = self._recent.get(key)
+        if parsed is None:
+            parsed = self._parse(request.options)
+            if len(self._recent) >= 256:
+                self._recent.clear()
+            self._recent[key] = parsed
+        return parsed
+
+    def _parse(self, options: Mapping[str, Any]) -> SimulatedOptions:
+        merged = {**self._defaults.model_dump(exclude_unset=True), **options}
         return request_options(SimulatedOptions, merged)
 
 
