@@ -32,7 +32,8 @@ def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gatewa
         max_log_bytes=streams.max_log_bytes,
         max_retained_bytes=streams.max_retained_log_bytes,
     )
-    return Gateway(settings, slots, StrengthRouter(slots, settings.default_provider), logs)
+    router = StrengthRouter(slots, settings.default_provider, settings.routing.strategy)
+    return Gateway(settings, slots, router, logs)
 
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:

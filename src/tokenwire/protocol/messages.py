@@ -45,7 +45,8 @@ class ChatMessage(_Strict):
 
 
 class RequestConfig(_Strict):
-    routing_strategy: Annotated[RoutingStrategy, Field(strict=False)] = RoutingStrategy.INTELLIGENT
+    # None: the server's `[routing] strategy`.
+    routing_strategy: Annotated[RoutingStrategy, Field(strict=False)] | None = None
     speed_priority: bool = True
     reliability_priority: bool = False
     cost_limit: Annotated[float, Field(ge=0)] | None = None

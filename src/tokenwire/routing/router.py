@@ -6,19 +6,26 @@ from collections.abc import Mapping
 
 from tokenwire.core.request import ProviderSlot, RequestSpec, Route
 from tokenwire.protocol.errors import InvalidRequest
+from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.routing.classify import classify
 
 
 class StrengthRouter:
-    def __init__(self, slots: Mapping[str, ProviderSlot], default_provider: str) -> None:
+    def __init__(
+        self,
+        slots: Mapping[str, ProviderSlot],
+        default_provider: str,
+        default_strategy: RoutingStrategy = RoutingStrategy.INTELLIGENT,
+    ) -> None:
         if default_provider not in slots:
             raise ValueError(f"default provider {default_provider!r} is not configured")
         self._slots = dict(slots)
         self._default = slots[default_provider]
+        self._default_strategy = default_strategy
 
     def choose(self, spec: RequestSpec) -> Route:
         task = classify(spec.latest_user_text)
-        strategy = spec.config.routing_strategy
+        strategy = spec.config.routing_strategy or self._default_strategy
         forced = spec.config.provider
         if forced is not None:
             slot = self._slots.get(forced)
