@@ -10,6 +10,8 @@ from enum import StrEnum
 from typing import Any
 
 from tokenwire.core.conversations import ConversationBook
+from tokenwire.protocol.errors import InvalidMessage
+from tokenwire.protocol.events import encode_json
 
 
 class SessionState(StrEnum):
@@ -20,6 +22,10 @@ class SessionState(StrEnum):
     DISCONNECTING = "disconnecting"
     DISCONNECTED = "disconnected"
 
+
+# A session's preferences live as long as it does: bounded, so no client can grow them.
+MAX_PREFERENCE_KEYS = 64
+MAX_PREFERENCE_BYTES = 16 * 1024
 
 # How the core asks a transport to end a session's connection (idle, shutdown).
 SessionCloser = Callable[[int, str], Awaitable[None]]
@@ -56,9 +62,16 @@ class Session:
         self.touch()
 
     def update_preferences(self, changes: dict[str, Any]) -> dict[str, Any]:
-        self.preferences.update(changes)
+        """Merge `changes` in; refused whole if the result would pass the bounds."""
+        merged = {**self.preferences, **changes}
+        if len(merged) > MAX_PREFERENCE_KEYS or len(encode_json(merged)) > MAX_PREFERENCE_BYTES:
+            raise InvalidMessage(
+                f"preferences: at most {MAX_PREFERENCE_KEYS} keys and "
+                f"{MAX_PREFERENCE_BYTES} bytes of JSON in all"
+            )
+        self.preferences = merged
         self.touch()
-        return dict(self.preferences)
+        return dict(merged)
 
     def describe(self) -> dict[str, Any]:
         return {
