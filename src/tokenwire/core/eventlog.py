@@ -9,6 +9,7 @@ those is told so (`NotRecovered`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,7 +24,8 @@ class NotRecovered(TokenwireError):
 
 
 class Record(NamedTuple):
-    # A tuple, not a dataclass: one is made per token, and tuples are cheapest to make.
+    """One event of a request as delivered: made per delivery, not kept."""
+
     seq: int
     event_type: EventType
     frame: str
@@ -46,7 +48,12 @@ class EventLog:
         self.session_id = session_id
         self._max_bytes = max_bytes
         self._clock = clock
-        self._records: deque[Record] = deque()
+        # Held as frames and event types side by side, not as records: a retained log
+        # of strings and shared enum members is two containers to the garbage
+        # collector, where one record object per event made full collections crawl.
+        self._frames: deque[str] = deque()
+        self._types: deque[EventType] = deque()
+        self._first_seq = 1
         self._bytes = 0
         self._next_seq = 1
         self._subscribers: list[Subscriber] = []
@@ -62,21 +69,24 @@ class EventLog:
 
     @property
     def first_held_seq(self) -> int:
-        return self._records[0].seq if self._records else self._next_seq
+        return self._first_seq
 
     def append(self, event_type: EventType, data: dict[str, Any]) -> Record:
         if self.finished:
             raise RuntimeError(f"log of {self.request_id} is finished; nothing may follow")
         seq = self._next_seq
         frame = encode_event(event_type, data, self._clock(), self.session_id, self.request_id, seq)
-        record = Record(seq, event_type, frame)
         self._next_seq += 1
-        self._records.append(record)
-        self._bytes += len(record.frame)
-        while self._bytes > self._max_bytes and len(self._records) > 1:
-            self._bytes -= len(self._records.popleft().frame)
+        self._frames.append(frame)
+        self._types.append(event_type)
+        self._bytes += len(frame)
+        while self._bytes > self._max_bytes and len(self._frames) > 1:
+            self._bytes -= len(self._frames.popleft())
+            self._types.popleft()
+            self._first_seq += 1
         if event_type is EventType.STREAM_END:
             self.finished = True
+        record = Record(seq, event_type, frame)
         for subscriber in self._subscribers:
             subscriber.deliver(record)
         if self.finished:
@@ -85,13 +95,14 @@ class EventLog:
 
     def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
         """Replay the records after `after_seq`, then deliver new ones as they come."""
-        if after_seq + 1 < self.first_held_seq:
+        if after_seq + 1 < self._first_seq:
             raise NotRecovered(
                 f"events after seq {after_seq} of request {self.request_id} are no longer held"
             )
-        for record in self._records:
-            if record.seq > after_seq:
-                subscriber.deliver(record)
+        skip = max(0, after_seq + 1 - self._first_seq)
+        held = zip(self._types, self._frames, strict=True)
+        for offset, (event_type, frame) in enumerate(itertools.islice(held, skip, None)):
+            subscriber.deliver(Record(self._first_seq + skip + offset, event_type, frame))
         if not self.finished:
             self._subscribers.append(subscriber)
 

@@ -132,10 +132,10 @@ class Connection:
     def _dispatch(self, session: Session, message: ClientMessage) -> None:
         if isinstance(message, AiRequest):
             log = self._gateway.start(session, message)
+            # Only logs still running need unsubscribing later; finished ones may go.
+            self._subscriptions = [s for s in self._subscriptions if not s.finished]
             log.subscribe(self)
             self._subscriptions.append(log)
-            if len(self._subscriptions) > 64:
-                self._subscriptions = [s for s in self._subscriptions if not s.finished]
         elif isinstance(message, CancelRequest):
             self._gateway.cancel(message.request_id, session.user_id)
         elif isinstance(message, UpdatePreferences):
