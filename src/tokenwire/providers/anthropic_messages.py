@@ -31,7 +31,7 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
-from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.options import configured_options, merged_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
 
@@ -91,7 +91,7 @@ class AnthropicProvider:
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        options = self._merged_options(request)
+        options = merged_options(self._defaults, RequestOptions, request.options)
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
         answer = _Answer()
         try:
@@ -115,12 +115,6 @@ class AnthropicProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-    def _merged_options(self, request: ProviderRequest) -> ProviderOptions:
-        if not request.options:
-            return self._defaults
-        given = request_options(RequestOptions, request.options)
-        return self._defaults.model_copy(update=given.model_dump(exclude_unset=True))
 
 
 class _Answer:

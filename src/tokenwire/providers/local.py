@@ -63,7 +63,7 @@ from tokenwire.providers.llama_text import (
     prompt_segments,
     tokenize_prompt,
 )
-from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
 
 logger = structlog.get_logger("tokenwire.local")
@@ -224,9 +224,7 @@ class LocalProvider:
         if request.model is not None and request.model != self._model:
             raise InvalidRequest(f"provider {self._name} serves only model {self._model!r}")
         defaults, sampling = self._options, self._sampling
-        if request.options:
-            chosen = request_options(SamplingOptions, request.options)
-            sampling = sampling.model_copy(update=chosen.model_dump(exclude_unset=True))
+        sampling = merged_options(sampling, SamplingOptions, request.options)
         temperature = request.temperature
         return Generation(
             messages=request.messages,

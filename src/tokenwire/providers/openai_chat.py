@@ -29,7 +29,7 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
-from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.options import configured_options, merged_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
 
@@ -85,7 +85,7 @@ class OpenAIProvider:
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        options = self._merged_options(request)
+        options = merged_options(self._defaults, RequestOptions, request.options)
         answer = _Answer()
         try:
             # Leaving this block by any path (end, error, aclose, cancel) closes the response.
@@ -114,12 +114,6 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-    def _merged_options(self, request: ProviderRequest) -> ProviderOptions:
-        if not request.options:
-            return self._defaults
-        given = request_options(RequestOptions, request.options)
-        return self._defaults.model_copy(update=given.model_dump(exclude_unset=True))
 
 
 class _Answer:

@@ -17,6 +17,7 @@ from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.messages import describe_validation_error
 
 OptionsModel = TypeVar("OptionsModel", bound=BaseModel)
+Defaults = TypeVar("Defaults", bound=BaseModel)
 
 
 def configured_options(model: type[OptionsModel], options: Mapping[str, Any]) -> OptionsModel:
@@ -33,3 +34,13 @@ def request_options(model: type[OptionsModel], options: Mapping[str, Any]) -> Op
         return model.model_validate(options)
     except ValidationError as exc:
         raise InvalidRequest(describe_validation_error(exc, "config.options")) from None
+
+
+def merged_options(
+    defaults: Defaults, model: type[OptionsModel], options: Mapping[str, Any]
+) -> Defaults:
+    """A request's `config.options` (read as `model`) laid over the provider's defaults."""
+    if not options:
+        return defaults
+    given = request_options(model, options)
+    return defaults.model_copy(update=given.model_dump(exclude_unset=True))
