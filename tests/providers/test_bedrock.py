@@ -18,7 +18,6 @@ from tests.fakes.bedrock_server import (
     FakeBedrock,
     Reply,
     running_fake_bedrock,
-    use_fake_aws_credentials,
 )
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -36,15 +35,8 @@ from tokenwire.settings import ConfigError, ProviderSettings
 MODEL = "anthropic.claude-test"
 
 
-@pytest.fixture(autouse=True)
-def _aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_fake_aws_credentials(monkeypatch)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock() as server:
-        yield server
+# Every test here runs with fake AWS keys in the environment (see conftest.py).
+pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 @pytest.fixture

@@ -12,22 +12,12 @@ from tests.fakes import bedrock_eventstream as es
 from tests.fakes.bedrock_server import (
     FakeBedrock,
     Reply,
-    running_fake_bedrock,
-    use_fake_aws_credentials,
 )
 from tests.support.server import RunningServer, of_type, running_server, ws_client
 from tokenwire.settings import load_settings
 
-
-@pytest.fixture(autouse=True)
-def _aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_fake_aws_credentials(monkeypatch)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock() as server:
-        yield server
+# Every test here runs with fake AWS keys in the environment (see conftest.py).
+pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 @pytest.fixture
