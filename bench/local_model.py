@@ -15,8 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import ProviderRequest, Usage
+from tokenwire.core.provider import Message, ProviderRequest, Usage
 from tokenwire.providers.local import LocalProvider
 from tokenwire.settings import ProviderSettings
 
@@ -25,7 +24,7 @@ PROMPT = "Once upon a time, in a small village by the sea, there lived an old fi
 
 async def one_run(provider: LocalProvider, max_tokens: int) -> tuple[float, float, int]:
     request = ProviderRequest(
-        messages=(ChatMessage(role="user", content=PROMPT),), max_tokens=max_tokens
+        messages=(Message(role="user", content=PROMPT),), max_tokens=max_tokens
     )
     started = time.perf_counter()
     first: float | None = None

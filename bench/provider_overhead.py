@@ -41,9 +41,8 @@ from tests.fakes.anthropic_upstream import anthropic_answer
 from tests.fakes.openai_upstream import ReplyScript, ScriptedUpstream, openai_answer
 from websockets.asyncio.client import ClientConnection, connect
 
-from tokenwire.protocol.messages import ChatMessage
+from tokenwire.core.provider import Message, Provider, ProviderRequest
 from tokenwire.providers.anthropic_messages import AnthropicProvider
-from tokenwire.providers.base import Provider, ProviderRequest
 from tokenwire.providers.openai_chat import OpenAIProvider
 from tokenwire.settings import ProviderSettings
 
@@ -116,7 +115,7 @@ def anthropic_sdk(url: str) -> tuple[Timed, Callable[[], Awaitable[None]]]:
 
 
 def adapter(provider: Provider) -> tuple[Timed, Callable[[], Awaitable[None]]]:
-    request = ProviderRequest(messages=(ChatMessage(role="user", content=PROMPT),))
+    request = ProviderRequest(messages=(Message(role="user", content=PROMPT),))
 
     async def once() -> float:
         started = time.perf_counter()

@@ -1,39 +1,85 @@
-"""Builds the ASGI application from settings."""
+"""Builds the ASGI application from settings: the one place settings become plain values.
+
+The core takes plain values (`GatewayConfig`, `ProviderProfile`), never the
+settings model; this module reads the settings once and hands them down.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from tokenwire.backends.memory import MemoryLogStore
-from tokenwire.core.gateway import Gateway
-from tokenwire.core.request import ProviderSlot
+from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
+from tokenwire.core.gateway import Gateway, GatewayConfig
+from tokenwire.core.orchestrator import StreamTuning
+from tokenwire.core.route import ProviderProfile, ProviderSlot
 from tokenwire.providers.registry import build_provider
 from tokenwire.routing.router import StrengthRouter
-from tokenwire.settings import Settings
+from tokenwire.settings import ProviderSettings, Settings
 from tokenwire.transports import http, websocket
+from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
+
+
+def provider_profile(settings: ProviderSettings) -> ProviderProfile:
+    return ProviderProfile(
+        input_cost_per_mtok=settings.input_cost_per_mtok,
+        output_cost_per_mtok=settings.output_cost_per_mtok,
+        max_concurrency=settings.max_concurrency,
+        silence_timeout=settings.timeout,
+        strengths=tuple(settings.strengths),
+    )
+
+
+def gateway_config(settings: Settings) -> GatewayConfig:
+    streams = settings.streams
+    return GatewayConfig(
+        tuning=StreamTuning(
+            chunk_max_chars=streams.chunk_max_chars,
+            chunk_flush_seconds=streams.chunk_flush_ms / 1000,
+            default_timeout=streams.request_timeout_seconds,
+            default_progress_every=streams.progress_every,
+        ),
+        session_idle_seconds=streams.session_idle_seconds,
+        session_sweep_seconds=streams.session_sweep_seconds,
+    )
 
 
 def build_gateway(settings: Settings) -> Gateway:
     slots = {
-        p.name: ProviderSlot(build_provider(p, i), p) for i, p in enumerate(settings.providers)
+        p.name: ProviderSlot(build_provider(p, i), provider_profile(p))
+        for i, p in enumerate(settings.providers)
     }
     return gateway_for(settings, slots)
 
 
 def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gateway:
-    """A gateway over these provider slots, routing and logs set up from settings."""
+    """A gateway over these provider slots, routing and stores set up from settings."""
     streams = settings.streams
     logs = MemoryLogStore(
         retention_seconds=streams.log_retention_seconds,
         max_log_bytes=streams.max_log_bytes,
         max_retained_bytes=streams.max_retained_log_bytes,
     )
+    conversations = MemoryConversationStore(
+        max_tokens=streams.conversation_max_tokens,
+        max_conversations=streams.max_conversations,
+        idle_seconds=streams.conversation_idle_seconds,
+    )
     router = StrengthRouter(slots, settings.default_provider, settings.routing.strategy)
-    return Gateway(settings, slots, router, logs)
+    return Gateway(gateway_config(settings), slots, router, logs, conversations)
+
+
+def websocket_limits(settings: Settings) -> websocket.WebSocketLimits:
+    limits = settings.limits
+    return websocket.WebSocketLimits(
+        max_message_bytes=limits.max_message_bytes,
+        max_send_buffer_bytes=limits.max_send_buffer_bytes,
+        close_timeout=limits.close_timeout_seconds,
+    )
 
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
@@ -59,5 +105,24 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gateway = gw
-    app.state.settings = settings
+    app.state.ws_limits = websocket_limits(settings)
     return app
+
+
+def uvicorn_config(settings: Settings, app: Starlette, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn serves the app, for the command line and the tests alike."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws=TokenwireWebSocketProtocol,
+        # The app enforces the message limit itself, after reading the whole frame, so
+        # that the client sees a clean 1009 close instead of a reset mid-send;
+        # uvicorn's cap only bounds what a single frame may make it buffer.
+        ws_max_size=4 * settings.limits.max_message_bytes,
+        ws_per_message_deflate=settings.server.ws_per_message_deflate,
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace_seconds) + 1,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from tokenwire.app import build_app, build_gateway
+from tokenwire.app import build_app, build_gateway, uvicorn_config
 from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
 from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_settings
@@ -74,19 +74,8 @@ def serve(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        build_app(settings, gateway),
-        host=settings.server.host,
-        port=settings.server.port,
-        # The app enforces the message limit itself, after reading the whole frame, so
-        # that the client sees a clean 1009 close instead of a reset mid-send;
-        # uvicorn's cap only bounds what a single frame may make it buffer.
-        ws_max_size=4 * settings.limits.max_message_bytes,
-        ws_per_message_deflate=settings.server.ws_per_message_deflate,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_seconds) + 1,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
+    config = uvicorn_config(
+        settings, build_app(settings, gateway), settings.server.host, settings.server.port
     )
     log.info(
         "serving",

@@ -36,7 +36,7 @@ class ConfigError(Exception):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ServerSettings(_Table):
@@ -60,6 +60,10 @@ class StreamSettings(_Table):
     session_idle_seconds: Positive = 3600.0
     session_sweep_seconds: Positive = 300.0
     conversation_max_tokens: Annotated[int, Field(ge=1)] = 4096
+    # Conversations are kept per user, at most this many in all, each forgotten after
+    # this long unused.
+    max_conversations: Annotated[int, Field(ge=1)] = 10_000
+    conversation_idle_seconds: Positive = 3600.0
 
 
 class ProviderSettings(_Table):
@@ -103,6 +107,9 @@ class LimitsSettings(_Table):
     # Frames queued for one connection beyond what its socket takes; past it the
     # client is too slow and is disconnected.
     max_send_buffer_bytes: Annotated[int, Field(ge=4096)] = 8 * MiB
+    # How long a client has to complete a close the server started before its
+    # connection is cut (and its socket and buffers released).
+    close_timeout_seconds: Positive = 30.0
 
 
 class RedisSettings(_Table):

@@ -18,6 +18,7 @@ from tests.support.server import (
     simulated_settings,
     ws_client,
 )
+from tokenwire.core.spec import RequestKey
 
 SLOW = {"options": {"tokens": 5000, "delay_ms": 5}}
 FAST = {"options": {"tokens": 20, "delay_ms": 0}}
@@ -165,7 +166,7 @@ async def test_only_the_user_who_started_a_request_may_cancel_it() -> None:
         await mallory.send({"type": "cancel_request", "request_id": "a1"})
         error = await mallory.recv()
         assert error["data"]["error_type"] == "unknown_request"
-        assert server.gateway.is_running("a1")
+        assert server.gateway.is_running(RequestKey("alice", "a1"))
 
 
 async def test_an_idle_session_is_closed_by_the_sweeper() -> None:
@@ -267,7 +268,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_its_stream_cancel
     provider = WatchedProvider()
     settings = simulated_settings(limits={"max_send_buffer_bytes": 64 * 1024})
     gateway = gateway_with(provider, settings=settings)
-    async with running_server(gateway=gateway) as server:
+    async with running_server(settings, gateway=gateway) as server:
         # A tiny client queue: the client stops reading from its socket almost at once.
         ws = await connect(server.ws_url, max_queue=1, max_size=2**24)
         await ws.recv()

@@ -12,19 +12,18 @@ from tests.fakes.anthropic_upstream import (
     anthropic_answer,
 )
 from tests.fakes.openai_upstream import ScriptedUpstream
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest
 from tokenwire.protocol.errors import (
     InvalidRequest,
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers.anthropic_messages import AnthropicProvider, upstream_error
-from tokenwire.providers.base import ProviderEvent, ProviderRequest
 from tokenwire.settings import ProviderSettings
 
 KEY_ENV = "TOKENWIRE_TEST_ANTHROPIC_KEY"
 KEY = "sk-ant-api03-0123456789abcdefSECRET"
-HELLO = (ChatMessage(role="user", content="hello"),)
+HELLO = (Message(role="user", content="hello"),)
 
 
 def settings(url: str, **fields: Any) -> ProviderSettings:
@@ -50,7 +49,7 @@ async def provider(
 
 
 async def ask(
-    provider: AnthropicProvider, messages: tuple[ChatMessage, ...] = HELLO, **fields: Any
+    provider: AnthropicProvider, messages: tuple[Message, ...] = HELLO, **fields: Any
 ) -> list[ProviderEvent]:
     return [event async for event in provider.stream(ProviderRequest(messages, **fields))]
 
@@ -69,11 +68,11 @@ async def test_system_messages_go_to_the_system_parameter(
 ) -> None:
     upstream.reply = anthropic_answer(["ok"], 1, 1)
     messages = (
-        ChatMessage(role="system", content="be brief"),
-        ChatMessage(role="system", content="be kind"),
-        ChatMessage(role="user", content="hi"),
-        ChatMessage(role="assistant", content="hello"),
-        ChatMessage(role="user", content="again"),
+        Message(role="system", content="be brief"),
+        Message(role="system", content="be kind"),
+        Message(role="user", content="hi"),
+        Message(role="assistant", content="hello"),
+        Message(role="user", content="again"),
     )
 
     await ask(provider, messages)
@@ -146,7 +145,7 @@ def test_a_conversation_of_system_messages_only_is_an_invalid_request(
     provider: AnthropicProvider,
 ) -> None:
     with pytest.raises(InvalidRequest, match="user message"):
-        provider.validate(ProviderRequest((ChatMessage(role="system", content="rules"),)))
+        provider.validate(ProviderRequest((Message(role="system", content="rules"),)))
 
 
 # -- upstream errors ------------------------------------------------------------

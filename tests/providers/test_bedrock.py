@@ -19,6 +19,7 @@ from tests.fakes.bedrock_server import (
     Reply,
     running_fake_bedrock,
 )
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderAuthError,
@@ -26,8 +27,6 @@ from tokenwire.protocol.errors import (
     RateLimited,
     RequestTimeout,
 )
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
 from tokenwire.providers.bedrock import END_MARKER_MISSING, BedrockProvider
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ConfigError, ProviderSettings
@@ -63,7 +62,7 @@ async def _provider(base_url: str, **options: Any) -> AsyncIterator[BedrockProvi
 
 
 def _request(prompt: str = "hello", **fields: Any) -> ProviderRequest:
-    return ProviderRequest(messages=(ChatMessage(role="user", content=prompt),), **fields)
+    return ProviderRequest(messages=(Message(role="user", content=prompt),), **fields)
 
 
 async def _collect(
@@ -158,11 +157,11 @@ async def test_system_messages_go_to_system_and_turns_alternate(
     fake: FakeBedrock, provider: BedrockProvider
 ) -> None:
     messages = (
-        ChatMessage(role="system", content="be brief"),
-        ChatMessage(role="user", content="one"),
-        ChatMessage(role="user", content="two"),
-        ChatMessage(role="assistant", content="three"),
-        ChatMessage(role="user", content="four"),
+        Message(role="system", content="be brief"),
+        Message(role="user", content="one"),
+        Message(role="user", content="two"),
+        Message(role="assistant", content="three"),
+        Message(role="user", content="four"),
     )
 
     await _collect(provider, ProviderRequest(messages=messages))

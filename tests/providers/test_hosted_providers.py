@@ -36,6 +36,7 @@ from tests.fakes.openai_upstream import (
     openai_answer,
     openai_error,
 )
+from tokenwire.core.provider import Message, Provider, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import (
     ProviderAuthError,
     ProviderError,
@@ -43,16 +44,14 @@ from tokenwire.protocol.errors import (
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage
 from tokenwire.providers import anthropic_messages, openai_chat
 from tokenwire.providers.anthropic_messages import AnthropicProvider
-from tokenwire.providers.base import Provider, ProviderEvent, ProviderRequest, Usage
 from tokenwire.providers.openai_chat import OpenAIProvider
 from tokenwire.providers.registry import build_provider
 from tokenwire.providers.upstream import retry_after
 from tokenwire.settings import ConfigError, ProviderSettings
 
-HELLO = (ChatMessage(role="user", content="hello"),)
+HELLO = (Message(role="user", content="hello"),)
 
 
 def openai_error_mid_stream(deltas: list[str]) -> Reply:

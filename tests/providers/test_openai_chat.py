@@ -12,21 +12,20 @@ from tests.fakes.openai_upstream import (
     openai_answer,
     openai_error,
 )
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderError,
     RateLimited,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import ProviderEvent, ProviderRequest
 from tokenwire.providers.openai_chat import OpenAIProvider
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ConfigError, ProviderSettings
 
 KEY_ENV = "TOKENWIRE_TEST_OPENAI_KEY"
 KEY = "sk-test-0123456789abcdefSECRET"
-HELLO = (ChatMessage(role="user", content="hello"),)
+HELLO = (Message(role="user", content="hello"),)
 
 
 def settings(url: str, **fields: Any) -> ProviderSettings:
@@ -69,10 +68,10 @@ async def test_the_request_asks_for_a_stream_with_usage_and_carries_the_conversa
 ) -> None:
     upstream.reply = openai_answer(["ok"], 1, 1)
     messages = (
-        ChatMessage(role="system", content="be brief"),
-        ChatMessage(role="user", content="hi"),
-        ChatMessage(role="assistant", content="hello"),
-        ChatMessage(role="user", content="again"),
+        Message(role="system", content="be brief"),
+        Message(role="user", content="hi"),
+        Message(role="assistant", content="hello"),
+        Message(role="user", content="again"),
     )
 
     [_ async for _ in provider.stream(ProviderRequest(messages, max_tokens=7, temperature=0.2))]

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage
 from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.settings import ProviderSettings
 

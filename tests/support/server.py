@@ -9,10 +9,9 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
-from tokenwire.app import build_app, build_gateway, gateway_for
+from tokenwire.app import build_app, build_gateway, gateway_for, uvicorn_config
 from tokenwire.cli import GracefulServer
 from tokenwire.core.gateway import Gateway
 from tokenwire.settings import Settings, load_settings
@@ -43,19 +42,10 @@ class RunningServer:
 async def running_server(
     settings: Settings | None = None, gateway: Gateway | None = None
 ) -> AsyncIterator[RunningServer]:
-    settings = settings or (gateway.settings if gateway else simulated_settings())
+    settings = settings or simulated_settings()
     port = free_port()
     gateway = gateway or build_gateway(settings)
-    config = uvicorn.Config(
-        build_app(settings, gateway),
-        host="127.0.0.1",
-        port=port,
-        ws_max_size=4 * settings.limits.max_message_bytes,
-        ws_per_message_deflate=settings.server.ws_per_message_deflate,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
+    config = uvicorn_config(settings, build_app(settings, gateway), "127.0.0.1", port)
     server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
     # The test process keeps its own signal handlers.
     server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
@@ -118,7 +108,7 @@ def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any
 
 def gateway_with(*providers: Any, settings: Settings | None = None) -> Gateway:
     """A gateway serving these provider objects (the first is the default)."""
-    from tokenwire.core.request import ProviderSlot
+    from tokenwire.core.route import ProviderProfile, ProviderSlot
     from tokenwire.settings import ProviderSettings
 
     names = [p.name for p in providers]
@@ -129,7 +119,5 @@ def gateway_with(*providers: Any, settings: Settings | None = None) -> Gateway:
             "routing": settings.routing.model_copy(update={"default_provider": names[0]}),
         }
     )
-    slots = {
-        p.name: ProviderSlot(p, ProviderSettings(name=p.name, kind="simulated")) for p in providers
-    }
+    slots = {p.name: ProviderSlot(p, ProviderProfile()) for p in providers}
     return gateway_for(settings, slots)

@@ -1,44 +1,77 @@
-"""The per-request event log: sequence numbers, replay, fan-out, bounds."""
+"""The per-request event log: sequence numbers, replay, fan-out, bounds, encodings."""
 
 import json
 
 import pytest
 
-from tokenwire.core.eventlog import EventLog, NotRecovered, Record
-from tokenwire.protocol.events import EventType
+from tests.support.recording import Inbox
+from tokenwire.core.eventlog import ENVELOPE_BYTES, EventLog, Record
+from tokenwire.core.spec import RequestKey
+from tokenwire.protocol.errors import NotRecovered
+from tokenwire.protocol.events import EventType, encode_event
+from tokenwire.transports.websocket import ws_frame
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def deliver(self, record: Record) -> None:
-        self.records.append(record)
-
-    @property
-    def seqs(self) -> list[int]:
-        return [r.seq for r in self.records]
+KEY = RequestKey("ada", "req-1")
 
 
 def make_log(max_bytes: int = 1 << 20) -> EventLog:
-    return EventLog("req-1", "sess-1", max_bytes, clock=lambda: 100.0)
+    return EventLog(KEY, "sess-1", max_bytes, clock=lambda: 1764471234.125)
 
 
-def test_appended_events_are_numbered_from_one_and_encoded_once() -> None:
+def test_appended_events_are_numbered_from_one_and_hold_their_data() -> None:
     log = make_log()
     first = log.append(EventType.STREAM_START, {"request_id": "req-1"})
     second = log.append(EventType.CHUNK, {"chunk": "hi"})
     assert (first.seq, second.seq) == (1, 2)
-    frame = json.loads(second.frame)
-    assert frame == {
+    assert (second.event_type, second.data, second.timestamp) == (
+        EventType.CHUNK,
+        {"chunk": "hi"},
+        1764471234.125,
+    )
+    assert second.key == KEY
+
+
+def test_the_websocket_frame_is_the_v1_envelope_with_the_origin_session() -> None:
+    record = make_log().append(EventType.CHUNK, {"chunk": "hé", "n": 1})
+    assert json.loads(ws_frame(record)) == {
         "event_type": "chunk",
-        "data": {"chunk": "hi"},
-        "timestamp": 100.0,
+        "data": {"chunk": "hé", "n": 1},
+        "timestamp": 1764471234.125,
         "request_id": "req-1",
         "session_id": "sess-1",
         "metadata": {},
-        "seq": 2,
+        "seq": 1,
     }
+
+
+@pytest.mark.parametrize("timestamp", [1764471234.125, 1764471234.0, 1e-7, 1.5e16, 17.0])
+def test_the_fast_frame_is_byte_identical_to_the_generic_encoding(timestamp: float) -> None:
+    log = EventLog(KEY, None, 1 << 20, clock=lambda: timestamp)
+    data = {"chunk": 'quote " and \\ and \u2028 and 😀', "chunk_number": 3}
+    record = log.append(EventType.CHUNK, data)
+    generic = encode_event(EventType.CHUNK, data, timestamp, None, "req-1", 1)
+    assert ws_frame(record) == generic
+
+
+def test_one_live_event_is_encoded_once_for_all_its_subscribers() -> None:
+    calls: list[int] = []
+
+    def encoder(record: Record) -> str:
+        calls.append(record.seq)
+        return f"frame {record.seq}"
+
+    class Encoding(Inbox):
+        def deliver(self, record: Record) -> None:
+            super().deliver(record)
+            self.texts = [*getattr(self, "texts", []), record.encoded(encoder)]
+
+    log = make_log()
+    inboxes = [Encoding() for _ in range(3)]
+    for inbox in inboxes:
+        log.subscribe(inbox)
+    log.append(EventType.CHUNK, {"chunk": "x"})
+    assert calls == [1]
+    assert all(inbox.texts == ["frame 1"] for inbox in inboxes)
 
 
 def test_subscriber_gets_the_past_after_its_seq_then_live_events() -> None:
@@ -49,6 +82,17 @@ def test_subscriber_gets_the_past_after_its_seq_then_live_events() -> None:
     log.subscribe(inbox, after_seq=1)
     log.append(EventType.CHUNK, {"n": 3})
     assert inbox.seqs == [2, 3, 4]
+    assert [d["n"] for d in inbox.of("chunk")] == [1, 2, 3]
+
+
+def test_replayed_events_keep_their_original_time() -> None:
+    now = [100.0]
+    log = EventLog(KEY, None, 1 << 20, clock=lambda: now[0])
+    log.append(EventType.CHUNK, {})
+    now[0] = 200.0
+    inbox = Inbox()
+    log.subscribe(inbox)
+    assert inbox.records[0].timestamp == 100.0
 
 
 def test_nothing_may_follow_stream_end_and_subscribers_are_released() -> None:
@@ -69,6 +113,7 @@ def test_a_finished_log_replays_to_late_subscribers() -> None:
     inbox = Inbox()
     log.subscribe(inbox)
     assert inbox.seqs == [1, 2]
+    assert log.subscriber_count == 0
 
 
 def test_log_past_its_byte_bound_drops_oldest_and_says_so_on_resume() -> None:
@@ -76,7 +121,9 @@ def test_log_past_its_byte_bound_drops_oldest_and_says_so_on_resume() -> None:
     for n in range(100):
         log.append(EventType.CHUNK, {"chunk": "x" * 50, "n": n})
     assert log.first_held_seq > 1
-    assert sum(len(r.frame) for r in _held(log)) <= 2048
+    held = list(log.records(log.first_held_seq - 1))
+    assert sum(len(r.data_json) + ENVELOPE_BYTES for r in held) == log.held_bytes <= 2048
+    assert [r.seq for r in held] == list(range(log.first_held_seq, 101))
     with pytest.raises(NotRecovered):
         log.subscribe(Inbox(), after_seq=0)
     inbox = Inbox()
@@ -91,10 +138,3 @@ def test_unsubscribed_inbox_gets_nothing_more() -> None:
     log.unsubscribe(inbox)
     log.append(EventType.CHUNK, {})
     assert inbox.records == []
-
-
-def _held(log: EventLog) -> list[Record]:
-    inbox = Inbox()
-    log.subscribe(inbox, after_seq=log.first_held_seq - 1)
-    log.unsubscribe(inbox)
-    return inbox.records

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
+from tests.support.recording import Inbox
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
-from tokenwire.core.request import ProviderSlot, RequestSpec, Route
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
+from tokenwire.core.route import ProviderProfile, ProviderSlot, Route
+from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import ProviderError
-from tokenwire.protocol.messages import ChatMessage, Granularity, RequestConfig, RoutingStrategy
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
+from tokenwire.protocol.messages import Granularity, RoutingStrategy
 from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.settings import ProviderSettings
 
@@ -55,22 +56,6 @@ class Scripted:
         return None
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.arrived: list[float] = []
-
-    def deliver(self, record: Record) -> None:
-        self.frames.append(json.loads(record.frame))
-        self.arrived.append(time.monotonic())
-
-    def kinds(self) -> list[str]:
-        return [f["event_type"] for f in self.frames]
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [f["data"] for f in self.frames if f["event_type"] == kind]
-
-
 def make_run(
     provider: Any,
     *,
@@ -80,19 +65,17 @@ def make_run(
     progress_every: int = 10,
     options: dict[str, Any] | None = None,
 ) -> tuple[StreamRun, Inbox]:
-    settings = ProviderSettings(name=provider.name, kind="simulated", timeout=silence)
-    slot = ProviderSlot(provider, settings)
+    slot = ProviderSlot(provider, ProviderProfile(silence_timeout=silence))
     spec = RequestSpec(
         request_id="r1",
         user_id="u",
-        session_id="s",
-        messages=(ChatMessage(role="user", content="hello there"),),
-        prompt_length=11,
-        config=RequestConfig(timeout=timeout, options=options or {}),
-        granularity=granularity,
-        progress_every=progress_every,
+        origin="s",
+        messages=(Message(role="user", content="hello there"),),
+        timeout=timeout,
+        generation=Generation(options=options or {}),
+        delivery=Delivery(granularity=granularity, progress_every=progress_every),
     )
-    log = EventLog("r1", "s", 1 << 20)
+    log = EventLog(RequestKey("u", "r1"), "s", 1 << 20)
     inbox = Inbox()
     log.subscribe(inbox)
     return StreamRun(
@@ -202,7 +185,7 @@ async def test_cancel_ends_with_cancelled_and_closes_the_provider_at_once() -> N
     task = asyncio.create_task(run.run())
     await asyncio.sleep(0.1)
     asked = time.monotonic()
-    run.cancel("cancelled by client", task)
+    run.cancel("cancelled by client")
     outcome = await task
     assert provider.closed_at is not None
     assert provider.closed_at - asked < 0.1
@@ -241,11 +224,9 @@ async def test_progress_stays_below_100_while_the_length_is_unknown() -> None:
 
 async def test_usage_from_the_provider_is_reported_with_cost() -> None:
     provider = Scripted([(0, "hi")], usage=Usage(prompt_tokens=1000, completion_tokens=500))
-    settings = ProviderSettings(
-        name="scripted", kind="simulated", input_cost_per_mtok=2.0, output_cost_per_mtok=10.0
-    )
+    profile = ProviderProfile(input_cost_per_mtok=2.0, output_cost_per_mtok=10.0)
     run, inbox = make_run(provider)
-    run.route = Route(ProviderSlot(provider, settings), "conversation", RoutingStrategy.INTELLIGENT)
+    run.route = Route(ProviderSlot(provider, profile), "conversation", RoutingStrategy.INTELLIGENT)
     await run.run()
     end = inbox.of("stream_end")[0]
     assert end["usage"] == {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}

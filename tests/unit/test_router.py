@@ -4,9 +4,11 @@ from typing import Any
 
 import pytest
 
-from tokenwire.core.request import ProviderSlot, RequestSpec
+from tokenwire.core.provider import Message
+from tokenwire.core.route import ProviderProfile, ProviderSlot
+from tokenwire.core.spec import RequestSpec, Routing
 from tokenwire.protocol.errors import InvalidRequest
-from tokenwire.protocol.messages import ChatMessage, RequestConfig, RoutingStrategy
+from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.routing.classify import TaskType, classify
 from tokenwire.routing.router import StrengthRouter
@@ -14,18 +16,18 @@ from tokenwire.settings import ProviderSettings
 
 
 def slot(name: str, strengths: list[str] | None = None) -> ProviderSlot:
-    settings = ProviderSettings(name=name, kind="simulated", strengths=strengths or [])
-    return ProviderSlot(SimulatedProvider(settings), settings)
+    settings = ProviderSettings(name=name, kind="simulated")
+    return ProviderSlot(
+        SimulatedProvider(settings), ProviderProfile(strengths=tuple(strengths or ()))
+    )
 
 
-def spec(prompt: str, **config: Any) -> RequestSpec:
+def spec(prompt: str, **routing: Any) -> RequestSpec:
     return RequestSpec(
         request_id="r",
         user_id="u",
-        session_id="s",
-        messages=(ChatMessage(role="user", content=prompt),),
-        prompt_length=len(prompt),
-        config=RequestConfig(**config),
+        messages=(Message(role="user", content=prompt),),
+        routing=Routing(**routing),
     )
 
 
@@ -71,5 +73,5 @@ def test_an_unknown_forced_provider_is_an_invalid_request_listing_the_known_ones
 
 def test_the_strategy_is_the_request_s_or_else_the_server_s() -> None:
     assert ROUTER.choose(spec("hi")).strategy is RoutingStrategy.COST_OPTIMIZED
-    chosen = ROUTER.choose(spec("hi", routing_strategy=RoutingStrategy.PERFORMANCE_BASED))
+    chosen = ROUTER.choose(spec("hi", strategy=RoutingStrategy.PERFORMANCE_BASED))
     assert chosen.strategy is RoutingStrategy.PERFORMANCE_BASED

@@ -26,12 +26,12 @@ def test_sessions_are_indexed_by_user_and_removed_cleanly() -> None:
 def test_state_follows_requests() -> None:
     session = SessionRegistry().open("ada", {})
     session.state = SessionState.CONNECTED
-    session.request_started("r1")
-    session.request_started("r2")
+    session.follow("r1")
+    session.follow("r2")
     assert session.state is SessionState.PROCESSING
-    session.request_ended("r1")
+    session.unfollow("r1")
     assert session.state is SessionState.PROCESSING
-    session.request_ended("r2")
+    session.unfollow("r2")
     assert session.state is SessionState.IDLE
 
 
@@ -40,9 +40,9 @@ def test_idle_sessions_are_those_quiet_and_with_nothing_running() -> None:
     quiet = registry.open("a", {})
     busy = registry.open("b", {})
     fresh = registry.open("c", {})
+    busy.follow("r")
     long_ago = time.monotonic() - 100
     quiet.last_activity = busy.last_activity = long_ago
-    busy.active_requests.add("r")
     assert registry.idle_since(50) == [quiet]
     assert fresh not in registry.idle_since(50)
 

@@ -1,66 +1,153 @@
-"""The in-process log store: logs live in this process and expire after retention.
+"""In-process stores: event logs and conversations live in this process.
 
 Finished logs are kept for `retention_seconds` so that clients can re-attach,
 but never more than `max_retained_bytes` of them in all: past that the oldest
-finished logs go first, whatever their age. Memory thus stays bounded at any
-request rate.
+finished logs go first, whatever their age. A log past its retention is gone
+when it is looked up, whether or not its expiry timer has run yet. Memory
+thus stays bounded at any request rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
+from tokenwire.core.conversations import Conversation
 from tokenwire.core.eventlog import EventLog
+from tokenwire.core.provider import Message
+from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import InvalidRequest
+
+
+class _Retained:
+    __slots__ = ("expires_at", "size", "timer")
+
+    def __init__(self, size: int, expires_at: float, timer: asyncio.TimerHandle) -> None:
+        self.size = size
+        self.expires_at = expires_at
+        self.timer = timer
 
 
 class MemoryLogStore:
     def __init__(
-        self, retention_seconds: float, max_log_bytes: int, max_retained_bytes: int
+        self,
+        retention_seconds: float,
+        max_log_bytes: int,
+        max_retained_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._retention = retention_seconds
         self._max_log_bytes = max_log_bytes
         self._max_retained_bytes = max_retained_bytes
-        self._logs: dict[str, EventLog] = {}
-        self._retained: OrderedDict[str, tuple[int, asyncio.TimerHandle]] = OrderedDict()
+        self._clock = clock
+        self._logs: dict[RequestKey, EventLog] = {}
+        self._retained: OrderedDict[RequestKey, _Retained] = OrderedDict()
         self.retained_bytes = 0
 
-    def create(self, request_id: str, session_id: str | None) -> EventLog:
-        if request_id in self._logs:
-            raise InvalidRequest(f"request_id {request_id!r} is already in use")
-        log = EventLog(request_id, session_id, self._max_log_bytes)
-        self._logs[request_id] = log
+    async def create(self, key: RequestKey, origin: str | None) -> EventLog:
+        if await self.get(key) is not None:
+            raise InvalidRequest(f"request_id {key.request_id!r} is already in use")
+        log = EventLog(key, origin, self._max_log_bytes)
+        self._logs[key] = log
         return log
 
-    def get(self, request_id: str) -> EventLog | None:
-        return self._logs.get(request_id)
+    async def get(self, key: RequestKey) -> EventLog | None:
+        retained = self._retained.get(key)
+        if retained is not None and self._clock() >= retained.expires_at:
+            self._drop(key)
+        return self._logs.get(key)
 
-    def finished(self, log: EventLog) -> None:
+    async def finished(self, log: EventLog) -> None:
         if self._retention <= 0:
-            self._drop(log.request_id)
+            self._drop(log.key)
             return
         loop = asyncio.get_running_loop()
-        expiry = loop.call_later(self._retention, self._drop, log.request_id)
-        self._retained[log.request_id] = (log.held_bytes, expiry)
+        timer = loop.call_later(self._retention, self._drop, log.key)
+        self._retained[log.key] = _Retained(log.held_bytes, self._clock() + self._retention, timer)
         self.retained_bytes += log.held_bytes
         while self.retained_bytes > self._max_retained_bytes and self._retained:
             self._drop(next(iter(self._retained)))
 
+    async def discard(self, key: RequestKey) -> None:
+        self._drop(key)
+
     def __len__(self) -> int:
         return len(self._logs)
 
-    def close(self) -> None:
-        for _, expiry in self._retained.values():
-            expiry.cancel()
+    async def close(self) -> None:
+        for retained in self._retained.values():
+            retained.timer.cancel()
         self._retained.clear()
         self._logs.clear()
         self.retained_bytes = 0
 
-    def _drop(self, request_id: str) -> None:
-        self._logs.pop(request_id, None)
-        retained = self._retained.pop(request_id, None)
+    def _drop(self, key: RequestKey) -> None:
+        self._logs.pop(key, None)
+        retained = self._retained.pop(key, None)
         if retained is not None:
-            size, expiry = retained
-            expiry.cancel()
-            self.retained_bytes -= size
+            retained.timer.cancel()
+            self.retained_bytes -= retained.size
+
+
+class MemoryConversationStore:
+    """Conversations per user, bounded in number and expiring when left idle.
+
+    At most `max_conversations` in all; past it the least recently used goes
+    first. One unused for `idle_seconds` is forgotten when next looked up.
+    """
+
+    def __init__(
+        self,
+        max_tokens: int,
+        max_conversations: int = 10_000,
+        idle_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_tokens = max_tokens
+        self._max_conversations = max_conversations
+        self._idle = idle_seconds
+        self._clock = clock
+        self._conversations: OrderedDict[tuple[str, str], tuple[Conversation, float]] = (
+            OrderedDict()
+        )
+
+    async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
+        conversation = self._lookup((user_id, conversation_id))
+        return conversation.turns if conversation is not None else ()
+
+    async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
+        key = (user_id, conversation_id)
+        conversation = self._lookup(key) or Conversation(self._max_tokens)
+        conversation.extend(turns)
+        self._conversations[key] = (conversation, self._clock())
+        self._conversations.move_to_end(key)
+        self._forget_idle()
+        while len(self._conversations) > self._max_conversations:
+            self._conversations.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._conversations)
+
+    def _lookup(self, key: tuple[str, str]) -> Conversation | None:
+        entry = self._conversations.get(key)
+        if entry is None:
+            return None
+        conversation, used_at = entry
+        now = self._clock()
+        if now - used_at >= self._idle:
+            del self._conversations[key]
+            return None
+        self._conversations[key] = (conversation, now)
+        self._conversations.move_to_end(key)
+        return conversation
+
+    def _forget_idle(self) -> None:
+        # Least recently used first: stop at the first one still in use.
+        cutoff = self._clock() - self._idle
+        while self._conversations:
+            _, used_at = next(iter(self._conversations.values()))
+            if used_at > cutoff:
+                return
+            self._conversations.popitem(last=False)

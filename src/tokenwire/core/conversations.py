@@ -1,12 +1,17 @@
-"""Server-kept chat history, so that a client continues a chat without resending it."""
+"""Server-kept chat history, so that a client continues a chat without resending it.
+
+A conversation belongs to its user, not to a connection: a reconnect or a
+second device with the same `conversation_id` continues it. Only completed
+answers become history; a cancelled or failed one leaves no trace.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import estimate_tokens
+from tokenwire.core.provider import Message, estimate_tokens
 
 
 class Conversation:
@@ -14,18 +19,18 @@ class Conversation:
 
     def __init__(self, max_tokens: int) -> None:
         self._max_tokens = max_tokens
-        self._turns: deque[tuple[ChatMessage, int]] = deque()
+        self._turns: deque[tuple[Message, int]] = deque()
         self._tokens = 0
 
     @property
-    def turns(self) -> tuple[ChatMessage, ...]:
+    def turns(self) -> tuple[Message, ...]:
         return tuple(message for message, _ in self._turns)
 
     @property
     def tokens(self) -> int:
         return self._tokens
 
-    def extend(self, messages: Iterable[ChatMessage]) -> None:
+    def extend(self, messages: Iterable[Message]) -> None:
         for message in messages:
             cost = estimate_tokens(message.content)
             self._turns.append((message, cost))
@@ -35,24 +40,11 @@ class Conversation:
             self._tokens -= cost
 
 
-class ConversationBook:
-    """A session's conversations; the least recently used goes when there are too many."""
+class ConversationStore(Protocol):
+    """Where conversations live (a backend); asynchronous so that a shared store fits."""
 
-    def __init__(self, max_tokens: int, max_conversations: int = 32) -> None:
-        self._max_tokens = max_tokens
-        self._max_conversations = max_conversations
-        self._conversations: OrderedDict[str, Conversation] = OrderedDict()
+    async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
+        """The turns kept so far; empty for a conversation not (or no longer) kept."""
 
-    def get(self, conversation_id: str) -> Conversation:
-        conversation = self._conversations.get(conversation_id)
-        if conversation is None:
-            conversation = Conversation(self._max_tokens)
-            self._conversations[conversation_id] = conversation
-            while len(self._conversations) > self._max_conversations:
-                self._conversations.popitem(last=False)
-        else:
-            self._conversations.move_to_end(conversation_id)
-        return conversation
-
-    def __len__(self) -> int:
-        return len(self._conversations)
+    async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
+        """Add turns that completed, starting the conversation if it is new."""

@@ -1,10 +1,12 @@
 """The per-request append-only event log, the one place a request's events go.
 
 The orchestrator appends; transports subscribe and receive records, replayed
-from any sequence number still held and then live. A record is encoded once
-and the same frame goes to every subscriber. The log is bounded in bytes: past
-`max_bytes` it drops its oldest records, and a subscriber that needs one of
-those is told so (`NotRecovered`).
+from any sequence number still held and then live. The log holds events
+(type, data, seq, time), not any transport's frames: each transport encodes
+its own, and a record caches the last encoding asked of it, so that one live
+event is encoded once for all the connections that follow it. The log is
+bounded in bytes: past `max_bytes` it drops its oldest events, and a
+subscriber that needs one of those is told so (`NotRecovered`).
 """
 
 from __future__ import annotations
@@ -12,23 +14,62 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from tokenwire.protocol.errors import TokenwireError
-from tokenwire.protocol.events import EventType, encode_event
+import orjson
+
+from tokenwire.core.spec import RequestKey
+from tokenwire.protocol.errors import NotRecovered
+from tokenwire.protocol.events import EventType, encode_json
+
+# What an event's envelope adds to its data, roughly, when counting a log's bytes.
+ENVELOPE_BYTES = 128
 
 
-class NotRecovered(TokenwireError):
-    error_type = "not_recovered"
-
-
-class Record(NamedTuple):
+class Record:
     """One event of a request as delivered: made per delivery, not kept."""
 
-    seq: int
-    event_type: EventType
-    frame: str
+    __slots__ = (
+        "_encoder",
+        "_text",
+        "data_json",
+        "event_type",
+        "key",
+        "origin",
+        "seq",
+        "timestamp",
+    )
+
+    def __init__(
+        self,
+        key: RequestKey,
+        origin: str | None,
+        seq: int,
+        event_type: EventType,
+        timestamp: float,
+        data_json: str,
+    ) -> None:
+        self.key = key
+        self.origin = origin
+        self.seq = seq
+        self.event_type = event_type
+        self.timestamp = timestamp
+        self.data_json = data_json
+        self._encoder: Callable[[Record], str] | None = None
+        self._text = ""
+
+    @property
+    def data(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = orjson.loads(self.data_json)
+        return decoded
+
+    def encoded(self, encoder: Callable[[Record], str]) -> str:
+        """`encoder(self)`, computed once for every subscriber that asks with the same one."""
+        if self._encoder is not encoder:
+            self._text = encoder(self)
+            self._encoder = encoder
+        return self._text
 
 
 class Subscriber(Protocol):
@@ -39,25 +80,30 @@ class Subscriber(Protocol):
 class EventLog:
     def __init__(
         self,
-        request_id: str,
-        session_id: str | None,
+        key: RequestKey,
+        origin: str | None,
         max_bytes: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.request_id = request_id
-        self.session_id = session_id
+        self.key = key
+        self.origin = origin
         self._max_bytes = max_bytes
         self._clock = clock
-        # Held as frames and event types side by side, not as records: a retained log
-        # of strings and shared enum members is two containers to the garbage
-        # collector, where one record object per event made full collections crawl.
-        self._frames: deque[str] = deque()
+        # Held as plain values side by side, not as objects: strings, floats and shared
+        # enum members are nothing to the garbage collector, where one object per
+        # retained event made full collections crawl.
         self._types: deque[EventType] = deque()
+        self._times: deque[float] = deque()
+        self._data: deque[str] = deque()
         self._first_seq = 1
         self._bytes = 0
         self._next_seq = 1
         self._subscribers: list[Subscriber] = []
         self.finished = False
+
+    @property
+    def request_id(self) -> str:
+        return self.key.request_id
 
     @property
     def last_seq(self) -> int:
@@ -73,36 +119,46 @@ class EventLog:
 
     def append(self, event_type: EventType, data: dict[str, Any]) -> Record:
         if self.finished:
-            raise RuntimeError(f"log of {self.request_id} is finished; nothing may follow")
+            raise RuntimeError(f"log of {self.key.request_id} is finished; nothing may follow")
         seq = self._next_seq
-        frame = encode_event(event_type, data, self._clock(), self.session_id, self.request_id, seq)
         self._next_seq += 1
-        self._frames.append(frame)
+        data_json = encode_json(data)
+        timestamp = self._clock()
         self._types.append(event_type)
-        self._bytes += len(frame)
-        while self._bytes > self._max_bytes and len(self._frames) > 1:
-            self._bytes -= len(self._frames.popleft())
+        self._times.append(timestamp)
+        self._data.append(data_json)
+        self._bytes += len(data_json) + ENVELOPE_BYTES
+        while self._bytes > self._max_bytes and len(self._data) > 1:
+            self._bytes -= len(self._data.popleft()) + ENVELOPE_BYTES
             self._types.popleft()
+            self._times.popleft()
             self._first_seq += 1
         if event_type is EventType.STREAM_END:
             self.finished = True
-        record = Record(seq, event_type, frame)
+        record = Record(self.key, self.origin, seq, event_type, timestamp, data_json)
         for subscriber in self._subscribers:
             subscriber.deliver(record)
         if self.finished:
             self._subscribers.clear()
         return record
 
-    def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
-        """Replay the records after `after_seq`, then deliver new ones as they come."""
+    def records(self, after_seq: int = 0) -> Iterator[Record]:
+        """The held records after `after_seq`; `NotRecovered` if some were dropped."""
         if after_seq + 1 < self._first_seq:
             raise NotRecovered(
-                f"events after seq {after_seq} of request {self.request_id} are no longer held"
+                f"events after seq {after_seq} of request {self.key.request_id} are no longer held"
             )
         skip = max(0, after_seq + 1 - self._first_seq)
-        held = zip(self._types, self._frames, strict=True)
-        for offset, (event_type, frame) in enumerate(itertools.islice(held, skip, None)):
-            subscriber.deliver(Record(self._first_seq + skip + offset, event_type, frame))
+        held = zip(self._types, self._times, self._data, strict=True)
+        for seq, (event_type, timestamp, data_json) in enumerate(
+            itertools.islice(held, skip, None), start=self._first_seq + skip
+        ):
+            yield Record(self.key, self.origin, seq, event_type, timestamp, data_json)
+
+    def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
+        """Replay the records after `after_seq`, then deliver new ones as they come."""
+        for record in self.records(after_seq):
+            subscriber.deliver(record)
         if not self.finished:
             self._subscribers.append(subscriber)
 
@@ -116,14 +172,22 @@ class EventLog:
 
 
 class LogStore(Protocol):
-    """Where logs live while their request runs and for a while after (a backend)."""
+    """Where logs live while their request runs and for a while after (a backend).
 
-    def create(self, request_id: str, session_id: str | None) -> EventLog:
-        """A new log; raises `InvalidRequest` if the id is taken."""
+    Asynchronous, so that a store shared between nodes (Redis) fits behind it;
+    appends stay synchronous on the log, which a shared store mirrors.
+    """
 
-    def get(self, request_id: str) -> EventLog | None: ...
+    async def create(self, key: RequestKey, origin: str | None) -> EventLog:
+        """A new log; raises `InvalidRequest` if the key is taken (running or retained)."""
 
-    def finished(self, log: EventLog) -> None:
+    async def get(self, key: RequestKey) -> EventLog | None:
+        """The log, while its request runs or its retention lasts; else None."""
+
+    async def finished(self, log: EventLog) -> None:
         """The request ended: keep its log for the retention time, then drop it."""
 
-    def close(self) -> None: ...
+    async def discard(self, key: RequestKey) -> None:
+        """Forget at once the log of a request that never started."""
+
+    async def close(self) -> None: ...

@@ -1,7 +1,9 @@
 """The core's front door: sessions, requests and their streams, for every transport.
 
-The gateway owns every stream task: streams outlive the connection that
-started them (a later resume may pick them up), so no connection owns them.
+A request belongs to its user and is addressed by (user, request id). The
+gateway owns every stream task, because a stream may outlive the connection
+that started it; connections (sessions) only follow requests. When the last
+follower of a running request goes, the request is cancelled.
 """
 
 from __future__ import annotations
@@ -9,43 +11,65 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
+from tokenwire.core.conversations import ConversationStore
 from tokenwire.core.eventlog import EventLog, LogStore
-from tokenwire.core.orchestrator import StreamRun, StreamTuning, answer_text
-from tokenwire.core.request import ProviderSlot, RequestSpec, Router
+from tokenwire.core.orchestrator import StreamRun, StreamTuning
+from tokenwire.core.provider import Message
+from tokenwire.core.route import ProviderSlot, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
-from tokenwire.core.stats import StreamingStats
-from tokenwire.protocol.errors import InvalidRequest, TokenwireError, UnknownRequest
+from tokenwire.core.spec import RequestKey, RequestSpec
+from tokenwire.core.stats import StreamingStats, StreamOutcome
+from tokenwire.protocol.errors import InvalidRequest, ShuttingDown, TokenwireError, UnknownRequest
 from tokenwire.protocol.events import StreamStatus
-from tokenwire.protocol.messages import AiRequest, ChatMessage
-from tokenwire.settings import Settings
 
 logger = structlog.get_logger("tokenwire.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The plain values the core runs by (built from the settings by the app)."""
+
+    tuning: StreamTuning = field(default_factory=StreamTuning)
+    session_idle_seconds: float = 3600.0
+    session_sweep_seconds: float = 300.0
+
+
+class _Running:
+    """A running request: its run, the task that drives it, and who follows it."""
+
+    __slots__ = ("followers", "run", "task")
+
+    def __init__(self, run: StreamRun) -> None:
+        self.run = run
+        self.task: asyncio.Task[None] | None = None
+        self.followers: set[str] = set()
 
 
 class Gateway:
     def __init__(
         self,
-        settings: Settings,
+        config: GatewayConfig,
         slots: Mapping[str, ProviderSlot],
         router: Router,
         logs: LogStore,
+        conversations: ConversationStore,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.slots = dict(slots)
         self.router = router
         self.logs = logs
-        self.sessions = SessionRegistry(settings.streams.conversation_max_tokens)
+        self.conversations = conversations
+        self.sessions = SessionRegistry()
         self.stats = StreamingStats()
-        self._tuning = StreamTuning(
-            chunk_max_chars=settings.streams.chunk_max_chars,
-            chunk_flush_seconds=settings.streams.chunk_flush_ms / 1000,
-            default_timeout=settings.streams.request_timeout_seconds,
-        )
-        self._runs: dict[str, tuple[StreamRun, asyncio.Task[None]]] = {}
+        self._runs: dict[RequestKey, _Running] = {}
+        # Keys between the first check and the run's registration (start awaits in between).
+        self._starting: set[RequestKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.closing = False
 
@@ -59,9 +83,9 @@ class Gateway:
         return session
 
     def close_session(self, session: Session, reason: str) -> None:
-        """Forget a session and cancel the streams it started."""
-        for request_id in list(session.active_requests):
-            self._cancel_run(request_id, reason)
+        """Forget a session; requests that nobody else follows are cancelled with `reason`."""
+        for request_id in list(session.following):
+            self.unfollow(session, RequestKey(session.user_id, request_id), reason)
         if self.sessions.remove(session.session_id) is not None:
             logger.info(
                 "session closed",
@@ -71,33 +95,55 @@ class Gateway:
                 duration=round(session.duration, 3),
             )
 
+    def follow(self, session: Session, key: RequestKey) -> bool:
+        """Let a session follow a running request of its user; False if it cannot."""
+        running = self._runs.get(key)
+        if running is None or key.user_id != session.user_id:
+            return False
+        if self.sessions.get(session.session_id) is not session:
+            return False  # the session is already gone
+        running.followers.add(session.session_id)
+        session.follow(key.request_id)
+        return True
+
+    def unfollow(self, session: Session, key: RequestKey, reason: str) -> None:
+        session.unfollow(key.request_id)
+        running = self._runs.get(key)
+        if running is None:
+            return
+        running.followers.discard(session.session_id)
+        if not running.followers:
+            running.run.cancel(reason)
+
     # -- requests -------------------------------------------------------------
 
-    def start(self, session: Session, message: AiRequest) -> EventLog:
-        """Validate, route and start a request; its events go to the returned log."""
+    async def start(self, spec: RequestSpec, follower: Session | None = None) -> EventLog:
+        """Validate, route and start a request; its events go to the returned log.
+
+        A refused request raises the error the client should see and leaves nothing
+        behind; an accepted one ends with exactly one `stream_end` in its log.
+        """
+        if self.closing:
+            raise ShuttingDown("the server is shutting down")
+        spec = replace(spec, request_id=spec.request_id or str(uuid.uuid4()))
+        key = spec.key
+        self._reserve(key)
         try:
-            spec = self._spec(session, message)
-            route = self.router.choose(spec)
-            route.slot.provider.validate(route.slot.provider_request(spec))
-            log = self.logs.create(spec.request_id, session.session_id)
+            return await self._start(spec, key, follower)
         except TokenwireError as exc:
-            exc.request_id = exc.request_id or message.request_id
+            exc.request_id = exc.request_id or key.request_id
             raise
-        run = StreamRun(spec, route, log, self._tuning)
-        task = asyncio.create_task(self._drive(run, session), name=f"stream {spec.request_id}")
-        self._runs[spec.request_id] = (run, task)
-        session.request_started(spec.request_id)
-        self.stats.stream_started()
-        return log
+        finally:
+            self._starting.discard(key)
 
-    def cancel(self, request_id: str, user_id: str, reason: str = "cancelled by client") -> None:
-        entry = self._runs.get(request_id)
-        if entry is None or entry[0].spec.user_id != user_id:
-            raise UnknownRequest(f"no running request with id {request_id!r}")
-        self._cancel_run(request_id, reason)
+    def cancel(self, key: RequestKey, reason: str = "cancelled by client") -> None:
+        running = self._runs.get(key)
+        if running is None:
+            raise UnknownRequest(f"no running request with id {key.request_id!r}")
+        running.run.cancel(reason)
 
-    def is_running(self, request_id: str) -> bool:
-        return request_id in self._runs
+    def is_running(self, key: RequestKey) -> bool:
+        return key in self._runs
 
     @property
     def running(self) -> int:
@@ -109,66 +155,94 @@ class Gateway:
         self._sweeper = asyncio.create_task(self._sweep_idle_sessions(), name="idle sweeper")
 
     async def shutdown(self, grace_seconds: float) -> None:
-        """End every stream as cancelled (reason shutdown), then close every connection."""
+        """Refuse new requests, end every stream as cancelled (reason shutdown), then
+        close every connection and release providers and stores."""
         self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        tasks = [task for _, task in self._runs.values()]
-        for request_id in list(self._runs):
-            self._cancel_run(request_id, "shutdown")
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_seconds)
+        for running in list(self._runs.values()):
+            running.run.cancel("shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_seconds)
         await self._close_connections(
             list(self.sessions), 1001, "server shutting down", within=grace_seconds
         )
         for provider_slot in self.slots.values():
             await provider_slot.provider.aclose()
-        self.logs.close()
+        await self.logs.close()
 
     # -- internals ------------------------------------------------------------
 
-    def _spec(self, session: Session, message: AiRequest) -> RequestSpec:
-        request_id = message.request_id or str(uuid.uuid4())
-        if request_id in self._runs or self.logs.get(request_id) is not None:
-            raise InvalidRequest(f"request_id {request_id!r} is already in use")
-        fresh: list[ChatMessage] = list(message.messages or ())
-        if message.prompt is not None:
-            fresh.append(ChatMessage(role="user", content=message.prompt))
-        history: tuple[ChatMessage, ...] = ()
-        if message.conversation_id is not None:
-            history = session.conversations.get(message.conversation_id).turns
-        progress_every = message.stream_config.progress_every
-        return RequestSpec(
-            request_id=request_id,
-            user_id=session.user_id,
-            session_id=session.session_id,
-            messages=history + tuple(fresh),
-            prompt_length=len(message.prompt)
-            if message.prompt is not None
-            else sum(len(m.content) for m in fresh),
-            config=message.config,
-            granularity=message.stream_config.granularity,
-            progress_every=self.settings.streams.progress_every
-            if progress_every is None
-            else progress_every,
-            conversation_id=message.conversation_id,
-            history_turns=len(history),
-        )
+    def _reserve(self, key: RequestKey) -> None:
+        if key in self._runs or key in self._starting:
+            raise InvalidRequest(f"request_id {key.request_id!r} is already in use")
+        self._starting.add(key)
 
-    async def _drive(self, run: StreamRun, session: Session) -> None:
+    async def _start(
+        self, spec: RequestSpec, key: RequestKey, follower: Session | None
+    ) -> EventLog:
+        if spec.conversation_id is not None:
+            history = await self.conversations.history(spec.user_id, spec.conversation_id)
+            spec = replace(spec, history=history)
+        route = self.router.choose(spec)
+        route.slot.provider.validate(route.slot.provider_request(spec))
+        log = await self.logs.create(key, spec.origin)
+        if self.closing:
+            await self.logs.discard(key)
+            raise ShuttingDown("the server is shutting down")
+        running = _Running(StreamRun(spec, route, log, self.config.tuning))
+        self._runs[key] = running
+        task = asyncio.create_task(self._drive(key, running), name=f"stream {key.request_id}")
+        running.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        self.stats.stream_started()
+        if follower is not None and not self.follow(follower, key):
+            # Its connection went while the request was being set up.
+            running.run.cancel("client disconnected")
+        return log
+
+    async def _drive(self, key: RequestKey, running: _Running) -> None:
+        run = running.run
         try:
             outcome = await run.run()
         finally:
-            self._runs.pop(run.spec.request_id, None)
-            session.request_ended(run.spec.request_id)
-            self.logs.finished(run.log)
+            self._runs.pop(key, None)
+            for session_id in running.followers:
+                session = self.sessions.get(session_id)
+                if session is not None:
+                    session.unfollow(key.request_id)
         self.stats.stream_ended(outcome)
+        self._log_end(run, outcome)
         if outcome.status is StreamStatus.COMPLETED and run.spec.conversation_id is not None:
-            self._remember_turn(session, run)
+            await self._remember_turn(run)
+        await self.logs.finished(run.log)
+        if run.interrupted:
+            raise asyncio.CancelledError
+
+    async def _remember_turn(self, run: StreamRun) -> None:
+        spec = run.spec
+        assert spec.conversation_id is not None
+        answer = Message(role="assistant", content=run.answer_text)
+        try:
+            await self.conversations.extend(
+                spec.user_id, spec.conversation_id, (*spec.messages, answer)
+            )
+        except Exception:
+            logger.exception("saving a conversation turn failed", request_id=spec.request_id)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("stream task failed", task=task.get_name(), exc_info=task.exception())
+
+    @staticmethod
+    def _log_end(run: StreamRun, outcome: StreamOutcome) -> None:
         logger.info(
             "stream ended",
             request_id=run.spec.request_id,
-            session_id=session.session_id,
+            user_id=run.spec.user_id,
+            session_id=run.spec.origin,
             provider=outcome.provider,
             status=outcome.status.value,
             duration=round(outcome.duration, 4),
@@ -177,30 +251,23 @@ class Gateway:
             reason=run.cancel_reason,
         )
 
-    def _remember_turn(self, session: Session, run: StreamRun) -> None:
-        assert run.spec.conversation_id is not None
-        conversation = session.conversations.get(run.spec.conversation_id)
-        new_turns = run.spec.messages[run.spec.history_turns :]
-        answer = ChatMessage(role="assistant", content=answer_text(run))
-        conversation.extend((*new_turns, answer))
-
-    def _cancel_run(self, request_id: str, reason: str) -> None:
-        entry = self._runs.get(request_id)
-        if entry is not None:
-            run, task = entry
-            run.cancel(reason, task)
-
     async def _sweep_idle_sessions(self) -> None:
-        streams = self.settings.streams
         while True:
-            await asyncio.sleep(streams.session_sweep_seconds)
-            idle = self.sessions.idle_since(streams.session_idle_seconds)
-            for session in idle:
-                logger.info("closing idle session", session_id=session.session_id)
-            # A client that does not read must not hold up the others: close in parallel.
-            await self._close_connections(idle, 1000, "idle timeout", within=5.0)
-            for session in idle:
-                self.close_session(session, "idle")
+            await asyncio.sleep(self.config.session_sweep_seconds)
+            try:
+                await self._close_idle_sessions()
+            except Exception:
+                # The sweeper outlives its own failures: one bad sweep must not end them all.
+                logger.exception("idle session sweep failed")
+
+    async def _close_idle_sessions(self) -> None:
+        idle = self.sessions.idle_since(self.config.session_idle_seconds)
+        for session in idle:
+            logger.info("closing idle session", session_id=session.session_id)
+        # A client that does not read must not hold up the others: close in parallel.
+        await self._close_connections(idle, 1000, "idle timeout", within=5.0)
+        for session in idle:
+            self.close_session(session, "idle")
 
     @staticmethod
     async def _close_connections(
@@ -213,3 +280,4 @@ class Gateway:
             _, late = await asyncio.wait(closing, timeout=within)
             for future in late:
                 future.cancel()
+            await asyncio.gather(*closing, return_exceptions=True)

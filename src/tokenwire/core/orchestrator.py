@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,9 @@ import structlog
 
 from tokenwire.core.chunking import Coalescer
 from tokenwire.core.eventlog import EventLog
-from tokenwire.core.request import RequestSpec, Route
+from tokenwire.core.provider import ProviderEvent, Usage, estimate_tokens
+from tokenwire.core.route import Route
+from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
 from tokenwire.protocol.errors import (
     InternalError,
@@ -29,23 +31,32 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.protocol.events import EventType, StreamStatus
 from tokenwire.protocol.messages import Granularity
-from tokenwire.providers.base import ProviderEvent, Usage, estimate_tokens
 
 logger = structlog.get_logger("tokenwire.stream")
 
 # Where the answer's length is unknown, progress approaches 100 along 1 - e^(-n/expected).
 DEFAULT_EXPECTED_DELTAS = 256
+# Deltas per second assumed for `estimated_duration`.
+TYPICAL_DELTAS_PER_SECOND = 50.0
 
 
 @dataclass(frozen=True, slots=True)
 class StreamTuning:
-    chunk_max_chars: int
-    chunk_flush_seconds: float
-    default_timeout: float
+    chunk_max_chars: int = 256
+    chunk_flush_seconds: float = 0.04
+    default_timeout: float = 30.0
+    default_progress_every: int = 10
 
 
 class StreamRun:
-    """The state of one running request; `run()` is its whole life."""
+    """The state of one running request; `run()` is its whole life.
+
+    `run()` writes exactly one `stream_end` whatever happens and whenever: a
+    cancel that comes before its first step is seen at that step (the task is
+    never cancelled before its body runs, which would skip every `finally`), a
+    cancel during the stream interrupts it, and any failure, even in writing the
+    opening events, becomes an error event and a `stream_end` with status error.
+    """
 
     def __init__(self, spec: RequestSpec, route: Route, log: EventLog, tuning: StreamTuning):
         self.spec = spec
@@ -59,27 +70,41 @@ class StreamRun:
         self.answer_parts: list[str] | None = [] if spec.conversation_id else None
         self._coalescer = Coalescer(tuning.chunk_max_chars, tuning.chunk_flush_seconds)
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._progress_every = (
+            tuning.default_progress_every
+            if spec.delivery.progress_every is None
+            else spec.delivery.progress_every
+        )
         self._deltas = 0
         self._text_events = 0
         self._text_length = 0
         self._text_bytes = 0
-        self._known_total = route.slot.provider.expected_deltas(route.slot.provider_request(spec))
-        self._expected = self._known_total or spec.config.max_tokens or DEFAULT_EXPECTED_DELTAS
+        self._known_total: int | None = None
+        self._expected = spec.generation.max_tokens or DEFAULT_EXPECTED_DELTAS
         self._last_progress = 0.0
         self._loop_turned = True
+        self._task: asyncio.Task[Any] | None = None
+        self._closing = False
+        self.interrupted = False
 
     async def run(self) -> StreamOutcome:
-        self._emit_opening()
+        self._task = asyncio.current_task()
         status = StreamStatus.COMPLETED
         error: TokenwireError | None = None
         try:
-            await self._pump()
+            self._emit_opening()
+            if self.cancel_reason is None:
+                await self._pump()
+            else:
+                status = StreamStatus.CANCELLED
         except asyncio.CancelledError:
             if self.cancel_reason is None:
-                raise
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+                # Cancelled by something other than `cancel()` (the loop closing): still
+                # end the stream; the caller lets the cancellation go on (`interrupted`).
+                self.cancel_reason = "interrupted"
+                self.interrupted = True
+            elif self._task is not None:
+                self._task.uncancel()
             status = StreamStatus.CANCELLED
         except TokenwireError as exc:
             status, error = StreamStatus.ERROR, exc
@@ -87,26 +112,36 @@ class StreamRun:
             logger.exception("stream failed", request_id=self.spec.request_id)
             status, error = StreamStatus.ERROR, InternalError("internal error while streaming")
         finally:
+            self._closing = True
             self._stop_flush_timer()
-        if status is not StreamStatus.CANCELLED:
-            # Text already produced goes out before the end; on cancel it is dropped.
-            self._flush_held_text()
-        return self._emit_closing(status, error)
+        return self._close(status, error)
 
-    def cancel(self, reason: str, task: asyncio.Task[Any]) -> None:
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-            task.cancel()
+    def cancel(self, reason: str) -> None:
+        """End the run as cancelled; the first reason given is the one reported."""
+        if self.cancel_reason is not None or self._closing:
+            return
+        self.cancel_reason = reason
+        # Before its first step the run has no task to interrupt: it sees the reason there.
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def answer_text(self) -> str:
+        return "".join(self.answer_parts or ())
 
     # -- phases ---------------------------------------------------------------
 
     def _emit_opening(self) -> None:
         spec, route = self.spec, self.route
+        provider = route.slot.provider
+        self._known_total = provider.expected_deltas(route.slot.provider_request(spec))
+        if self._known_total:
+            self._expected = self._known_total
         self.log.append(
             EventType.STREAM_START,
             {
                 "request_id": spec.request_id,
-                "prompt_length": spec.prompt_length,
+                "prompt_length": self._prompt_length(),
                 "estimated_duration": self._estimated_duration(),
             },
         )
@@ -117,15 +152,15 @@ class StreamRun:
                 "task_type": route.task_type,
                 "recommended_provider": route.slot.name,
                 "routing_strategy": route.strategy.value,
-                "model": spec.config.model or route.slot.provider.model,
+                "model": spec.generation.model or provider.model,
             },
         )
 
     async def _pump(self) -> None:
         slot = self.route.slot
-        timeout = self.spec.config.timeout or self._tuning.default_timeout
+        timeout = self.spec.timeout or self._tuning.default_timeout
         deadline = self.started + timeout
-        silence = slot.settings.timeout
+        silence = slot.profile.silence_timeout
         request = slot.provider_request(self.spec)
         try:
             async with asyncio.timeout_at(self._loop_deadline(deadline)) as timer:
@@ -142,7 +177,7 @@ class StreamRun:
         deadline: float,
         silence: float | None,
     ) -> None:
-        token_mode = self.spec.granularity is Granularity.TOKEN
+        token_mode = self.spec.delivery.granularity is Granularity.TOKEN
         loop = asyncio.get_running_loop()
         async for item in events:
             if isinstance(item, Usage):
@@ -176,13 +211,33 @@ class StreamRun:
             self._loop_turned = False
             loop.call_soon(self._note_loop_turn)
 
+    def _close(self, status: StreamStatus, error: TokenwireError | None) -> StreamOutcome:
+        try:
+            if status is not StreamStatus.CANCELLED:
+                # Text already produced goes out before the end; on cancel it is dropped.
+                self._flush_held_text()
+            return self._emit_closing(status, error)
+        except Exception:
+            # A defect in the closing itself must still not leave the stream without its end.
+            logger.exception("closing a stream failed", request_id=self.spec.request_id)
+            if not self.log.finished:
+                self.log.append(
+                    EventType.STREAM_END,
+                    {
+                        "request_id": self.spec.request_id,
+                        "status": StreamStatus.ERROR.value,
+                        "error_type": InternalError.error_type,
+                    },
+                )
+            return self._outcome(StreamStatus.ERROR, None, 0.0)
+
     def _emit_closing(self, status: StreamStatus, error: TokenwireError | None) -> StreamOutcome:
         spec = self.spec
         if error is not None:
             self.log.append(EventType.ERROR, error_payload(error, spec.request_id))
         self.log.append(EventType.TYPING_INDICATOR, {"is_typing": False})
         usage = self.usage or Usage(
-            prompt_tokens=estimate_tokens("".join(m.content for m in spec.messages)),
+            prompt_tokens=estimate_tokens("".join(m.content for m in spec.conversation)),
             completion_tokens=self._deltas,
         )
         cost = self.route.slot.cost_usd(usage)
@@ -194,7 +249,7 @@ class StreamRun:
             "total_length": self._text_length,
             "duration": duration,
             "provider_used": self.route.slot.name,
-            "model": spec.config.model or self.route.slot.provider.model,
+            "model": spec.generation.model or self.route.slot.provider.model,
             "cache_hit": False,
             "ttft": self.ttft,
             "usage": usage.as_dict(),
@@ -205,10 +260,14 @@ class StreamRun:
         elif error is not None:
             end["error_type"] = error.error_type
         self.log.append(EventType.STREAM_END, end)
+        self.usage = usage
+        return self._outcome(status, usage, cost)
+
+    def _outcome(self, status: StreamStatus, usage: Usage | None, cost: float) -> StreamOutcome:
         return StreamOutcome(
             provider=self.route.slot.name,
             status=status,
-            duration=duration,
+            duration=time.monotonic() - self.started,
             ttft=self.ttft,
             chunks=self._text_events,
             text_bytes=self._text_bytes,
@@ -220,8 +279,8 @@ class StreamRun:
 
     def _emit_text(self, text: str) -> None:
         self._text_length += len(text)
-        self._text_bytes += len(text.encode())
-        if self.spec.granularity is Granularity.TOKEN:
+        self._text_bytes += len(text) if text.isascii() else len(text.encode())
+        if self.spec.delivery.granularity is Granularity.TOKEN:
             self.log.append(EventType.TOKEN, {"token": text, "index": self._text_events})
         else:
             self.log.append(
@@ -233,7 +292,7 @@ class StreamRun:
                 },
             )
         self._text_events += 1
-        every = self.spec.progress_every
+        every = self._progress_every
         if every and self._text_events % every == 0:
             self.log.append(
                 EventType.PROGRESS,
@@ -241,6 +300,7 @@ class StreamRun:
             )
 
     def _progress(self) -> float:
+        """Exact where the answer's length is known, else approaching but never reaching 100."""
         if self._known_total and self._deltas <= self._known_total:
             value = 100.0 * self._deltas / self._known_total
         else:
@@ -272,9 +332,15 @@ class StreamRun:
 
     # -- helpers --------------------------------------------------------------
 
+    def _prompt_length(self) -> int:
+        if self.spec.prompt_length is not None:
+            return self.spec.prompt_length
+        return sum(len(m.content) for m in self.spec.messages)
+
     def _estimated_duration(self) -> float:
-        # A guess from the expected answer length at a typical 50 deltas/s.
-        return round(max(0.5, self._expected / 50.0), 2)
+        # A guess from the expected answer length at a typical rate; the expected length
+        # is bounded (max_tokens has a ceiling), so this stays a small finite number.
+        return round(max(0.5, self._expected / TYPICAL_DELTAS_PER_SECOND), 2)
 
     def _timeout_message(self, timeout: float, deadline: float, silence: float | None) -> str:
         if time.monotonic() >= deadline - 0.001 or silence is None:
@@ -285,10 +351,3 @@ class StreamRun:
     def _loop_deadline(monotonic_deadline: float) -> float:
         loop = asyncio.get_running_loop()
         return loop.time() + (monotonic_deadline - time.monotonic())
-
-
-def answer_text(run: StreamRun) -> str:
-    return "".join(run.answer_parts or ())
-
-
-OutcomeCallback = Callable[[StreamRun, StreamOutcome], None]

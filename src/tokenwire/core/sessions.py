@@ -1,4 +1,9 @@
-"""Sessions: one per client connection, indexed by id and by user."""
+"""Sessions: one per client connection, indexed by id and by user.
+
+A session follows requests; it does not own them. Requests belong to their
+user (the gateway keeps them), so that a stream can outlive the connection
+that started it and be followed from another one.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tokenwire.core.conversations import ConversationBook
 from tokenwire.protocol.errors import InvalidMessage
 from tokenwire.protocol.events import encode_json
 
@@ -36,12 +40,12 @@ class Session:
     session_id: str
     user_id: str
     preferences: dict[str, Any]
-    conversations: ConversationBook
     closer: SessionCloser | None = None
     state: SessionState = SessionState.CONNECTING
     created_at: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
-    active_requests: set[str] = field(default_factory=set)
+    following: set[str] = field(default_factory=set)
+    """Ids of the running requests of this session's user that it receives."""
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -50,14 +54,15 @@ class Session:
     def duration(self) -> float:
         return time.time() - self.created_at
 
-    def request_started(self, request_id: str) -> None:
-        self.active_requests.add(request_id)
-        self.state = SessionState.PROCESSING
+    def follow(self, request_id: str) -> None:
+        self.following.add(request_id)
+        if self.state in (SessionState.CONNECTED, SessionState.IDLE):
+            self.state = SessionState.PROCESSING
         self.touch()
 
-    def request_ended(self, request_id: str) -> None:
-        self.active_requests.discard(request_id)
-        if not self.active_requests and self.state is SessionState.PROCESSING:
+    def unfollow(self, request_id: str) -> None:
+        self.following.discard(request_id)
+        if not self.following and self.state is SessionState.PROCESSING:
             self.state = SessionState.IDLE
         self.touch()
 
@@ -78,14 +83,13 @@ class Session:
             "user_id": self.user_id,
             "state": self.state.value,
             "duration": self.duration,
-            "active_requests": len(self.active_requests),
+            "active_requests": len(self.following),
             "preferences": dict(self.preferences),
         }
 
 
 class SessionRegistry:
-    def __init__(self, conversation_max_tokens: int = 4096) -> None:
-        self._conversation_max_tokens = conversation_max_tokens
+    def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._by_user: dict[str, set[str]] = {}
         self.total_opened = 0
@@ -97,7 +101,6 @@ class SessionRegistry:
             session_id=str(uuid.uuid4()),
             user_id=user_id,
             preferences=dict(preferences),
-            conversations=ConversationBook(self._conversation_max_tokens),
             closer=closer,
         )
         self._sessions[session.session_id] = session
@@ -126,9 +129,7 @@ class SessionRegistry:
     def idle_since(self, threshold_seconds: float) -> list[Session]:
         """Sessions with nothing running and no activity for `threshold_seconds`."""
         cutoff = time.monotonic() - threshold_seconds
-        return [
-            s for s in self._sessions.values() if s.last_activity < cutoff and not s.active_requests
-        ]
+        return [s for s in self._sessions.values() if s.last_activity < cutoff and not s.following]
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tokenwire.core.provider import Usage
 from tokenwire.core.sessions import SessionRegistry
 from tokenwire.protocol.events import StreamStatus
-from tokenwire.providers.base import Usage
 
 
 @dataclass

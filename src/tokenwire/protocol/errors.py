@@ -9,6 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenwire.protocol.events import encode_json
+
+EXCERPT_CHARS = 32
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short, escaped quotation of client input for an error message.
+
+    Errors quote what they complain about so that the client can find it, but never
+    more than `limit` characters of it, and always JSON-escaped, so that a hostile
+    value can neither bloat the error nor break the line it is logged on.
+    """
+    text = value if isinstance(value, str) else encode_json(value)
+    if len(text) <= limit:
+        return encode_json(text)
+    return f"{encode_json(text[:limit])}... ({len(text)} characters)"
+
 
 class TokenwireError(Exception):
     """Base of every error that reaches a client."""
@@ -56,6 +73,24 @@ class MessageTooLarge(TokenwireError):
     error_type = "message_too_large"
 
 
+class NotRecovered(TokenwireError):
+    """Events a client asked to replay are no longer held (the log dropped them)."""
+
+    error_type = "not_recovered"
+
+
+class SendBufferOverflow(TokenwireError):
+    """The client did not read fast enough: what was queued for it is dropped."""
+
+    error_type = "send_buffer_overflow"
+
+
+class InvalidText(TokenwireError):
+    """A text frame that is not UTF-8."""
+
+    error_type = "invalid_text"
+
+
 class ProviderError(TokenwireError):
     """The upstream failed, or ended its stream without its end marker."""
 
@@ -99,6 +134,7 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     UnknownMessageType: 400,
     InvalidRequest: 400,
     UnknownRequest: 404,
+    NotRecovered: 410,
     MessageTooLarge: 413,
     RateLimited: 429,
     ProviderAuthError: 502,
@@ -108,7 +144,9 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
 }
 
 _CLOSE_CODE: dict[type[TokenwireError], int] = {
+    InvalidText: 1007,
     MessageTooLarge: 1009,
+    SendBufferOverflow: 1013,
     ShuttingDown: 1001,
 }
 

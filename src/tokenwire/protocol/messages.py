@@ -1,11 +1,20 @@
-"""Client messages: parsing a text frame into a typed message or a typed error (no I/O)."""
+"""Client messages: parsing a text frame into a typed message or a typed error (no I/O).
+
+Hostile input is expected here. JSON is decoded by orjson, which refuses `NaN`
+and `Infinity`, numbers beyond a double and nesting past 1,024 levels without
+recursing in Python; what it returns is then checked for depth without
+recursion (`MAX_DEPTH`) before any model sees it. Every number a message may
+carry has a finite range, and errors quote client input only as a short,
+escaped excerpt.
+"""
 
 from __future__ import annotations
 
-import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tokenwire.protocol.errors import (
@@ -14,7 +23,17 @@ from tokenwire.protocol.errors import (
     InvalidRequest,
     TokenwireError,
     UnknownMessageType,
+    excerpt,
 )
+from tokenwire.protocol.preferences import Preferences
+
+# Deeper than any message of this protocol needs (an ai_request is four levels deep).
+MAX_DEPTH = 32
+
+MAX_TOKENS_LIMIT = 1_000_000
+MAX_TIMEOUT_SECONDS = 3600.0
+MAX_PROGRESS_EVERY = 1_000_000
+MAX_COST_LIMIT_USD = 1_000_000.0
 
 
 class RoutingStrategy(StrEnum):
@@ -32,11 +51,13 @@ class Granularity(StrEnum):
 class _Strict(BaseModel):
     # Strict: "5" is not a number and true is not 1; unknown keys are typos, not
     # extensions. Enum fields opt out of strictness so that JSON strings name them.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # No infinities or NaN, whatever the decoder let through.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 NonEmpty = Annotated[str, Field(min_length=1)]
-RequestId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 
 
 class ChatMessage(_Strict):
@@ -49,11 +70,11 @@ class RequestConfig(_Strict):
     routing_strategy: Annotated[RoutingStrategy, Field(strict=False)] | None = None
     speed_priority: bool = True
     reliability_priority: bool = False
-    cost_limit: Annotated[float, Field(ge=0)] | None = None
-    timeout: Annotated[float, Field(gt=0)] | None = None
-    provider: NonEmpty | None = None
-    model: NonEmpty | None = None
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    cost_limit: Annotated[float, Field(ge=0, le=MAX_COST_LIMIT_USD)] | None = None
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)] | None = None
+    provider: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS_LIMIT)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -61,7 +82,7 @@ class RequestConfig(_Strict):
 class StreamConfig(_Strict):
     granularity: Annotated[Granularity, Field(strict=False)] = Granularity.CHUNK
     # 0 turns progress events off.
-    progress_every: Annotated[int, Field(ge=0)] | None = None
+    progress_every: Annotated[int, Field(ge=0, le=MAX_PROGRESS_EVERY)] | None = None
 
 
 class AiRequest(_Strict):
@@ -87,12 +108,13 @@ class CancelRequest(_Strict):
 
 class UpdatePreferences(_Strict):
     type: Literal["update_preferences"]
-    preferences: dict[str, Any]
+    preferences: Preferences
 
 
 class Ping(_Strict):
     type: Literal["ping"]
-    timestamp: Any = None
+    # Echoed back as given: a short string or a finite number, nothing that grows.
+    timestamp: float | Annotated[str, Field(max_length=64)] | None = None
 
 
 ClientMessage = AiRequest | CancelRequest | UpdatePreferences | Ping
@@ -112,12 +134,7 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
     """Parse one frame, or raise the `TokenwireError` the client should see."""
     if isinstance(frame, bytes):
         raise InvalidMessage("binary frames are not accepted: send JSON text frames")
-    try:
-        obj = json.loads(frame)
-    except json.JSONDecodeError as exc:
-        raise InvalidJSON(f"frame is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    except ValueError:
-        raise InvalidJSON("frame is not valid JSON") from None
+    obj = decode_json(frame)
     if not isinstance(obj, dict):
         raise InvalidMessage("a message must be a JSON object")
     kind = obj.get("type")
@@ -126,7 +143,7 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
     model = _MESSAGE_TYPES.get(kind)
     if model is None:
         known = ", ".join(sorted(_MESSAGE_TYPES))
-        raise UnknownMessageType(f"unknown message type {kind!r}; expected one of: {known}")
+        raise UnknownMessageType(f"unknown message type {excerpt(kind)}; expected one of: {known}")
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -135,17 +152,66 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
             error = InvalidRequest(describe_validation_error(exc))
         else:
             error = InvalidMessage(describe_validation_error(exc))
-        rid = obj.get("request_id")
-        error.request_id = rid if isinstance(rid, str) else None
+        error.request_id = valid_request_id(obj.get("request_id"))
         raise error from None
+
+
+def decode_json(text: str) -> Any:
+    """JSON text to Python values, or `InvalidJSON`; never recurses on the input's depth."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"frame is not valid JSON: {_decode_problem(exc, text)}") from None
+    check_depth(value, MAX_DEPTH)
+    return value
+
+
+def check_depth(value: Any, limit: int) -> None:
+    """Raise `InvalidJSON` if containers nest deeper than `limit` (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    raise InvalidJSON(f"frame nests deeper than {limit} levels")
+                stack.append((child, depth + 1))
+
+
+def valid_request_id(value: object) -> str | None:
+    """`value` if it is a well-formed request id; an invalid one is never echoed."""
+    if isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN.strip("^$"))
+
+
+def _decode_problem(exc: orjson.JSONDecodeError, text: str) -> str:
+    # orjson's message names the problem and its position, never the input's text.
+    message = str(exc)
+    if "depth limit" in message:
+        return f"nests deeper than {MAX_DEPTH} levels"
+    if text[exc.pos : exc.pos + 9].lstrip("-").startswith(("NaN", "Infinity")):
+        return f"NaN and Infinity are not JSON numbers (at position {exc.pos})"
+    return message[:200]
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One part per problem, naming the field (under `prefix`); never echoes the input."""
     parts = []
-    for err in exc.errors(include_input=False, include_url=False, include_context=False):
-        where = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+    for err in exc.errors(include_input=False, include_url=False, include_context=False)[:8]:
+        where = ".".join([prefix] * bool(prefix) + [_location_part(p) for p in err["loc"]])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         msg = msg.removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+def _location_part(part: str | int) -> str:
+    # A key is client input too: an unknown 100 KB key is quoted, not repeated.
+    if isinstance(part, int):
+        return str(part)
+    return part if len(part) <= 64 and part.isidentifier() else excerpt(part)

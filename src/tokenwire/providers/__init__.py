@@ -1,1 +1,1 @@
-"""Model providers, one module per kind, all behind `providers.base.Provider`."""
+"""Model providers, one module per kind, all behind `core.provider.Provider`."""

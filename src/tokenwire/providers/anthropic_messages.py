@@ -23,14 +23,13 @@ import httpx2
 from anthropic.types import MessageParam, RawMessageStreamEvent
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderError,
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
 from tokenwire.providers.options import configured_options, merged_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
@@ -42,10 +41,10 @@ Temperature = Annotated[float, Field(ge=0, le=1)]
 
 
 class RequestOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
+    top_k: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     stop_sequences: Annotated[list[str], Field(min_length=1)] | None = None
 
 
@@ -146,7 +145,7 @@ class _Answer:
         return Usage(self.input_tokens, self.output_tokens)
 
 
-def _message(message: ChatMessage) -> MessageParam:
+def _message(message: Message) -> MessageParam:
     if message.role == "assistant":
         return {"role": "assistant", "content": message.content}
     return {"role": "user", "content": message.content}

@@ -39,6 +39,7 @@ from botocore.exceptions import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage, estimate_tokens
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderAuthError,
@@ -47,8 +48,6 @@ from tokenwire.protocol.errors import (
     RequestTimeout,
     TokenwireError,
 )
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage, estimate_tokens
 from tokenwire.providers.options import configured_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, retry_after
 from tokenwire.settings import ProviderSettings
@@ -66,7 +65,7 @@ _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRet
 
 
 class BedrockSettingsOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     region: Annotated[str, Field(min_length=1)] = "us-east-1"
     profile: Annotated[str, Field(min_length=1)] | None = None
@@ -78,7 +77,7 @@ class BedrockSettingsOptions(BaseModel):
 
 
 class BedrockRequestOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = None
@@ -209,7 +208,7 @@ class BedrockProvider:
         return arguments
 
 
-def _conversation(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+def _conversation(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     """Converse wants alternating turns: consecutive turns of one role become one turn."""
     turns: list[dict[str, Any]] = []
     for message in messages:

@@ -9,7 +9,7 @@ import codecs
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from tokenwire.protocol.messages import ChatMessage
+from tokenwire.core.provider import Message
 
 PromptFormat = Literal["qa", "gemma", "plain"]
 
@@ -17,7 +17,7 @@ Segment = tuple[str, bool]
 """Prompt text, and whether it is markup whose special tokens count (never user text)."""
 
 
-def prompt_segments(messages: Sequence[ChatMessage], prompt_format: PromptFormat) -> list[Segment]:
+def prompt_segments(messages: Sequence[Message], prompt_format: PromptFormat) -> list[Segment]:
     if prompt_format == "plain":
         return [("\n".join(m.content for m in messages), False)]
     if prompt_format == "qa":

@@ -47,9 +47,8 @@ import llama_cpp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import InvalidRequest, ProviderError, TokenwireError
-from tokenwire.protocol.messages import ChatMessage
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage
 from tokenwire.providers.gguf_package import (
     MODEL_NAME,
     ModelFileError,
@@ -76,11 +75,11 @@ PROMPT_SLICE = 32
 class SamplingOptions(BaseModel):
     """What a request may set in `config.options`."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] = []
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    top_k: Annotated[int, Field(ge=0)] = 40
+    top_k: Annotated[int, Field(ge=0, le=1_000_000)] = 40
     repeat_penalty: Annotated[float, Field(gt=0, le=5)] = 1.1
     seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
 
@@ -104,7 +103,7 @@ class LocalOptions(SamplingOptions):
 class Generation:
     """One request, resolved against the provider's defaults."""
 
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[Message, ...]
     prompt_format: PromptFormat
     max_tokens: int
     temperature: float

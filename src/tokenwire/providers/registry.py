@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from tokenwire.core.provider import Provider
 from tokenwire.protocol.errors import TokenwireError
-from tokenwire.providers.base import Provider
 from tokenwire.settings import ConfigError, ProviderKind, ProviderSettings
 
 # Imported lazily: a server that serves no local model never loads llama.cpp.

@@ -17,8 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage, estimate_tokens
 from tokenwire.protocol.errors import ProviderError
-from tokenwire.providers.base import ProviderEvent, ProviderRequest, Usage, estimate_tokens
 from tokenwire.providers.options import configured_options, request_options
 from tokenwire.settings import ProviderSettings
 
@@ -59,12 +59,12 @@ _WORDS = [
 
 
 class SimulatedOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     tokens: Annotated[int, Field(ge=0, le=1_000_000)] = 60
     delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
-    fail_after: Annotated[int, Field(ge=0)] | None = None
-    stall_after: Annotated[int, Field(ge=0)] | None = None
+    fail_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    stall_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
 
 
 class SimulatedProvider:
@@ -105,8 +105,9 @@ class SimulatedProvider:
                 raise ProviderError(f"simulated failure after {options.fail_after} deltas")
             if options.stall_after is not None and index >= options.stall_after:
                 await asyncio.Event().wait()
-            if delay:
-                await asyncio.sleep(delay)
+            # Even at delay 0 the loop turns between deltas, as it would waiting on a
+            # socket: a flat-out stream must not starve other clients' pings.
+            await asyncio.sleep(delay)
             word = rng.choice(_WORDS)
             yield word if index == 0 else " " + word
         yield Usage(

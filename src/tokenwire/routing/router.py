@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tokenwire.core.request import ProviderSlot, RequestSpec, Route
-from tokenwire.protocol.errors import InvalidRequest
+from tokenwire.core.route import ProviderSlot, Route
+from tokenwire.core.spec import RequestSpec
+from tokenwire.protocol.errors import InvalidRequest, excerpt
 from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.routing.classify import classify
 
@@ -25,19 +26,19 @@ class StrengthRouter:
 
     def choose(self, spec: RequestSpec) -> Route:
         task = classify(spec.latest_user_text)
-        strategy = spec.config.routing_strategy or self._default_strategy
-        forced = spec.config.provider
+        strategy = spec.routing.strategy or self._default_strategy
+        forced = spec.routing.provider
         if forced is not None:
             slot = self._slots.get(forced)
             if slot is None:
                 known = ", ".join(sorted(self._slots))
                 raise InvalidRequest(
-                    f"config.provider: unknown provider {forced!r}; known: {known}"
+                    f"config.provider: unknown provider {excerpt(forced)}; known: {known}"
                 )
             return Route(slot, task.value, strategy)
-        if task.value in self._default.settings.strengths:
+        if task.value in self._default.profile.strengths:
             return Route(self._default, task.value, strategy)
         for slot in self._slots.values():
-            if task.value in slot.settings.strengths:
+            if task.value in slot.profile.strengths:
                 return Route(slot, task.value, strategy)
         return Route(self._default, task.value, strategy)

@@ -2,15 +2,20 @@
 
 Request logs put frames here without waiting; the connection's writer takes
 them out as fast as the client reads. A client that stops reading makes the
-queue grow, and past `max_bytes` the outbox overflows: it drops what it holds
-and the connection is ended, so one lagging client cannot take the server's
-memory.
+queue grow, and past `max_bytes` (UTF-8 bytes, as they go on the wire) the
+outbox overflows: it drops what it holds and the connection is ended, so one
+lagging client cannot take the server's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+
+
+def utf8_size(text: str) -> int:
+    # `isascii` is a flag lookup in CPython: the encode runs only for non-ASCII frames.
+    return len(text) if text.isascii() else len(text.encode())
 
 
 class Outbox:
@@ -26,7 +31,7 @@ class Outbox:
         if self.overflowed:
             return
         self._frames.append(frame)
-        self._bytes += len(frame)
+        self._bytes += utf8_size(frame)
         if self._bytes > self._max_bytes:
             self.overflowed = True
             self._frames.clear()
@@ -41,8 +46,13 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         frame = self._frames.popleft()
-        self._bytes -= len(frame)
+        self._bytes -= utf8_size(frame)
         return frame
+
+    def discard(self) -> None:
+        """Drop every queued frame (the connection is closing without them)."""
+        self._frames.clear()
+        self._bytes = 0
 
     def close(self) -> None:
         """No more frames will come: `take` returns None once the queue is drained."""

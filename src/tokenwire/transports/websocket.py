@@ -3,12 +3,21 @@
 A connection runs two loops: one reads client messages and answers at once
 (requests run in the gateway, never in this loop), the other writes frames
 from an outbox that request logs fill. The logs never wait for a socket.
+
+A client that stops reading fills its outbox; past `max_send_buffer_bytes`
+the backlog is dropped, a close frame with code 1013 goes out behind what the
+socket already holds, and the connection counts as gone from that moment. If
+the client does not complete the close within `close_timeout` seconds, the
+connection is aborted (see `uvicorn_ws`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
+from dataclasses import dataclass
 
 import structlog
 from starlette.websockets import WebSocket
@@ -16,8 +25,21 @@ from starlette.websockets import WebSocket
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.sessions import Session, SessionState
-from tokenwire.protocol.errors import MessageTooLarge, TokenwireError, close_code, error_payload
-from tokenwire.protocol.events import Event, EventType, pong_frame
+from tokenwire.core.spec import RequestKey
+from tokenwire.protocol.errors import (
+    MessageTooLarge,
+    SendBufferOverflow,
+    TokenwireError,
+    close_code,
+    error_payload,
+)
+from tokenwire.protocol.events import (
+    EventType,
+    encode_event,
+    envelope_ids,
+    pong_frame,
+    request_frame,
+)
 from tokenwire.protocol.messages import (
     AiRequest,
     CancelRequest,
@@ -26,23 +48,47 @@ from tokenwire.protocol.messages import (
     UpdatePreferences,
     parse_client_message,
 )
-from tokenwire.transports.outbox import Outbox
+from tokenwire.transports.outbox import Outbox, utf8_size
+from tokenwire.transports.requests import spec_from_ai_request
+from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
 
 logger = structlog.get_logger("tokenwire.websocket")
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketLimits:
+    max_message_bytes: int = 1024 * 1024
+    max_send_buffer_bytes: int = 8 * 1024 * 1024
+    close_timeout: float = 30.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _envelope_ids(request_id: str, origin: str | None) -> str:
+    return envelope_ids(request_id, origin)
+
+
+def ws_frame(record: Record) -> str:
+    """A request's event as this protocol's text frame (encoded once per event)."""
+    ids = _envelope_ids(record.key.request_id, record.origin)
+    return request_frame(record.event_type, record.data_json, record.timestamp, ids, record.seq)
+
+
 class Connection:
-    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
-        limits = gateway.settings.limits
+    def __init__(self, websocket: WebSocket, gateway: Gateway, limits: WebSocketLimits) -> None:
         self._ws = websocket
         self._gateway = gateway
+        self._limits = limits
         self._outbox = Outbox(limits.max_send_buffer_bytes)
+        extensions = websocket.scope.get("extensions") or {}
+        control = extensions.get(EXTENSION)
+        self._control = control if isinstance(control, TransportControl) else None
         self._closing: tuple[int, str] | None = None
-        self._subscriptions: list[EventLog] = []
-        self._max_message_bytes = limits.max_message_bytes
+        self._close_sent = asyncio.Event()
+        self._disconnect_reason = "client disconnected"
+        self._logs: list[EventLog] = []
         self.session: Session | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._close_sent = asyncio.Event()
+        self._asgi_closing: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
         query = self._ws.query_params
@@ -65,44 +111,59 @@ class Connection:
         try:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            session.state = SessionState.DISCONNECTING
-            for log in self._subscriptions:
-                log.unsubscribe(self)
-            reason = "send buffer overflow" if self._outbox.overflowed else "client disconnected"
-            self._gateway.close_session(session, reason=reason)
+            if self._outbox.overflowed:
+                self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
+            self._end_session(session)
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
+            if self._asgi_closing is not None:
+                await asyncio.wait([self._asgi_closing], timeout=self._limits.close_timeout)
+                self._asgi_closing.cancel()
 
     # -- the log subscriber side ----------------------------------------------
 
     def deliver(self, record: Record) -> None:
-        self._push_frame(record.frame)
+        self._push_frame(record.encoded(ws_frame))
 
     async def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then the close frame; returns once that is sent."""
-        if self._closing is None:
-            self._closing = (code, reason)
-            self._outbox.close()
-        await self._close_sent.wait()
+        """Send what is queued, then the close frame; returns once that is sent.
+
+        A client that does not take what is queued within the close timeout (or
+        before this call is cancelled) gets the close frame without the backlog.
+        """
+        self._begin_close(code, reason)
+        try:
+            await asyncio.wait_for(self._close_sent.wait(), self._limits.close_timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if not self._close_sent.is_set():
+                self._outbox.discard()
+                if self._writer is not None:
+                    self._writer.cancel()
+                self._send_close_now(code, reason)
 
     # -- loops ----------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        limit = self._limits.max_message_bytes
         while True:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
+                code = message.get("code")
+                if self._closing is None and not self._close_sent.is_set():
+                    self._disconnect_reason = f"client disconnected ({code})"
                 return
             if self._closing is not None:
                 continue
             text = message.get("text")
             frame = text if text is not None else message.get("bytes") or b""
-            if _exceeds(frame, self._max_message_bytes):
-                error = MessageTooLarge(f"message exceeds {self._max_message_bytes} bytes")
-                self._closing = (close_code(error), error.message)
-                self._outbox.close()
+            if _exceeds(frame, limit):
+                error = MessageTooLarge(f"message exceeds {limit} bytes")
+                self._begin_close(close_code(error), error.message)
                 continue
-            self._on_frame(frame)
+            await self._on_frame(frame)
 
     async def _write_loop(self) -> None:
         send = self._ws.send
@@ -112,32 +173,74 @@ class Connection:
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
-        await send({"type": "websocket.close", "code": code, "reason": reason})
-        self._close_sent.set()
-        # The reader sees the client's answering close and ends the connection.
+        self._send_close_now(code, reason)
+        # The reader sees the disconnect and ends the connection.
         await asyncio.Event().wait()
+
+    # -- closing --------------------------------------------------------------
+
+    def _begin_close(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = (code, reason)
+            self._disconnect_reason = reason or f"closed by the server ({code})"
+            self._outbox.close()
+
+    def _force_close(self, error: TokenwireError) -> None:
+        logger.warning(
+            "closing connection",
+            session_id=self.session.session_id if self.session else None,
+            reason=error.message,
+        )
+        self._closing = self._closing or (close_code(error), error.message)
+        self._disconnect_reason = error.message
+        self._send_close_now(close_code(error), error.message)
+
+    def _send_close_now(self, code: int, reason: str) -> None:
+        if self._close_sent.is_set():
+            return
+        self._close_sent.set()
+        if self._control is not None:
+            self._control.close(code, reason, self._limits.close_timeout)
+        else:
+            # Not served by uvicorn: the server's own close, which may wait for the client
+            # (awaited, within the close timeout, before the connection's handler returns).
+            self._asgi_closing = asyncio.ensure_future(self._asgi_close(code, reason))
+
+    async def _asgi_close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def _end_session(self, session: Session) -> None:
+        session.state = SessionState.DISCONNECTING
+        for log in self._logs:
+            log.unsubscribe(self)
+        self._logs.clear()
+        self._gateway.close_session(session, reason=self._disconnect_reason)
 
     # -- messages -------------------------------------------------------------
 
-    def _on_frame(self, frame: str | bytes) -> None:
+    async def _on_frame(self, frame: str | bytes) -> None:
         session = self.session
         assert session is not None
         session.touch()
         try:
             message = parse_client_message(frame)
-            self._dispatch(session, message)
+            await self._dispatch(session, message)
         except TokenwireError as exc:
             self._push_error(exc)
 
-    def _dispatch(self, session: Session, message: ClientMessage) -> None:
+    async def _dispatch(self, session: Session, message: ClientMessage) -> None:
         if isinstance(message, AiRequest):
-            log = self._gateway.start(session, message)
+            spec = spec_from_ai_request(message, session.user_id, session.session_id)
+            log = await self._gateway.start(spec, follower=session)
+            if self._closing is not None:
+                return
             # Only logs still running need unsubscribing later; finished ones may go.
-            self._subscriptions = [s for s in self._subscriptions if not s.finished]
+            self._logs = [known for known in self._logs if not known.finished]
             log.subscribe(self)
-            self._subscriptions.append(log)
+            self._logs.append(log)
         elif isinstance(message, CancelRequest):
-            self._gateway.cancel(message.request_id, session.user_id)
+            self._gateway.cancel(RequestKey(session.user_id, message.request_id))
         elif isinstance(message, UpdatePreferences):
             merged = session.update_preferences(message.preferences)
             self._push_event(
@@ -156,21 +259,16 @@ class Connection:
         self, event_type: EventType, data: dict[str, object], request_id: str | None = None
     ) -> None:
         session_id = self.session.session_id if self.session else None
-        event = Event(event_type, dict(data), time.time(), session_id, request_id)
-        self._push_frame(event.to_frame())
+        self._push_frame(encode_event(event_type, dict(data), time.time(), session_id, request_id))
 
     def _push_frame(self, frame: str) -> None:
         outbox = self._outbox
-        if outbox.overflowed:
+        if outbox.overflowed or self._close_sent.is_set():
             return
         outbox.put(frame)
         if outbox.overflowed and self._writer is not None:
-            # The writer is stuck in a send the client does not read: stop it, which
-            # ends the connection and cancels its streams.
-            logger.warning(
-                "client too slow: send buffer overflow",
-                session_id=self.session.session_id if self.session else None,
-            )
+            # The writer is stuck in a send the client does not read: stopping it ends
+            # the connection (`serve` sends the 1013 and ends the session).
             self._writer.cancel()
 
 
@@ -180,12 +278,13 @@ def _exceeds(frame: str | bytes, limit: int) -> bool:
     # A character is at most four bytes in UTF-8: encode only when it could matter.
     if isinstance(frame, bytes) or len(frame) * 4 <= limit:
         return False
-    return len(frame.encode()) > limit
+    return utf8_size(frame) > limit
 
 
 async def ai_stream_endpoint(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
+    limits: WebSocketLimits = websocket.app.state.ws_limits
     if gateway.closing:
         await websocket.close(code=1001, reason="server shutting down")
         return
-    await Connection(websocket, gateway).serve()
+    await Connection(websocket, gateway, limits).serve()

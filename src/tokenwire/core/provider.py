@@ -1,4 +1,4 @@
-"""The one seam every model sits behind.
+"""The one seam every model sits behind, owned by the core that drives it.
 
 A provider turns a `ProviderRequest` into an async iterator of text deltas that
 ends with one `Usage`. Closing the iterator early (`aclose()`, which happens on
@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from tokenwire.protocol.messages import ChatMessage
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a conversation, in no dialect's format."""
+
+    role: Role
+    content: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +45,7 @@ class Usage:
 class ProviderRequest:
     """What a provider is asked: the whole conversation, already assembled."""
 
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[Message, ...]
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None

@@ -1,0 +1,66 @@
+"""The one place tokenwire reaches into uvicorn: closing a WebSocket that does not read.
+
+ASGI gives an application no way to close a connection whose client has
+stopped reading. uvicorn's `send` (close included) first waits for the socket
+to drain, which never happens; and after a close it calls `transport.close()`,
+which also waits for the buffer to drain, so the socket, its descriptor and
+the buffered bytes stay for as long as the client lives.
+
+`TokenwireWebSocketProtocol` is uvicorn's own sans-I/O WebSocket protocol
+with one addition: a `TransportControl` in the scope's extensions (under
+`EXTENSION`) that writes a close frame behind whatever the transport already
+holds, without waiting, and aborts the connection when the client has not
+completed the closing handshake within a timeout. It uses uvicorn internals
+(`conn`, `transport`, `queue`, `close_sent`, `close_timer`, `read_paused`);
+`tests/integration/test_slow_clients.py` fails if they change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+EXTENSION = "tokenwire.transport"
+
+
+class TransportControl:
+    def __init__(self, protocol: TokenwireWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def close(self, code: int, reason: str, timeout: float) -> bool:
+        """Queue a close frame now, behind what the transport holds; abort after `timeout`.
+
+        Returns False if the connection is already closing. A client that reads again
+        in time gets every byte already written, then the close frame, and completes
+        the handshake; one that does not is cut off, releasing its socket and buffer.
+        """
+        p = self._protocol
+        if p.close_sent or p.transport is None or p.transport.is_closing():
+            return False
+        p.conn.send_close(code, reason)
+        p.transport.write(b"".join(p.conn.data_to_send()))
+        p.close_sent = True
+        p.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if p.read_paused:
+            # The client's closing frame must be read to complete the handshake.
+            p.read_paused = False
+            p.transport.resume_reading()
+        if p.close_timer is not None:
+            p.close_timer.cancel()
+        p.close_timer = p.loop.call_later(timeout, p.transport.abort)
+        return True
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written to the transport that the client has not taken yet."""
+        transport = self._protocol.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+
+class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
+    async def run_asgi(self) -> None:
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {}) or {}
+        extensions[EXTENSION] = TransportControl(self)
+        self.scope["extensions"] = extensions
+        await super().run_asgi()
