@@ -60,6 +60,10 @@ def test_other_messages_parse() -> None:
     ("frame", "error"),
     [
         ("{nope", InvalidJSON),
+        ("null", InvalidMessage),
+        ("5", InvalidMessage),
+        ("true", InvalidMessage),
+        ('"text"', InvalidMessage),
         (b"\x00\x01", InvalidMessage),
         ("[1]", InvalidMessage),
         ('{"type": 5}', InvalidMessage),
@@ -91,6 +95,14 @@ def test_validation_error_names_the_field_without_echoing_the_input() -> None:
         parse({"type": "ai_request", "prompt": secret_prompt, "config": {"timeout": -1}})
     assert "config.timeout" in caught.value.message
     assert secret_prompt not in caught.value.message
+
+
+def test_an_unknown_key_is_named_and_a_huge_one_only_quoted() -> None:
+    with pytest.raises(InvalidRequest, match=r"config\.temprature: unknown key"):
+        parse({"type": "ai_request", "prompt": "a", "config": {"temprature": 1}})
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"type": "ai_request", "prompt": "a", "config": {"k" * 10_000: 1}})
+    assert len(caught.value.message) < 200
 
 
 def test_rejected_request_keeps_the_client_request_id() -> None:

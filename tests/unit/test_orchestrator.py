@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.recording import Inbox
+from tests.support.waiting import eventually
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
@@ -290,4 +291,117 @@ async def test_a_burst_of_deltas_lets_other_tasks_run_between_them() -> None:
     finally:
         ticker.cancel()
     assert len(seen) == 20
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+
+
+async def test_progress_on_a_known_length_is_exact_and_never_reaches_100_early() -> None:
+    run, inbox = make_run(
+        simulated(),
+        granularity=Granularity.TOKEN,
+        progress_every=7,
+        options={"tokens": 30, "delay_ms": 0},
+    )
+    await run.run()
+    progress = inbox.of("progress")
+    assert [p["chunks_sent"] for p in progress] == [7, 14, 21, 28]
+    assert [p["progress"] for p in progress] == [round(100 * n / 30, 2) for n in (7, 14, 21, 28)]
+
+
+class ManualStream:
+    """A provider stream that is a plain async iterator, not a generator: nothing closes it
+    but an explicit `aclose()` (no generator finalizer can stand in for the core)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.gate = asyncio.Event()
+        self.sent = 0
+
+    def __aiter__(self) -> ManualStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self.sent:
+            await self.gate.wait()
+        self.sent += 1
+        return "delta"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class ManualProvider(Scripted):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.streams: list[ManualStream] = []
+
+    def stream(self, request: ProviderRequest) -> Any:
+        self.streams.append(ManualStream())
+        return self.streams[-1]
+
+
+async def test_the_core_closes_the_provider_stream_on_cancel() -> None:
+    provider = ManualProvider()
+    run, inbox = make_run(provider)
+    task = asyncio.create_task(run.run())
+    await eventually(lambda: "chunk" in inbox.kinds())
+    run.cancel("cancelled by client")
+    await task
+    assert provider.streams[0].closed
+
+
+async def test_the_core_closes_the_provider_stream_on_timeout() -> None:
+    provider = ManualProvider()
+    run, _ = make_run(provider, timeout=0.05)
+    await run.run()
+    assert provider.streams[0].closed
+
+
+async def test_a_cancel_before_the_first_step_never_opens_the_provider() -> None:
+    provider = ManualProvider()
+    run, inbox = make_run(provider)
+    run.cancel("cancelled by client")
+    outcome = await run.run()
+    assert provider.streams == []
+    assert inbox.kinds() == [
+        "stream_start",
+        "typing_indicator",
+        "metadata",
+        "typing_indicator",
+        "stream_end",
+    ]
+    assert outcome.status.value == "cancelled"
+
+
+async def test_a_second_cancel_keeps_the_first_reason() -> None:
+    run, inbox = make_run(simulated(), options={"tokens": 1000, "delay_ms": 5})
+    task = asyncio.create_task(run.run())
+    await asyncio.sleep(0.02)
+    run.cancel("cancelled by client")
+    run.cancel("shutdown")
+    await task
+    assert inbox.of("stream_end")[0]["reason"] == "cancelled by client"
+
+
+async def test_the_simulated_provider_lets_the_loop_turn_between_deltas_at_delay_zero() -> None:
+    provider = simulated()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    seen: list[int] = []
+    request = ProviderRequest(
+        messages=(Message(role="user", content="x"),), options={"tokens": 50, "delay_ms": 0}
+    )
+    try:
+        async for item in provider.stream(request):
+            if isinstance(item, str):
+                seen.append(ticks)
+    finally:
+        ticker.cancel()
+    assert len(seen) == 50
     assert all(later > earlier for earlier, later in itertools.pairwise(seen))

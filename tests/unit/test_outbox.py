@@ -46,3 +46,31 @@ async def test_close_wakes_a_waiting_take() -> None:
     await asyncio.sleep(0.01)
     outbox.close()
     assert await asyncio.wait_for(waiting, 1) is None
+
+
+async def test_the_bound_counts_utf8_bytes_not_characters() -> None:
+    # Four bytes a character: counted in characters, four times the bound would queue.
+    outbox = Outbox(max_bytes=10_000)
+    frame = "😀" * 500  # 2,000 bytes
+    for _ in range(5):
+        outbox.put(frame)
+    assert outbox.queued_bytes == 10_000
+    assert not outbox.overflowed
+    outbox.put("😀")
+    assert outbox.overflowed
+
+
+async def test_taking_a_frame_gives_back_its_bytes() -> None:
+    outbox = Outbox(max_bytes=1000)
+    outbox.put("é" * 10)
+    outbox.put("plain")
+    assert outbox.queued_bytes == 25
+    await outbox.take()
+    assert outbox.queued_bytes == 5
+
+
+async def test_discard_drops_the_backlog_without_ending() -> None:
+    outbox = Outbox(max_bytes=1000)
+    outbox.put("stale")
+    outbox.discard()
+    assert (len(outbox), outbox.queued_bytes, outbox.overflowed) == (0, 0, False)

@@ -168,6 +168,8 @@ def decode_json(text: str) -> Any:
 
 def check_depth(value: Any, limit: int) -> None:
     """Raise `InvalidJSON` if containers nest deeper than `limit` (iteratively)."""
+    if not isinstance(value, dict | list):
+        return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()

@@ -70,3 +70,13 @@ Preferences = Annotated[
     Field(max_length=MAX_KEYS),
     AfterValidator(_check_preferences),
 ]
+
+
+def initial_preferences(language: str | None, model_preference: str | None) -> dict[str, Any]:
+    """A new session's preferences from its query string; values that would be refused in
+    `update_preferences` fall back to the defaults."""
+    if language is None or not _LANGUAGE.fullmatch(language):
+        language = "en"
+    if model_preference is not None and len(model_preference) > 256:
+        model_preference = None
+    return {"model_preference": model_preference, "language": language}

@@ -11,7 +11,9 @@ with one addition: a `TransportControl` in the scope's extensions (under
 `EXTENSION`) that writes a close frame behind whatever the transport already
 holds, without waiting, and aborts the connection when the client has not
 completed the closing handshake within a timeout. It uses uvicorn internals
-(`conn`, `transport`, `queue`, `close_sent`, `close_timer`, `read_paused`);
+(`conn`, `transport`, `queue`, `close_sent`, `close_timer`, `read_paused`,
+`frames`, `curr_msg_data_type`, `handle_parser_exception`), and also replaces
+uvicorn's traceback at error level for invalid UTF-8 with a warning;
 `tests/integration/test_slow_clients.py` fails if they change.
 """
 
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 EXTENSION = "tokenwire.transport"
+
+logger = structlog.get_logger("tokenwire.websocket")
 
 
 class TransportControl:
@@ -59,6 +64,22 @@ class TransportControl:
 
 
 class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn closes with 1007 on invalid UTF-8 too, but logs a traceback at error
+        # level for what is only a client's mistake; check first and say it briefly.
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            if not data.isascii():
+                try:
+                    data.decode()
+                except UnicodeDecodeError:
+                    self.frames = []
+                    logger.warning("closing a connection that sent invalid UTF-8 text")
+                    self.conn.send_close(1007, "invalid UTF-8 in a text frame")
+                    self.handle_parser_exception()
+                    return
+        super().send_receive_event_to_app()
+
     async def run_asgi(self) -> None:
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {}) or {}
         extensions[EXTENSION] = TransportControl(self)

@@ -27,6 +27,7 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.sessions import Session, SessionState
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import (
+    InternalError,
     MessageTooLarge,
     SendBufferOverflow,
     TokenwireError,
@@ -48,6 +49,7 @@ from tokenwire.protocol.messages import (
     UpdatePreferences,
     parse_client_message,
 )
+from tokenwire.protocol.preferences import initial_preferences
 from tokenwire.transports.outbox import Outbox, utf8_size
 from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
@@ -93,10 +95,7 @@ class Connection:
     async def serve(self) -> None:
         query = self._ws.query_params
         user_id = query.get("user_id") or "anonymous"
-        preferences = {
-            "model_preference": query.get("model_preference"),
-            "language": query.get("language") or "en",
-        }
+        preferences = initial_preferences(query.get("language"), query.get("model_preference"))
         await self._ws.accept()
         session = self._gateway.open_session(user_id, preferences, closer=self.close)
         self.session = session
@@ -228,6 +227,10 @@ class Connection:
             await self._dispatch(session, message)
         except TokenwireError as exc:
             self._push_error(exc)
+        except Exception:
+            # A defect must cost the client this message, not its connection.
+            logger.exception("handling a client message failed", session_id=session.session_id)
+            self._push_error(InternalError("internal error while handling the message"))
 
     async def _dispatch(self, session: Session, message: ClientMessage) -> None:
         if isinstance(message, AiRequest):

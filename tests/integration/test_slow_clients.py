@@ -1,0 +1,102 @@
+"""Clients that stop reading, and clients that send what is not text.
+
+These also hold `transports/uvicorn_ws.py` to the uvicorn internals it uses: if
+uvicorn changes them, the closes below stop happening and these tests fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.support.providers import WatchedProvider
+from tests.support.raw_ws import RawWebSocket
+from tests.support.server import RunningServer, gateway_with, running_server, simulated_settings
+from tests.support.waiting import eventually
+
+FLOOD = {
+    "type": "ai_request",
+    "prompt": "x",
+    "stream_config": {"granularity": "token"},
+    "config": {"timeout": 60, "options": {"tokens": 1_000_000, "delay_ms": 0}},
+}
+
+
+async def drain(ws: ClientConnection) -> None:
+    while True:
+        await asyncio.wait_for(ws.recv(), 10)
+
+
+def port_of(server: RunningServer) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def connections(server: RunningServer) -> int:
+    return len(server.server.server_state.connections)
+
+
+async def test_a_client_that_never_reads_is_sent_1013_and_cut_off_after_the_close_timeout() -> None:
+    provider = WatchedProvider()
+    settings = simulated_settings(
+        limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 1.0}
+    )
+    async with running_server(settings, gateway=gateway_with(provider, settings=settings)) as s:
+        client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
+        await client.send_text(json.dumps(FLOOD).encode())
+        # The overflow ends the session and the stream at once...
+        await eventually(lambda: len(s.gateway.sessions) == 0, 20)
+        assert s.gateway.running == 0
+        assert provider.closed.is_set()
+        assert provider.deltas_sent < 1_000_000
+        # ...while the connection waits the close timeout for the client, then goes.
+        assert connections(s) == 1
+        waited = await eventually(lambda: connections(s) == 0, 5)
+        assert 0.7 < waited < 3.0
+        client.abort()
+
+
+async def test_a_client_that_reads_again_in_time_sees_the_1013_close() -> None:
+    settings = simulated_settings(
+        limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 30.0}
+    )
+    async with running_server(settings) as s:
+        client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
+        await client.send_text(json.dumps(FLOOD).encode())
+        await eventually(lambda: len(s.gateway.sessions) == 0, 20)
+        before_close, close = await client.recv_until_close(timeout=20)
+        assert close.close_code == 1013
+        assert before_close > 0  # what the transport already held still came first
+        await client.send_close(1013)
+        # The handshake completed: the server lets go long before the 30 s timeout.
+        await eventually(lambda: connections(s) == 0, 3)
+
+
+async def test_the_websockets_client_library_sees_1013_when_it_reads_again() -> None:
+    settings = simulated_settings(limits={"max_send_buffer_bytes": 64 * 1024})
+    async with running_server(settings) as s:
+        ws = await connect(s.ws_url, max_queue=1, max_size=2**24)
+        await ws.recv()
+        await ws.send(json.dumps(FLOOD))
+        await eventually(lambda: len(s.gateway.sessions) == 0, 20)
+        with pytest.raises(ConnectionClosed):
+            await drain(ws)
+        assert ws.close_code == 1013
+
+
+async def test_invalid_utf8_closes_1007_without_an_error_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server() as s:
+        client = await RawWebSocket.connect(port_of(s))
+        await client.recv()  # connection_status
+        with caplog.at_level(logging.WARNING):
+            await client.send_text(b'{"type": "ping", "timestamp": "\xff\xfe"}')
+            _, close = await client.recv_until_close()
+        assert close.close_code == 1007
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        await eventually(lambda: len(s.gateway.sessions) == 0, 3)
