@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import orjson
+from orjson import JSONEncodeError, dumps
 
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import NotRecovered
@@ -30,34 +31,26 @@ ENVELOPE_BYTES = 128
 class Record:
     """One event of a request as delivered: made per delivery, not kept."""
 
-    __slots__ = (
-        "_encoder",
-        "_text",
-        "data_json",
-        "event_type",
-        "key",
-        "origin",
-        "seq",
-        "timestamp",
-    )
+    __slots__ = ("_encoder", "_text", "data_json", "event_type", "log", "seq", "timestamp")
 
     def __init__(
-        self,
-        key: RequestKey,
-        origin: str | None,
-        seq: int,
-        event_type: EventType,
-        timestamp: float,
-        data_json: str,
+        self, log: EventLog, seq: int, event_type: EventType, timestamp: float, data_json: str
     ) -> None:
-        self.key = key
-        self.origin = origin
+        self.log = log
         self.seq = seq
         self.event_type = event_type
         self.timestamp = timestamp
         self.data_json = data_json
         self._encoder: Callable[[Record], str] | None = None
         self._text = ""
+
+    @property
+    def key(self) -> RequestKey:
+        return self.log.key
+
+    @property
+    def origin(self) -> str | None:
+        return self.log.origin
 
     @property
     def data(self) -> dict[str, Any]:
@@ -100,6 +93,8 @@ class EventLog:
         self._next_seq = 1
         self._subscribers: list[Subscriber] = []
         self.finished = False
+        self.memo: dict[str, str] = {}
+        """Per-request constants a transport's encoder keeps (its frame's fixed parts)."""
 
     @property
     def request_id(self) -> str:
@@ -121,26 +116,34 @@ class EventLog:
         if self.finished:
             raise RuntimeError(f"log of {self.key.request_id} is finished; nothing may follow")
         seq = self._next_seq
-        self._next_seq += 1
-        data_json = encode_json(data)
+        self._next_seq = seq + 1
+        try:
+            data_json = dumps(data).decode()
+        except (JSONEncodeError, TypeError):
+            data_json = encode_json(data)  # what orjson refuses (integers past 64 bits)
         timestamp = self._clock()
         self._types.append(event_type)
         self._times.append(timestamp)
         self._data.append(data_json)
         self._bytes += len(data_json) + ENVELOPE_BYTES
+        if self._bytes > self._max_bytes:
+            self._drop_oldest()
+        record = Record(self, seq, event_type, timestamp, data_json)
+        if event_type is EventType.STREAM_END:
+            self.finished = True
+            subscribers, self._subscribers = self._subscribers, []
+        else:
+            subscribers = self._subscribers
+        for subscriber in subscribers:
+            subscriber.deliver(record)
+        return record
+
+    def _drop_oldest(self) -> None:
         while self._bytes > self._max_bytes and len(self._data) > 1:
             self._bytes -= len(self._data.popleft()) + ENVELOPE_BYTES
             self._types.popleft()
             self._times.popleft()
             self._first_seq += 1
-        if event_type is EventType.STREAM_END:
-            self.finished = True
-        record = Record(self.key, self.origin, seq, event_type, timestamp, data_json)
-        for subscriber in self._subscribers:
-            subscriber.deliver(record)
-        if self.finished:
-            self._subscribers.clear()
-        return record
 
     def records(self, after_seq: int = 0) -> Iterator[Record]:
         """The held records after `after_seq`; `NotRecovered` if some were dropped."""
@@ -153,7 +156,7 @@ class EventLog:
         for seq, (event_type, timestamp, data_json) in enumerate(
             itertools.islice(held, skip, None), start=self._first_seq + skip
         ):
-            yield Record(self.key, self.origin, seq, event_type, timestamp, data_json)
+            yield Record(self, seq, event_type, timestamp, data_json)
 
     def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
         """Replay the records after `after_seq`, then deliver new ones as they come."""

@@ -67,24 +67,10 @@ def encode_event(
 
 
 def envelope_ids(request_id: str, session_id: str | None) -> str:
-    """The part of a request's envelope that is the same for all its events, encoded once."""
+    """The part of a request's envelope that is the same for all its events, encoded once
+    (transports build a request event's frame around it from the already encoded data;
+    a test holds that frame byte-identical to `encode_event`'s)."""
     return f'"request_id":{encode_json(request_id)},"session_id":{encode_json(session_id)}'
-
-
-def request_frame(
-    event_type: EventType, data_json: str, timestamp: float, ids: str, seq: int
-) -> str:
-    """A request's event as a text frame, from its already encoded parts.
-
-    The same bytes as `encode_event` gives for these values (a test holds them
-    together), without encoding the data a second time: a request's event is
-    stored as encoded data, and this is the per-token path.
-    """
-    stamp = orjson.dumps(timestamp).decode()
-    return (
-        f'{{"event_type":"{event_type.value}","data":{data_json},'
-        f'"timestamp":{stamp},{ids},"metadata":{{}},"seq":{seq}}}'
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,8 @@ class Outbox:
         if self.overflowed:
             return
         self._frames.append(frame)
-        self._bytes += utf8_size(frame)
+        # Inlined `utf8_size`: this is the per-token path.
+        self._bytes += len(frame) if frame.isascii() else len(frame.encode())
         if self._bytes > self._max_bytes:
             self.overflowed = True
             self._frames.clear()
@@ -46,7 +47,7 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         frame = self._frames.popleft()
-        self._bytes -= utf8_size(frame)
+        self._bytes -= len(frame) if frame.isascii() else len(frame.encode())
         return frame
 
     def discard(self) -> None:
