@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install dev run test lint typecheck conformance bench clean
+.PHONY: install dev run test lint typecheck conformance bench bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ conformance: install dev
 
 bench: install
 	$(BIN)/python bench/ws_load.py --clients 1 100 1000
+
+# The per-token cost of this working tree against BEFORE (a git revision), in one run.
+BEFORE ?= cd1de97
+bench-compare: install
+	$(BIN)/python bench/before_after.py --before $(BEFORE) --clients 1 100 1000 --tokens 200
+	$(BIN)/python bench/before_after.py --before $(BEFORE) --instructions --clients 10 --tokens 500
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

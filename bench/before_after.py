@@ -12,6 +12,16 @@ the median delivered tokens/s and server CPU per token, then the change.
 
 `--after WORKTREE` (the default) measures the files as they are, uncommitted
 changes included. Every other option is `ws_load.py`'s (see bench/README.md).
+
+Timings on a shared machine spread widely (consecutive runs of one revision
+differ by 20% here), so `--instructions` also counts what does not depend on
+the machine's other load: each revision's server runs under valgrind's
+callgrind for N clients x 100 tokens and x (100 + --tokens) tokens, and the
+difference of the two totals over the extra tokens is the server's
+instructions per delivered token, start-up and per-request costs cancelled out.
+
+    .venv/bin/python bench/before_after.py --before cd1de97 --instructions \
+        --clients 10 --tokens 500
 """
 
 from __future__ import annotations
@@ -113,11 +123,56 @@ async def compare(args: argparse.Namespace, sources: dict[str, Path]) -> int:
     return 1 if any(m.errors for m in medians.values()) else 0
 
 
+async def count_instructions(args: argparse.Namespace, sources: dict[str, Path]) -> int:
+    """Server instructions per token of each revision, from two callgrind runs each."""
+    log_dir = Path(tempfile.mkdtemp(prefix="tokenwire-bench-"))
+    n = args.clients[0]
+    small, large = 100, 100 + args.tokens
+    per_token: dict[str, float] = {}
+    for name, src in sources.items():
+        totals = []
+        for tokens in (small, large):
+            out = log_dir / f"{name}-{tokens}.callgrind"
+            run_args = argparse.Namespace(
+                **{
+                    **vars(args),
+                    "server_cmd": server_cmd(src),
+                    "server_wrapper": f"valgrind --tool=callgrind --callgrind-out-file={out}",
+                    "tokens": tokens,
+                    "no_warmup": True,
+                    "wait_quiet": 0.0,
+                    "timeout": 900.0,
+                }
+            )
+            result = await ws_load.measure(run_args, n, log_dir)
+            if result.errors:
+                print(f"{name}: errors {result.error_samples[:3]}", file=sys.stderr)
+                return 1
+            totals.append(callgrind_total(out))
+        per_token[name] = (totals[1] - totals[0]) / (n * (large - small))
+        print(f"{name:>10}: {per_token[name]:,.0f} server instructions per token", flush=True)
+    before, after = per_token.values()
+    print(f"change, after against before: {100 * (after / before - 1):+.2f}%")
+    return 0
+
+
+def callgrind_total(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"no total in {path}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = ws_load.parser()
     p.description = __doc__
     p.add_argument("--before", required=True, help="git revision measured first")
     p.add_argument("--after", default=WORKTREE, help="git revision, or WORKTREE (the default)")
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count server instructions per token under callgrind (first --clients value)",
+    )
     p.set_defaults(clients=[1, 100], repeat=3, tokens=1000, wait_quiet=20.0, quiet_cores=0.3)
     return p
 
@@ -144,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with checked_out(args.before) as before, checked_out(args.after) as after:
         sources = {describe(args.before): before, describe(args.after): after}
+        if args.instructions:
+            return int(runner(count_instructions(args, sources)))
         return int(runner(compare(args, sources)))
 
 
