@@ -1,9 +1,12 @@
 """Time to first token and generation speed of the local model, through the provider.
 
-    .venv/bin/python bench/local_model.py [--runs 5] [--max-tokens 128] [--threads N]
+    .venv/bin/python bench/local_model.py [--runs 5] [--max-tokens 128] [--threads N] [--busy]
 
 Prints the medians over the runs, after one warm-up request. The answers are
 plain completions of a fixed text, so each run generates `--max-tokens` tokens.
+`--busy` keeps one core busy with another process while it measures (a
+neighbour on a shared machine, or the gateway's own event loop streaming).
+Without `--threads`, the provider's default thread count is measured.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -48,7 +52,22 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model-path", default=None)
+    parser.add_argument("--busy", action="store_true", help="hold one core busy meanwhile")
     args = parser.parse_args()
+    neighbour = (
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+        if args.busy
+        else None
+    )
+    try:
+        await measure(args)
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            await neighbour.wait()
+
+
+async def measure(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {"prompt_format": "plain", "repeat_penalty": 1.1}
     if args.threads:
         options["threads"] = args.threads
@@ -64,7 +83,8 @@ async def main() -> None:
         await provider.aclose()
     ttft = statistics.median(r[0] for r in runs)
     speed = statistics.median(r[1] for r in runs)
-    print(f"model: {provider.model} ({provider.threads} threads)")
+    busy = ", one core held by another process" if args.busy else ""
+    print(f"model: {provider.model} ({provider.threads} threads{busy})")
     print(f"load + first answer: {loaded:.2f} s")
     print(f"runs: {args.runs} x {runs[0][2]} tokens")
     print(f"time to first token (median): {ttft * 1000:.1f} ms")

@@ -97,10 +97,13 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
+            Route("/", http.front_page),
             Route("/healthz", http.healthz),
+            Route("/readyz", http.readyz),
             Route("/api/streaming/stats", http.streaming_stats),
             Route("/api/streaming/sessions", http.streaming_sessions),
             WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
+            Route("/ws/ai-stream", http.upgrade_required),
         ],
         lifespan=lifespan,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,14 +21,30 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
 from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_settings
 
+# Kinds that cannot run without a model name, and what `--model` means for the others.
+MODEL_REQUIRED = {"openai", "anthropic", "bedrock"}
+BASE_URL_KINDS = {"openai", "anthropic", "bedrock"}
+
 
 class GracefulServer(uvicorn.Server):
     """On SIGTERM, end streams and close sockets our way (1001) before uvicorn's (1012)."""
 
-    def __init__(self, config: uvicorn.Config, gateway: Gateway, grace: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        gateway: Gateway,
+        grace: float,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._gateway = gateway
         self._grace = grace
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._gateway.shutdown(self._grace)
@@ -43,49 +61,120 @@ class GracefulServer(uvicorn.Server):
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tokenwire", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the streaming gateway")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the streaming gateway",
+        description="Serve the streaming gateway. Without --config: the packaged local model "
+        "and the simulated provider, or with --provider KIND one provider named KIND.",
+    )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0: any free)")
     serve.add_argument(
         "--provider",
         choices=PROVIDER_KINDS,
-        help="serve only this provider kind, named after it",
+        help="serve only this provider kind, named after it "
+        "(openai, anthropic and bedrock need --model)",
+    )
+    serve.add_argument(
+        "--model",
+        help="with --provider: the model to ask for (openai, anthropic: its name; bedrock: "
+        "the modelId; local: a GGUF file to run instead of the packaged model)",
+    )
+    serve.add_argument(
+        "--base-url",
+        help="with --provider openai|anthropic|bedrock: the endpoint "
+        "(e.g. http://localhost:8080/v1 for llama.cpp's or vLLM's server)",
+    )
+    serve.add_argument(
+        "--api-key-env",
+        metavar="VARIABLE",
+        help="with --provider: the environment variable that holds the provider's key",
     )
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     return root
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags give, or `ConfigError` for flags that cannot work together."""
     overrides: dict[str, Any] = {}
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if server:
         overrides["server"] = server
     if args.provider:
-        overrides["providers"] = [{"name": args.provider, "kind": args.provider}]
+        overrides["providers"] = [provider_from_flags(args)]
         overrides["routing"] = {"default_provider": args.provider}
+    elif args.model or args.base_url or args.api_key_env:
+        raise ConfigError("--model, --base-url and --api-key-env need --provider")
     return overrides
+
+
+def provider_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    kind: str = args.provider
+    provider: dict[str, Any] = {"name": kind, "kind": kind}
+    if kind in MODEL_REQUIRED and not args.model:
+        raise ConfigError(f"--provider {kind} needs --model (the model the endpoint serves)")
+    if args.base_url:
+        if kind not in BASE_URL_KINDS:
+            raise ConfigError(f"--base-url does not apply to --provider {kind}")
+        provider["base_url"] = args.base_url
+    if args.model and kind == "local":
+        provider["options"] = {"model_path": args.model}
+    elif args.model:
+        provider["model"] = args.model
+    if args.api_key_env:
+        provider["api_key_env"] = args.api_key_env
+    return provider
+
+
+class CannotListen(Exception):
+    """The address cannot be bound; the message says why in one line."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bind before announcing anything, so that a busy port is one clear line, not a
+    'serving' line followed by a failure."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(address, family=family)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the address is already in use (another server on that port?)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.logging)
     log = structlog.get_logger("tokenwire")
     try:
+        sock = listening_socket(settings.server.host, settings.server.port)
+    except CannotListen as exc:
+        print(f"tokenwire: {exc}", file=sys.stderr)
+        return 1
+    try:
         gateway = build_gateway(settings)
     except ConfigError as exc:
+        sock.close()
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn_config(
-        settings, build_app(settings, gateway), settings.server.host, settings.server.port
-    )
-    log.info(
-        "serving",
-        url=f"http://{settings.server.host}:{settings.server.port}",
-        providers=[p.name for p in settings.providers],
-        default_provider=settings.default_provider,
-    )
+    host, port = sock.getsockname()[:2]
+    config = uvicorn_config(settings, build_app(settings, gateway), host, port)
+
+    def announce() -> None:
+        log.info(
+            "serving",
+            url=f"http://{host}:{port}",
+            providers=[p.name for p in settings.providers],
+            default_provider=settings.default_provider,
+        )
+
     tune_garbage_collector()
-    GracefulServer(config, gateway, settings.server.shutdown_grace_seconds).run()
-    return 0
+    server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds, announce)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
 
 
 def tune_garbage_collector() -> None:

@@ -1,6 +1,9 @@
-"""Structured logs: console lines on a terminal, JSON lines otherwise.
+"""Logging: one structured stream on stderr, console or JSON, for tokenwire and the libraries.
 
-Nothing logged at info level carries a prompt, an answer, a credential or a key.
+tokenwire logs through structlog. uvicorn and other libraries log through the
+standard library; their records are rendered by the same processors, so that a
+JSON log stays one JSON object per line whoever wrote it. llama.cpp's own lines
+are routed here by the local provider.
 """
 
 from __future__ import annotations
@@ -26,21 +29,32 @@ def configure_logging(settings: LoggingSettings) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # uvicorn's own loggers: keep errors, drop its per-connection access chatter.
-    logging.basicConfig(
-        level=max(level, logging.WARNING),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
     )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Libraries' records at warning and above; uvicorn's per-connection chatter stays out.
+    root.setLevel(max(level, logging.WARNING))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

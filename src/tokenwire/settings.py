@@ -7,21 +7,25 @@ start-up with one message naming the key; nothing starts half-configured.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from tokenwire.protocol.messages import RoutingStrategy
+from tokenwire.routing.classify import TaskType
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "local", "simulated"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "anthropic", "bedrock", "local", "simulated")
@@ -78,6 +82,17 @@ class ProviderSettings(_Table):
     timeout: Positive | None = None
     strengths: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths_are_task_types(cls, strengths: list[str]) -> list[str]:
+        known = [task.value for task in TaskType]
+        for strength in strengths:
+            if strength not in known:
+                raise ValueError(
+                    f"{strength!r} is not a task type; expected some of: {', '.join(known)}"
+                )
+        return strengths
 
     def api_key(self) -> str | None:
         """The key, read from the environment at the moment it is needed; never stored."""
@@ -193,13 +208,63 @@ def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
     """Build the settings from file, environment and flags, or raise `ConfigError`."""
+    check_environment(os.environ)
     token = _file_data.set(read_config_file(config_file) if config_file else {})
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(describe_config_error(exc)) from None
+    except SettingsError as exc:  # what check_environment let through, in one line
+        raise ConfigError(f"environment: {exc}") from None
     finally:
         _file_data.reset(token)
+
+
+ENV_PREFIX = "TOKENWIRE_"
+PROVIDERS_VARIABLE = "TOKENWIRE_PROVIDERS"
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse, naming it, any `TOKENWIRE_<TABLE>__<KEY>` variable that is not a setting, and
+    any value of a list or table setting that is not JSON.
+
+    Only names of that form (and `TOKENWIRE_PROVIDERS`) are configuration; other names
+    that merely begin with `TOKENWIRE_` (test harnesses set `TOKENWIRE_ROOT`) are not.
+    """
+    tables = {
+        name: field.annotation
+        for name, field in Settings.model_fields.items()
+        if name != "providers"
+    }
+    for name, value in environ.items():
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if upper == PROVIDERS_VARIABLE:
+            _check_json(name, value)
+            continue
+        table, sep, key = upper.removeprefix(ENV_PREFIX).lower().partition("__")
+        if not sep:
+            continue
+        if table == "providers":
+            raise ConfigError(f"{name}: set the whole provider list as JSON in TOKENWIRE_PROVIDERS")
+        model = tables.get(table)
+        if model is None:
+            known = ", ".join(sorted(tables))
+            raise ConfigError(f"{name}: unknown table {table!r} (tables: {known}, providers)")
+        fields = model.model_fields if isinstance(model, type) else {}
+        field = fields.get(key)
+        if field is None:
+            raise ConfigError(f"{name}: unknown key {table}.{key}")
+        if get_origin(field.annotation) in (list, dict) or field.annotation in (list, dict):
+            _check_json(name, value)
+
+
+def _check_json(name: str, value: str) -> None:
+    try:
+        json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not valid JSON ({exc})") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

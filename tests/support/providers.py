@@ -25,6 +25,9 @@ class WatchedProvider:
         self.deltas_sent = 0
         self.closed = asyncio.Event()
 
+    def readiness(self) -> str | None:
+        return None
+
     def validate(self, request: ProviderRequest) -> None:
         self._inner.validate(request)
 

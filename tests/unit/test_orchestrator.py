@@ -37,6 +37,9 @@ class Scripted:
         self.usage = usage
         self.closed_at: float | None = None
 
+    def readiness(self) -> str | None:
+        return None
+
     def validate(self, request: ProviderRequest) -> None:
         return None
 

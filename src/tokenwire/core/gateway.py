@@ -139,8 +139,15 @@ class Gateway:
     def cancel(self, key: RequestKey, reason: str = "cancelled by client") -> None:
         running = self._runs.get(key)
         if running is None:
-            raise UnknownRequest(f"no running request with id {key.request_id!r}")
+            error = UnknownRequest(f"no running request with id {key.request_id!r}")
+            error.request_id = key.request_id  # the caller's own id, so its error says which
+            raise error
         running.run.cancel(reason)
+
+    def unready_providers(self) -> dict[str, str]:
+        """Providers that cannot serve yet, with the reason of each."""
+        waiting = {name: slot.provider.readiness() for name, slot in self.slots.items()}
+        return {name: reason for name, reason in waiting.items() if reason is not None}
 
     def is_running(self, key: RequestKey) -> bool:
         return key in self._runs

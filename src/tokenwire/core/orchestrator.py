@@ -236,10 +236,7 @@ class StreamRun:
         if error is not None:
             self.log.append(EventType.ERROR, error_payload(error, spec.request_id))
         self.log.append(EventType.TYPING_INDICATOR, {"is_typing": False})
-        usage = self.usage or Usage(
-            prompt_tokens=estimate_tokens("".join(m.content for m in spec.conversation)),
-            completion_tokens=self._deltas,
-        )
+        usage = self.usage or self._estimated_usage()
         cost = self.route.slot.cost_usd(usage)
         duration = time.monotonic() - self.started
         end: dict[str, Any] = {
@@ -262,6 +259,15 @@ class StreamRun:
         self.log.append(EventType.STREAM_END, end)
         self.usage = usage
         return self._outcome(status, usage, cost)
+
+    def _estimated_usage(self) -> Usage:
+        """Usage where the provider reported none: what reached us, and the prompt only if
+        the upstream evidently took it (some text came back). A request that failed before
+        any text (a refused connection, a DNS failure) costs nothing."""
+        if not self._deltas:
+            return Usage(prompt_tokens=0, completion_tokens=0)
+        prompt = "".join(m.content for m in self.spec.conversation)
+        return Usage(prompt_tokens=estimate_tokens(prompt), completion_tokens=self._deltas)
 
     def _outcome(self, status: StreamStatus, usage: Usage | None, cost: float) -> StreamOutcome:
         return StreamOutcome(

@@ -71,6 +71,9 @@ class Provider(Protocol):
     @property
     def model(self) -> str: ...
 
+    def readiness(self) -> str | None:
+        """None once the provider can serve; else why not yet (a model still loading)."""
+
     def validate(self, request: ProviderRequest) -> None:
         """Raise `InvalidRequest` for options this provider cannot take."""
 

@@ -15,7 +15,14 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from tokenwire.protocol.errors import (
     InvalidJSON,
@@ -55,7 +62,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-NonEmpty = Annotated[str, Field(min_length=1)]
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must contain more than whitespace")
+    return text
+
+
+NonBlank = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 
@@ -87,7 +100,7 @@ class StreamConfig(_Strict):
 
 class AiRequest(_Strict):
     type: Literal["ai_request"]
-    prompt: NonEmpty | None = None
+    prompt: NonBlank | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     conversation_id: RequestId | None = None
     request_id: RequestId | None = None
@@ -98,6 +111,8 @@ class AiRequest(_Strict):
     def _needs_something_to_answer(self) -> AiRequest:
         if self.prompt is None and self.messages is None:
             raise ValueError("a non-empty 'prompt' (or 'messages') is required")
+        if self.prompt is None and not any(m.content.strip() for m in self.messages or ()):
+            raise ValueError("messages: at least one must contain more than whitespace")
         return self
 
 

@@ -79,6 +79,9 @@ class AnthropicProvider:
     def model(self) -> str:
         return self._model
 
+    def readiness(self) -> str | None:
+        return None  # ready once built: clients connect on first use
+
     def validate(self, request: ProviderRequest) -> None:
         request_options(RequestOptions, request.options)
         if request.temperature is not None and request.temperature > 1:

@@ -114,6 +114,9 @@ class BedrockProvider:
     def model(self) -> str:
         return self._model
 
+    def readiness(self) -> str | None:
+        return None  # ready once built: clients connect on first use
+
     def validate(self, request: ProviderRequest) -> None:
         request_options(BedrockRequestOptions, request.options)
 

@@ -3,7 +3,7 @@
 By default this is the Gemma 3 270M that ships as a Python package (see
 `gguf_package`). Options (`[[providers]] options`, checked at start-up):
 `model_path` (any GGUF file instead), `n_ctx` (2048), `threads` (the usable CPUs
-divided by `parallelism`), `parallelism` (generations at once, one model
+but one, divided by `parallelism`: see `cpus.py`), `parallelism` (generations at once, one model
 instance each; 1), `temperature` (0), `max_tokens` (256), `prompt_format`,
 `extra_buffers` (false), and the defaults of the per-request options `stop`,
 `top_p`, `top_k`, `repeat_penalty` and `seed`.
@@ -23,7 +23,7 @@ always gets the same answer.
 
 llama.cpp's threads wait for each other many times a token: when another
 process keeps a core busy, as many threads as cores run several times slower
-than one thread. On a shared or busy machine, set `threads` below the cores.
+than one thread, which is why the default leaves a core free.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import os
 import queue
 import random
 import threading
@@ -49,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import InvalidRequest, ProviderError, TokenwireError
+from tokenwire.providers.cpus import default_threads
 from tokenwire.providers.gguf_package import (
     MODEL_NAME,
     ModelFileError,
@@ -136,6 +136,7 @@ class LocalProvider:
     kind = "local"
 
     def __init__(self, settings: ProviderSettings) -> None:
+        route_llama_logs()
         self._name = settings.name
         self._options = configured_options(LocalOptions, settings.options)
         self._sampling = SamplingOptions.model_validate(
@@ -144,7 +145,7 @@ class LocalProvider:
         locate, default_model = _model_source(self._options.model_path)
         self._model = settings.model or default_model
         parallelism = self._options.parallelism
-        self._threads = self._options.threads or max(1, _usable_cpus() // parallelism)
+        self._threads = self._options.threads or default_threads(parallelism)
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._instances: list[Any] = []
         self._jobs: set[_Job] = set()
@@ -171,6 +172,16 @@ class LocalProvider:
     def started_generations(self) -> int:
         """How many requests reached the model; one closed while queued never does."""
         return self._started
+
+    def readiness(self) -> str | None:
+        if not self._loading.done():
+            return "loading the model"
+        if self._loading.cancelled():
+            return "shutting down"
+        error = self._loading.exception()
+        if error is not None:
+            return f"the model could not be loaded: {error}"
+        return None
 
     def validate(self, request: ProviderRequest) -> None:
         self._generation(request)
@@ -417,7 +428,27 @@ def _default_model_params(extra_buffers: bool) -> Iterator[None]:
         library.llama_model_default_params = original
 
 
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+# ggml_log_level as the bundled llama.cpp numbers it (NONE 0, DEBUG 1, INFO 2, WARN 3,
+# ERROR 4, CONT 5; llama-cpp-python's own table is older and off by one): warnings and
+# errors keep their level, the rest goes out at debug.
+_LLAMA_LEVELS = {3: "warning", 4: "error"}
+_llama_logger = structlog.get_logger("tokenwire.llama_cpp")
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _forward_llama_log(level: int, text: bytes, user_data: Any) -> None:
+    message = text.decode("utf-8", "replace").strip()
+    if message:
+        _llama_logger.log(_LEVEL_NUMBERS[_LLAMA_LEVELS.get(level, "debug")], message)
+
+
+_LEVEL_NUMBERS = {"debug": 10, "warning": 30, "error": 40}
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's own log lines through the structured logger instead of stderr.
+
+    llama-cpp-python installs a callback that prints to stderr, which breaks a JSON
+    log stream; this one replaces it (the callback object lives as long as the module).
+    """
+    llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))

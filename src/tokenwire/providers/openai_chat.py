@@ -77,6 +77,9 @@ class OpenAIProvider:
     def model(self) -> str:
         return self._model
 
+    def readiness(self) -> str | None:
+        return None  # ready once built: clients connect on first use
+
     def validate(self, request: ProviderRequest) -> None:
         request_options(RequestOptions, request.options)
 

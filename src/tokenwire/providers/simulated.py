@@ -84,6 +84,9 @@ class SimulatedProvider:
     def model(self) -> str:
         return self._model
 
+    def readiness(self) -> str | None:
+        return None  # ready once built: clients connect on first use
+
     def validate(self, request: ProviderRequest) -> None:
         self._options(request)
 

@@ -1,12 +1,20 @@
-"""Plain HTTP endpoints: health, statistics and sessions."""
+"""Plain HTTP endpoints: the front page, health, readiness, statistics and sessions."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.stats import sessions_snapshot
+
+ENDPOINTS = {
+    "/ws/ai-stream": "WebSocket: the streaming protocol (docs/protocol.md)",
+    "/healthz": "liveness: the process answers",
+    "/readyz": "readiness: every provider can serve (503 with the reason otherwise)",
+    "/api/streaming/stats": "streaming statistics",
+    "/api/streaming/sessions": "open sessions",
+}
 
 
 def _gateway(request: Request) -> Gateway:
@@ -14,11 +22,42 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
+async def front_page(request: Request) -> Response:
+    """What is served where, for a person who opened the address `make run` printed."""
+    if "text/html" not in request.headers.get("accept", ""):
+        return JSONResponse({"service": "tokenwire", "endpoints": ENDPOINTS})
+    rows = "".join(
+        f"<li><code>{path}</code>: {meaning}</li>" for path, meaning in ENDPOINTS.items()
+    )
+    return HTMLResponse(
+        "<!doctype html><meta charset=utf-8><title>tokenwire</title>"
+        "<h1>tokenwire</h1><p>Streams AI answers token by token. Served here:</p>"
+        f"<ul>{rows}</ul>"
+    )
+
+
 async def healthz(request: Request) -> JSONResponse:
+    """Liveness: answers while the process does; readiness is `/readyz`'s."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
     gateway = _gateway(request)
     if gateway.closing:
         return JSONResponse({"status": "shutting_down"}, status_code=503)
-    return JSONResponse({"status": "ok", "providers": sorted(gateway.slots)})
+    waiting = gateway.unready_providers()
+    if waiting:
+        return JSONResponse({"status": "not_ready", "providers": waiting}, status_code=503)
+    return JSONResponse({"status": "ready", "providers": sorted(gateway.slots)})
+
+
+async def upgrade_required(request: Request) -> JSONResponse:
+    """A plain GET on a WebSocket endpoint: say what it wants instead of 404."""
+    return JSONResponse(
+        {"error": "this endpoint speaks WebSocket: send an Upgrade request"},
+        status_code=426,
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+    )
 
 
 async def streaming_stats(request: Request) -> JSONResponse:

@@ -1,0 +1,57 @@
+"""How many CPUs this process may really use, and how many llama.cpp threads that gives.
+
+The CPU count of the machine is not the answer: a process may be pinned to some
+cores (`sched_getaffinity`) and a container may be given a fraction of them (a
+cgroup CPU quota). And llama.cpp's threads wait for each other many times a
+token, so a thread whose core is taken by anyone else (the gateway's own event
+loop, streaming the answer, included) stalls them all: measured on 2 cores
+(docs/benchmarks.md), 2 threads fall to a fraction of 1 thread's speed as soon as
+another process holds a core. So the default leaves one usable core free.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on, bounded by its cgroup's quota where it has one."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(
+    v2: Path = CGROUP_V2_MAX, v1_quota: Path = CGROUP_V1_QUOTA, v1_period: Path = CGROUP_V1_PERIOD
+) -> float | None:
+    """The cgroup's CPU quota in CPUs (1.5 for "150000 100000"), or None without one."""
+    try:
+        quota, _, period = v2.read_text().strip().partition(" ")
+        if quota != "max":
+            return int(quota) / int(period or 100_000)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(v1_quota.read_text())
+        period_us = int(v1_period.read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def default_threads(parallelism: int, cpus: int | None = None) -> int:
+    """llama.cpp threads per model instance: the usable CPUs but one, shared out."""
+    available = usable_cpus() if cpus is None else cpus
+    return max(1, (available - 1) // parallelism) if available > 1 else 1
