@@ -14,12 +14,15 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
 from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
+from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
 from tokenwire.providers.registry import build_provider
-from tokenwire.routing.router import StrengthRouter
-from tokenwire.settings import ProviderSettings, Settings
+from tokenwire.routing.classify import load_classifier
+from tokenwire.routing.health import HealthBook, HealthPolicy
+from tokenwire.routing.router import RoutingPolicy, StrategyRouter
+from tokenwire.settings import ConfigError, ProviderSettings, Settings
 from tokenwire.transports import http, websocket
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 
@@ -35,13 +38,20 @@ def provider_profile(settings: ProviderSettings) -> ProviderProfile:
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
-    streams = settings.streams
+    streams, routing = settings.streams, settings.routing
     return GatewayConfig(
         tuning=StreamTuning(
             chunk_max_chars=streams.chunk_max_chars,
             chunk_flush_seconds=streams.chunk_flush_ms / 1000,
             default_timeout=streams.request_timeout_seconds,
             default_progress_every=streams.progress_every,
+            attempts=AttemptPolicy(
+                max_retries=routing.max_retries,
+                retry_backoff_seconds=routing.retry_backoff_seconds,
+                max_retry_wait_seconds=routing.max_retry_wait_seconds,
+                queue_timeout_seconds=routing.queue_timeout_seconds,
+                max_queued=routing.max_queued,
+            ),
         ),
         session_idle_seconds=streams.session_idle_seconds,
         session_sweep_seconds=streams.session_sweep_seconds,
@@ -69,8 +79,30 @@ def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gatewa
         max_conversations=streams.max_conversations,
         idle_seconds=streams.conversation_idle_seconds,
     )
-    router = StrengthRouter(slots, settings.default_provider, settings.routing.strategy)
-    return Gateway(gateway_config(settings), slots, router, logs, conversations)
+    routing = settings.routing
+    health = HealthBook(
+        ((name, slot.profile.max_concurrency) for name, slot in slots.items()),
+        HealthPolicy(
+            failure_threshold=routing.circuit_failures,
+            cooldown_seconds=routing.circuit_cooldown_seconds,
+        ),
+    )
+    try:
+        classifier = load_classifier(routing.classifier)
+    except ValueError as exc:
+        raise ConfigError(f"routing.classifier: {exc}") from None
+    router = StrategyRouter(
+        slots,
+        health,
+        RoutingPolicy(
+            default_provider=settings.default_provider,
+            default_strategy=routing.strategy,
+            default_max_tokens=routing.default_max_tokens,
+        ),
+        classifier,
+    )
+    gateway = Gateway(gateway_config(settings), slots, router, logs, conversations, health)
+    return gateway
 
 
 def websocket_limits(settings: Settings) -> websocket.WebSocketLimits:
@@ -102,6 +134,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Route("/readyz", http.readyz),
             Route("/api/streaming/stats", http.streaming_stats),
             Route("/api/streaming/sessions", http.streaming_sessions),
+            Route("/api/providers", http.providers),
             WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
             Route("/ws/ai-stream", http.upgrade_required),
         ],
@@ -109,6 +142,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     )
     app.state.gateway = gw
     app.state.ws_limits = websocket_limits(settings)
+    health = gw.observer
+    app.state.describe_health = health.describe if isinstance(health, HealthBook) else None
     return app
 
 

@@ -102,6 +102,21 @@ class ProviderSettings(_Table):
 class RoutingSettings(_Table):
     default_provider: str | None = None
     strategy: RoutingStrategy = RoutingStrategy.INTELLIGENT
+    # "package.module:function" from a prompt's text to a task type; None: the built-in rules.
+    classifier: str | None = None
+    # Retries on one provider, before any text, for 5xx, dropped connections and 429.
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    retry_backoff_seconds: Annotated[float, Field(ge=0, le=60)] = 0.25
+    # A provider whose retry-after asks for longer is not retried (the next one is tried).
+    max_retry_wait_seconds: Annotated[float, Field(ge=0, le=600)] = 5.0
+    # The circuit breaker: failures in a row that open it, and how long it stays open.
+    circuit_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    circuit_cooldown_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Waiting for a provider at its max_concurrency: how long, and how many may wait.
+    queue_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    max_queued: Annotated[int, Field(ge=0)] = 100
+    # The answer budget assumed in cost estimates when a request sets no max_tokens.
+    default_max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 512
 
 
 class AuthSettings(_Table):

@@ -239,7 +239,12 @@ async def test_a_request_that_failed_before_any_token_costs_nothing() -> None:
     end = frames[-1]["data"]
     assert end["status"] == "error"
     assert end["cost_usd"] == 0
-    assert end["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert end["usage"] == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "estimated": True,
+    }
 
 
 async def test_a_reconnect_continues_the_user_s_conversation() -> None:

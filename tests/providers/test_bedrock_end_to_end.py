@@ -54,7 +54,12 @@ async def test_a_bedrock_answer_streams_to_completion_with_upstream_usage(
     assert end["status"] == "completed"
     assert end["provider_used"] == "br"
     assert end["model"] == "anthropic.claude-test"
-    assert end["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    assert end["usage"] == {
+        "prompt_tokens": 9,
+        "completion_tokens": 3,
+        "total_tokens": 12,
+        "estimated": False,
+    }
 
 
 async def test_a_truncated_bedrock_stream_ends_as_a_provider_error(

@@ -136,7 +136,12 @@ async def test_an_answer_reaches_the_client_with_the_upstream_usage_and_its_cost
     end = frames[-1]["data"]
     assert end["status"] == "completed"
     assert end["provider_used"] == flavour.name
-    assert end["usage"] == {"prompt_tokens": 1200, "completion_tokens": 340, "total_tokens": 1540}
+    assert end["usage"] == {
+        "prompt_tokens": 1200,
+        "completion_tokens": 340,
+        "total_tokens": 1540,
+        "estimated": False,
+    }
     assert end["cost_usd"] == pytest.approx((1200 * 2.5 + 340 * 10.0) / 1_000_000)
 
 

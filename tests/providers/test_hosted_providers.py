@@ -43,6 +43,7 @@ from tokenwire.protocol.errors import (
     RateLimited,
     RequestTimeout,
     TokenwireError,
+    UpstreamRejected,
 )
 from tokenwire.providers import anthropic_messages, openai_chat
 from tokenwire.providers.anthropic_messages import AnthropicProvider
@@ -320,8 +321,24 @@ async def test_400_is_a_provider_error_carrying_the_upstream_message(
 
     error = await failure(provider)
 
-    assert type(error) is ProviderError
+    # The request's fault, not the provider's: not retried, not held against its health.
+    assert type(error) is UpstreamRejected
+    assert error.error_type == "provider_error"
+    assert not error.retryable
+    assert not error.counts_against_provider
     assert f"(400): {message}" in error.message
+
+
+async def test_a_5xx_is_retryable_and_held_against_the_provider(
+    provider: Provider, upstream: ScriptedUpstream, flavour: ProviderFlavour
+) -> None:
+    upstream.reply = flavour.error(503, "overloaded", "overloaded_error")
+
+    error = await failure(provider)
+
+    assert type(error) is ProviderError
+    assert error.retryable
+    assert error.counts_against_provider
 
 
 async def test_an_upstream_that_hangs_up_without_answering_is_a_provider_error(

@@ -1,18 +1,29 @@
-"""The OpenAI provider against a fake Chat Completions upstream on a loopback socket."""
+"""The OpenAI provider against a fake Chat Completions upstream on a loopback socket,
+alone and behind the real tokenwire server."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from tests.fakes.openai_upstream import (
+    Reply,
     ScriptedUpstream,
+    chat_frames,
     openai_answer,
     openai_error,
 )
-from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest
+from tests.support.server import RunningServer, of_type, running_server, ws_client
+from tokenwire.core.provider import (
+    Message,
+    ProviderEvent,
+    ProviderRequest,
+    Usage,
+    estimate_tokens,
+)
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderError,
@@ -21,7 +32,8 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.providers.openai_chat import OpenAIProvider
 from tokenwire.providers.registry import build_provider
-from tokenwire.settings import ConfigError, ProviderSettings
+from tokenwire.providers.upstream import END_MARKER_MISSING
+from tokenwire.settings import ConfigError, ProviderSettings, load_settings
 
 KEY_ENV = "TOKENWIRE_TEST_OPENAI_KEY"
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -149,16 +161,114 @@ async def test_429_without_retry_after_is_rate_limited_without_a_delay(
     assert error.retry_after is None
 
 
-# -- truncation -----------------------------------------------------------------
+# -- the end of an answer: finish_reason, then usage if the server sends it ----------
+
+ANSWER = ["The capital", " of France", " is Paris."]
 
 
-async def test_a_stream_that_ends_before_its_usage_chunk_is_a_provider_error(
+async def test_a_usage_chunk_is_reported_exactly_and_not_as_an_estimate(
     provider: OpenAIProvider, upstream: ScriptedUpstream
 ) -> None:
-    # Role chunk, one delta, the finish_reason chunk; then the body ends.
+    upstream.reply = Reply(frames=chat_frames(ANSWER, 13, 5))
+
+    *deltas, usage = await ask(provider)
+
+    assert deltas == ANSWER
+    assert usage == Usage(prompt_tokens=13, completion_tokens=5, estimated=False)
+
+
+@pytest.mark.parametrize("finish_reason", ["stop", "length"])
+async def test_a_finished_answer_without_a_usage_chunk_completes_with_an_estimate(
+    provider: OpenAIProvider, upstream: ScriptedUpstream, finish_reason: str
+) -> None:
+    # As llama-cpp-python's server streams: finish_reason, then [DONE], never usage,
+    # though the request asks for it.
+    frames = chat_frames(ANSWER, 13, 5, include_usage=False, finish_reason=finish_reason)
+    upstream.reply = Reply(frames=frames)
+
+    *deltas, usage = await ask(provider)
+
+    assert (await upstream.exchange()).json()["stream_options"] == {"include_usage": True}
+    assert deltas == ANSWER
+    assert usage == Usage(
+        prompt_tokens=estimate_tokens("hello"),
+        completion_tokens=estimate_tokens("".join(ANSWER)),
+        estimated=True,
+    )
+
+
+async def test_a_body_that_ends_after_finish_reason_but_before_usage_completes_with_an_estimate(
+    provider: OpenAIProvider, upstream: ScriptedUpstream
+) -> None:
+    # Role chunk, one delta, the finish_reason chunk; then the body ends, usage unsent.
     upstream.reply = openai_answer(["a"], 3, 1, cut_after=3, then="end")
+
+    events = await ask(provider)
+
+    assert events == ["a", Usage(estimate_tokens("hello"), estimate_tokens("a"), estimated=True)]
+
+
+@pytest.mark.parametrize(
+    ("then", "says"),
+    [("drop", "upstream connection failed"), ("end", f"{END_MARKER_MISSING} (no finish_reason)")],
+)
+async def test_an_answer_cut_before_its_finish_reason_is_still_a_provider_error(
+    provider: OpenAIProvider, upstream: ScriptedUpstream, then: Literal["drop", "end"], says: str
+) -> None:
+    # No usage chunk either: the estimate is only for answers that finished.
+    frames = chat_frames(ANSWER, 13, 5, include_usage=False)
+    upstream.reply = Reply(frames=frames, cut_after=len(ANSWER), then=then)
 
     error = await failure(provider)
 
     assert type(error) is ProviderError
-    assert "usage" in error.message
+    assert says in error.message
+
+
+# -- behind the gateway -----------------------------------------------------------
+
+
+async def test_over_the_websocket_a_finished_answer_without_usage_completes_as_estimated(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    upstream.reply = Reply(frames=chat_frames(ANSWER, 13, 5, include_usage=False))
+
+    async with gateway(upstream) as server, ws_client(server) as client:
+        frames = await client.ask("hello", stream_config={"granularity": "token"})
+
+    assert [f["data"]["token"] for f in of_type(frames, "token")] == ANSWER
+    end = frames[-1]["data"]
+    assert end["status"] == "completed"
+    assert end["usage"]["estimated"] is True
+    assert end["usage"]["completion_tokens"] == estimate_tokens("".join(ANSWER))
+    assert end["usage"]["prompt_tokens"] > 0
+
+
+async def test_over_the_websocket_an_answer_dropped_before_finish_reason_is_a_provider_error(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    frames = chat_frames(ANSWER, 13, 5, include_usage=False)
+    upstream.reply = Reply(frames=frames, cut_after=len(ANSWER), then="drop")
+
+    async with gateway(upstream) as server, ws_client(server) as client:
+        frames_out = await client.ask("hello")
+
+    [error] = of_type(frames_out, "error")
+    assert error["data"]["error_type"] == "provider_error"
+    end = frames_out[-1]["data"]
+    assert (end["status"], end["error_type"]) == ("error", "provider_error")
+
+
+@contextlib.asynccontextmanager
+async def gateway(upstream: ScriptedUpstream) -> AsyncIterator[RunningServer]:
+    provider = {
+        "name": "oa",
+        "kind": "openai",
+        "model": "m",
+        "base_url": upstream.url + "/v1",
+        "api_key_env": KEY_ENV,
+    }
+    async with running_server(load_settings(None, {"providers": [provider]})) as server:
+        yield server

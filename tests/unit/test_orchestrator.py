@@ -15,7 +15,7 @@ from tests.support.waiting import eventually
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
-from tokenwire.core.route import ProviderProfile, ProviderSlot, Route
+from tokenwire.core.route import Candidate, ProviderProfile, ProviderSlot, Route
 from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import ProviderError
 from tokenwire.protocol.messages import Granularity, RoutingStrategy
@@ -68,8 +68,9 @@ def make_run(
     granularity: Granularity = Granularity.CHUNK,
     progress_every: int = 10,
     options: dict[str, Any] | None = None,
+    profile: ProviderProfile | None = None,
 ) -> tuple[StreamRun, Inbox]:
-    slot = ProviderSlot(provider, ProviderProfile(silence_timeout=silence))
+    slot = ProviderSlot(provider, profile or ProviderProfile(silence_timeout=silence))
     spec = RequestSpec(
         request_id="r1",
         user_id="u",
@@ -83,7 +84,10 @@ def make_run(
     inbox = Inbox()
     log.subscribe(inbox)
     return StreamRun(
-        spec, Route(slot, "conversation", RoutingStrategy.INTELLIGENT), log, TUNING
+        spec,
+        Route((Candidate(slot, 0.0, "only one"),), "conversation", RoutingStrategy.INTELLIGENT),
+        log,
+        TUNING,
     ), inbox
 
 
@@ -229,11 +233,15 @@ async def test_progress_stays_below_100_while_the_length_is_unknown() -> None:
 async def test_usage_from_the_provider_is_reported_with_cost() -> None:
     provider = Scripted([(0, "hi")], usage=Usage(prompt_tokens=1000, completion_tokens=500))
     profile = ProviderProfile(input_cost_per_mtok=2.0, output_cost_per_mtok=10.0)
-    run, inbox = make_run(provider)
-    run.route = Route(ProviderSlot(provider, profile), "conversation", RoutingStrategy.INTELLIGENT)
+    run, inbox = make_run(provider, profile=profile)
     await run.run()
     end = inbox.of("stream_end")[0]
-    assert end["usage"] == {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+    assert end["usage"] == {
+        "prompt_tokens": 1000,
+        "completion_tokens": 500,
+        "total_tokens": 1500,
+        "estimated": False,
+    }
     assert end["cost_usd"] == pytest.approx(0.002 + 0.005)
 
 

@@ -20,7 +20,7 @@ from tokenwire.core.conversations import ConversationStore
 from tokenwire.core.eventlog import EventLog, LogStore
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import Message
-from tokenwire.core.route import ProviderSlot, Router
+from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.spec import RequestKey, RequestSpec
 from tokenwire.core.stats import StreamingStats, StreamOutcome
@@ -58,8 +58,10 @@ class Gateway:
         router: Router,
         logs: LogStore,
         conversations: ConversationStore,
+        observer: AttemptObserver | None = None,
     ) -> None:
         self.config = config
+        self.observer = observer or NoObserver()
         self.slots = dict(slots)
         self.router = router
         self.logs = logs
@@ -197,7 +199,7 @@ class Gateway:
         if self.closing:
             await self.logs.discard(key)
             raise ShuttingDown("the server is shutting down")
-        running = _Running(StreamRun(spec, route, log, self.config.tuning))
+        running = _Running(StreamRun(spec, route, log, self.config.tuning, self.observer))
         self._runs[key] = running
         task = asyncio.create_task(self._drive(key, running), name=f"stream {key.request_id}")
         running.task = task

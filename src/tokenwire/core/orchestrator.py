@@ -8,19 +8,18 @@ exactly one stream_end. It knows nothing about sockets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from tokenwire.core.attempts import AttemptPolicy, Attempts
 from tokenwire.core.chunking import Coalescer
 from tokenwire.core.eventlog import EventLog
-from tokenwire.core.provider import ProviderEvent, Usage, estimate_tokens
-from tokenwire.core.route import Route
+from tokenwire.core.provider import Usage, estimate_tokens
+from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
 from tokenwire.protocol.errors import (
@@ -46,6 +45,7 @@ class StreamTuning:
     chunk_flush_seconds: float = 0.04
     default_timeout: float = 30.0
     default_progress_every: int = 10
+    attempts: AttemptPolicy = field(default_factory=AttemptPolicy)
 
 
 class StreamRun:
@@ -58,11 +58,26 @@ class StreamRun:
     opening events, becomes an error event and a `stream_end` with status error.
     """
 
-    def __init__(self, spec: RequestSpec, route: Route, log: EventLog, tuning: StreamTuning):
+    def __init__(
+        self,
+        spec: RequestSpec,
+        route: Route,
+        log: EventLog,
+        tuning: StreamTuning,
+        observer: AttemptObserver | None = None,
+    ) -> None:
         self.spec = spec
         self.route = route
         self.log = log
         self._tuning = tuning
+        self._attempts = Attempts(
+            spec,
+            route,
+            tuning.attempts,
+            observer or NoObserver(),
+            self._on_text,
+            self._on_fallback,
+        )
         self.cancel_reason: str | None = None
         self.started = time.monotonic()
         self.ttft: float | None = None
@@ -82,7 +97,7 @@ class StreamRun:
         self._known_total: int | None = None
         self._expected = spec.generation.max_tokens or DEFAULT_EXPECTED_DELTAS
         self._last_progress = 0.0
-        self._loop_turned = True
+        self._token_mode = spec.delivery.granularity is Granularity.TOKEN
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
         self.interrupted = False
@@ -121,6 +136,7 @@ class StreamRun:
         if self.cancel_reason is not None or self._closing:
             return
         self.cancel_reason = reason
+        self._attempts.cancelled_by_client = True
         # Before its first step the run has no task to interrupt: it sees the reason there.
         if self._task is not None:
             self._task.cancel()
@@ -150,66 +166,62 @@ class StreamRun:
             EventType.METADATA,
             {
                 "task_type": route.task_type,
+                "task_reason": route.task_reason,
                 "recommended_provider": route.slot.name,
                 "routing_strategy": route.strategy.value,
                 "model": spec.generation.model or provider.model,
+                "candidates": [candidate.describe() for candidate in route.candidates],
             },
         )
 
     async def _pump(self) -> None:
-        slot = self.route.slot
         timeout = self.spec.timeout or self._tuning.default_timeout
         deadline = self.started + timeout
-        silence = slot.profile.silence_timeout
-        request = slot.provider_request(self.spec)
         try:
-            async with asyncio.timeout_at(self._loop_deadline(deadline)) as timer:
-                gate = slot.gate or contextlib.nullcontext()
-                async with gate, contextlib.aclosing(slot.provider.stream(request)) as events:
-                    await self._consume(events, timer, deadline, silence)
+            async with asyncio.timeout_at(self._loop_deadline(deadline)):
+                await self._attempts.run(deadline)
         except TimeoutError:
-            raise RequestTimeout(self._timeout_message(timeout, deadline, silence)) from None
+            raise RequestTimeout(f"no complete answer within {timeout:g} s") from None
 
-    async def _consume(
-        self,
-        events: AsyncIterator[ProviderEvent],
-        timer: asyncio.Timeout,
-        deadline: float,
-        silence: float | None,
+    def _on_text(self, item: str, slot: ProviderSlot) -> None:
+        """One delta from the provider: coalesced into chunks, or sent as a token."""
+        now = time.monotonic()
+        if self.ttft is None:
+            self.ttft = now - self.started
+        self._deltas += 1
+        if self.answer_parts is not None:
+            self.answer_parts.append(item)
+        if self._token_mode:
+            self._emit_text(item)
+            return
+        chunk = self._coalescer.push(item, now)
+        if chunk is not None:
+            self._stop_flush_timer()
+            self._emit_text(chunk)
+        elif self._flush_timer is None and self._coalescer.due_at is not None:
+            self._start_flush_timer(self._coalescer.due_at - now)
+
+    def _on_fallback(
+        self, failed: ProviderSlot, error: TokenwireError, next_slot: ProviderSlot
     ) -> None:
-        token_mode = self.spec.delivery.granularity is Granularity.TOKEN
-        loop = asyncio.get_running_loop()
-        async for item in events:
-            if isinstance(item, Usage):
-                self.usage = item
-                continue
-            if not item:
-                continue
-            # SDKs do not suspend while bytes are buffered. If the loop has not turned
-            # since the last delta, yield first, so that the last one reaches the client
-            # (and other streams run) before the rest of a burst; a paced provider that
-            # already waited pays no extra task switch.
-            if not self._loop_turned:
-                await asyncio.sleep(0)
-            now = time.monotonic()
-            if self.ttft is None:
-                self.ttft = now - self.started
-            self._deltas += 1
-            if self.answer_parts is not None:
-                self.answer_parts.append(item)
-            if token_mode:
-                self._emit_text(item)
-            else:
-                chunk = self._coalescer.push(item, now)
-                if chunk is not None:
-                    self._stop_flush_timer()
-                    self._emit_text(chunk)
-                elif self._flush_timer is None and self._coalescer.due_at is not None:
-                    self._start_flush_timer(self._coalescer.due_at - now)
-            if silence is not None and now + silence < deadline:
-                timer.reschedule(self._loop_deadline(now + silence))
-            self._loop_turned = False
-            loop.call_soon(self._note_loop_turn)
+        logger.info(
+            "provider fallback",
+            request_id=self.spec.request_id,
+            failed=failed.name,
+            error_type=error.error_type,
+            next=next_slot.name,
+        )
+        self.log.append(
+            EventType.METADATA,
+            {
+                "fallback_from": failed.name,
+                "fallback_reason": f"{error.error_type}: {error.message[:200]}",
+                "recommended_provider": next_slot.name,
+                "routing_strategy": self.route.strategy.value,
+                "task_type": self.route.task_type,
+                "model": self.spec.generation.model or next_slot.provider.model,
+            },
+        )
 
     def _close(self, status: StreamStatus, error: TokenwireError | None) -> StreamOutcome:
         try:
@@ -236,8 +248,9 @@ class StreamRun:
         if error is not None:
             self.log.append(EventType.ERROR, error_payload(error, spec.request_id))
         self.log.append(EventType.TYPING_INDICATOR, {"is_typing": False})
-        usage = self.usage or self._estimated_usage()
-        cost = self.route.slot.cost_usd(usage)
+        slot = self._attempts.slot
+        usage = self._attempts.usage or self._estimated_usage()
+        cost = slot.cost_usd(usage)
         duration = time.monotonic() - self.started
         end: dict[str, Any] = {
             "request_id": spec.request_id,
@@ -245,8 +258,8 @@ class StreamRun:
             "total_chunks": self._text_events,
             "total_length": self._text_length,
             "duration": duration,
-            "provider_used": self.route.slot.name,
-            "model": spec.generation.model or self.route.slot.provider.model,
+            "provider_used": slot.name,
+            "model": spec.generation.model or slot.provider.model,
             "cache_hit": False,
             "ttft": self.ttft,
             "usage": usage.as_dict(),
@@ -265,13 +278,15 @@ class StreamRun:
         the upstream evidently took it (some text came back). A request that failed before
         any text (a refused connection, a DNS failure) costs nothing."""
         if not self._deltas:
-            return Usage(prompt_tokens=0, completion_tokens=0)
+            return Usage(prompt_tokens=0, completion_tokens=0, estimated=True)
         prompt = "".join(m.content for m in self.spec.conversation)
-        return Usage(prompt_tokens=estimate_tokens(prompt), completion_tokens=self._deltas)
+        return Usage(
+            prompt_tokens=estimate_tokens(prompt), completion_tokens=self._deltas, estimated=True
+        )
 
     def _outcome(self, status: StreamStatus, usage: Usage | None, cost: float) -> StreamOutcome:
         return StreamOutcome(
-            provider=self.route.slot.name,
+            provider=self._attempts.slot.name,
             status=status,
             duration=time.monotonic() - self.started,
             ttft=self.ttft,
@@ -328,9 +343,6 @@ class StreamRun:
         if not self.log.finished:
             self._flush_held_text()
 
-    def _note_loop_turn(self) -> None:
-        self._loop_turned = True
-
     def _stop_flush_timer(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -347,11 +359,6 @@ class StreamRun:
         # A guess from the expected answer length at a typical rate; the expected length
         # is bounded (max_tokens has a ceiling), so this stays a small finite number.
         return round(max(0.5, self._expected / TYPICAL_DELTAS_PER_SECOND), 2)
-
-    def _timeout_message(self, timeout: float, deadline: float, silence: float | None) -> str:
-        if time.monotonic() >= deadline - 0.001 or silence is None:
-            return f"no complete answer within {timeout:g} s"
-        return f"provider {self.route.slot.name} sent nothing for {silence:g} s"
 
     @staticmethod
     def _loop_deadline(monotonic_deadline: float) -> float:

@@ -28,16 +28,19 @@ class Message:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    estimated: bool = False
+    """True where the upstream reported no usage and these are tokenwire's own counts."""
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | bool]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "estimated": self.estimated,
         }
 
 

@@ -1,12 +1,13 @@
-"""Providers as the core drives them, and the router's seam."""
+"""Providers as the core drives them, the router's seam, and what the core reports back."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
-from tokenwire.core.provider import Provider, ProviderRequest, Usage
+from tokenwire.core.provider import Provider, ProviderRequest, Usage, estimate_tokens
 from tokenwire.core.spec import RequestSpec
 from tokenwire.protocol.messages import RoutingStrategy
 
@@ -30,6 +31,8 @@ class ProviderSlot:
         self.provider = provider
         self.profile = profile
         self.gate = asyncio.Semaphore(profile.max_concurrency) if profile.max_concurrency else None
+        self.waiting = 0
+        """Requests queued for this provider's gate."""
 
     @property
     def name(self) -> str:
@@ -40,6 +43,12 @@ class ProviderSlot:
             usage.prompt_tokens * self.profile.input_cost_per_mtok
             + usage.completion_tokens * self.profile.output_cost_per_mtok
         ) / 1_000_000
+
+    def estimated_cost_usd(self, spec: RequestSpec, default_max_tokens: int) -> float:
+        """The most this request can cost here: its prompt, and its whole answer budget."""
+        prompt = estimate_tokens("".join(m.content for m in spec.conversation))
+        answer = spec.generation.max_tokens or default_max_tokens
+        return self.cost_usd(Usage(prompt_tokens=prompt, completion_tokens=answer))
 
     def provider_request(self, spec: RequestSpec) -> ProviderRequest:
         generation = spec.generation
@@ -53,12 +62,64 @@ class ProviderSlot:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Candidate:
     slot: ProviderSlot
+    score: float
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": self.slot.name, "score": round(self.score, 3), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The router's decision: candidates best first; the core falls back down the list."""
+
+    candidates: tuple[Candidate, ...]
     task_type: str
     strategy: RoutingStrategy
+    forced: bool = False
+    task_reason: str = ""
+
+    @property
+    def slot(self) -> ProviderSlot:
+        return self.candidates[0].slot
 
 
 class Router(Protocol):
     def choose(self, spec: RequestSpec) -> Route:
-        """Pick a provider; raise `InvalidRequest` for a provider name that does not exist."""
+        """Rank the providers for a request, or raise the error that refuses it
+        (`InvalidRequest`, `ProviderUnavailable`, `CostLimitExceeded`)."""
+
+
+class AttemptOutcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    """The provider failed (5xx, a cut stream, a timeout, refused credentials, 429)."""
+    NEUTRAL = "neutral"
+    """Cancelled, or the upstream refused the request itself: nothing about its health."""
+
+
+class AttemptObserver(Protocol):
+    """Where the core reports what providers do (the router's health book)."""
+
+    def attempt_started(self, provider: str) -> None: ...
+
+    def first_text(self, provider: str, seconds: float) -> None: ...
+
+    def attempt_ended(
+        self, provider: str, outcome: AttemptOutcome, deltas: int, streaming_seconds: float
+    ) -> None: ...
+
+
+class NoObserver:
+    def attempt_started(self, provider: str) -> None:
+        return None
+
+    def first_text(self, provider: str, seconds: float) -> None:
+        return None
+
+    def attempt_ended(
+        self, provider: str, outcome: AttemptOutcome, deltas: int, streaming_seconds: float
+    ) -> None:
+        return None

@@ -95,10 +95,22 @@ class ProviderError(TokenwireError):
     """The upstream failed, or ended its stream without its end marker."""
 
     error_type = "provider_error"
+    # Worth trying the same provider again (5xx, a dropped connection, 429)?
+    retryable = True
+    # Does this failure say the provider is unwell (for its circuit breaker)?
+    counts_against_provider = True
+
+
+class UpstreamRejected(ProviderError):
+    """The upstream refused the request itself (a 4xx other than 401/403/429)."""
+
+    retryable = False
+    counts_against_provider = False
 
 
 class ProviderAuthError(ProviderError):
     error_type = "provider_auth_error"
+    retryable = False
 
 
 class RateLimited(ProviderError):
@@ -110,6 +122,31 @@ class RateLimited(ProviderError):
 
     def details(self) -> dict[str, Any]:
         return {} if self.retry_after is None else {"retry_after": self.retry_after}
+
+
+class ProviderUnavailable(TokenwireError):
+    """The provider asked for is out of service (its circuit is open)."""
+
+    error_type = "provider_unavailable"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.retry_after is None else {"retry_after": round(self.retry_after, 3)}
+
+
+class ProviderBusy(ProviderUnavailable):
+    """Every candidate provider stayed at its concurrency limit for the queue timeout."""
+
+    error_type = "provider_busy"
+
+
+class CostLimitExceeded(TokenwireError):
+    """No provider can answer within `config.cost_limit`, or the answer reached it."""
+
+    error_type = "cost_limit_exceeded"
 
 
 class RequestTimeout(TokenwireError):
@@ -137,6 +174,9 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     NotRecovered: 410,
     MessageTooLarge: 413,
     RateLimited: 429,
+    ProviderBusy: 429,
+    ProviderUnavailable: 503,
+    CostLimitExceeded: 402,
     ProviderAuthError: 502,
     ProviderError: 502,
     RequestTimeout: 504,

@@ -48,6 +48,7 @@ class RoutingStrategy(StrEnum):
     PERFORMANCE_BASED = "performance_based"
     COST_OPTIMIZED = "cost_optimized"
     RELIABILITY_BASED = "reliability_based"
+    ROUND_ROBIN = "round_robin"
 
 
 class Granularity(StrEnum):

@@ -7,7 +7,10 @@ up to 4 strings), `seed` (integer), `presence_penalty` and `frequency_penalty`
 
 The SDK ends a stream silently when the connection drops before `data: [DONE]`
 and hides `[DONE]` itself, so completeness is judged from what arrived: a choice
-with a `finish_reason`, then the usage chunk this provider always asks for.
+with a `finish_reason` is the end marker, and a stream without one is cut short.
+This provider always asks for the usage chunk and reports it exactly when it comes;
+some compatible servers (llama-cpp-python's, for one) never send it, so an answer
+that finished without one ends with a local estimate, `Usage(estimated=True)`.
 SDK retries are off: a failed stream is the core's to handle, not to repeat here.
 """
 
@@ -22,7 +25,13 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
+from tokenwire.core.provider import (
+    Message,
+    ProviderEvent,
+    ProviderRequest,
+    Usage,
+    estimate_tokens,
+)
 from tokenwire.protocol.errors import (
     ProviderError,
     RequestTimeout,
@@ -112,7 +121,7 @@ class OpenAIProvider:
                         yield text
         except (openai.APIError, json.JSONDecodeError) as exc:
             raise upstream_error(exc, self._settings.api_key()) from None
-        yield answer.usage()
+        yield answer.usage(request.prompt_text)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -124,6 +133,7 @@ class _Answer:
     def __init__(self) -> None:
         self.finished = False
         self.reported: CompletionUsage | None = None
+        self.text: list[str] = []
 
     def read(self, chunk: ChatCompletionChunk) -> str:
         if chunk.usage is not None:
@@ -136,13 +146,22 @@ class _Answer:
                 self.finished = True
             if choice.delta is not None and choice.delta.content:
                 text += choice.delta.content
+        if text:
+            self.text.append(text)
         return text
 
-    def usage(self) -> Usage:
+    def usage(self, prompt_text: str) -> Usage:
+        """The upstream's usage, else an estimate; `ProviderError` if the answer is cut short."""
         if not self.finished:
             raise ProviderError(f"{END_MARKER_MISSING} (no finish_reason): the answer is cut short")
         if self.reported is None:
-            raise ProviderError(f"{END_MARKER_MISSING} (no usage chunk after the answer)")
+            # Finished, but the server sends no usage chunk (it need not honour
+            # stream_options): count locally, and say so.
+            return Usage(
+                prompt_tokens=estimate_tokens(prompt_text),
+                completion_tokens=estimate_tokens("".join(self.text)),
+                estimated=True,
+            )
         return Usage(self.reported.prompt_tokens, self.reported.completion_tokens)
 
 

@@ -17,6 +17,7 @@ from tokenwire.protocol.errors import (
     ProviderError,
     RateLimited,
     TokenwireError,
+    UpstreamRejected,
 )
 
 END_MARKER_MISSING = "upstream stream ended without its end marker"
@@ -73,4 +74,4 @@ def status_error(
         return ProviderError(f"upstream failed mid-stream: {message}")
     if status >= 500:
         return ProviderError(f"upstream failed ({status}): {message}")
-    return ProviderError(f"upstream rejected the request ({status}): {message}")
+    return UpstreamRejected(f"upstream rejected the request ({status}): {message}")

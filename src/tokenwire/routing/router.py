@@ -1,44 +1,144 @@
-"""The router: a forced provider, else one strong at the task, else the default."""
+"""The router: the request's task, the providers' live health, and a strategy's ranking.
+
+A forced provider (`config.provider`) bypasses ranking but not its circuit: an
+open one refuses the request (`provider_unavailable`) before it starts. Otherwise
+every provider whose circuit lets a request through, and whose estimated cost
+fits `config.cost_limit`, is ranked by the strategy; the core tries them in that
+order, falling back down the list while no text has reached the client.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from tokenwire.core.route import ProviderSlot, Route
+from tokenwire.core.route import Candidate, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
-from tokenwire.protocol.errors import InvalidRequest, excerpt
+from tokenwire.protocol.errors import (
+    CostLimitExceeded,
+    InvalidRequest,
+    ProviderUnavailable,
+    excerpt,
+)
 from tokenwire.protocol.messages import RoutingStrategy
-from tokenwire.routing.classify import classify
+from tokenwire.routing import strategies
+from tokenwire.routing.classify import Classifier, classify
+from tokenwire.routing.health import HealthBook
+from tokenwire.routing.strategies import Option
 
 
-class StrengthRouter:
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    default_provider: str
+    default_strategy: RoutingStrategy = RoutingStrategy.INTELLIGENT
+    default_max_tokens: int = 512
+    """The answer budget assumed in cost estimates when a request sets no max_tokens."""
+
+
+class StrategyRouter:
     def __init__(
         self,
         slots: Mapping[str, ProviderSlot],
-        default_provider: str,
-        default_strategy: RoutingStrategy = RoutingStrategy.INTELLIGENT,
+        health: HealthBook,
+        policy: RoutingPolicy,
+        classifier: Classifier = classify,
     ) -> None:
-        if default_provider not in slots:
-            raise ValueError(f"default provider {default_provider!r} is not configured")
+        if policy.default_provider not in slots:
+            raise ValueError(f"default provider {policy.default_provider!r} is not configured")
         self._slots = dict(slots)
-        self._default = slots[default_provider]
-        self._default_strategy = default_strategy
+        self._health = health
+        self._policy = policy
+        self._classify = classifier
+        self._round_robin = strategies.RoundRobin()
 
     def choose(self, spec: RequestSpec) -> Route:
-        task = classify(spec.latest_user_text)
-        strategy = spec.routing.strategy or self._default_strategy
+        classification = self._classify(spec.latest_user_text)
+        task = classification.task.value
+        strategy = spec.routing.strategy or self._policy.default_strategy
         forced = spec.routing.provider
         if forced is not None:
-            slot = self._slots.get(forced)
-            if slot is None:
-                known = ", ".join(sorted(self._slots))
-                raise InvalidRequest(
-                    f"config.provider: unknown provider {excerpt(forced)}; known: {known}"
+            candidate = self._forced(forced, spec)
+            return Route(
+                (candidate,), task, strategy, forced=True, task_reason=classification.reason
+            )
+        options = self._options(spec, task)
+        ranked = self._rank(strategy, options, spec)
+        return Route(tuple(ranked), task, strategy, task_reason=classification.reason)
+
+    # -- internals ------------------------------------------------------------
+
+    def _forced(self, name: str, spec: RequestSpec) -> Candidate:
+        slot = self._slots.get(name)
+        if slot is None:
+            known = ", ".join(sorted(self._slots))
+            raise InvalidRequest(
+                f"config.provider: unknown provider {excerpt(name)}; known: {known}"
+            )
+        health = self._health[name]
+        if not health.available:
+            raise ProviderUnavailable(
+                f"provider {name} is out of service (circuit {health.state.value})",
+                retry_after=health.retry_in or None,
+            )
+        limit = spec.routing.cost_limit
+        cost = slot.estimated_cost_usd(spec, self._policy.default_max_tokens)
+        if limit is not None and cost > limit:
+            raise CostLimitExceeded(
+                f"provider {name} may cost ${cost:.6f} for this request, over the limit ${limit:g}"
+            )
+        return Candidate(slot, 0.0, "forced by config.provider")
+
+    def _options(self, spec: RequestSpec, task: str) -> list[Option]:
+        options = []
+        closed_out: list[float] = []
+        for name, slot in self._slots.items():
+            health = self._health[name]
+            if not health.available:
+                closed_out.append(health.retry_in)
+                continue
+            load = 0.0
+            if health.max_concurrency:
+                load = min(1.0, health.in_flight / health.max_concurrency)
+            options.append(
+                Option(
+                    slot=slot,
+                    fit=task in slot.profile.strengths,
+                    cost_usd=slot.estimated_cost_usd(spec, self._policy.default_max_tokens),
+                    ttft_ms=health.ttft_ms,
+                    error_rate=health.error_rate,
+                    state=health.state,
+                    load=load,
+                    is_default=name == self._policy.default_provider,
                 )
-            return Route(slot, task.value, strategy)
-        if task.value in self._default.profile.strengths:
-            return Route(self._default, task.value, strategy)
-        for slot in self._slots.values():
-            if task.value in slot.profile.strengths:
-                return Route(slot, task.value, strategy)
-        return Route(self._default, task.value, strategy)
+            )
+        if not options:
+            raise ProviderUnavailable(
+                "every provider is out of service (circuits open)",
+                retry_after=min(closed_out) if closed_out else None,
+            )
+        limit = spec.routing.cost_limit
+        if limit is None:
+            return options
+        affordable = [o for o in options if o.cost_usd <= limit]
+        if not affordable:
+            cheapest = min(o.cost_usd for o in options)
+            raise CostLimitExceeded(
+                f"the cheapest provider may cost ${cheapest:.6f} for this request, "
+                f"over the limit ${limit:g}"
+            )
+        return affordable
+
+    def _rank(
+        self, strategy: RoutingStrategy, options: list[Option], spec: RequestSpec
+    ) -> list[Candidate]:
+        if strategy is RoutingStrategy.PERFORMANCE_BASED:
+            return strategies.performance_based(options)
+        if strategy is RoutingStrategy.COST_OPTIMIZED:
+            return strategies.cost_optimized(options)
+        if strategy is RoutingStrategy.RELIABILITY_BASED:
+            return strategies.reliability_based(options)
+        if strategy is RoutingStrategy.ROUND_ROBIN:
+            return self._round_robin(options)
+        return strategies.intelligent(
+            options, spec.routing.speed_priority, spec.routing.reliability_priority
+        )

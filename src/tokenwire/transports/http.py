@@ -14,6 +14,7 @@ ENDPOINTS = {
     "/readyz": "readiness: every provider can serve (503 with the reason otherwise)",
     "/api/streaming/stats": "streaming statistics",
     "/api/streaming/sessions": "open sessions",
+    "/api/providers": "the providers and their live health",
 }
 
 
@@ -67,3 +68,22 @@ async def streaming_stats(request: Request) -> JSONResponse:
 
 async def streaming_sessions(request: Request) -> JSONResponse:
     return JSONResponse(sessions_snapshot(_gateway(request).sessions))
+
+
+async def providers(request: Request) -> JSONResponse:
+    """Each provider's name, kind, model and live health; never a key."""
+    gateway = _gateway(request)
+    describe = request.app.state.describe_health
+    return JSONResponse(
+        {
+            "providers": [
+                {
+                    "name": name,
+                    "kind": slot.provider.kind,
+                    "model": slot.provider.model,
+                    "health": describe(name) if describe is not None else None,
+                }
+                for name, slot in gateway.slots.items()
+            ]
+        }
+    )

@@ -1,0 +1,232 @@
+"""Getting an answer out of the route's providers: capacity, retries, fallback, silence.
+
+The candidates are tried best first. Each attempt waits for a place under the
+provider's concurrency limit (in a bounded queue, for at most the queue timeout:
+then `provider_busy`), streams the answer into the run, and fails if the
+provider stays silent longer than its `silence_timeout`. Before any text has
+reached the client, a retryable failure (5xx, a dropped connection, 429) is
+retried on the same provider with jittered exponential backoff (honouring
+`retry_after`; not when that asks for more than `max_retry_wait_seconds`, and
+never past the deadline), then the next candidate takes over;
+after text has gone out, a failure ends the stream. Every attempt is reported
+to the `AttemptObserver`, which is how the router learns the providers' health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from tokenwire.core.provider import Usage, estimate_tokens
+from tokenwire.core.route import AttemptObserver, AttemptOutcome, ProviderSlot, Route
+from tokenwire.core.spec import RequestSpec
+from tokenwire.protocol.errors import (
+    CostLimitExceeded,
+    ProviderBusy,
+    ProviderError,
+    RateLimited,
+    RequestTimeout,
+    TokenwireError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPolicy:
+    max_retries: int = 2
+    """Retries per provider before the next candidate (0: none)."""
+    retry_backoff_seconds: float = 0.25
+    max_retry_wait_seconds: float = 5.0
+    """A provider that asks to be left alone longer (`retry_after`) is not retried."""
+    queue_timeout_seconds: float = 10.0
+    max_queued: int = 100
+    """Requests that may wait for one provider's capacity; more are `provider_busy` at once."""
+
+
+# What the run does with each piece of text, and with the news of a fallback.
+TextSink = Callable[[str, ProviderSlot], None]
+FallbackSink = Callable[[ProviderSlot, TokenwireError, ProviderSlot], None]
+
+
+class Attempts:
+    def __init__(
+        self,
+        spec: RequestSpec,
+        route: Route,
+        policy: AttemptPolicy,
+        observer: AttemptObserver,
+        on_text: TextSink,
+        on_fallback: FallbackSink,
+    ) -> None:
+        self._spec = spec
+        self._route = route
+        self._policy = policy
+        self._observer = observer
+        self._on_text = on_text
+        self._on_fallback = on_fallback
+        self.slot = route.slot
+        """The provider answering (or last tried)."""
+        self.deltas = 0
+        """Text deltas that reached the run, over all attempts."""
+        self.usage: Usage | None = None
+        self.cancelled_by_client = False
+        self._loop_turned = True
+        self._prompt_tokens = estimate_tokens("".join(m.content for m in spec.conversation))
+
+    async def run(self, deadline: float) -> None:
+        """Stream an answer from the first candidate that gives one, or raise why none did."""
+        candidates = [c.slot for c in self._route.candidates]
+        # Providers with room first: the queue is only for when none has any.
+        candidates.sort(key=lambda slot: slot.gate is not None and slot.gate.locked())
+        for index, slot in enumerate(candidates):
+            try:
+                await self._with_retries(slot, deadline)
+                return
+            except (ProviderError, RequestTimeout) as failure:
+                last = index == len(candidates) - 1
+                if self.deltas or self._route.forced or last:
+                    raise
+                self._on_fallback(slot, failure, candidates[index + 1])
+
+    # -- one provider -----------------------------------------------------------
+
+    async def _with_retries(self, slot: ProviderSlot, deadline: float) -> None:
+        for retry in itertools.count():
+            try:
+                await self._attempt(slot)
+                return
+            except ProviderError as failure:
+                if self.deltas or not failure.retryable or retry >= self._policy.max_retries:
+                    raise
+                pause = self._backoff(retry, failure)
+                if pause > self._policy.max_retry_wait_seconds or (
+                    time.monotonic() + pause >= deadline
+                ):
+                    raise
+                await asyncio.sleep(pause)
+
+    def _backoff(self, retry: int, failure: ProviderError) -> float:
+        pause = self._policy.retry_backoff_seconds * 2.0**retry * random.uniform(0.5, 1.5)
+        if isinstance(failure, RateLimited) and failure.retry_after is not None:
+            pause = max(pause, failure.retry_after)
+        return pause
+
+    async def _attempt(self, slot: ProviderSlot) -> None:
+        async with self._capacity(slot):
+            self.slot = slot
+            self._observer.attempt_started(slot.name)
+            outcome = AttemptOutcome.FAILED
+            began = time.monotonic()
+            first_at: float | None = None
+            deltas_before = self.deltas
+            try:
+                first_at = await self._stream(slot, began)
+                outcome = AttemptOutcome.OK
+            except asyncio.CancelledError:
+                # A client's cancel says nothing of the provider; a passed deadline does.
+                outcome = AttemptOutcome.NEUTRAL if self.cancelled_by_client else outcome
+                raise
+            except ProviderError as failure:
+                if not failure.counts_against_provider:
+                    outcome = AttemptOutcome.NEUTRAL
+                raise
+            except RequestTimeout:
+                raise
+            except TokenwireError:
+                outcome = AttemptOutcome.NEUTRAL
+                raise
+            finally:
+                streaming = time.monotonic() - first_at if first_at is not None else 0.0
+                self._observer.attempt_ended(
+                    slot.name, outcome, self.deltas - deltas_before, streaming
+                )
+
+    async def _stream(self, slot: ProviderSlot, began: float) -> float | None:
+        """Feed one provider's answer to the run; when its first text came, if it did."""
+        silence = slot.profile.silence_timeout
+        limited = self._spec.routing.cost_limit is not None
+        request = slot.provider_request(self._spec)
+        first_at: float | None = None
+        loop = asyncio.get_running_loop()
+        on_text = self._on_text
+        try:
+            async with (
+                contextlib.aclosing(slot.provider.stream(request)) as events,
+                asyncio.timeout(silence) as quiet,
+            ):
+                async for item in events:
+                    if isinstance(item, Usage):
+                        self.usage = item
+                        continue
+                    if not item:
+                        continue
+                    # SDKs hand out buffered deltas without suspending. If the loop has not
+                    # turned since the last delta, yield first, so that it reaches the client
+                    # (and other streams run) before the rest of a burst; a paced provider
+                    # that already waited pays no extra task switch.
+                    if not self._loop_turned:
+                        await asyncio.sleep(0)
+                    if first_at is None:
+                        first_at = time.monotonic()
+                        self._observer.first_text(slot.name, first_at - began)
+                    self.deltas += 1
+                    on_text(item, slot)
+                    if limited:
+                        self._check_cost(slot)
+                    if silence is not None:
+                        quiet.reschedule(loop.time() + silence)
+                    self._loop_turned = False
+                    loop.call_soon(self._note_loop_turn)
+        except TimeoutError:
+            assert silence is not None
+            raise RequestTimeout(f"provider {slot.name} sent nothing for {silence:g} s") from None
+        return first_at
+
+    def _note_loop_turn(self) -> None:
+        self._loop_turned = True
+
+    def _check_cost(self, slot: ProviderSlot) -> None:
+        limit = self._spec.routing.cost_limit
+        assert limit is not None
+        so_far = slot.cost_usd(Usage(self._prompt_tokens, self.deltas))
+        if so_far > limit:
+            raise CostLimitExceeded(
+                f"the answer reached the cost limit ${limit:g} (about ${so_far:.6f} so far)"
+            )
+
+    @contextlib.asynccontextmanager
+    async def _capacity(self, slot: ProviderSlot) -> AsyncIterator[None]:
+        gate = slot.gate
+        if gate is None:
+            yield
+            return
+        if gate.locked():
+            await self._queue_for(slot, gate)
+        else:
+            await gate.acquire()
+        try:
+            yield
+        finally:
+            gate.release()
+
+    async def _queue_for(self, slot: ProviderSlot, gate: asyncio.Semaphore) -> None:
+        timeout = self._policy.queue_timeout_seconds
+        if slot.waiting >= self._policy.max_queued:
+            raise ProviderBusy(
+                f"provider {slot.name} is at its concurrency limit with a full queue",
+                retry_after=timeout,
+            )
+        slot.waiting += 1
+        try:
+            await asyncio.wait_for(gate.acquire(), timeout)
+        except TimeoutError:
+            raise ProviderBusy(
+                f"provider {slot.name} stayed at its concurrency limit for {timeout:g} s",
+                retry_after=timeout,
+            ) from None
+        finally:
+            slot.waiting -= 1
