@@ -301,3 +301,24 @@ def test_the_cost_estimate_assumes_the_default_answer_budget_without_max_tokens(
     assert fleet.order(spec(cost_limit=0.6)) == ["p"]
     with pytest.raises(CostLimitExceeded):
         fleet.router.choose(spec(cost_limit=0.5))
+
+
+def test_the_worked_example_of_the_routing_docs() -> None:
+    fleet = Fleet(
+        slot("coder", ("code",), input_cost_per_mtok=0.15, output_cost_per_mtok=0.60),
+        slot("local"),
+        default="local",
+    )
+    for n in range(20):
+        fleet.served("coder", 0.18, ok=n != 0)
+        fleet.served("local", 0.025)
+    route = fleet.router.choose(
+        spec("Write a Python function that merges two sorted lists", max_tokens=500)
+    )
+    assert route.task_type == "code"
+    scores = {c.slot.name: round(c.score, 2) for c in route.candidates}
+    assert scores == {"coder": 5.22, "local": 3.71}
+    assert [c.slot.name for c in route.candidates] == ["coder", "local"]
+    prompt = "Write a Python function that merges two sorted lists"
+    for strategy in (RoutingStrategy.COST_OPTIMIZED, RoutingStrategy.PERFORMANCE_BASED):
+        assert fleet.order(spec(prompt, max_tokens=500, strategy=strategy))[0] == "local"

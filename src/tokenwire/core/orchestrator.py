@@ -294,6 +294,7 @@ class StreamRun:
             text_bytes=self._text_bytes,
             usage=usage,
             cost_usd=cost,
+            user_id=self.spec.user_id,
         )
 
     # -- text -----------------------------------------------------------------

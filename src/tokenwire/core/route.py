@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from tokenwire.core.provider import Provider, ProviderRequest, Usage, estimate_tokens
+from tokenwire.core.provider import Provider, ProviderRequest, Usage
 from tokenwire.core.spec import RequestSpec
 from tokenwire.protocol.messages import RoutingStrategy
 
@@ -44,11 +44,9 @@ class ProviderSlot:
             + usage.completion_tokens * self.profile.output_cost_per_mtok
         ) / 1_000_000
 
-    def estimated_cost_usd(self, spec: RequestSpec, default_max_tokens: int) -> float:
-        """The most this request can cost here: its prompt, and its whole answer budget."""
-        prompt = estimate_tokens("".join(m.content for m in spec.conversation))
-        answer = spec.generation.max_tokens or default_max_tokens
-        return self.cost_usd(Usage(prompt_tokens=prompt, completion_tokens=answer))
+    def estimated_cost_usd(self, prompt_tokens: int, answer_tokens: int) -> float:
+        """The most a request can cost here: its prompt, and its whole answer budget."""
+        return self.cost_usd(Usage(prompt_tokens=prompt_tokens, completion_tokens=answer_tokens))
 
     def provider_request(self, spec: RequestSpec) -> ProviderRequest:
         generation = spec.generation

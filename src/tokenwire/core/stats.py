@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,27 @@ class ProviderTotals:
         }
 
 
+# Per-user totals are kept for this many users, the least recently active dropped first.
+MAX_USERS_TRACKED = 10_000
+
+
+@dataclass
+class UserTotals:
+    streams: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+        }
+
+
 @dataclass
 class StreamOutcome:
     provider: str
@@ -43,6 +65,7 @@ class StreamOutcome:
     text_bytes: int
     usage: Usage | None
     cost_usd: float
+    user_id: str = ""
 
 
 class StreamingStats:
@@ -56,6 +79,7 @@ class StreamingStats:
         self._ttft_count = 0
         self._by_status = {status: 0 for status in StreamStatus}
         self.providers: dict[str, ProviderTotals] = {}
+        self.users: OrderedDict[str, UserTotals] = OrderedDict()
 
     def stream_started(self) -> None:
         self.total_streams += 1
@@ -82,6 +106,18 @@ class StreamingStats:
             totals.prompt_tokens += outcome.usage.prompt_tokens
             totals.completion_tokens += outcome.usage.completion_tokens
         totals.cost_usd += outcome.cost_usd
+        self._count_user(outcome)
+
+    def _count_user(self, outcome: StreamOutcome) -> None:
+        user = self.users.pop(outcome.user_id, None) or UserTotals()
+        self.users[outcome.user_id] = user
+        while len(self.users) > MAX_USERS_TRACKED:
+            self.users.popitem(last=False)
+        user.streams += 1
+        if outcome.usage is not None:
+            user.prompt_tokens += outcome.usage.prompt_tokens
+            user.completion_tokens += outcome.usage.completion_tokens
+        user.cost_usd += outcome.cost_usd
 
     def snapshot(self, sessions: SessionRegistry) -> dict[str, Any]:
         live = list(sessions)
@@ -99,6 +135,7 @@ class StreamingStats:
                 "by_status": {status.value: n for status, n in self._by_status.items()},
             },
             "providers": {name: t.as_dict() for name, t in self.providers.items()},
+            "users": {name: t.as_dict() for name, t in self.users.items()},
             "performance": {
                 "avg_session_duration": sum(s.duration for s in live) / len(live) if live else 0.0,
                 "distinct_users": users,

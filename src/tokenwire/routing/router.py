@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tokenwire.core.provider import estimate_tokens
 from tokenwire.core.route import Candidate, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
 from tokenwire.protocol.errors import (
@@ -81,16 +82,22 @@ class StrategyRouter:
                 retry_after=health.retry_in or None,
             )
         limit = spec.routing.cost_limit
-        cost = slot.estimated_cost_usd(spec, self._policy.default_max_tokens)
+        cost = slot.estimated_cost_usd(*self._budget(spec))
         if limit is not None and cost > limit:
             raise CostLimitExceeded(
                 f"provider {name} may cost ${cost:.6f} for this request, over the limit ${limit:g}"
             )
         return Candidate(slot, 0.0, "forced by config.provider")
 
+    def _budget(self, spec: RequestSpec) -> tuple[int, int]:
+        """Tokens the request may cost: its prompt (estimated) and its answer budget."""
+        prompt = sum(estimate_tokens(m.content) for m in spec.conversation)
+        return prompt, spec.generation.max_tokens or self._policy.default_max_tokens
+
     def _options(self, spec: RequestSpec, task: str) -> list[Option]:
         options = []
         closed_out: list[float] = []
+        budget = self._budget(spec)
         for name, slot in self._slots.items():
             health = self._health[name]
             if not health.available:
@@ -103,7 +110,7 @@ class StrategyRouter:
                 Option(
                     slot=slot,
                     fit=task in slot.profile.strengths,
-                    cost_usd=slot.estimated_cost_usd(spec, self._policy.default_max_tokens),
+                    cost_usd=slot.estimated_cost_usd(*budget),
                     ttft_ms=health.ttft_ms,
                     error_rate=health.error_rate,
                     state=health.state,
