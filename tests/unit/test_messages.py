@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from tokenwire.protocol.errors import (
     InvalidJSON,
@@ -122,3 +123,41 @@ def test_messages_may_replace_the_prompt() -> None:
 def test_unknown_role_is_invalid() -> None:
     with pytest.raises(InvalidRequest):
         parse({"type": "ai_request", "messages": [{"role": "wizard", "content": "x"}]})
+
+
+def test_a_ping_timestamp_must_be_finite_even_past_the_decoder() -> None:
+    # Given a ping whose timestamp is infinite (orjson would refuse it in JSON text)
+    message = {"type": "ping", "timestamp": float("inf")}
+    # When the model itself validates it, then it refuses it
+    with pytest.raises(ValidationError):
+        Ping.model_validate(message)
+
+
+@pytest.mark.parametrize("language", ["en US", "x" * 100, 5, ""])
+def test_update_preferences_refuses_a_language_that_is_not_a_tag(language: object) -> None:
+    # Given preferences whose language is no language tag
+    message = {"type": "update_preferences", "preferences": {"language": language}}
+    # When the message is parsed, then it is refused
+    with pytest.raises(InvalidMessage, match="language"):
+        parse(message)
+
+
+@pytest.mark.parametrize("model", ["m" * 257, 5, True])
+def test_update_preferences_refuses_a_model_preference_that_is_not_a_short_name(
+    model: object,
+) -> None:
+    # Given preferences whose model preference is not a name of at most 256 characters
+    message = {"type": "update_preferences", "preferences": {"model_preference": model}}
+    # When the message is parsed, then it is refused
+    with pytest.raises(InvalidMessage, match="model_preference"):
+        parse(message)
+
+
+def test_update_preferences_accepts_a_model_preference_of_256_characters() -> None:
+    # Given a model preference exactly at the limit
+    message = {"type": "update_preferences", "preferences": {"model_preference": "m" * 256}}
+    # When the message is parsed
+    parsed = parse(message)
+    # Then it is accepted as given
+    assert isinstance(parsed, UpdatePreferences)
+    assert parsed.preferences["model_preference"] == "m" * 256

@@ -416,3 +416,93 @@ async def test_the_simulated_provider_lets_the_loop_turn_between_deltas_at_delay
         ticker.cancel()
     assert len(seen) == 50
     assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+
+
+async def test_a_cancel_from_a_subscriber_during_the_closing_events_does_not_cancel_the_run() -> (
+    None
+):
+    # Given a short run and a subscriber that cancels it on seeing typing turned off
+    run, inbox = make_run(Scripted([(0, "a"), (0, "b")]))
+
+    class CancelsOnTypingOff:
+        def deliver(self, record: Record) -> None:
+            if record.event_type.value == "typing_indicator" and not record.data["is_typing"]:
+                run.cancel("late")
+
+    run.log.subscribe(CancelsOnTypingOff())
+
+    # When the run runs to completion in its own task
+    task = asyncio.create_task(run.run())
+    outcome = await task
+
+    # Then the late cancel was ignored: the run completed and its task was not cancelled
+    assert outcome.status.value == "completed"
+    assert not task.cancelled()
+    assert run.cancel_reason is None
+    assert inbox.of("stream_end")[0]["status"] == "completed"
+
+
+async def test_a_cancelled_run_leaves_its_task_without_a_pending_cancellation() -> None:
+    # Given a task running a run whose provider never finishes, reporting its own
+    # pending cancellations once the run returns
+    provider = ManualProvider()
+    run, inbox = make_run(provider)
+
+    async def run_then_report() -> int:
+        await run.run()
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    task = asyncio.create_task(run_then_report())
+    await eventually(lambda: "chunk" in inbox.kinds())
+
+    # When the run is cancelled mid-stream
+    run.cancel("cancelled by client")
+
+    # Then the run's own cancel is consumed: nothing is left pending on the task
+    assert await task == 0
+    assert inbox.of("stream_end")[0]["status"] == "cancelled"
+
+
+async def test_text_held_at_cancel_is_dropped_not_flushed() -> None:
+    # Given a provider that sends two pieces at once and then stalls: the first goes
+    # out at once, the second is held for the flush interval
+    assert TUNING.chunk_flush_seconds == 0.02
+    provider = Scripted([(0, "first"), (0, "held"), (10.0, "never")])
+    run, inbox = make_run(provider)
+    task = asyncio.create_task(run.run())
+    await eventually(lambda: "chunk" in inbox.kinds())
+
+    # When the run is cancelled about 5 ms later, before the flush interval is over
+    await asyncio.sleep(0.005)
+    assert [c["chunk"] for c in inbox.of("chunk")] == ["first"]  # "held" is still held
+    run.cancel("cancelled by client")
+    await task
+
+    # Then the held text never goes out, and the end counts only what did
+    assert [c["chunk"] for c in inbox.of("chunk")] == ["first"]
+    end = inbox.of("stream_end")[0]
+    assert end["status"] == "cancelled"
+    assert end["total_length"] == 5
+
+
+async def test_a_failure_while_writing_the_closing_events_still_ends_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given pricing that fails, so that only the closing of the run fails
+    def broken_cost(self: ProviderSlot, usage: Usage) -> float:
+        raise RuntimeError("pricing is broken")
+
+    monkeypatch.setattr(ProviderSlot, "cost_usd", broken_cost)
+    run, inbox = make_run(Scripted([(0, "only")]))
+
+    # When a one-delta run completes
+    outcome = await run.run()
+
+    # Then the run still reports an error and its log holds exactly one stream_end
+    assert outcome.status.value == "error"
+    ends = inbox.of("stream_end")
+    assert len(ends) == 1
+    assert ends[0]["status"] == "error"
+    assert inbox.kinds()[-1] == "stream_end"

@@ -1,0 +1,125 @@
+"""One WebSocket connection driven directly, over an in-memory ASGI WebSocket: what it
+queues and sends around its close, without a server or a socket in between."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from tests.support.fake_asgi import FakeClient
+from tests.support.providers import WatchedProvider
+from tests.support.server import gateway_with
+from tests.support.waiting import eventually
+from tokenwire.core.gateway import Gateway
+from tokenwire.core.provider import Message
+from tokenwire.core.spec import RequestKey
+from tokenwire.transports.websocket import Connection, WebSocketLimits
+
+SLOW = {"tokens": 5000, "delay_ms": 5}
+LIMITS = WebSocketLimits(close_timeout=5.0)
+
+
+class SlowHistory:
+    """A conversation store whose reads wait until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.reading = asyncio.Event()
+
+    async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
+        self.reading.set()
+        await self.release.wait()
+        return ()
+
+    async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def serving(gateway: Gateway, client: FakeClient) -> AsyncIterator[Connection]:
+    """A connection serving `client` in its own task; cancelled, and the gateway shut, after."""
+    conn = Connection(client.websocket, gateway, LIMITS)
+    task = asyncio.create_task(conn.serve())
+    try:
+        yield conn
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await gateway.shutdown(1)
+
+
+def ask(request_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "ai_request",
+        "prompt": "hello",
+        "request_id": request_id,
+        "config": {"options": SLOW},
+        **fields,
+    }
+
+
+async def test_nothing_is_queued_for_a_connection_once_its_close_frame_is_out() -> None:
+    # Given a connection following a slow request
+    provider = WatchedProvider()
+    gateway = gateway_with(provider)
+    client = FakeClient()
+    async with serving(gateway, client) as conn:
+        client.send_json(ask("slow"))
+        await eventually(lambda: any(f["event_type"] == "chunk" for f in client.texts()))
+
+        # When its close frame has gone out, the client never answers it, and the
+        # request keeps streaming for 100 ms
+        await conn.close(1000, "bye")
+        await eventually(lambda: client.close_message is not None)
+        deltas_at_close = provider.deltas_sent
+        await asyncio.sleep(0.1)
+        assert gateway.is_running(RequestKey("ada", "slow"))
+        assert provider.deltas_sent > deltas_at_close
+
+        # Then nothing of it was queued for the connection
+        assert conn._outbox.queued_bytes == 0
+
+
+async def test_a_request_set_up_while_its_connection_closes_sends_nothing_before_the_close() -> (
+    None
+):
+    # Given a client that does not read yet (its connection_status waits in the send)
+    # and a conversation store whose reads wait until released
+    gateway = gateway_with(WatchedProvider())
+    store = SlowHistory()
+    gateway.conversations = store
+    client = FakeClient()
+    client.stop_reading()
+    key = RequestKey("ada", "late")
+    async with serving(gateway, client) as conn:
+        await eventually(lambda: client.sends_waiting == 1)
+
+        # When a request with a conversation is held in history(), the connection
+        # starts closing, and then the store and the client's reads are released
+        client.send_json(ask("late", conversation_id="c"))
+        await store.reading.wait()
+        closing = asyncio.create_task(conn.close(1000, "idle timeout"))
+        await asyncio.sleep(0)  # the close has begun
+        assert not closing.done()
+        store.release.set()
+        # The request is set up, the reader waits for the next message, and the run
+        # has written its opening events, all before the client reads again.
+        await eventually(lambda: gateway.is_running(key) and client.receive_calls == 3)
+        log = await gateway.logs.get(key)
+        assert log is not None
+        await eventually(lambda: log.last_seq >= 3)
+        client.resume_reading()
+        await closing
+        await eventually(lambda: client.close_message is not None)
+
+        # Then the only text frame before the close frame is the initial connection_status
+        before_close = client.texts(before_close=True)
+        assert [f["event_type"] for f in before_close] == ["connection_status"]
+        assert before_close[0]["data"]["status"] == "connected"
+        assert client.close_message == {
+            "type": "websocket.close",
+            "code": 1000,
+            "reason": "idle timeout",
+        }
