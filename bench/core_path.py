@@ -81,7 +81,7 @@ class _NewSeam:
     def __init__(self, settings: Any, provider: Any) -> None:
         from tokenwire.app import gateway_for
         from tokenwire.core.route import ProviderProfile, ProviderSlot
-        from tokenwire.transports.websocket import ws_frame
+        from tokenwire.transports.frames import ws_frame
 
         self.gateway = gateway_for(
             settings, {"simulated": ProviderSlot(provider, ProviderProfile())}

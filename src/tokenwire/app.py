@@ -23,7 +23,7 @@ from tokenwire.routing.classify import load_classifier
 from tokenwire.routing.health import HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
 from tokenwire.settings import ConfigError, ProviderSettings, Settings
-from tokenwire.transports import http, websocket
+from tokenwire.transports import http, sse, websocket
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 
 
@@ -55,6 +55,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         ),
         session_idle_seconds=streams.session_idle_seconds,
         session_sweep_seconds=streams.session_sweep_seconds,
+        resume_grace_seconds=streams.resume_grace_seconds,
     )
 
 
@@ -135,6 +136,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             Route("/api/streaming/stats", http.streaming_stats),
             Route("/api/streaming/sessions", http.streaming_sessions),
             Route("/api/providers", http.providers),
+            Route("/api/streams", sse.start_stream, methods=["POST"]),
+            Route("/api/streams", sse.list_streams, methods=["GET"]),
+            Route("/api/streams/{request_id}/events", sse.attach_stream, methods=["GET"]),
+            Route("/api/streams/{request_id}", sse.cancel_stream, methods=["DELETE"]),
             WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
             Route("/ws/ai-stream", http.upgrade_required),
         ],
@@ -142,6 +147,11 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     )
     app.state.gateway = gw
     app.state.ws_limits = websocket_limits(settings)
+    app.state.sse = sse.SseSettings(
+        heartbeat_seconds=settings.streams.sse_heartbeat_seconds,
+        max_body_bytes=settings.limits.max_message_bytes,
+        max_buffer_bytes=settings.limits.max_send_buffer_bytes,
+    )
     health = gw.observer
     app.state.describe_health = health.describe if isinstance(health, HealthBook) else None
     return app

@@ -61,6 +61,8 @@ class StreamSettings(_Table):
     max_log_bytes: Annotated[int, Field(ge=1024)] = 8 * MiB
     max_retained_log_bytes: Annotated[int, Field(ge=0)] = 256 * MiB
     resume_grace_seconds: NonNegative = 10.0
+    # A comment line on an SSE stream that has sent nothing for this long.
+    sse_heartbeat_seconds: Positive = 15.0
     session_idle_seconds: Positive = 3600.0
     session_sweep_seconds: Positive = 300.0
     conversation_max_tokens: Annotated[int, Field(ge=1)] = 4096

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -43,7 +44,8 @@ def connections(server: RunningServer) -> int:
 async def test_a_client_that_never_reads_is_sent_1013_and_cut_off_after_the_close_timeout() -> None:
     provider = WatchedProvider()
     settings = simulated_settings(
-        limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 1.0}
+        limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 1.0},
+        streams={"resume_grace_seconds": 0},  # the grace has tests of its own
     )
     async with running_server(settings, gateway=gateway_with(provider, settings=settings)) as s:
         client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
@@ -100,3 +102,20 @@ async def test_invalid_utf8_closes_1007_without_an_error_traceback(
         assert close.close_code == 1007
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         await eventually(lambda: len(s.gateway.sessions) == 0, 3)
+
+
+async def test_the_resume_grace_of_a_client_too_slow_counts_from_its_1013() -> None:
+    provider = WatchedProvider()
+    settings = simulated_settings(
+        limits={"max_send_buffer_bytes": 64 * 1024},
+        streams={"resume_grace_seconds": 0.5},
+    )
+    async with running_server(settings, gateway=gateway_with(provider, settings=settings)) as s:
+        client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
+        await client.send_text(json.dumps(FLOOD).encode())
+        await eventually(lambda: len(s.gateway.sessions) == 0, 20)
+        dropped = time.monotonic()
+        assert s.gateway.running == 1  # still streaming into its log, for a resume
+        await eventually(lambda: s.gateway.running == 0, 3)
+        assert 0.4 < time.monotonic() - dropped < 1.5
+        client.abort()

@@ -73,9 +73,12 @@ async def test_several_streams_on_one_connection_interleave_with_their_own_seq()
         assert {f["request_id"] for f in frames[:first_ends]} == {"a", "b", "c"}
 
 
-async def test_a_vanished_client_has_its_streams_cancelled_and_session_removed() -> None:
+async def test_without_a_resume_grace_a_vanished_client_s_streams_are_cancelled_at_once() -> None:
     provider = WatchedProvider()
-    async with running_server(gateway=gateway_with(provider)) as server:
+    settings = simulated_settings(streams={"resume_grace_seconds": 0})
+    async with running_server(
+        settings, gateway=gateway_with(provider, settings=settings)
+    ) as server:
         ws = await connect(server.ws_url)
         await ws.recv()
         await ws.send(

@@ -106,11 +106,18 @@ async def upstream(
 
 @contextlib.asynccontextmanager
 async def gateway(
-    upstream: ScriptedUpstream, flavour: UpstreamFlavour, **provider: Any
+    upstream: ScriptedUpstream,
+    flavour: UpstreamFlavour,
+    streams: dict[str, Any] | None = None,
+    **provider: Any,
 ) -> AsyncIterator[RunningServer]:
     hosted = flavour.provider(upstream)
     settings = load_settings(
-        None, {"providers": [{**hosted, "api_key_env": flavour.key_env, **provider}]}
+        None,
+        {
+            "providers": [{**hosted, "api_key_env": flavour.key_env, **provider}],
+            "streams": streams or {},
+        },
     )
     async with running_server(settings) as server:
         yield server
@@ -172,12 +179,13 @@ async def test_cancel_request_closes_the_upstream_connection_within_100ms(
     assert end["status"] == "cancelled"
 
 
-async def test_a_vanished_websocket_client_closes_the_upstream_connection_within_100ms(
+async def test_without_a_resume_grace_a_vanished_client_closes_the_upstream_within_100ms(
     upstream: ScriptedUpstream, flavour: UpstreamFlavour
 ) -> None:
     upstream.reply = flavour.answer(["a", "b"], 3, 2, cut_after=flavour.cut_after, then="stall")
+    no_grace = {"resume_grace_seconds": 0}
 
-    async with gateway(upstream, flavour) as server, ws_client(server) as client:
+    async with gateway(upstream, flavour, no_grace) as server, ws_client(server) as client:
         await client.send({"type": "ai_request", "prompt": "hi"})
         await first(client, "chunk")
         vanishing = time.monotonic()

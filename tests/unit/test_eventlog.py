@@ -9,7 +9,7 @@ from tokenwire.core.eventlog import ENVELOPE_BYTES, EventLog, Record
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import NotRecovered
 from tokenwire.protocol.events import EventType, encode_event
-from tokenwire.transports.websocket import ws_frame
+from tokenwire.transports.frames import ws_frame
 
 KEY = RequestKey("ada", "req-1")
 

@@ -43,14 +43,18 @@ class MemoryLogStore:
         self._max_retained_bytes = max_retained_bytes
         self._clock = clock
         self._logs: dict[RequestKey, EventLog] = {}
+        self._by_user: dict[str, dict[str, EventLog]] = {}
         self._retained: OrderedDict[RequestKey, _Retained] = OrderedDict()
         self.retained_bytes = 0
 
-    async def create(self, key: RequestKey, origin: str | None) -> EventLog:
+    async def create(
+        self, key: RequestKey, origin: str | None, conversation_id: str | None = None
+    ) -> EventLog:
         if await self.get(key) is not None:
             raise InvalidRequest(f"request_id {key.request_id!r} is already in use")
-        log = EventLog(key, origin, self._max_log_bytes)
+        log = EventLog(key, origin, self._max_log_bytes, conversation_id=conversation_id)
         self._logs[key] = log
+        self._by_user.setdefault(key.user_id, {})[key.request_id] = log
         return log
 
     async def get(self, key: RequestKey) -> EventLog | None:
@@ -73,6 +77,13 @@ class MemoryLogStore:
     async def discard(self, key: RequestKey) -> None:
         self._drop(key)
 
+    async def of_user(self, user_id: str) -> list[EventLog]:
+        logs = list(self._by_user.get(user_id, {}).values())
+        for log in logs:
+            await self.get(log.key)  # drops the expired ones
+        kept = self._by_user.get(user_id, {}).values()
+        return sorted(kept, key=lambda log: log.created_at, reverse=True)
+
     def __len__(self) -> int:
         return len(self._logs)
 
@@ -81,10 +92,16 @@ class MemoryLogStore:
             retained.timer.cancel()
         self._retained.clear()
         self._logs.clear()
+        self._by_user.clear()
         self.retained_bytes = 0
 
     def _drop(self, key: RequestKey) -> None:
         self._logs.pop(key, None)
+        mine = self._by_user.get(key.user_id)
+        if mine is not None:
+            mine.pop(key.request_id, None)
+            if not mine:
+                del self._by_user[key.user_id]
         retained = self._retained.pop(key, None)
         if retained is not None:
             retained.timer.cancel()

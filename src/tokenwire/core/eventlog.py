@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -77,11 +77,16 @@ class EventLog:
         origin: str | None,
         max_bytes: int,
         clock: Callable[[], float] = time.time,
+        conversation_id: str | None = None,
     ) -> None:
         self.key = key
         self.origin = origin
+        self.conversation_id = conversation_id
         self._max_bytes = max_bytes
         self._clock = clock
+        self.created_at = clock()
+        self.status: str | None = None
+        """The `stream_end` status once there is one; None while the request runs."""
         # Held as plain values side by side, not as objects: strings, floats and shared
         # enum members are nothing to the garbage collector, where one object per
         # retained event made full collections crawl.
@@ -131,6 +136,7 @@ class EventLog:
         record = Record(self, seq, event_type, timestamp, data_json)
         if event_type is EventType.STREAM_END:
             self.finished = True
+            self.status = str(data.get("status"))
             subscribers, self._subscribers = self._subscribers, []
         else:
             subscribers = self._subscribers
@@ -145,12 +151,18 @@ class EventLog:
             self._times.popleft()
             self._first_seq += 1
 
-    def records(self, after_seq: int = 0) -> Iterator[Record]:
-        """The held records after `after_seq`; `NotRecovered` if some were dropped."""
+    def check_held(self, after_seq: int) -> None:
+        """Raise `NotRecovered` if an event after `after_seq` was dropped."""
         if after_seq + 1 < self._first_seq:
             raise NotRecovered(
                 f"events after seq {after_seq} of request {self.key.request_id} are no longer held"
             )
+
+    def records(self, after_seq: int = 0) -> Iterator[Record]:
+        """The held records after `after_seq` (`check_held` first: this is a generator).
+
+        Iterate without awaiting in between: an append would change what is held."""
+        self.check_held(after_seq)
         skip = max(0, after_seq + 1 - self._first_seq)
         held = zip(self._types, self._times, self._data, strict=True)
         for seq, (event_type, timestamp, data_json) in enumerate(
@@ -160,7 +172,13 @@ class EventLog:
 
     def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
         """Replay the records after `after_seq`, then deliver new ones as they come."""
-        for record in self.records(after_seq):
+        self.attach(subscriber, self.records(after_seq))
+
+    def attach(self, subscriber: Subscriber, replay: Iterable[Record]) -> None:
+        """Deliver `replay` (records of this log, in seq order), then new ones as they come.
+
+        Synchronous, so that no event can fall between the replay and the live ones."""
+        for record in replay:
             subscriber.deliver(record)
         if not self.finished:
             self._subscribers.append(subscriber)
@@ -181,7 +199,9 @@ class LogStore(Protocol):
     appends stay synchronous on the log, which a shared store mirrors.
     """
 
-    async def create(self, key: RequestKey, origin: str | None) -> EventLog:
+    async def create(
+        self, key: RequestKey, origin: str | None, conversation_id: str | None = None
+    ) -> EventLog:
         """A new log; raises `InvalidRequest` if the key is taken (running or retained)."""
 
     async def get(self, key: RequestKey) -> EventLog | None:
@@ -192,5 +212,8 @@ class LogStore(Protocol):
 
     async def discard(self, key: RequestKey) -> None:
         """Forget at once the log of a request that never started."""
+
+    async def of_user(self, user_id: str) -> list[EventLog]:
+        """The user's logs, running and retained, newest first."""
 
     async def close(self) -> None: ...

@@ -17,14 +17,21 @@ from typing import Any
 import structlog
 
 from tokenwire.core.conversations import ConversationStore
-from tokenwire.core.eventlog import EventLog, LogStore
+from tokenwire.core.eventlog import EventLog, LogStore, Subscriber
+from tokenwire.core.hydration import compacted
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import Message
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.spec import RequestKey, RequestSpec
 from tokenwire.core.stats import StreamingStats, StreamOutcome
-from tokenwire.protocol.errors import InvalidRequest, ShuttingDown, TokenwireError, UnknownRequest
+from tokenwire.protocol.errors import (
+    InvalidRequest,
+    NotRecovered,
+    ShuttingDown,
+    TokenwireError,
+    UnknownRequest,
+)
 from tokenwire.protocol.events import StreamStatus
 
 logger = structlog.get_logger("tokenwire.gateway")
@@ -37,17 +44,26 @@ class GatewayConfig:
     tuning: StreamTuning = field(default_factory=StreamTuning)
     session_idle_seconds: float = 3600.0
     session_sweep_seconds: float = 300.0
+    resume_grace_seconds: float = 10.0
+    """How long a request whose last follower was lost (not closed) waits for one."""
 
 
 class _Running:
     """A running request: its run, the task that drives it, and who follows it."""
 
-    __slots__ = ("followers", "run", "task")
+    __slots__ = ("followers", "grace", "run", "task")
 
     def __init__(self, run: StreamRun) -> None:
         self.run = run
         self.task: asyncio.Task[None] | None = None
         self.followers: set[str] = set()
+        self.grace: asyncio.TimerHandle | None = None
+        """Set while nobody follows and the request waits for someone to re-attach."""
+
+    def stop_grace(self) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
 
 
 class Gateway:
@@ -84,10 +100,11 @@ class Gateway:
         logger.info("session opened", session_id=session.session_id, user_id=user_id)
         return session
 
-    def close_session(self, session: Session, reason: str) -> None:
-        """Forget a session; requests that nobody else follows are cancelled with `reason`."""
+    def close_session(self, session: Session, reason: str, lost: bool = False) -> None:
+        """Forget a session. The requests nobody else follows are cancelled with `reason`,
+        or, when the connection was `lost` (not closed on purpose), wait for the grace."""
         for request_id in list(session.following):
-            self.unfollow(session, RequestKey(session.user_id, request_id), reason)
+            self.unfollow(session, RequestKey(session.user_id, request_id), reason, lost)
         if self.sessions.remove(session.session_id) is not None:
             logger.info(
                 "session closed",
@@ -104,18 +121,88 @@ class Gateway:
             return False
         if self.sessions.get(session.session_id) is not session:
             return False  # the session is already gone
-        running.followers.add(session.session_id)
+        self.add_follower(key, session.session_id)
         session.follow(key.request_id)
         return True
 
-    def unfollow(self, session: Session, key: RequestKey, reason: str) -> None:
+    def unfollow(self, session: Session, key: RequestKey, reason: str, lost: bool = False) -> None:
         session.unfollow(key.request_id)
+        self.remove_follower(key, session.session_id, reason, lost)
+
+    def add_follower(self, key: RequestKey, follower: str) -> bool:
+        """Count `follower` (a session or an SSE response) as receiving a running request."""
+        running = self._runs.get(key)
+        if running is None:
+            return False
+        running.followers.add(follower)
+        running.stop_grace()
+        return True
+
+    def remove_follower(self, key: RequestKey, follower: str, reason: str, lost: bool) -> None:
         running = self._runs.get(key)
         if running is None:
             return
-        running.followers.discard(session.session_id)
-        if not running.followers:
+        running.followers.discard(follower)
+        if running.followers:
+            return
+        grace = self.config.resume_grace_seconds
+        if lost and grace > 0:
+            if running.grace is None:
+                loop = asyncio.get_running_loop()
+                running.grace = loop.call_later(grace, self._grace_over, key, running)
+        else:
             running.run.cancel(reason)
+
+    def _grace_over(self, key: RequestKey, running: _Running) -> None:
+        running.grace = None
+        if not running.followers:
+            running.run.cancel("nobody re-attached within the resume grace")
+
+    @property
+    def in_grace(self) -> int:
+        """Running requests that nobody follows, waiting for someone to re-attach."""
+        return sum(1 for running in self._runs.values() if running.grace is not None)
+
+    async def resume(
+        self,
+        key: RequestKey,
+        subscriber: Subscriber,
+        after_seq: int,
+        *,
+        compact: bool = False,
+        follower: Session | str | None = None,
+    ) -> EventLog:
+        """Re-attach to a request of the caller's (running or finished and kept): its events
+        after `after_seq` (merged, with `compact`), then live ones until its `stream_end`."""
+        log = await self.logs.get(key)
+        if log is None:
+            raise _about(UnknownRequest(f"no request with id {key.request_id!r} to resume"), key)
+        try:
+            log.check_held(after_seq)
+            replay = compacted(log, after_seq) if compact else log.records(after_seq)
+        except NotRecovered as exc:
+            self.stats.not_recovered += 1
+            raise _about(exc, key) from None
+        log.attach(subscriber, replay)
+        if not log.finished:
+            if isinstance(follower, Session):
+                self.follow(follower, key)
+            elif follower is not None:
+                self.add_follower(key, follower)
+        self.stats.resumes_served += 1
+        return log
+
+    async def requests_of(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's running and kept requests, newest first."""
+        return [
+            {
+                "request_id": log.key.request_id,
+                "status": log.status or "running",
+                "started": log.created_at,
+                "conversation_id": log.conversation_id,
+            }
+            for log in await self.logs.of_user(user_id)
+        ]
 
     # -- requests -------------------------------------------------------------
 
@@ -141,9 +228,7 @@ class Gateway:
     def cancel(self, key: RequestKey, reason: str = "cancelled by client") -> None:
         running = self._runs.get(key)
         if running is None:
-            error = UnknownRequest(f"no running request with id {key.request_id!r}")
-            error.request_id = key.request_id  # the caller's own id, so its error says which
-            raise error
+            raise _about(UnknownRequest(f"no running request with id {key.request_id!r}"), key)
         running.run.cancel(reason)
 
     def unready_providers(self) -> dict[str, str]:
@@ -170,6 +255,7 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for running in list(self._runs.values()):
+            running.stop_grace()
             running.run.cancel("shutdown")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
@@ -195,7 +281,7 @@ class Gateway:
             spec = replace(spec, history=history)
         route = self.router.choose(spec)
         route.slot.provider.validate(route.slot.provider_request(spec))
-        log = await self.logs.create(key, spec.origin)
+        log = await self.logs.create(key, spec.origin, spec.conversation_id)
         if self.closing:
             await self.logs.discard(key)
             raise ShuttingDown("the server is shutting down")
@@ -216,6 +302,7 @@ class Gateway:
         try:
             outcome = await run.run()
         finally:
+            running.stop_grace()
             self._runs.pop(key, None)
             for session_id in running.followers:
                 session = self.sessions.get(session_id)
@@ -290,3 +377,9 @@ class Gateway:
             for future in late:
                 future.cancel()
             await asyncio.gather(*closing, return_exceptions=True)
+
+
+def _about(error: TokenwireError, key: RequestKey) -> TokenwireError:
+    """`error`, saying which of the caller's own requests it is about."""
+    error.request_id = key.request_id
+    return error

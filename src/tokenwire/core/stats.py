@@ -80,6 +80,8 @@ class StreamingStats:
         self._by_status = {status: 0 for status in StreamStatus}
         self.providers: dict[str, ProviderTotals] = {}
         self.users: OrderedDict[str, UserTotals] = OrderedDict()
+        self.resumes_served = 0
+        self.not_recovered = 0
 
     def stream_started(self) -> None:
         self.total_streams += 1
@@ -119,7 +121,7 @@ class StreamingStats:
             user.completion_tokens += outcome.usage.completion_tokens
         user.cost_usd += outcome.cost_usd
 
-    def snapshot(self, sessions: SessionRegistry) -> dict[str, Any]:
+    def snapshot(self, sessions: SessionRegistry, in_grace: int = 0) -> dict[str, Any]:
         live = list(sessions)
         users = sessions.user_count
         return {
@@ -133,6 +135,9 @@ class StreamingStats:
                 "avg_ttft": self._ttft_sum / self._ttft_count if self._ttft_count else 0.0,
                 "bytes_streamed": self.bytes_streamed,
                 "by_status": {status.value: n for status, n in self._by_status.items()},
+                "in_resume_grace": in_grace,
+                "resumes_served": self.resumes_served,
+                "not_recovered": self.not_recovered,
             },
             "providers": {name: t.as_dict() for name, t in self.providers.items()},
             "users": {name: t.as_dict() for name, t in self.users.items()},

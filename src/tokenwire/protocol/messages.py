@@ -122,6 +122,19 @@ class CancelRequest(_Strict):
     request_id: RequestId
 
 
+class Resume(_Strict):
+    """Re-attach to a request: its events after `last_seq`, then live ones."""
+
+    type: Literal["resume"]
+    request_id: RequestId
+    last_seq: Annotated[int, Field(ge=0, le=2**53)] = 0
+    compact: bool = False
+
+
+class ListRequests(_Strict):
+    type: Literal["list_requests"]
+
+
 class UpdatePreferences(_Strict):
     type: Literal["update_preferences"]
     preferences: Preferences
@@ -133,24 +146,30 @@ class Ping(_Strict):
     timestamp: float | Annotated[str, Field(max_length=64)] | None = None
 
 
-ClientMessage = AiRequest | CancelRequest | UpdatePreferences | Ping
+ClientMessage = AiRequest | CancelRequest | Resume | ListRequests | UpdatePreferences | Ping
 
 _MESSAGE_TYPES: dict[str, type[ClientMessage]] = {
     "ai_request": AiRequest,
     "cancel_request": CancelRequest,
+    "resume": Resume,
+    "list_requests": ListRequests,
     "update_preferences": UpdatePreferences,
     "ping": Ping,
 }
 
 # Content errors in these are the request's fault; in the others the message is malformed.
-_REQUEST_MESSAGES = frozenset({"ai_request", "cancel_request"})
+_REQUEST_MESSAGES = frozenset({"ai_request", "cancel_request", "resume"})
 
 
 def parse_client_message(frame: str | bytes) -> ClientMessage:
     """Parse one frame, or raise the `TokenwireError` the client should see."""
     if isinstance(frame, bytes):
         raise InvalidMessage("binary frames are not accepted: send JSON text frames")
-    obj = decode_json(frame)
+    return parse_message_object(decode_json(frame))
+
+
+def parse_message_object(obj: Any) -> ClientMessage:
+    """A decoded JSON value as a client message, or the typed error."""
     if not isinstance(obj, dict):
         raise InvalidMessage("a message must be a JSON object")
     kind = obj.get("type")
@@ -172,12 +191,12 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
         raise error from None
 
 
-def decode_json(text: str) -> Any:
+def decode_json(text: str, what: str = "frame") -> Any:
     """JSON text to Python values, or `InvalidJSON`; never recurses on the input's depth."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"frame is not valid JSON: {_decode_problem(exc, text)}") from None
+        raise InvalidJSON(f"{what} is not valid JSON: {_decode_problem(exc, text)}") from None
     check_depth(value, MAX_DEPTH)
     return value
 
@@ -193,7 +212,7 @@ def check_depth(value: Any, limit: int) -> None:
         for child in children:
             if isinstance(child, dict | list):
                 if depth >= limit:
-                    raise InvalidJSON(f"frame nests deeper than {limit} levels")
+                    raise InvalidJSON(f"JSON nests deeper than {limit} levels")
                 stack.append((child, depth + 1))
 
 

@@ -15,6 +15,8 @@ ENDPOINTS = {
     "/api/streaming/stats": "streaming statistics",
     "/api/streaming/sessions": "open sessions",
     "/api/providers": "the providers and their live health",
+    "/api/streams": "Server-Sent Events: POST to start a request, GET to list yours",
+    "/api/streams/{id}/events": "Server-Sent Events: re-attach after Last-Event-ID",
 }
 
 
@@ -63,7 +65,7 @@ async def upgrade_required(request: Request) -> JSONResponse:
 
 async def streaming_stats(request: Request) -> JSONResponse:
     gateway = _gateway(request)
-    return JSONResponse(gateway.stats.snapshot(gateway.sessions))
+    return JSONResponse(gateway.stats.snapshot(gateway.sessions, gateway.in_grace))
 
 
 async def streaming_sessions(request: Request) -> JSONResponse:

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 import structlog
-from orjson import dumps
 from starlette.websockets import WebSocket
 
 from tokenwire.core.eventlog import EventLog, Record
@@ -34,21 +33,19 @@ from tokenwire.protocol.errors import (
     close_code,
     error_payload,
 )
-from tokenwire.protocol.events import (
-    EventType,
-    encode_event,
-    envelope_ids,
-    pong_frame,
-)
+from tokenwire.protocol.events import EventType, encode_event, pong_frame
 from tokenwire.protocol.messages import (
     AiRequest,
     CancelRequest,
     ClientMessage,
+    ListRequests,
     Ping,
+    Resume,
     UpdatePreferences,
     parse_client_message,
 )
 from tokenwire.protocol.preferences import initial_preferences
+from tokenwire.transports.frames import ws_frame
 from tokenwire.transports.outbox import Outbox, utf8_size
 from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
@@ -61,22 +58,6 @@ class WebSocketLimits:
     max_message_bytes: int = 1024 * 1024
     max_send_buffer_bytes: int = 8 * 1024 * 1024
     close_timeout: float = 30.0
-
-
-def ws_frame(record: Record) -> str:
-    """A request's event as this protocol's text frame: the `encode_event` envelope, built
-    around the event's already encoded data (the per-token path: one function, no dict)."""
-    memo = record.log.memo
-    ids = memo.get("ws")
-    if ids is None:
-        log = record.log
-        ids = memo["ws"] = envelope_ids(log.key.request_id, log.origin)
-    # orjson, not repr, for the float: `encode_event`'s spelling, and 3x faster.
-    stamp = dumps(record.timestamp).decode()
-    return (
-        f'{{"event_type":"{record.event_type.value}","data":{record.data_json},'
-        f'"timestamp":{stamp},{ids},"metadata":{{}},"seq":{record.seq}}}'
-    )
 
 
 class Connection:
@@ -92,6 +73,7 @@ class Connection:
         self._close_sent = asyncio.Event()
         self._close_frame_out = False  # `_close_sent.is_set()`, cheaper on the per-token path
         self._disconnect_reason = "client disconnected"
+        self._client_closed_on_purpose = False
         self._logs: list[EventLog] = []
         self.session: Session | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -157,7 +139,13 @@ class Connection:
             if message["type"] == "websocket.disconnect":
                 code = message.get("code")
                 if self._closing is None and not self._close_sent.is_set():
-                    self._disconnect_reason = f"client disconnected ({code})"
+                    # The client closed, or the link was lost: only a 1000 is on purpose.
+                    self._client_closed_on_purpose = code == 1000
+                    self._disconnect_reason = (
+                        "client closed the connection"
+                        if code == 1000
+                        else f"connection lost ({code})"
+                    )
                 return
             if self._closing is not None:
                 continue
@@ -220,7 +208,10 @@ class Connection:
         for log in self._logs:
             log.unsubscribe(self)
         self._logs.clear()
-        self._gateway.close_session(session, reason=self._disconnect_reason)
+        # A close with 1000 cancels at once what nobody else follows; anything else
+        # (1001 on a page reload, a lost link, a server-side close) leaves it the grace.
+        lost = not self._client_closed_on_purpose
+        self._gateway.close_session(session, reason=self._disconnect_reason, lost=lost)
 
     # -- messages -------------------------------------------------------------
 
@@ -250,6 +241,22 @@ class Connection:
             self._logs.append(log)
         elif isinstance(message, CancelRequest):
             self._gateway.cancel(RequestKey(session.user_id, message.request_id))
+        elif isinstance(message, Resume):
+            key = RequestKey(session.user_id, message.request_id)
+            self._logs = [known for known in self._logs if not known.finished]
+            for known in self._logs:
+                if known.key == key:  # a resume replaces what this connection followed
+                    known.unsubscribe(self)
+            log = await self._gateway.resume(
+                key, self, message.last_seq, compact=message.compact, follower=session
+            )
+            if not log.finished:
+                self._logs.append(log)
+        elif isinstance(message, ListRequests):
+            requests = await self._gateway.requests_of(session.user_id)
+            self._push_event(
+                EventType.CONNECTION_STATUS, {"status": "request_list", "requests": requests}
+            )
         elif isinstance(message, UpdatePreferences):
             merged = session.update_preferences(message.preferences)
             self._push_event(
