@@ -155,6 +155,7 @@ async def test_the_provider_completes_a_short_answer_with_estimated_usage(
         prompt_tokens=estimate_tokens(SHORT_PROMPT),
         completion_tokens=estimate_tokens(text),
         estimated=True,
+        finish_reason="length",  # 16 tokens asked for, none of them an end of text
     )
 
 

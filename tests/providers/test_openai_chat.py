@@ -194,6 +194,7 @@ async def test_a_finished_answer_without_a_usage_chunk_completes_with_an_estimat
         prompt_tokens=estimate_tokens("hello"),
         completion_tokens=estimate_tokens("".join(ANSWER)),
         estimated=True,
+        finish_reason=finish_reason,  # type: ignore[arg-type]
     )
 
 

@@ -69,6 +69,7 @@ def make_run(
     progress_every: int = 10,
     options: dict[str, Any] | None = None,
     profile: ProviderProfile | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[StreamRun, Inbox]:
     slot = ProviderSlot(provider, profile or ProviderProfile(silence_timeout=silence))
     spec = RequestSpec(
@@ -77,7 +78,7 @@ def make_run(
         origin="s",
         messages=(Message(role="user", content="hello there"),),
         timeout=timeout,
-        generation=Generation(options=options or {}),
+        generation=Generation(options=options or {}, max_tokens=max_tokens),
         delivery=Delivery(granularity=granularity, progress_every=progress_every),
     )
     log = EventLog(RequestKey("u", "r1"), "s", 1 << 20)
@@ -506,3 +507,24 @@ async def test_a_failure_while_writing_the_closing_events_still_ends_the_stream(
     assert len(ends) == 1
     assert ends[0]["status"] == "error"
     assert inbox.kinds()[-1] == "stream_end"
+
+
+async def test_an_answer_cut_by_its_token_budget_ends_with_finish_reason_length() -> None:
+    run, inbox = make_run(simulated(), options={"tokens": 20, "delay_ms": 0}, max_tokens=5)
+    await run.run()
+    end = inbox.of("stream_end")[0]
+    assert (end["finish_reason"], end["usage"]["completion_tokens"]) == ("length", 5)
+
+
+async def test_a_stop_string_ends_the_answer_before_it() -> None:
+    request = ProviderRequest(
+        messages=(Message(role="user", content="x"),),
+        stop=("stream",),
+        options={"tokens": 500, "delay_ms": 0},
+    )
+    items = [item async for item in simulated().stream(request)]
+    *words, usage = items
+    assert isinstance(usage, Usage)
+    assert "stream" not in "".join(words).split()
+    assert usage.completion_tokens == len(words) < 500
+    assert usage.finish_reason == "stop"

@@ -122,7 +122,7 @@ def test_nesting_is_refused_exactly_past_the_depth_bound(depth: int, brackets: s
 
 
 @given(
-    prompt=st.text(min_size=1, max_size=200),
+    prompt=st.text(min_size=1, max_size=200).filter(str.strip),
     max_tokens=st.integers(min_value=1, max_value=MAX_TOKENS_LIMIT),
     temperature=st.floats(min_value=0, max_value=2),
     request_id=st.from_regex(r"[A-Za-z0-9._:\-]{1,128}", fullmatch=True),

@@ -265,6 +265,8 @@ class StreamRun:
             "usage": usage.as_dict(),
             "cost_usd": cost,
         }
+        if status is StreamStatus.COMPLETED:
+            end["finish_reason"] = usage.finish_reason
         if status is StreamStatus.CANCELLED:
             end["reason"] = self.cancel_reason
         elif error is not None:

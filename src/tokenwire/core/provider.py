@@ -24,12 +24,19 @@ class Message:
     content: str
 
 
+FinishReason = Literal["stop", "length"]
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What an answer cost, and why it ended; a provider's stream ends with one."""
+
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
     """True where the upstream reported no usage and these are tokenwire's own counts."""
+    finish_reason: FinishReason = "stop"
+    """"length" when the answer stopped at its token budget, else "stop"."""
 
     @property
     def total_tokens(self) -> int:
@@ -52,6 +59,9 @@ class ProviderRequest:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    """Strings that end the answer where they would appear (not included)."""
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property

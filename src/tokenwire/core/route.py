@@ -55,6 +55,8 @@ class ProviderSlot:
             model=generation.model,
             max_tokens=generation.max_tokens,
             temperature=generation.temperature,
+            top_p=generation.top_p,
+            stop=generation.stop,
             options=generation.options,
         )
 

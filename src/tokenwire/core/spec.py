@@ -39,6 +39,8 @@ class Generation:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -23,7 +23,7 @@ import httpx2
 from anthropic.types import MessageParam, RawMessageStreamEvent
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
+from tokenwire.core.provider import FinishReason, Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderError,
@@ -103,7 +103,7 @@ class AnthropicProvider:
                 max_tokens=request.max_tokens or options.max_tokens or DEFAULT_MAX_TOKENS,
                 messages=[_message(m) for m in request.messages if m.role != "system"],
                 system=system or anthropic.omit,
-                stop_sequences=options.stop_sequences or anthropic.omit,
+                stop_sequences=list(request.stop) or options.stop_sequences or anthropic.omit,
                 stream=True,
                 extra_body=_sampling(request, options),
             ) as events:
@@ -126,6 +126,7 @@ class _Answer:
         self.stopped = False
         self.input_tokens: int | None = None
         self.output_tokens = 0
+        self.finish_reason: FinishReason = "stop"
 
     def read(self, event: RawMessageStreamEvent) -> str:
         if event.type == "content_block_delta":
@@ -138,6 +139,8 @@ class _Answer:
             self.output_tokens = event.usage.output_tokens
             if event.usage.input_tokens is not None:
                 self.input_tokens = event.usage.input_tokens
+            if event.delta.stop_reason == "max_tokens":
+                self.finish_reason = "length"
         elif event.type == "message_stop":
             self.stopped = True
         return ""
@@ -145,7 +148,7 @@ class _Answer:
     def usage(self) -> Usage:
         if not self.stopped or self.input_tokens is None:
             raise ProviderError(f"{END_MARKER_MISSING} (no message_stop): the answer is cut short")
-        return Usage(self.input_tokens, self.output_tokens)
+        return Usage(self.input_tokens, self.output_tokens, finish_reason=self.finish_reason)
 
 
 def _message(message: Message) -> MessageParam:
@@ -157,7 +160,8 @@ def _message(message: Message) -> MessageParam:
 def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, Any] | None:
     """The sampling parameters the SDK has no arguments for, to go in the body."""
     temperature = options.temperature if request.temperature is None else request.temperature
-    body = {"temperature": temperature, "top_p": options.top_p, "top_k": options.top_k}
+    top_p = options.top_p if request.top_p is None else request.top_p
+    body = {"temperature": temperature, "top_p": top_p, "top_k": options.top_k}
     return {k: v for k, v in body.items() if v is not None} or None
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Annotated, Any
 
@@ -39,7 +40,14 @@ from botocore.exceptions import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage, estimate_tokens
+from tokenwire.core.provider import (
+    FinishReason,
+    Message,
+    ProviderEvent,
+    ProviderRequest,
+    Usage,
+    estimate_tokens,
+)
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderAuthError,
@@ -130,6 +138,7 @@ class BedrockProvider:
             response = await client.converse_stream(**arguments)
         events = response["stream"]
         stopped = False
+        finish: FinishReason = "stop"
         usage: Usage | None = None
         produced: list[str] = []
         try:
@@ -142,6 +151,8 @@ class BedrockProvider:
                             yield text
                     elif "messageStop" in event:
                         stopped = True
+                        if event["messageStop"].get("stopReason") == "max_tokens":
+                            finish = "length"
                     elif "metadata" in event:
                         usage = _usage(event["metadata"])
         finally:
@@ -150,10 +161,13 @@ class BedrockProvider:
             events.close()
         if not stopped:
             raise ProviderError(END_MARKER_MISSING)
-        yield usage or Usage(
-            prompt_tokens=estimate_tokens(request.prompt_text),
-            completion_tokens=estimate_tokens("".join(produced)),
-        )
+        if usage is None:
+            usage = Usage(
+                prompt_tokens=estimate_tokens(request.prompt_text),
+                completion_tokens=estimate_tokens("".join(produced)),
+                estimated=True,
+            )
+        yield dataclasses.replace(usage, finish_reason=finish)
 
     async def aclose(self) -> None:
         async with self._client_lock:
@@ -201,11 +215,15 @@ class BedrockProvider:
         )
         if temperature is not None:
             inference["temperature"] = temperature
-        top_p = options.top_p if options.top_p is not None else self._options.top_p
+        top_p = next(
+            (p for p in (request.top_p, options.top_p, self._options.top_p) if p is not None),
+            None,
+        )
         if top_p is not None:
             inference["topP"] = top_p
-        if options.stop_sequences:
-            inference["stopSequences"] = options.stop_sequences
+        stop = list(request.stop) or options.stop_sequences
+        if stop:
+            inference["stopSequences"] = stop
         if inference:
             arguments["inferenceConfig"] = inference
         return arguments

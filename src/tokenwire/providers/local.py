@@ -46,7 +46,7 @@ import llama_cpp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
+from tokenwire.core.provider import FinishReason, Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import InvalidRequest, ProviderError, TokenwireError
 from tokenwire.providers.cpus import default_threads
 from tokenwire.providers.gguf_package import (
@@ -235,6 +235,10 @@ class LocalProvider:
             raise InvalidRequest(f"provider {self._name} serves only model {self._model!r}")
         defaults, sampling = self._options, self._sampling
         sampling = merged_options(sampling, SamplingOptions, request.options)
+        given = {"top_p": request.top_p, "stop": list(request.stop) or None}
+        first_class = {name: value for name, value in given.items() if value is not None}
+        if first_class:
+            sampling = sampling.model_copy(update=first_class)
         temperature = request.temperature
         return Generation(
             messages=request.messages,
@@ -353,7 +357,8 @@ def generate(
     finally:
         tokens.close()
     emit(answer.finish())
-    return Usage(prompt_tokens=len(prompt), completion_tokens=count)
+    finish: FinishReason = "length" if count >= budget and not answer.stopped else "stop"
+    return Usage(prompt_tokens=len(prompt), completion_tokens=count, finish_reason=finish)
 
 
 def token_bytes(vocab: Any, token: int) -> bytes:

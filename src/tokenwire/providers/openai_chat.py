@@ -26,6 +26,7 @@ from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
+    FinishReason,
     Message,
     ProviderEvent,
     ProviderRequest,
@@ -109,8 +110,8 @@ class OpenAIProvider:
                 temperature=_given(
                     options.temperature if request.temperature is None else request.temperature
                 ),
-                top_p=_given(options.top_p),
-                stop=_given(options.stop),
+                top_p=_given(options.top_p if request.top_p is None else request.top_p),
+                stop=_given(list(request.stop) if request.stop else options.stop),
                 seed=_given(options.seed),
                 presence_penalty=_given(options.presence_penalty),
                 frequency_penalty=_given(options.frequency_penalty),
@@ -132,6 +133,7 @@ class _Answer:
 
     def __init__(self) -> None:
         self.finished = False
+        self.finish_reason: FinishReason = "stop"
         self.reported: CompletionUsage | None = None
         self.text: list[str] = []
 
@@ -144,6 +146,8 @@ class _Answer:
                 continue
             if choice.finish_reason is not None:
                 self.finished = True
+                if choice.finish_reason == "length":
+                    self.finish_reason = "length"
             if choice.delta is not None and choice.delta.content:
                 text += choice.delta.content
         if text:
@@ -161,8 +165,13 @@ class _Answer:
                 prompt_tokens=estimate_tokens(prompt_text),
                 completion_tokens=estimate_tokens("".join(self.text)),
                 estimated=True,
+                finish_reason=self.finish_reason,
             )
-        return Usage(self.reported.prompt_tokens, self.reported.completion_tokens)
+        return Usage(
+            self.reported.prompt_tokens,
+            self.reported.completion_tokens,
+            finish_reason=self.finish_reason,
+        )
 
 
 def _message(message: Message) -> ChatCompletionMessageParam:

@@ -4,6 +4,7 @@ The same prompt and options always give the same deltas. Per-request options
 (`config.options`): `tokens` (number of deltas, default 60), `delay_ms` (pause
 between deltas, default 20), `fail_after` (raise a provider error after that
 many deltas), `stall_after` (stop sending, without ending, after that many).
+A request's `stop` strings end the answer at the first word equal to one of them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage, estimate_tokens
+from tokenwire.core.provider import (
+    FinishReason,
+    ProviderEvent,
+    ProviderRequest,
+    Usage,
+    estimate_tokens,
+)
 from tokenwire.protocol.errors import ProviderError
 from tokenwire.providers.options import configured_options, request_options
 from tokenwire.settings import ProviderSettings
@@ -103,6 +110,8 @@ class SimulatedProvider:
             count = min(count, request.max_tokens)
         delay = options.delay_ms / 1000
         rng = random.Random(_seed(request, options))
+        finish: FinishReason = "length" if count < options.tokens else "stop"
+        sent = 0
         for index in range(count):
             if options.fail_after is not None and index >= options.fail_after:
                 raise ProviderError(f"simulated failure after {options.fail_after} deltas")
@@ -112,10 +121,15 @@ class SimulatedProvider:
             # socket: a flat-out stream must not starve other clients' pings.
             await asyncio.sleep(delay)
             word = rng.choice(_WORDS)
+            if word in request.stop:
+                finish = "stop"  # a stop string ends the answer; it is not sent
+                break
+            sent += 1
             yield word if index == 0 else " " + word
         yield Usage(
             prompt_tokens=estimate_tokens(request.prompt_text),
-            completion_tokens=count,
+            completion_tokens=sent,
+            finish_reason=finish,
         )
 
     async def aclose(self) -> None:
