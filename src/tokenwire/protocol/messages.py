@@ -90,6 +90,12 @@ class RequestConfig(_Strict):
     model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS_LIMIT)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: (
+        Annotated[str, Field(min_length=1, max_length=256)]
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)]
+        | None
+    ) = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 

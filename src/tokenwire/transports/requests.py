@@ -21,6 +21,8 @@ def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -
             model=config.model,
             max_tokens=config.max_tokens,
             temperature=config.temperature,
+            top_p=config.top_p,
+            stop=(config.stop,) if isinstance(config.stop, str) else tuple(config.stop or ()),
             options=config.options,
         ),
         routing=Routing(
