@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import uvicorn
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.routing import Route, WebSocketRoute
 
+from tokenwire import __version__
 from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
 from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.gateway import Gateway, GatewayConfig
@@ -25,6 +26,7 @@ from tokenwire.routing.router import RoutingPolicy, StrategyRouter
 from tokenwire.settings import ConfigError, ProviderSettings, Settings
 from tokenwire.transports import http, sse, websocket
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
+from tokenwire.transports.v1 import chat, messages
 
 
 def provider_profile(settings: ProviderSettings) -> ProviderProfile:
@@ -115,12 +117,12 @@ def websocket_limits(settings: Settings) -> websocket.WebSocketLimits:
     )
 
 
-def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+def build_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """The app; pass a gateway to share it with the server (for a graceful SIGTERM)."""
     gw = gateway or build_gateway(settings)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw.start_background()
         try:
             yield
@@ -128,7 +130,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             if not gw.closing:
                 await gw.shutdown(settings.server.shutdown_grace_seconds)
 
-    app = Starlette(
+    app = FastAPI(
+        title="tokenwire",
+        version=__version__,
+        summary="Streams AI answers token by token; OpenAI- and Anthropic-compatible HTTP APIs.",
         routes=[
             Route("/", http.front_page),
             Route("/healthz", http.healthz),
@@ -145,6 +150,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    app.include_router(chat.router)
+    app.include_router(messages.router)
     app.state.gateway = gw
     app.state.ws_limits = websocket_limits(settings)
     app.state.sse = sse.SseSettings(
@@ -157,7 +164,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     return app
 
 
-def uvicorn_config(settings: Settings, app: Starlette, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Config:
     """How uvicorn serves the app, for the command line and the tests alike."""
     return uvicorn.Config(
         app,

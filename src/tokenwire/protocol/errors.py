@@ -69,6 +69,12 @@ class UnknownRequest(TokenwireError):
     error_type = "unknown_request"
 
 
+class UnknownModel(TokenwireError):
+    """An HTTP dialect's `model` that names no provider (nor `auto`)."""
+
+    error_type = "model_not_found"
+
+
 class MessageTooLarge(TokenwireError):
     error_type = "message_too_large"
 
@@ -171,6 +177,7 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     UnknownMessageType: 400,
     InvalidRequest: 400,
     UnknownRequest: 404,
+    UnknownModel: 404,
     NotRecovered: 410,
     MessageTooLarge: 413,
     RateLimited: 429,
@@ -214,3 +221,24 @@ def close_code(error: TokenwireError) -> int:
         if cls in _CLOSE_CODE:
             return _CLOSE_CODE[cls]
     return 1011
+
+
+def _error_classes() -> dict[str, type[TokenwireError]]:
+    found: dict[str, type[TokenwireError]] = {}
+    pending: list[type[TokenwireError]] = [TokenwireError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.error_type, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def error_for(error_type: str, message: str, retry_after: float | None = None) -> TokenwireError:
+    """The error of wire type `error_type` (as an `error` event describes it)."""
+    cls = _error_classes().get(error_type, InternalError)
+    if issubclass(cls, RateLimited | ProviderUnavailable):
+        return cls(message, retry_after)
+    error = cls(message)
+    if retry_after is not None:
+        error.retry_after = retry_after  # type: ignore[attr-defined]
+    return error

@@ -11,6 +11,7 @@ escaped excerpt.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -244,8 +245,15 @@ def _decode_problem(exc: orjson.JSONDecodeError, text: str) -> str:
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One part per problem, naming the field (under `prefix`); never echoes the input."""
+    return describe_errors(
+        exc.errors(include_input=False, include_url=False, include_context=False), prefix
+    )
+
+
+def describe_errors(errors: Sequence[Any], prefix: str = "") -> str:
+    """Pydantic's error list (a `ValidationError`'s, or FastAPI's) as one line."""
     parts = []
-    for err in exc.errors(include_input=False, include_url=False, include_context=False)[:8]:
+    for err in errors[:8]:
         where = ".".join([prefix] * bool(prefix) + [_location_part(p) for p in err["loc"]])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         msg = msg.removeprefix("Value error, ")

@@ -38,6 +38,7 @@ from tokenwire.protocol.messages import (
     valid_request_id,
 )
 from tokenwire.transports.frames import sse_event
+from tokenwire.transports.identity import user_of
 from tokenwire.transports.outbox import Outbox
 from tokenwire.transports.requests import spec_from_ai_request
 
@@ -88,11 +89,6 @@ def _gateway(request: Request) -> Gateway:
 def _settings(request: Request) -> SseSettings:
     settings: SseSettings = request.app.state.sse
     return settings
-
-
-def user_of(request: Request) -> str:
-    """With authentication off, the caller is who the `user_id` parameter says."""
-    return request.query_params.get("user_id") or "anonymous"
 
 
 def error_response(error: TokenwireError) -> JSONResponse:

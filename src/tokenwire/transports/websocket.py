@@ -46,6 +46,7 @@ from tokenwire.protocol.messages import (
 )
 from tokenwire.protocol.preferences import initial_preferences
 from tokenwire.transports.frames import ws_frame
+from tokenwire.transports.identity import user_of
 from tokenwire.transports.outbox import Outbox, utf8_size
 from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
@@ -81,7 +82,7 @@ class Connection:
 
     async def serve(self) -> None:
         query = self._ws.query_params
-        user_id = query.get("user_id") or "anonymous"
+        user_id = user_of(self._ws)
         preferences = initial_preferences(query.get("language"), query.get("model_preference"))
         await self._ws.accept()
         session = self._gateway.open_session(user_id, preferences, closer=self.close)

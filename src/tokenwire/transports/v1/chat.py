@@ -1,0 +1,277 @@
+"""OpenAI Chat Completions (`POST /v1/chat/completions`) and `GET /v1/models`.
+
+The wire format is OpenAI's: a `chat.completion` object, or with `stream: true`
+`chat.completion.chunk` events with one id, the role in the first delta, a
+`finish_reason` of `stop` or `length`, the usage chunk when
+`stream_options.include_usage` asks for it, and `data: [DONE]`. An error after
+the stream started is one `data: {"error": ...}` event (the SDK raises on it),
+without `[DONE]`. `model` names a provider, or is `auto` for the router's pick.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tokenwire.core.eventlog import EventLog
+from tokenwire.core.gateway import Gateway
+from tokenwire.core.provider import Message
+from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
+from tokenwire.protocol.errors import UnknownModel
+from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
+from tokenwire.protocol.messages import Granularity
+from tokenwire.transports.identity import user_of
+from tokenwire.transports.v1.errors import openai_error, openai_error_body
+from tokenwire.transports.v1.route import OpenAIRoute
+from tokenwire.transports.v1.running import (
+    Feed,
+    cancel_quietly,
+    cancelled_on_hangup,
+    error_from,
+    gateway_of,
+    start,
+    whole,
+)
+
+router = APIRouter(route_class=OpenAIRoute, tags=["OpenAI"])
+
+AUTO = "auto"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}}
+
+Text = Annotated[str, Field(max_length=10_000_000)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessageIn(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | Annotated[list[TextPart], Field(max_length=1000)]
+    name: Annotated[str, Field(max_length=256)] | None = None
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=10_000)]
+    max_tokens: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: (
+        Annotated[str, Field(min_length=1, max_length=256)]
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)]
+        | None
+    ) = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    user: Annotated[str, Field(max_length=256)] | None = None
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    store: bool | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage
+    system_fingerprint: None = None
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "tokenwire"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    names = [*gateway_of(request).slots, AUTO]
+    return ModelList(data=[Model(id=name) for name in names])
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+)
+async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
+    gateway = gateway_of(request)
+    spec = _spec(gateway, body, user_of(request))
+    log, feed = await start(gateway, spec)
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(
+            _chunks(gateway, log, feed, include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    async with cancelled_on_hangup(request, gateway, log.key):
+        text, end, error = await whole(feed)
+    if error is not None or end.get("status") != "completed":
+        return openai_error(error_from(error or {"error": "the request was cancelled"}))
+    return JSONResponse(_completion(log, end, text))
+
+
+def _spec(gateway: Gateway, body: ChatCompletionRequest, user: str) -> RequestSpec:
+    if body.model != AUTO and body.model not in gateway.slots:
+        raise UnknownModel(
+            f"The model `{body.model[:64]}` does not exist; GET /v1/models lists them"
+        )
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return RequestSpec(
+        user_id=user,
+        messages=tuple(_message(m) for m in body.messages),
+        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        generation=Generation(
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=stop,
+        ),
+        routing=Routing(provider=None if body.model == AUTO else body.model),
+        delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
+    )
+
+
+def _message(message: ChatMessageIn) -> Message:
+    if isinstance(message.content, str):
+        content = message.content
+    else:
+        content = "".join(part.text for part in message.content)
+    role = "system" if message.role == "developer" else message.role
+    return Message(role=role, content=content)
+
+
+def _completion(log: EventLog, end: dict[str, Any], text: str) -> dict[str, Any]:
+    usage = end.get("usage") or {}
+    return ChatCompletion(
+        id=log.key.request_id,
+        created=int(log.created_at),
+        model=str(end.get("provider_used", "")),
+        choices=[
+            Choice(
+                message=AssistantMessage(content=text),
+                finish_reason=end.get("finish_reason", "stop"),
+            )
+        ],
+        usage=CompletionUsage(
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            total_tokens=usage.get("total_tokens", 0),
+        ),
+    ).model_dump()
+
+
+def _chunk(
+    log: EventLog,
+    model: str,
+    delta: dict[str, Any] | None,
+    finish: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> str:
+    """One `chat.completion.chunk` event; without a delta, the choice-less usage chunk."""
+    choices = (
+        []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    )
+    body: dict[str, Any] = {
+        "id": log.key.request_id,
+        "object": "chat.completion.chunk",
+        "created": int(log.created_at),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return f"data: {encode_json(body)}\n\n"
+
+
+async def _chunks(
+    gateway: Gateway, log: EventLog, feed: Feed, include_usage: bool
+) -> AsyncIterator[str]:
+    model = ""
+    error: dict[str, Any] | None = None
+    try:
+        async for record in feed:
+            kind = record.event_type
+            if kind is EventType.METADATA and not model:
+                model = record.data.get("recommended_provider", "")
+                yield _chunk(log, model, {"role": "assistant", "content": "", "refusal": None})
+            elif kind in TEXT_EVENTS:
+                text = record.data.get("token", record.data.get("chunk", ""))
+                yield _chunk(log, model, {"content": text})
+            elif kind is EventType.ERROR:
+                error = record.data
+            elif kind is EventType.STREAM_END:
+                async for line in _ending(log, model, record.data, error, include_usage):
+                    yield line
+    finally:
+        if not feed.ended:
+            cancel_quietly(gateway, log.key)
+
+
+async def _ending(
+    log: EventLog,
+    model: str,
+    end: dict[str, Any],
+    error: dict[str, Any] | None,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    if end.get("status") != "completed":
+        failure = error_from(error or {"error": f"the request was {end.get('status')}"})
+        yield f"data: {encode_json(openai_error_body(failure))}\n\n"
+        return
+    yield _chunk(log, model, {}, end.get("finish_reason", "stop"))
+    if include_usage:
+        usage = end.get("usage") or {}
+        counts = {
+            k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        }
+        yield _chunk(log, model, None, usage=counts)
+    yield "data: [DONE]\n\n"

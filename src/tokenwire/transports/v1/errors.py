@@ -1,0 +1,74 @@
+"""Errors in each HTTP dialect's own shape, so that each SDK raises its own exception class.
+
+The status comes from the one mapping in `protocol/errors.py`; the body is what
+the dialect's clients parse: OpenAI's `{"error": {"message", "type", "param",
+"code"}}` and Anthropic's `{"type": "error", "error": {"type", "message"}}`. A
+`retry-after` header goes with every error that has a `retry_after`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from tokenwire.protocol.errors import TokenwireError, http_status
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    410: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    410: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def _retry_after(error: TokenwireError) -> dict[str, str]:
+    seconds = getattr(error, "retry_after", None)
+    return {} if seconds is None else {"retry-after": f"{max(0.0, seconds):g}"}
+
+
+def openai_error_body(error: TokenwireError) -> dict[str, Any]:
+    status = http_status(error)
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {
+        "error": {
+            "message": error.message,
+            "type": kind,
+            "param": None,
+            "code": error.error_type,
+        }
+    }
+
+
+def openai_error(error: TokenwireError) -> JSONResponse:
+    return JSONResponse(
+        openai_error_body(error), status_code=http_status(error), headers=_retry_after(error)
+    )
+
+
+def anthropic_error_body(error: TokenwireError) -> dict[str, Any]:
+    status = http_status(error)
+    kind = _ANTHROPIC_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+def anthropic_error(error: TokenwireError) -> JSONResponse:
+    return JSONResponse(
+        anthropic_error_body(error), status_code=http_status(error), headers=_retry_after(error)
+    )

@@ -1,0 +1,132 @@
+"""What the HTTP dialects share: running a request through the core and following it.
+
+A dialect builds a `RequestSpec`, starts it, and reads the request's records
+from a `Feed` (a log subscriber) to translate into its own wire format. These
+calls offer no way back (CONTRACT.md): a client that goes away, streaming or
+not, before or after the first token, cancels its request at once, and what
+was streamed until then is counted. Only a background response of the
+Responses dialect outlives its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+
+from tokenwire.core.eventlog import EventLog, Record
+from tokenwire.core.gateway import Gateway
+from tokenwire.core.spec import RequestKey, RequestSpec
+from tokenwire.protocol.errors import TokenwireError, UnknownRequest, error_for
+from tokenwire.protocol.events import EventType
+
+CLIENT_LEFT = "client went away"
+
+
+class Feed:
+    """A request's records, in order, for one HTTP response (a log subscriber).
+
+    Bounded: records past `max_pending` not yet taken mean the client does not
+    read; the feed then ends (`overflowed`) and the caller treats it as gone."""
+
+    def __init__(self, max_pending: int = 100_000) -> None:
+        self._records: deque[Record] = deque()
+        self._ready = asyncio.Event()
+        self._max_pending = max_pending
+        self.ended = False
+        self.overflowed = False
+
+    def deliver(self, record: Record) -> None:
+        if self.overflowed:
+            return
+        self._records.append(record)
+        if len(self._records) > self._max_pending:
+            self.overflowed = True
+            self._records.clear()
+        self._ready.set()
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Record]:
+        while True:
+            while not self._records:
+                if self.overflowed:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            record = self._records.popleft()
+            yield record
+            if record.event_type is EventType.STREAM_END:
+                self.ended = True
+                return
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def start(gateway: Gateway, spec: RequestSpec) -> tuple[EventLog, Feed]:
+    """Start a request and follow it from its first event."""
+    log = await gateway.start(spec)
+    feed = Feed()
+    log.subscribe(feed)
+    return log, feed
+
+
+def cancel_quietly(gateway: Gateway, key: RequestKey, reason: str = CLIENT_LEFT) -> None:
+    with contextlib.suppress(UnknownRequest):
+        gateway.cancel(key, reason)
+
+
+@contextlib.asynccontextmanager
+async def cancelled_on_hangup(
+    request: Request, gateway: Gateway, key: RequestKey
+) -> AsyncIterator[None]:
+    """While the caller waits for a whole answer, cancel the request if its client goes.
+
+    The body has been read: the next thing the server receives is the disconnect."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancel_quietly(gateway, key)
+
+    watcher = asyncio.create_task(watch(), name=f"hang-up watch {key.request_id}")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def whole(feed: Feed) -> tuple[str, dict[str, object], dict[str, object] | None]:
+    """Wait for a request to end: (its text, its stream_end data, its error data or None)."""
+    parts: list[str] = []
+    error: dict[str, object] | None = None
+    end: dict[str, object] = {}
+    async for record in feed:
+        if record.event_type is EventType.CHUNK:
+            parts.append(record.data["chunk"])
+        elif record.event_type is EventType.TOKEN:
+            parts.append(record.data["token"])
+        elif record.event_type is EventType.ERROR:
+            error = record.data
+        elif record.event_type is EventType.STREAM_END:
+            end = record.data
+    return "".join(parts), end, error
+
+
+def error_from(data: dict[str, object]) -> TokenwireError:
+    """The error an `error` event describes, as an exception of its wire type."""
+    retry_after = data.get("retry_after")
+    return error_for(
+        str(data.get("error_type", "internal_error")),
+        str(data.get("error", "")),
+        float(retry_after) if isinstance(retry_after, int | float) else None,
+    )
