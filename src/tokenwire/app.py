@@ -26,7 +26,7 @@ from tokenwire.routing.router import RoutingPolicy, StrategyRouter
 from tokenwire.settings import ConfigError, ProviderSettings, Settings
 from tokenwire.transports import http, sse, websocket
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
-from tokenwire.transports.v1 import chat, messages
+from tokenwire.transports.v1 import chat, messages, responses
 
 
 def provider_profile(settings: ProviderSettings) -> ProviderProfile:
@@ -151,6 +151,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(chat.router)
+    app.include_router(responses.router)
     app.include_router(messages.router)
     app.state.gateway = gw
     app.state.ws_limits = websocket_limits(settings)

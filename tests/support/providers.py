@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage
+from tokenwire.protocol.errors import ProviderError
 from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.settings import ProviderSettings
 
@@ -16,8 +18,9 @@ class WatchedProvider:
 
     kind = "simulated"
 
-    def __init__(self, name: str = "watched") -> None:
-        self._inner = SimulatedProvider(ProviderSettings(name=name, kind="simulated"))
+    def __init__(self, name: str = "watched", **options: Any) -> None:
+        settings = ProviderSettings(name=name, kind="simulated", options=options)
+        self._inner = SimulatedProvider(settings)
         self.name = name
         self.model = self._inner.model
         self.requests: list[ProviderRequest] = []
@@ -47,3 +50,41 @@ class WatchedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+class TroubledProvider(WatchedProvider):
+    """The simulated provider, with trouble on demand: `before_first` raises that error
+    before any text; `wait_first` holds the first delta back that many seconds;
+    `fail_after` raises `ProviderError` after that many deltas."""
+
+    def __init__(
+        self,
+        name: str = "troubled",
+        *,
+        before_first: Exception | None = None,
+        wait_first: float = 0.0,
+        fail_after: int | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.before_first = before_first
+        self.wait_first = wait_first
+        self.fail_after = fail_after
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        self.requests.append(request)
+        try:
+            if self.before_first is not None:
+                raise self.before_first
+            if self.wait_first:
+                await asyncio.sleep(self.wait_first)
+            sent = 0
+            async for item in self._inner.stream(request):
+                if not isinstance(item, Usage):
+                    if self.fail_after is not None and sent >= self.fail_after:
+                        raise ProviderError("the upstream failed mid-answer")
+                    sent += 1
+                    self.deltas_sent += 1
+                yield item
+        finally:
+            self.closed_at.append(time.monotonic())
+            self.closed.set()

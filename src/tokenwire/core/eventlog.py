@@ -100,6 +100,10 @@ class EventLog:
         self.finished = False
         self.memo: dict[str, str] = {}
         """Per-request constants a transport's encoder keeps (its frame's fixed parts)."""
+        self.annotations: dict[str, Any] = {}
+        """What a transport notes about its request (a dialect's own parameters), kept
+        with the log for as long as it is: JSON values only, so that a store shared
+        between nodes can keep them too."""
 
     @property
     def request_id(self) -> str:

@@ -276,8 +276,9 @@ class Gateway:
     async def _start(
         self, spec: RequestSpec, key: RequestKey, follower: Session | None
     ) -> EventLog:
-        if spec.conversation_id is not None:
-            history = await self.conversations.history(spec.user_id, spec.conversation_id)
+        source = spec.history_from or spec.conversation_id
+        if source is not None:
+            history = await self.conversations.history(spec.user_id, source)
             spec = replace(spec, history=history)
         route = self.router.choose(spec)
         route.slot.provider.validate(route.slot.provider_request(spec))
@@ -320,9 +321,11 @@ class Gateway:
         spec = run.spec
         assert spec.conversation_id is not None
         answer = Message(role="assistant", content=run.answer_text)
+        # Continued from another conversation: that one's turns start this one.
+        earlier = spec.history if spec.history_from is not None else ()
         try:
             await self.conversations.extend(
-                spec.user_id, spec.conversation_id, (*spec.messages, answer)
+                spec.user_id, spec.conversation_id, (*earlier, *spec.messages, answer)
             )
         except Exception:
             logger.exception("saving a conversation turn failed", request_id=spec.request_id)

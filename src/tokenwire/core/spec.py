@@ -66,6 +66,9 @@ class RequestSpec:
     origin: str | None = None
     """The session that started the request, where there is one (shown in its events)."""
     prompt_length: int | None = None  # None: the length of the new turns' text
+    history_from: str | None = None
+    """Another conversation of the user's to continue from (its turns come first and
+    are kept under `conversation_id` with the new ones); None: `conversation_id`'s own."""
     history: tuple[Message, ...] = ()
     """Earlier turns of the conversation, filled in by the gateway."""
 

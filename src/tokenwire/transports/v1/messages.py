@@ -1,9 +1,256 @@
-"""Anthropic Messages (`POST /v1/messages`)."""
+"""Anthropic Messages (`POST /v1/messages`).
+
+The wire format is Anthropic's: a `message` object, or with `stream: true`
+Server-Sent Events that each carry an `event:` line (the SDK drops frames
+without one): `message_start`, `content_block_start`, `ping`, one
+`content_block_delta` per text event, `content_block_stop`, `message_delta`
+(the stop reason and the usage), `message_stop`. An error after the stream
+started is one `event: error` with Anthropic's error body (the SDK raises on
+it), and the stream ends there. `model` names a provider, or is `auto` for the
+router's pick. `top_k` is refused: no provider here takes it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tokenwire.core.eventlog import EventLog
+from tokenwire.core.gateway import Gateway
+from tokenwire.core.provider import Message, estimate_tokens
+from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
+from tokenwire.protocol.errors import UnknownModel
+from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
+from tokenwire.protocol.messages import Granularity
+from tokenwire.transports.identity import user_of
+from tokenwire.transports.v1.errors import anthropic_error, anthropic_error_body
 from tokenwire.transports.v1.route import AnthropicRoute
+from tokenwire.transports.v1.running import (
+    Feed,
+    cancel_quietly,
+    cancelled_on_hangup,
+    error_from,
+    gateway_of,
+    start,
+    whole,
+)
 
 router = APIRouter(route_class=AnthropicRoute, tags=["Anthropic"])
+
+AUTO = "auto"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}}
+
+Text = Annotated[str, Field(max_length=10_000_000)]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TextBlockParam(_Body):
+    type: Literal["text"]
+    text: Text
+
+
+TextBlocks = Annotated[list[TextBlockParam], Field(max_length=1000)]
+
+
+class MessageParam(_Body):
+    role: Literal["user", "assistant"]
+    content: Text | TextBlocks
+
+
+class MessageMetadata(_Body):
+    user_id: Annotated[str, Field(max_length=256)] | None = None
+
+
+class MessagesRequest(_Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
+    messages: Annotated[list[MessageParam], Field(min_length=1, max_length=10_000)]
+    system: Text | TextBlocks | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop_sequences: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)]
+        | None
+    ) = None
+    stream: bool = False
+    metadata: MessageMetadata | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_top_k(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "top_k" in data:
+            raise ValueError("top_k is not supported here; use temperature or top_p")
+        return data
+
+
+class TextBlock(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class MessageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class AnthropicMessage(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[TextBlock]
+    stop_reason: StopReason | None
+    stop_sequence: str | None = None
+    usage: MessageUsage
+
+
+@router.post(
+    "/v1/messages",
+    response_model=AnthropicMessage,
+    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+)
+async def create_message(request: Request, body: MessagesRequest) -> Response:
+    gateway = gateway_of(request)
+    spec = _spec(gateway, body, user_of(request))
+    log, feed = await start(gateway, spec)
+    if body.stream:
+        input_tokens = estimate_tokens("\n".join(m.content for m in spec.messages))
+        return StreamingResponse(
+            _events(gateway, log, feed, input_tokens),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    async with cancelled_on_hangup(request, gateway, log.key):
+        text, end, error = await whole(feed)
+    if error is not None or end.get("status") != "completed":
+        return anthropic_error(error_from(error or {"error": "the request was cancelled"}))
+    return JSONResponse(_message_object(log.key.request_id, end, text))
+
+
+def _spec(gateway: Gateway, body: MessagesRequest, user: str) -> RequestSpec:
+    if body.model != AUTO and body.model not in gateway.slots:
+        raise UnknownModel(f"model: `{body.model[:64]}` does not exist; GET /v1/models lists them")
+    system = _text(body.system) if body.system is not None else ""
+    messages = [Message(role="system", content=system)] if system else []
+    messages += [Message(role=m.role, content=_text(m.content)) for m in body.messages]
+    return RequestSpec(
+        user_id=user,
+        messages=tuple(messages),
+        request_id=f"msg_{uuid.uuid4().hex}",
+        generation=Generation(
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(body.stop_sequences or ()),
+        ),
+        routing=Routing(provider=None if body.model == AUTO else body.model),
+        delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
+    )
+
+
+def _text(content: str | list[TextBlockParam]) -> str:
+    return content if isinstance(content, str) else "".join(block.text for block in content)
+
+
+def _stop_reason(end: dict[str, Any]) -> StopReason:
+    # The core tells an answer cut at its budget ("length") from any other end ("stop"),
+    # not whether a stop sequence was what ended it.
+    return "max_tokens" if end.get("finish_reason") == "length" else "end_turn"
+
+
+def _usage(end: dict[str, Any]) -> MessageUsage:
+    usage = end.get("usage") or {}
+    return MessageUsage(
+        input_tokens=usage.get("prompt_tokens", 0),
+        output_tokens=usage.get("completion_tokens", 0),
+    )
+
+
+def _message_object(message_id: str, end: dict[str, Any], text: str) -> dict[str, Any]:
+    return AnthropicMessage(
+        id=message_id,
+        model=str(end.get("provider_used", "")),
+        content=[TextBlock(text=text)],
+        stop_reason=_stop_reason(end),
+        usage=_usage(end),
+    ).model_dump()
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {encode_json({'type': name, **data})}\n\n"
+
+
+async def _events(
+    gateway: Gateway, log: EventLog, feed: Feed, input_tokens: int
+) -> AsyncIterator[str]:
+    started = False
+    error: dict[str, Any] | None = None
+    try:
+        async for record in feed:
+            kind = record.event_type
+            if kind is EventType.METADATA and not started:
+                started = True
+                model = str(record.data.get("recommended_provider", ""))
+                for line in _opening(log, model, input_tokens):
+                    yield line
+            elif kind in TEXT_EVENTS:
+                text = record.data.get("token", record.data.get("chunk", ""))
+                delta = {"type": "text_delta", "text": text}
+                yield _event("content_block_delta", {"index": 0, "delta": delta})
+            elif kind is EventType.ERROR:
+                error = record.data
+            elif kind is EventType.STREAM_END:
+                for line in _ending(record.data, error):
+                    yield line
+    finally:
+        if not feed.ended:
+            cancel_quietly(gateway, log.key)
+
+
+def _opening(log: EventLog, model: str, input_tokens: int) -> list[str]:
+    message: dict[str, Any] = {
+        "id": log.key.request_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+    }
+    return [
+        _event("message_start", {"message": message}),
+        _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        _event("ping", {}),
+    ]
+
+
+def _ending(end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
+    if end.get("status") != "completed":
+        failure = error_from(error or {"error": f"the request was {end.get('status')}"})
+        return [f"event: error\ndata: {encode_json(anthropic_error_body(failure))}\n\n"]
+    usage = _usage(end)
+    return [
+        _event("content_block_stop", {"index": 0}),
+        _event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": _stop_reason(end), "stop_sequence": None},
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                },
+            },
+        ),
+        _event("message_stop", {}),
+    ]

@@ -1,0 +1,267 @@
+"""OpenAI Responses: `POST /v1/responses`, `GET /v1/responses/{id}`, `.../cancel`.
+
+Text in and out. A foreground response ends with its client, as OpenAI's does;
+a `background` one runs on after its client leaves, is kept for the log
+retention time, and can be re-attached with `GET /v1/responses/{id}?stream=true
+&starting_after=N` (every event after sequence number N, then live), for every
+provider, the local model included. `previous_response_id` continues from a
+stored response of the same user, as a conversation does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tokenwire.core.eventlog import EventLog
+from tokenwire.core.gateway import Gateway
+from tokenwire.core.provider import Message
+from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec, Routing
+from tokenwire.protocol.errors import InvalidRequest, UnknownModel, UnknownRequest
+from tokenwire.protocol.events import encode_json
+from tokenwire.protocol.messages import Granularity, valid_request_id
+from tokenwire.transports.identity import user_of
+from tokenwire.transports.v1.chat import AUTO, SSE_HEADERS, STREAM_RESPONSE, Text
+from tokenwire.transports.v1.errors import openai_error, openai_error_body
+from tokenwire.transports.v1.response_events import ResponseStream, replayed
+from tokenwire.transports.v1.route import OpenAIRoute
+from tokenwire.transports.v1.running import (
+    Feed,
+    cancel_quietly,
+    cancelled_on_hangup,
+    error_from,
+    gateway_of,
+)
+
+router = APIRouter(route_class=OpenAIRoute, tags=["OpenAI Responses"])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class InputText(_Body):
+    type: Literal["input_text", "output_text"]
+    text: Text
+    annotations: list[Any] | None = None
+
+
+class InputMessage(_Body):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Text | Annotated[list[InputText], Field(max_length=1000)]
+
+
+class ResponseCreateRequest(_Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: Text | Annotated[list[InputMessage], Field(min_length=1, max_length=10_000)]
+    instructions: Text | None = None
+    max_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stream: bool = False
+    background: bool = False
+    store: bool = True
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=160)] | None = None
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+
+
+class ResponseObject(BaseModel):
+    """The Response object (the fields tokenwire fills; tools and reasoning are not offered)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
+    background: bool
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    instructions: str | None
+    max_output_tokens: int | None
+    metadata: dict[str, Any]
+    model: str
+    output: list[dict[str, Any]]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    store: bool
+    temperature: float | None
+    top_p: float | None
+    text: dict[str, Any]
+    tool_choice: str
+    tools: list[Any]
+    truncation: str
+    usage: dict[str, Any] | None
+    user: str | None
+
+
+@router.post(
+    "/v1/responses",
+    response_model=ResponseObject,
+    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+)
+async def create_response(request: Request, body: ResponseCreateRequest) -> Response:
+    gateway = gateway_of(request)
+    user = user_of(request)
+    if body.previous_response_id is not None:
+        await _check_previous(gateway, RequestKey(user, body.previous_response_id))
+    spec = _spec(gateway, body, user)
+    log = await gateway.start(spec)
+    log.annotations["responses"] = _params(body)
+    stream = ResponseStream(log)
+    if body.background and not body.stream:
+        return JSONResponse(stream.response())  # it runs on; GET it, or stream it, later
+    feed = Feed()
+    log.subscribe(feed)
+    if body.stream:
+        events = _events(gateway, log, feed, stream, after=-1, cancel_on_leave=not body.background)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    async with cancelled_on_hangup(request, gateway, log.key):
+        error: dict[str, Any] | None = None
+        async for record in feed:
+            stream.feed(record)
+            if record.event_type.value == "error":
+                error = record.data
+    if stream.status in ("failed", "cancelled"):
+        return openai_error(error_from(error or {"error": f"the response was {stream.status}"}))
+    return JSONResponse(stream.response())
+
+
+@router.get(
+    "/v1/responses/{response_id}",
+    response_model=ResponseObject,
+    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+)
+async def retrieve_response(
+    request: Request,
+    response_id: str,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1, le=2**53)] = None,
+) -> Response:
+    gateway = gateway_of(request)
+    log = await _stored(gateway, _key(request, response_id))
+    if not stream:
+        return JSONResponse(replayed(log).response())
+    feed = Feed()
+    log.check_held(0)  # sequence numbers are counted from the log's first event
+    log.attach(feed, log.records(0))
+    after = -1 if starting_after is None else starting_after
+    events = _events(gateway, log, feed, ResponseStream(log), after=after, cancel_on_leave=False)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject)
+async def cancel_response(request: Request, response_id: str) -> Response:
+    gateway = gateway_of(request)
+    log = await _stored(gateway, _key(request, response_id))
+    if not log.finished:
+        feed = Feed()
+        log.attach(feed, ())
+        cancel_quietly(gateway, log.key, "cancelled by client")
+        async for _ in feed:  # until its stream_end: a cancel takes milliseconds
+            pass
+    return JSONResponse(replayed(log).response())
+
+
+# -- internals ----------------------------------------------------------------
+
+
+def _spec(gateway: Gateway, body: ResponseCreateRequest, user: str) -> RequestSpec:
+    if body.model != AUTO and body.model not in gateway.slots:
+        raise UnknownModel(
+            f"The model `{body.model[:64]}` does not exist; GET /v1/models lists them"
+        )
+    request_id = f"resp_{uuid.uuid4().hex}"
+    return RequestSpec(
+        user_id=user,
+        messages=_messages(body),
+        request_id=request_id,
+        # Kept as a conversation so that a later previous_response_id continues it.
+        conversation_id=request_id if body.store else None,
+        history_from=body.previous_response_id,
+        generation=Generation(
+            max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p
+        ),
+        routing=Routing(provider=None if body.model == AUTO else body.model),
+        delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
+    )
+
+
+def _messages(body: ResponseCreateRequest) -> tuple[Message, ...]:
+    turns: list[Message] = []
+    if body.instructions:
+        turns.append(Message(role="system", content=body.instructions))
+    if isinstance(body.input, str):
+        turns.append(Message(role="user", content=body.input))
+        return tuple(turns)
+    for item in body.input:
+        content = (
+            item.content if isinstance(item.content, str) else "".join(p.text for p in item.content)
+        )
+        role = "system" if item.role == "developer" else item.role
+        turns.append(Message(role=role, content=content))
+    return tuple(turns)
+
+
+def _params(body: ResponseCreateRequest) -> dict[str, Any]:
+    """What the Response object repeats of its request (kept with the log)."""
+    return body.model_dump(
+        include={
+            "model",
+            "instructions",
+            "max_output_tokens",
+            "temperature",
+            "top_p",
+            "background",
+            "store",
+            "previous_response_id",
+            "metadata",
+        }
+    )
+
+
+def _key(request: Request, response_id: str) -> RequestKey:
+    if valid_request_id(response_id) is None:
+        raise UnknownRequest("no such response")
+    return RequestKey(user_of(request), response_id)
+
+
+async def _stored(gateway: Gateway, key: RequestKey) -> EventLog:
+    """The user's response, if it exists and was stored; else `unknown_request` (404)."""
+    log = await gateway.logs.get(key)
+    params = log.annotations.get("responses") if log is not None else None
+    if log is None or params is None or not params.get("store", True):
+        raise UnknownRequest(f"no response with id {key.request_id!r}")
+    return log
+
+
+async def _check_previous(gateway: Gateway, key: RequestKey) -> None:
+    log = await _stored(gateway, key)
+    if not log.finished:
+        raise InvalidRequest(f"previous_response_id: {key.request_id} is still in progress")
+
+
+async def _events(
+    gateway: Gateway,
+    log: EventLog,
+    feed: Feed,
+    stream: ResponseStream,
+    after: int,
+    cancel_on_leave: bool,
+) -> AsyncIterator[str]:
+    try:
+        async for record in feed:
+            for event in stream.feed(record):
+                if event["sequence_number"] > after:
+                    yield f"event: {event['type']}\ndata: {encode_json(event)}\n\n"
+        if feed.overflowed:
+            failure = openai_error_body(InvalidRequest("the client did not read fast enough"))
+            yield f"event: error\ndata: {encode_json(failure)}\n\n"
+    finally:
+        # A foreground response ends with its client; a background one runs on.
+        if cancel_on_leave and not feed.ended:
+            cancel_quietly(gateway, log.key)
