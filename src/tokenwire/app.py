@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.routing import Route, WebSocketRoute
 
 from tokenwire import __version__
@@ -150,6 +152,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         ],
         lifespan=lifespan,
     )
+    app.openapi = lambda: _documented_errors_only(app)  # type: ignore[method-assign]
     app.include_router(chat.router)
     app.include_router(responses.router)
     app.include_router(messages.router)
@@ -163,6 +166,21 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     health = gw.observer
     app.state.describe_health = health.describe if isinstance(health, HealthBook) else None
     return app
+
+
+def _documented_errors_only(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, without FastAPI's 422: invalid bodies are the dialects' 400s."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def uvicorn_config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Config:

@@ -26,7 +26,12 @@ from tokenwire.protocol.errors import UnknownModel
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
 from tokenwire.transports.identity import user_of
-from tokenwire.transports.v1.errors import openai_error, openai_error_body
+from tokenwire.transports.v1.errors import (
+    OpenAIErrorBody,
+    documented,
+    openai_error,
+    openai_error_body,
+)
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
     Feed,
@@ -38,7 +43,11 @@ from tokenwire.transports.v1.running import (
     whole,
 )
 
-router = APIRouter(route_class=OpenAIRoute, tags=["OpenAI"])
+router = APIRouter(
+    route_class=OpenAIRoute,
+    tags=["OpenAI"],
+    responses=documented(OpenAIErrorBody),
+)
 
 AUTO = "auto"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

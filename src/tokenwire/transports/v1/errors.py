@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from tokenwire.protocol.errors import TokenwireError, http_status
@@ -72,3 +73,43 @@ def anthropic_error(error: TokenwireError) -> JSONResponse:
     return JSONResponse(
         anthropic_error_body(error), status_code=http_status(error), headers=_retry_after(error)
     )
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(BaseModel):
+    type: str
+    error: AnthropicErrorDetail
+
+
+_MEANINGS = {
+    400: "a malformed body or an invalid parameter",
+    402: "no provider fits the request's cost limit",
+    404: "an unknown model, response or request",
+    410: "events no longer held",
+    413: "the body is too large",
+    429: "rate limited, or every provider busy (see retry-after)",
+    500: "a defect in tokenwire",
+    502: "the upstream provider failed",
+    503: "the provider is out of service, or the server is shutting down",
+    504: "no answer within the deadline",
+}
+
+
+def documented(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a dialect's operations, for the OpenAPI document."""
+    return {status: {"model": body, "description": text} for status, text in _MEANINGS.items()}

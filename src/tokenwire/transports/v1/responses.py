@@ -27,7 +27,12 @@ from tokenwire.protocol.events import encode_json
 from tokenwire.protocol.messages import Granularity, valid_request_id
 from tokenwire.transports.identity import user_of
 from tokenwire.transports.v1.chat import AUTO, SSE_HEADERS, STREAM_RESPONSE, Text
-from tokenwire.transports.v1.errors import openai_error, openai_error_body
+from tokenwire.transports.v1.errors import (
+    OpenAIErrorBody,
+    documented,
+    openai_error,
+    openai_error_body,
+)
 from tokenwire.transports.v1.response_events import ResponseStream, replayed
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
@@ -38,7 +43,11 @@ from tokenwire.transports.v1.running import (
     gateway_of,
 )
 
-router = APIRouter(route_class=OpenAIRoute, tags=["OpenAI Responses"])
+router = APIRouter(
+    route_class=OpenAIRoute,
+    tags=["OpenAI Responses"],
+    responses=documented(OpenAIErrorBody),
+)
 
 
 class _Body(BaseModel):
