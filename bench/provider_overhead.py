@@ -3,12 +3,15 @@
     .venv/bin/python -m bench.provider_overhead [--requests 50] [--warmup 5] [--deltas 20]
 
 For each of the openai and anthropic kinds, one fake upstream (tests/fakes, in a child
-process) answers every request at once with `--deltas` text deltas. Three paths are
+process) answers every request at once with `--deltas` text deltas. These paths are
 timed from the moment the request is sent to the first text delta in hand:
 
-    sdk       the official SDK, called directly (one client, connections kept alive)
-    provider  tokenwire's provider adapter, in this process (the SDK plus the adapter)
-    gateway   a WebSocket client -> `tokenwire serve` (a child process) -> the same fake
+    sdk        the official SDK, called directly (one client, connections kept alive)
+    provider   tokenwire's provider adapter, in this process (the SDK plus the adapter)
+    gateway    a WebSocket client -> `tokenwire serve` (a child process) -> the same fake
+    chat       the openai SDK -> tokenwire's /v1/chat/completions -> the same fake
+    responses  the openai SDK -> tokenwire's /v1/responses -> the same fake
+    messages   the anthropic SDK -> tokenwire's /v1/messages -> the same fake
 
 Every stream is read to its end, so that connections are reused as in steady use.
 The paths take turns request by request, so that machine noise falls on all alike.
@@ -72,14 +75,14 @@ async def _serve_fake(kind: str, deltas: int, pipe: Connection) -> None:
 # -- the three paths ----------------------------------------------------------
 
 
-def openai_sdk(url: str) -> tuple[Timed, Callable[[], Awaitable[None]]]:
+def openai_sdk(url: str, model: str = "m") -> tuple[Timed, Callable[[], Awaitable[None]]]:
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
     async def once() -> float:
         started = time.perf_counter()
         first = 0.0
         stream = await client.chat.completions.create(
-            model="m",
+            model=model,
             messages=[{"role": "user", "content": PROMPT}],
             stream=True,
             stream_options={"include_usage": True},
@@ -93,14 +96,30 @@ def openai_sdk(url: str) -> tuple[Timed, Callable[[], Awaitable[None]]]:
     return once, client.close
 
 
-def anthropic_sdk(url: str) -> tuple[Timed, Callable[[], Awaitable[None]]]:
+def openai_responses(url: str, model: str) -> tuple[Timed, Callable[[], Awaitable[None]]]:
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+    async def once() -> float:
+        started = time.perf_counter()
+        first = 0.0
+        stream = await client.responses.create(model=model, input=PROMPT, stream=True)
+        async with stream:
+            async for event in stream:
+                if not first and event.type == "response.output_text.delta":
+                    first = time.perf_counter()
+        return first - started
+
+    return once, client.close
+
+
+def anthropic_sdk(url: str, model: str = "m") -> tuple[Timed, Callable[[], Awaitable[None]]]:
     client = anthropic.AsyncAnthropic(base_url=url, api_key="unused", max_retries=0)
 
     async def once() -> float:
         started = time.perf_counter()
         first = 0.0
         stream = await client.messages.create(
-            model="m",
+            model=model,
             max_tokens=1024,
             messages=[{"role": "user", "content": PROMPT}],
             stream=True,
@@ -226,18 +245,31 @@ async def run(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) 
                 model="m",
                 base_url=urls[kind] + ("/v1" if kind == "openai" else ""),
             )
+            closers = []
             if kind == "openai":
                 sdk, close_sdk = openai_sdk(urls[kind])
                 provider, close_provider = adapter(OpenAIProvider(settings))
+                chat, close_chat = openai_sdk(gateway_url, name)
+                responses, close_responses = openai_responses(gateway_url, name)
+                dialects = {"chat": chat, "responses": responses}
+                closers = [close_chat, close_responses]
             else:
                 sdk, close_sdk = anthropic_sdk(urls[kind])
                 provider, close_provider = adapter(AnthropicProvider(settings))
-            paths = {"sdk": sdk, "provider": provider, "gateway": through_gateway(ws, name)}
+                messages, close_messages = anthropic_sdk(gateway_url, name)
+                dialects = {"messages": messages}
+                closers = [close_messages]
+            paths = {
+                "sdk": sdk,
+                "provider": provider,
+                "gateway": through_gateway(ws, name),
+                **dialects,
+            }
             try:
                 times = await measure(paths, args.requests, args.warmup)
             finally:
-                await close_sdk()
-                await close_provider()
+                for close in (close_sdk, close_provider, *closers):
+                    await close()
             report(kind, times)
 
 
