@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
+from tests.support.providers import TroubledProvider, WatchedProvider
 from tests.support.server import (
     RunningServer,
     gateway_with,
@@ -21,8 +22,7 @@ from tests.support.server import (
     simulated_settings,
 )
 from tests.support.waiting import eventually
-from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage, estimate_tokens
-from tokenwire.protocol.errors import ProviderError, RateLimited
+from tokenwire.protocol.errors import RateLimited
 
 PROMPT = [{"role": "user", "content": "Tell me about streaming."}]
 # The simulated provider answers 60 deltas; 2 ms apart keeps these tests quick.
@@ -30,68 +30,16 @@ FAST = simulated_settings(
     providers=[{"name": "simulated", "kind": "simulated", "options": {"delay_ms": 2}}]
 )
 NO_RETRIES = simulated_settings(routing={"max_retries": 0})
-
-
-class ScriptedProvider:
-    """A provider double: `deltas` words `delay` apart after `first_delay`, then a
-    failure (`fail_with` after `fail_after` deltas) or usage; records when its stream
-    was closed, as `WatchedProvider` does."""
-
-    kind = "simulated"
-    model = "scripted-1"
-
-    def __init__(
-        self,
-        name: str = "scripted",
-        *,
-        deltas: int = 200,
-        delay: float = 0.05,
-        first_delay: float = 0.0,
-        fail_after: int | None = None,
-        fail_with: ProviderError | None = None,
-    ) -> None:
-        self.name = name
-        self.deltas = deltas
-        self.delay = delay
-        self.first_delay = first_delay
-        self.fail_after = fail_after
-        self.fail_with = fail_with
-        self.started = asyncio.Event()
-        self.deltas_sent = 0
-        self.closed_at: list[float] = []
-
-    def readiness(self) -> str | None:
-        return None
-
-    def validate(self, request: ProviderRequest) -> None:
-        return None
-
-    def expected_deltas(self, request: ProviderRequest) -> int | None:
-        return self.deltas
-
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        self.started.set()
-        try:
-            await asyncio.sleep(self.first_delay)
-            for index in range(self.deltas):
-                if self.fail_with is not None and index == (self.fail_after or 0):
-                    raise self.fail_with
-                if index:
-                    await asyncio.sleep(self.delay)
-                self.deltas_sent += 1
-                yield f" w{index}"
-            yield Usage(estimate_tokens(request.prompt_text), self.deltas)
-        finally:
-            self.closed_at.append(time.monotonic())
-
-    async def aclose(self) -> None:
-        return None
+MIDWAY = "the upstream failed mid-answer"  # TroubledProvider's failure
 
 
 @contextlib.asynccontextmanager
 async def sdk(server: RunningServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    # No retries: a 429 or 5xx must reach the test as the SDK's exception.
-    client = anthropic.AsyncAnthropic(base_url=server.url, api_key="unused", max_retries=0)
+    # No retries: a 429 or 5xx must reach the test as the SDK's exception. A timeout of
+    # our own also keeps the SDK from computing one from `max_tokens` (absent in one test).
+    client = anthropic.AsyncAnthropic(
+        base_url=server.url, api_key="unused", max_retries=0, timeout=30
+    )
     async with client:
         yield client
 
@@ -102,8 +50,15 @@ async def stats(server: RunningServer) -> dict[str, Any]:
     return body
 
 
-def body(**fields: Any) -> dict[str, Any]:
-    return {"model": "scripted", "max_tokens": 1000, "messages": PROMPT, **fields}
+async def read_into(texts: list[str], streaming: Any) -> None:
+    """The text of an SDK stream helper's deltas, as they come."""
+    async with streaming as stream:
+        async for text in stream.text_stream:
+            texts.append(text)
+
+
+def body(model: str, **fields: Any) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 1000, "messages": PROMPT, **fields}
 
 
 # -- answers -------------------------------------------------------------------------
@@ -260,11 +215,11 @@ async def test_a_temperature_in_range_and_a_list_of_blocks_are_taken() -> None:
 
 
 async def test_a_rate_limited_provider_is_a_rate_limit_error_with_retry_after() -> None:
-    provider = ScriptedProvider(fail_with=RateLimited("slow down", retry_after=3))
+    provider = TroubledProvider(before_first=RateLimited("slow down", retry_after=3))
     gateway = gateway_with(provider, settings=NO_RETRIES)
     async with running_server(gateway=gateway) as server, sdk(server) as client:
         with pytest.raises(anthropic.RateLimitError) as caught:
-            await client.messages.create(model="scripted", max_tokens=50, messages=PROMPT)
+            await client.messages.create(model="troubled", max_tokens=50, messages=PROMPT)
     assert caught.value.status_code == 429
     assert caught.value.response.headers["retry-after"] == "3"
     assert caught.value.body["error"]["type"] == "rate_limit_error"
@@ -272,48 +227,39 @@ async def test_a_rate_limited_provider_is_a_rate_limit_error_with_retry_after() 
 
 
 async def test_a_provider_failing_midway_is_a_server_error_when_not_streaming() -> None:
-    provider = ScriptedProvider(delay=0.001, fail_after=2, fail_with=ProviderError("boom"))
+    provider = TroubledProvider(fail_after=2)
     gateway = gateway_with(provider, settings=NO_RETRIES)
     async with running_server(gateway=gateway) as server, sdk(server) as client:
         with pytest.raises(anthropic.InternalServerError) as caught:
-            await client.messages.create(model="scripted", max_tokens=50, messages=PROMPT)
+            await client.messages.create(model="troubled", max_tokens=50, messages=PROMPT)
     assert caught.value.status_code == 502
-    assert caught.value.body == {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+    assert caught.value.body == {"type": "error", "error": {"type": "api_error", "message": MIDWAY}}
 
 
 async def test_a_provider_failing_midway_is_an_error_event_in_a_stream() -> None:
-    provider = ScriptedProvider(delay=0.001, fail_after=2, fail_with=ProviderError("boom"))
+    provider = TroubledProvider(fail_after=2)
     gateway = gateway_with(provider, settings=NO_RETRIES)
     texts: list[str] = []
     async with running_server(gateway=gateway) as server, sdk(server) as client:
+        streaming = client.messages.stream(model="troubled", max_tokens=50, messages=PROMPT)
         with pytest.raises(anthropic.APIStatusError) as caught:
-            async with client.messages.stream(
-                model="scripted", max_tokens=50, messages=PROMPT
-            ) as stream:
-                async for text in stream.text_stream:
-                    texts.append(text)
-    assert texts == [" w0", " w1"]
+            await read_into(texts, streaming)
+    assert len(texts) == 2
     # The SDK raises the base class: the response's status is the stream's 200.
     assert type(caught.value) is anthropic.APIStatusError
     assert caught.value.status_code == 200
-    assert caught.value.body == {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+    assert caught.value.body == {"type": "error", "error": {"type": "api_error", "message": MIDWAY}}
 
 
-async def test_a_rate_limit_after_the_stream_started_is_an_error_event() -> None:
-    provider = ScriptedProvider(fail_with=RateLimited("slow down", retry_after=3))
+async def test_a_rate_limit_before_any_text_is_a_429_even_when_streaming() -> None:
+    # Nothing has been streamed yet, so the status can still say it, as Anthropic's does.
+    provider = TroubledProvider(before_first=RateLimited("slow down", retry_after=3))
     gateway = gateway_with(provider, settings=NO_RETRIES)
     async with running_server(gateway=gateway) as server, httpx.AsyncClient() as http:
-        response = await http.post(server.url + "/v1/messages", json=body(stream=True))
-    assert response.status_code == 200
-    frames = [f for f in response.text.split("\n\n") if f]
-    assert [f.split("\n")[0] for f in frames] == [
-        "event: message_start",
-        "event: content_block_start",
-        "event: ping",
-        "event: error",
-    ]
-    error = json.loads(frames[-1].split("\n")[1].removeprefix("data: "))
-    assert error == {
+        response = await http.post(server.url + "/v1/messages", json=body("troubled", stream=True))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3"
+    assert response.json() == {
         "type": "error",
         "error": {"type": "rate_limit_error", "message": "slow down"},
     }
@@ -323,13 +269,12 @@ async def test_a_rate_limit_after_the_stream_started_is_an_error_event() -> None
 
 
 async def closed_soon_and_counted(
-    server: RunningServer, provider: ScriptedProvider, hung_up: float, seen: int
+    server: RunningServer, provider: WatchedProvider, hung_up: float, seen: int
 ) -> None:
     """The provider's stream closed within a second of the hang-up, the request ended
     as cancelled, and what was streamed before is counted."""
-    await eventually(lambda: provider.closed_at, timeout=3)
+    await asyncio.wait_for(provider.closed.wait(), 3)
     assert provider.closed_at[0] - hung_up < 1.0
-    assert provider.deltas_sent < provider.deltas
 
     async def cancelled_once() -> dict[str, Any]:
         while True:
@@ -346,12 +291,14 @@ async def closed_soon_and_counted(
 
 
 async def test_a_stream_whose_client_leaves_after_the_first_delta_is_cancelled() -> None:
-    provider = ScriptedProvider(delay=0.05)
+    provider = WatchedProvider(tokens=5000, delay_ms=50)  # 250 s unless cancelled
     async with running_server(gateway=gateway_with(provider)) as server:
         seen = 0
         async with (
             httpx.AsyncClient() as http,
-            http.stream("POST", server.url + "/v1/messages", json=body(stream=True)) as response,
+            http.stream(
+                "POST", server.url + "/v1/messages", json=body("watched", stream=True)
+            ) as response,
         ):
             assert response.status_code == 200
             async for line in response.aiter_lines():
@@ -364,25 +311,27 @@ async def test_a_stream_whose_client_leaves_after_the_first_delta_is_cancelled()
 
 
 async def test_a_stream_whose_client_leaves_before_the_first_token_is_cancelled() -> None:
-    provider = ScriptedProvider(first_delay=30)
+    provider = TroubledProvider(wait_first=30)
     async with running_server(gateway=gateway_with(provider)) as server:
-        async with (
-            httpx.AsyncClient() as http,
-            http.stream("POST", server.url + "/v1/messages", json=body(stream=True)) as response,
-        ):
-            async for line in response.aiter_lines():
-                if line == "event: ping":
-                    break
+        async with httpx.AsyncClient() as http:
+            call = asyncio.ensure_future(
+                http.post(server.url + "/v1/messages", json=body("troubled", stream=True))
+            )
+            await eventually(lambda: provider.requests, timeout=5)
+            call.cancel()  # the client hangs up while waiting for the first token
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
         hung_up = time.monotonic()
         await closed_soon_and_counted(server, provider, hung_up, 0)
         assert provider.deltas_sent == 0
 
 
 async def test_a_waiting_client_that_leaves_cancels_its_request() -> None:
-    provider = ScriptedProvider(delay=0.05)
+    provider = WatchedProvider(tokens=5000, delay_ms=50)
     async with running_server(gateway=gateway_with(provider)) as server:
         async with httpx.AsyncClient() as http:
-            waiting = asyncio.create_task(http.post(server.url + "/v1/messages", json=body()))
+            request = http.post(server.url + "/v1/messages", json=body("watched"))
+            waiting = asyncio.create_task(request)
             await eventually(lambda: provider.deltas_sent >= 3, timeout=5)
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -344,3 +344,23 @@ async def test_the_openapi_document_and_the_interactive_docs_are_served() -> Non
         spec["paths"]
     )
     assert docs.status_code == 200
+
+
+async def test_a_streamed_chat_that_fails_before_any_text_is_an_http_error() -> None:
+    limited = TroubledProvider("limited", before_first=RateLimited("slow down", retry_after=2))
+    async with sdk(limited) as (_, client):
+        with pytest.raises(openai.RateLimitError) as throttled:
+            await client.chat.completions.create(model="limited", messages=HI, stream=True)
+    assert throttled.value.response.headers["retry-after"] == "2"
+
+
+async def test_after_a_fallback_the_chunks_name_the_provider_that_answered() -> None:
+    down = TroubledProvider("down", before_first=RateLimited("no", retry_after=0.01))
+    async with sdk(down, WatchedProvider("spare")) as (_, client):
+        chunks = [
+            c
+            async for c in await client.chat.completions.create(
+                model="auto", messages=HI, stream=True
+            )
+        ]
+    assert {c.model for c in chunks if c.choices and c.choices[0].delta.content} == {"spare"}

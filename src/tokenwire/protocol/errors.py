@@ -161,6 +161,12 @@ class RequestTimeout(TokenwireError):
     error_type = "timeout"
 
 
+class RequestCancelled(TokenwireError):
+    """The request was cancelled (from another connection of its user) before it answered."""
+
+    error_type = "request_cancelled"
+
+
 class ShuttingDown(TokenwireError):
     error_type = "shutting_down"
 
@@ -188,6 +194,7 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     ProviderError: 502,
     RequestTimeout: 504,
     ShuttingDown: 503,
+    RequestCancelled: 409,
 }
 
 _CLOSE_CODE: dict[type[TokenwireError], int] = {

@@ -21,8 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message
-from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
-from tokenwire.protocol.errors import UnknownModel
+from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
 from tokenwire.transports.identity import user_of
@@ -34,11 +33,16 @@ from tokenwire.transports.v1.errors import (
 )
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
+    AUTO,
+    SSE_HEADERS,
+    STREAM_RESPONSE,
     Feed,
+    Text,
     cancel_quietly,
     cancelled_on_hangup,
-    error_from,
+    failure_of,
     gateway_of,
+    routing_for,
     start,
     whole,
 )
@@ -48,12 +52,6 @@ router = APIRouter(
     tags=["OpenAI"],
     responses=documented(OpenAIErrorBody),
 )
-
-AUTO = "auto"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}}
-
-Text = Annotated[str, Field(max_length=10_000_000)]
 
 
 class _Body(BaseModel):
@@ -145,13 +143,18 @@ async def list_models(request: Request) -> ModelList:
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+    responses=STREAM_RESPONSE,
 )
 async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
     gateway = gateway_of(request)
     spec = _spec(gateway, body, user_of(request))
     log, feed = await start(gateway, spec)
     if body.stream:
+        # A request that fails before any text answers an HTTP error, as OpenAI does.
+        async with cancelled_on_hangup(request, gateway, log.key):
+            early_end = await feed.until_answer()
+        if early_end is not None and early_end.get("status") != "completed":
+            return openai_error(failure_of(early_end, feed.peeked_error()))
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
             _chunks(gateway, log, feed, include_usage),
@@ -160,16 +163,12 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest) 
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)
-    if error is not None or end.get("status") != "completed":
-        return openai_error(error_from(error or {"error": "the request was cancelled"}))
+    if end.get("status") != "completed":
+        return openai_error(failure_of(end, error))
     return JSONResponse(_completion(log, end, text))
 
 
 def _spec(gateway: Gateway, body: ChatCompletionRequest, user: str) -> RequestSpec:
-    if body.model != AUTO and body.model not in gateway.slots:
-        raise UnknownModel(
-            f"The model `{body.model[:64]}` does not exist; GET /v1/models lists them"
-        )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return RequestSpec(
         user_id=user,
@@ -181,7 +180,7 @@ def _spec(gateway: Gateway, body: ChatCompletionRequest, user: str) -> RequestSp
             top_p=body.top_p,
             stop=stop,
         ),
-        routing=Routing(provider=None if body.model == AUTO else body.model),
+        routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
     )
 
@@ -249,9 +248,13 @@ async def _chunks(
     try:
         async for record in feed:
             kind = record.event_type
-            if kind is EventType.METADATA and not model:
-                model = record.data.get("recommended_provider", "")
-                yield _chunk(log, model, {"role": "assistant", "content": "", "refusal": None})
+            if kind is EventType.METADATA:
+                # A fallback's metadata names the provider that now answers.
+                first = not model
+                model = record.data.get("recommended_provider", model)
+                if first:
+                    role = {"role": "assistant", "content": "", "refusal": None}
+                    yield _chunk(log, model, role)
             elif kind in TEXT_EVENTS:
                 text = record.data.get("token", record.data.get("chunk", ""))
                 yield _chunk(log, model, {"content": text})
@@ -273,8 +276,7 @@ async def _ending(
     include_usage: bool,
 ) -> AsyncIterator[str]:
     if end.get("status") != "completed":
-        failure = error_from(error or {"error": f"the request was {end.get('status')}"})
-        yield f"data: {encode_json(openai_error_body(failure))}\n\n"
+        yield f"data: {encode_json(openai_error_body(failure_of(end, error)))}\n\n"
         return
     yield _chunk(log, model, {}, end.get("finish_reason", "stop"))
     if include_usage:

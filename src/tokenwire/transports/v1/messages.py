@@ -23,30 +23,37 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message, estimate_tokens
-from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
-from tokenwire.protocol.errors import UnknownModel
+from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
 from tokenwire.transports.identity import user_of
-from tokenwire.transports.v1.errors import anthropic_error, anthropic_error_body
+from tokenwire.transports.v1.errors import (
+    AnthropicErrorBody,
+    anthropic_error,
+    anthropic_error_body,
+    documented,
+)
 from tokenwire.transports.v1.route import AnthropicRoute
 from tokenwire.transports.v1.running import (
+    SSE_HEADERS,
+    STREAM_RESPONSE,
     Feed,
+    Text,
     cancel_quietly,
     cancelled_on_hangup,
-    error_from,
+    failure_of,
     gateway_of,
+    routing_for,
     start,
     whole,
 )
 
-router = APIRouter(route_class=AnthropicRoute, tags=["Anthropic"])
+router = APIRouter(
+    route_class=AnthropicRoute,
+    tags=["Anthropic"],
+    responses=documented(AnthropicErrorBody),
+)
 
-AUTO = "auto"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}}
-
-Text = Annotated[str, Field(max_length=10_000_000)]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
 
 
@@ -117,13 +124,18 @@ class AnthropicMessage(BaseModel):
 @router.post(
     "/v1/messages",
     response_model=AnthropicMessage,
-    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+    responses=STREAM_RESPONSE,
 )
 async def create_message(request: Request, body: MessagesRequest) -> Response:
     gateway = gateway_of(request)
     spec = _spec(gateway, body, user_of(request))
     log, feed = await start(gateway, spec)
     if body.stream:
+        # A request that fails before any text answers an HTTP error, as Anthropic does.
+        async with cancelled_on_hangup(request, gateway, log.key):
+            early_end = await feed.until_answer()
+        if early_end is not None and early_end.get("status") != "completed":
+            return anthropic_error(failure_of(early_end, feed.peeked_error()))
         input_tokens = estimate_tokens("\n".join(m.content for m in spec.messages))
         return StreamingResponse(
             _events(gateway, log, feed, input_tokens),
@@ -132,14 +144,12 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)
-    if error is not None or end.get("status") != "completed":
-        return anthropic_error(error_from(error or {"error": "the request was cancelled"}))
+    if end.get("status") != "completed":
+        return anthropic_error(failure_of(end, error))
     return JSONResponse(_message_object(log.key.request_id, end, text))
 
 
 def _spec(gateway: Gateway, body: MessagesRequest, user: str) -> RequestSpec:
-    if body.model != AUTO and body.model not in gateway.slots:
-        raise UnknownModel(f"model: `{body.model[:64]}` does not exist; GET /v1/models lists them")
     system = _text(body.system) if body.system is not None else ""
     messages = [Message(role="system", content=system)] if system else []
     messages += [Message(role=m.role, content=_text(m.content)) for m in body.messages]
@@ -153,7 +163,7 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str) -> RequestSpec:
             top_p=body.top_p,
             stop=tuple(body.stop_sequences or ()),
         ),
-        routing=Routing(provider=None if body.model == AUTO else body.model),
+        routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
     )
 
@@ -194,22 +204,29 @@ async def _events(
     gateway: Gateway, log: EventLog, feed: Feed, input_tokens: int
 ) -> AsyncIterator[str]:
     started = False
+    model = ""
     error: dict[str, Any] | None = None
     try:
         async for record in feed:
             kind = record.event_type
-            if kind is EventType.METADATA and not started:
-                started = True
-                model = str(record.data.get("recommended_provider", ""))
-                for line in _opening(log, model, input_tokens):
-                    yield line
+            if kind is EventType.METADATA:
+                # Named once the answer starts: a fallback before it changes the provider.
+                model = str(record.data.get("recommended_provider", model))
             elif kind in TEXT_EVENTS:
+                if not started:
+                    started = True
+                    for line in _opening(log, model, input_tokens):
+                        yield line
                 text = record.data.get("token", record.data.get("chunk", ""))
                 delta = {"type": "text_delta", "text": text}
                 yield _event("content_block_delta", {"index": 0, "delta": delta})
             elif kind is EventType.ERROR:
                 error = record.data
             elif kind is EventType.STREAM_END:
+                if not started and record.data.get("status") == "completed":
+                    started = True
+                    for line in _opening(log, model, input_tokens):
+                        yield line
                 for line in _ending(record.data, error):
                     yield line
     finally:
@@ -237,7 +254,7 @@ def _opening(log: EventLog, model: str, input_tokens: int) -> list[str]:
 
 def _ending(end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
     if end.get("status") != "completed":
-        failure = error_from(error or {"error": f"the request was {end.get('status')}"})
+        failure = failure_of(end, error)
         return [f"event: error\ndata: {encode_json(anthropic_error_body(failure))}\n\n"]
     usage = _usage(end)
     return [

@@ -21,12 +21,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message
-from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec, Routing
-from tokenwire.protocol.errors import InvalidRequest, UnknownModel, UnknownRequest
+from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
+from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
 from tokenwire.protocol.messages import Granularity, valid_request_id
 from tokenwire.transports.identity import user_of
-from tokenwire.transports.v1.chat import AUTO, SSE_HEADERS, STREAM_RESPONSE, Text
 from tokenwire.transports.v1.errors import (
     OpenAIErrorBody,
     documented,
@@ -36,11 +35,15 @@ from tokenwire.transports.v1.errors import (
 from tokenwire.transports.v1.response_events import ResponseStream, replayed
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
+    SSE_HEADERS,
+    STREAM_RESPONSE,
     Feed,
+    Text,
     cancel_quietly,
     cancelled_on_hangup,
-    error_from,
+    failure_of,
     gateway_of,
+    routing_for,
 )
 
 router = APIRouter(
@@ -111,7 +114,7 @@ class ResponseObject(BaseModel):
 @router.post(
     "/v1/responses",
     response_model=ResponseObject,
-    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+    responses=STREAM_RESPONSE,
 )
 async def create_response(request: Request, body: ResponseCreateRequest) -> Response:
     gateway = gateway_of(request)
@@ -131,19 +134,22 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     async with cancelled_on_hangup(request, gateway, log.key):
         error: dict[str, Any] | None = None
+        end: dict[str, Any] = {}
         async for record in feed:
             stream.feed(record)
             if record.event_type.value == "error":
                 error = record.data
+            elif record.event_type.value == "stream_end":
+                end = record.data
     if stream.status in ("failed", "cancelled"):
-        return openai_error(error_from(error or {"error": f"the response was {stream.status}"}))
+        return openai_error(failure_of(end, error))
     return JSONResponse(stream.response())
 
 
 @router.get(
     "/v1/responses/{response_id}",
     response_model=ResponseObject,
-    responses=STREAM_RESPONSE,  # type: ignore[arg-type]
+    responses=STREAM_RESPONSE,
 )
 async def retrieve_response(
     request: Request,
@@ -180,10 +186,6 @@ async def cancel_response(request: Request, response_id: str) -> Response:
 
 
 def _spec(gateway: Gateway, body: ResponseCreateRequest, user: str) -> RequestSpec:
-    if body.model != AUTO and body.model not in gateway.slots:
-        raise UnknownModel(
-            f"The model `{body.model[:64]}` does not exist; GET /v1/models lists them"
-        )
     request_id = f"resp_{uuid.uuid4().hex}"
     return RequestSpec(
         user_id=user,
@@ -195,7 +197,7 @@ def _spec(gateway: Gateway, body: ResponseCreateRequest, user: str) -> RequestSp
         generation=Generation(
             max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p
         ),
-        routing=Routing(provider=None if body.model == AUTO else body.model),
+        routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
     )
 

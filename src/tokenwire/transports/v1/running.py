@@ -14,20 +14,38 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
+from pydantic import Field
 from starlette.requests import Request
 
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.spec import RequestKey, RequestSpec
-from tokenwire.protocol.errors import TokenwireError, UnknownRequest, error_for
-from tokenwire.protocol.events import EventType
+from tokenwire.core.spec import RequestKey, RequestSpec, Routing
+from tokenwire.protocol.errors import (
+    RequestCancelled,
+    ShuttingDown,
+    TokenwireError,
+    UnknownModel,
+    UnknownRequest,
+    error_for,
+)
+from tokenwire.protocol.events import TEXT_EVENTS, EventType
 
 CLIENT_LEFT = "client went away"
+AUTO = "auto"
+"""The `model` that lets the router choose."""
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}
+}
+Text = Annotated[str, Field(max_length=10_000_000)]
 
 
 class Feed:
     """A request's records, in order, for one HTTP response (a log subscriber).
+
+    `until_answer` reads ahead: what it read comes back first when the feed is iterated.
 
     Bounded: records past `max_pending` not yet taken mean the client does not
     read; the feed then ends (`overflowed`) and the caller treats it as gone."""
@@ -38,6 +56,8 @@ class Feed:
         self._max_pending = max_pending
         self.ended = False
         self.overflowed = False
+        self._peeked: list[Record] = []
+        self._ends_seen = False
 
     def deliver(self, record: Record) -> None:
         if self.overflowed:
@@ -51,7 +71,38 @@ class Feed:
     def __aiter__(self) -> AsyncIterator[Record]:
         return self._iterate()
 
+    async def until_answer(self) -> dict[str, Any] | None:
+        """Read ahead to the answer's first text, or its end: the end's data if the request
+        ended before any text, else None. Lets a dialect answer an HTTP error status for
+        a request that failed before anything was streamed, as the real APIs do."""
+        async for record in self._live():
+            self._peeked.append(record)
+            if record.event_type in TEXT_EVENTS:
+                return None
+            if record.event_type is EventType.STREAM_END:
+                return record.data
+        return None
+
+    def peeked_error(self) -> dict[str, Any] | None:
+        """The error event among the records read ahead, if there is one."""
+        for record in self._peeked:
+            if record.event_type is EventType.ERROR:
+                return record.data
+        return None
+
     async def _iterate(self) -> AsyncIterator[Record]:
+        peeked, self._peeked = self._peeked, []
+        for record in peeked:
+            yield record
+            if record.event_type is EventType.STREAM_END:
+                self.ended = True
+                return
+        async for record in self._live():
+            yield record
+        if self._ends_seen:
+            self.ended = True
+
+    async def _live(self) -> AsyncIterator[Record]:
         while True:
             while not self._records:
                 if self.overflowed:
@@ -61,8 +112,26 @@ class Feed:
             record = self._records.popleft()
             yield record
             if record.event_type is EventType.STREAM_END:
-                self.ended = True
+                self._ends_seen = True
                 return
+
+
+def routing_for(gateway: Gateway, model: str) -> Routing:
+    """A dialect's `model`: a provider's name, or `auto`; anything else is a 404."""
+    if model == AUTO:
+        return Routing()
+    if model not in gateway.slots:
+        raise UnknownModel(f"The model `{model[:64]}` does not exist; GET /v1/models lists them")
+    return Routing(provider=model)
+
+
+def failure_of(end: dict[str, Any], error: dict[str, Any] | None) -> TokenwireError:
+    """Why a request ended without its answer: its error event's error, or its cancel."""
+    if error is not None:
+        return error_from(error)
+    if end.get("reason") == "shutdown":
+        return ShuttingDown("the server is shutting down")
+    return RequestCancelled(f"the request was cancelled ({end.get('reason') or 'no reason'})")
 
 
 def gateway_of(request: Request) -> Gateway:
