@@ -364,3 +364,54 @@ async def test_after_a_fallback_the_chunks_name_the_provider_that_answered() -> 
             )
         ]
     assert {c.model for c in chunks if c.choices and c.choices[0].delta.content} == {"spare"}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_foreground_response_whose_client_leaves_before_the_first_token_is_cancelled(
+    stream: bool,
+) -> None:
+    provider = TroubledProvider("slow", wait_first=30)
+    async with sdk(provider) as (server, _), httpx.AsyncClient() as http:
+        body = {"model": "slow", "input": "hi", "stream": stream}
+        call = asyncio.ensure_future(http.post(server.url + "/v1/responses", json=body))
+        await eventually(lambda: provider.requests, 2)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(provider.closed.wait(), 1)
+        await eventually(lambda: server.gateway.running == 0, 1)
+
+
+async def test_a_client_waiting_for_a_whole_response_that_leaves_cancels_it() -> None:
+    provider = WatchedProvider(tokens=5000, delay_ms=5)
+    async with sdk(provider) as (server, _), httpx.AsyncClient() as http:
+        call = asyncio.ensure_future(
+            http.post(server.url + "/v1/responses", json={"model": "watched", "input": "hi"})
+        )
+        await eventually(lambda: provider.deltas_sent > 10, 3)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(provider.closed.wait(), 1)
+        await eventually(lambda: server.gateway.running == 0, 1)
+        counted = (await stats(server))["providers"]["watched"]
+    assert counted["cancelled"] == 1
+    assert counted["completion_tokens"] > 10
+
+
+async def test_a_background_response_runs_on_when_its_only_client_leaves() -> None:
+    provider = WatchedProvider(tokens=40, delay_ms=5)
+    async with sdk(provider) as (server, client):
+        stream = await client.responses.create(
+            model="watched", input="hi", stream=True, background=True
+        )
+        response_id = ""
+        async for event in stream:
+            if event.type == "response.created":
+                response_id = event.response.id
+                break
+        await stream.close()
+        await eventually(lambda: server.gateway.running == 0, 5)
+        final = await client.responses.retrieve(response_id)
+    assert final.status == "completed"
+    assert len(final.output_text.split()) == 40
