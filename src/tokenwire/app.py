@@ -6,6 +6,7 @@ settings model; this module reads the settings once and hands them down.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from tokenwire import __version__
@@ -21,14 +23,26 @@ from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
+from tokenwire.protocol.errors import TokenwireError
 from tokenwire.providers.registry import build_provider
 from tokenwire.routing.classify import load_classifier
 from tokenwire.routing.health import HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
-from tokenwire.settings import ConfigError, ProviderSettings, Settings
+from tokenwire.security.access import AccessPolicy, networks, normalized_origins
+from tokenwire.security.auth import (
+    ApiKeyAuthenticator,
+    Authenticator,
+    JwtAuthenticator,
+    NoAuthenticator,
+)
+from tokenwire.security.limits import AddressThrottle, Connections, LimitPolicy, Quotas
+from tokenwire.security.middleware import AccessMiddleware
+from tokenwire.settings import AuthSettings, ConfigError, ProviderSettings, Settings
 from tokenwire.transports import http, sse, websocket
+from tokenwire.transports.uvicorn_http import head_timeout_protocol
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 from tokenwire.transports.v1 import chat, messages, responses
+from tokenwire.transports.v1.errors import anthropic_error, openai_error
 
 
 def provider_profile(settings: ProviderSettings) -> ProviderProfile:
@@ -106,8 +120,78 @@ def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gatewa
         ),
         classifier,
     )
-    gateway = Gateway(gateway_config(settings), slots, router, logs, conversations, health)
-    return gateway
+    return Gateway(
+        gateway_config(settings),
+        slots,
+        router,
+        logs,
+        conversations,
+        health,
+        admission=Quotas(limit_policy(settings)),
+    )
+
+
+def limit_policy(settings: Settings) -> LimitPolicy:
+    limits = settings.limits
+    return LimitPolicy(
+        max_prompt_chars=limits.max_prompt_chars,
+        max_tokens_cap=limits.max_tokens_cap,
+        max_streams_per_user=limits.max_streams_per_user,
+        requests_per_minute_per_user=limits.requests_per_minute_per_user,
+        tokens_per_minute_per_user=limits.tokens_per_minute_per_user,
+        budget_usd_per_user_per_day=limits.budget_usd_per_user_per_day,
+        max_connections=limits.max_connections,
+        max_connections_per_user=limits.max_connections_per_user,
+        handshakes_per_minute_per_address=limits.handshakes_per_minute_per_address,
+        auth_failures_per_minute_per_address=limits.auth_failures_per_minute_per_address,
+    )
+
+
+def authenticator_for(auth: AuthSettings, environ: Mapping[str, str]) -> Authenticator:
+    """The configured authenticator; a missing secret or unreadable key stops start-up."""
+    try:
+        if auth.mode == "api_key":
+            if not auth.api_keys_env:
+                raise ValueError("auth.api_keys_env: required when auth.mode is 'api_key'")
+            return ApiKeyAuthenticator.from_environment(auth.api_keys_env, environ)
+        if auth.mode == "jwt":
+            return JwtAuthenticator.from_settings(
+                secret_env=auth.jwt_secret_env,
+                public_key_file=auth.jwt_public_key_file,
+                jwks_file=auth.jwks_file,
+                audience=auth.jwt_audience,
+                issuer=auth.jwt_issuer,
+                environ=environ,
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return NoAuthenticator()
+
+
+def access_policy(settings: Settings, environ: Mapping[str, str] | None = None) -> AccessPolicy:
+    auth, limits = settings.auth, limit_policy(settings)
+    try:
+        proxies = networks(settings.server.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"server.trusted_proxies: {exc}") from None
+    return AccessPolicy(
+        authenticator=authenticator_for(auth, os.environ if environ is None else environ),
+        allowed_origins=normalized_origins(auth.allowed_origins),
+        admin_users=frozenset(auth.admin_users),
+        metrics_public=auth.metrics_public,
+        trusted_proxies=proxies,
+        throttle=AddressThrottle(limits),
+        connections=Connections(limits),
+    )
+
+
+def refusal(path: str, error: TokenwireError) -> Response:
+    """A refused HTTP call, in the error shape of the API it called."""
+    if path.startswith("/v1/messages"):
+        return anthropic_error(error)
+    if path.startswith("/v1/"):
+        return openai_error(error)
+    return http.error_response(error)
 
 
 def websocket_limits(settings: Settings) -> websocket.WebSocketLimits:
@@ -116,11 +200,20 @@ def websocket_limits(settings: Settings) -> websocket.WebSocketLimits:
         max_message_bytes=limits.max_message_bytes,
         max_send_buffer_bytes=limits.max_send_buffer_bytes,
         close_timeout=limits.close_timeout_seconds,
+        max_streams=limits.max_streams_per_connection,
+        max_preferences_bytes=limits.max_preferences_bytes,
+        idle_timeout=limits.idle_timeout_seconds,
     )
 
 
-def build_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
-    """The app; pass a gateway to share it with the server (for a graceful SIGTERM)."""
+def build_app(
+    settings: Settings,
+    gateway: Gateway | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The app; pass a gateway to share it with the server (for a graceful SIGTERM), and
+    `environ` to read secrets from somewhere other than the process's environment."""
+    access = access_policy(settings, environ)
     gw = gateway or build_gateway(settings)
 
     @asynccontextmanager
@@ -156,6 +249,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(responses.router)
     app.include_router(messages.router)
+    app.add_middleware(AccessMiddleware, policy=access, render=refusal)
+    app.state.access = access
     app.state.gateway = gw
     app.state.ws_limits = websocket_limits(settings)
     app.state.sse = sse.SseSettings(
@@ -190,6 +285,9 @@ def uvicorn_config(settings: Settings, app: FastAPI, host: str, port: int) -> uv
         host=host,
         port=port,
         ws=TokenwireWebSocketProtocol,
+        http=head_timeout_protocol(settings.limits.handshake_timeout_seconds),
+        ws_ping_interval=settings.limits.ping_interval_seconds,
+        ws_ping_timeout=settings.limits.ping_timeout_seconds,
         # The app enforces the message limit itself, after reading the whole frame, so
         # that the client sees a clean 1009 close instead of a reset mid-send;
         # uvicorn's cap only bounds what a single frame may make it buffer.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
+import ipaddress
 import signal
 import socket
 import sys
@@ -91,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
         help="with --provider: the environment variable that holds the provider's key",
     )
     serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help='allow [auth] mode = "none" on an address other than loopback '
+        "(anyone who reaches the port can then spend on the providers)",
+    )
     return root
 
 
@@ -146,9 +153,40 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def serve(settings: Settings) -> int:
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, insecure: bool) -> None:
+    """Authentication off is for loopback; elsewhere only when asked for, loudly."""
+    if settings.auth.mode != "none" or is_loopback(settings.server.host):
+        return
+    if not insecure:
+        raise ConfigError(
+            f"auth.mode is 'none' and the server would listen on {settings.server.host}: "
+            "anyone who reaches it could use every provider as any user. Set [auth] mode "
+            "(docs/security.md), listen on 127.0.0.1, or pass --insecure to do it anyway"
+        )
+    structlog.get_logger("tokenwire").warning(
+        "AUTHENTICATION IS OFF on a non-loopback address (--insecure): anyone who reaches "
+        "this port can use every provider as any user",
+        host=settings.server.host,
+    )
+
+
+def serve(settings: Settings, insecure: bool = False) -> int:
     configure_logging(settings.logging)
     log = structlog.get_logger("tokenwire")
+    try:
+        check_exposure(settings, insecure)
+    except ConfigError as exc:
+        print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         sock = listening_socket(settings.server.host, settings.server.port)
     except CannotListen as exc:
@@ -156,12 +194,13 @@ def serve(settings: Settings) -> int:
         return 1
     try:
         gateway = build_gateway(settings)
+        app = build_app(settings, gateway)
     except ConfigError as exc:
         sock.close()
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    config = uvicorn_config(settings, build_app(settings, gateway), host, port)
+    config = uvicorn_config(settings, app, host, port)
 
     def announce() -> None:
         log.info(
@@ -169,6 +208,7 @@ def serve(settings: Settings) -> int:
             url=f"http://{host}:{port}",
             providers=[p.name for p in settings.providers],
             default_provider=settings.default_provider,
+            auth=settings.auth.mode,
         )
 
     tune_garbage_collector()
@@ -199,5 +239,5 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
             return 2
-        return serve(settings)
+        return serve(settings, insecure=args.insecure)
     return 2

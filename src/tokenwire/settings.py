@@ -50,6 +50,8 @@ class ServerSettings(_Table):
     ws_per_message_deflate: bool = False
     # How long SIGTERM waits for streams to end and sockets to close before exiting.
     shutdown_grace_seconds: Positive = 5.0
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
 
 class StreamSettings(_Table):
@@ -122,7 +124,7 @@ class RoutingSettings(_Table):
 
 
 class AuthSettings(_Table):
-    mode: Literal["none"] = "none"
+    mode: Literal["none", "api_key", "jwt"] = "none"
     jwt_secret_env: str | None = None
     jwt_public_key_file: str | None = None
     jwks_file: str | None = None
@@ -142,6 +144,25 @@ class LimitsSettings(_Table):
     # How long a client has to complete a close the server started before its
     # connection is cut (and its socket and buffers released).
     close_timeout_seconds: Positive = 30.0
+    # Protective limits: finite by default.
+    max_prompt_chars: Annotated[int, Field(ge=1)] = 200_000
+    max_streams_per_connection: Annotated[int, Field(ge=1)] = 16
+    max_streams_per_user: Annotated[int, Field(ge=1)] = 64
+    max_connections_per_user: Annotated[int, Field(ge=1)] = 32
+    max_connections: Annotated[int, Field(ge=1)] = 10_000
+    max_preferences_bytes: Annotated[int, Field(ge=256, le=1 * MiB)] = 16 * 1024
+    handshakes_per_minute_per_address: Annotated[int, Field(ge=1)] = 600
+    auth_failures_per_minute_per_address: Annotated[int, Field(ge=1)] = 30
+    handshake_timeout_seconds: Positive = 10.0
+    # A WebSocket with no message from its client and no stream running is closed (1001).
+    idle_timeout_seconds: Positive = 600.0
+    ping_interval_seconds: Positive = 20.0
+    ping_timeout_seconds: Positive = 20.0
+    # Metering limits: off (0) until the operator sets them.
+    max_tokens_cap: Annotated[int, Field(ge=0)] = 0
+    requests_per_minute_per_user: Annotated[int, Field(ge=0)] = 0
+    tokens_per_minute_per_user: Annotated[int, Field(ge=0)] = 0
+    budget_usd_per_user_per_day: NonNegative = 0.0
 
 
 class RedisSettings(_Table):

@@ -15,6 +15,7 @@ from tests.support.server import (
     WsClient,
     gateway_with,
     running_server,
+    simulated_settings,
     ws_client,
 )
 
@@ -43,7 +44,12 @@ async def admin_views_answer(server: RunningServer) -> None:
 
 async def test_a_hundred_request_and_cancel_pairs_back_to_back_each_end_exactly_once() -> None:
     provider = WatchedProvider()
-    async with running_server(gateway=gateway_with(provider)) as server, ws_client(server) as c:
+    # Cancelled streams still count until they end: room for all of them.
+    settings = simulated_settings(
+        limits={"max_streams_per_connection": 100, "max_streams_per_user": 100}
+    )
+    gateway = gateway_with(provider, settings=settings)
+    async with running_server(settings, gateway) as server, ws_client(server) as c:
         ids = [f"pair-{n}" for n in range(100)]
         for rid in ids:
             await c.send(

@@ -86,7 +86,8 @@ async def test_a_cancel_right_behind_its_request_ends_it_with_exactly_one_stream
 
 async def test_a_hundred_immediate_cancels_leave_nothing_running_or_counted() -> None:
     provider = WatchedProvider()
-    gateway = gateway_with(provider)
+    settings = simulated_settings(limits={"max_streams_per_user": 100})
+    gateway = gateway_with(provider, settings=settings)
     inboxes = []
     for n in range(100):
         inboxes.append(await started(gateway, ask("x" * 10_000, request_id=f"r{n}", options=SLOW)))

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from tokenwire.core.admission import Admission, AdmitAll
 from tokenwire.core.conversations import ConversationStore
 from tokenwire.core.eventlog import EventLog, LogStore, Subscriber
 from tokenwire.core.hydration import compacted
@@ -75,9 +76,11 @@ class Gateway:
         logs: LogStore,
         conversations: ConversationStore,
         observer: AttemptObserver | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.observer = observer or NoObserver()
+        self.admission = admission or AdmitAll()
         self.slots = dict(slots)
         self.router = router
         self.logs = logs
@@ -218,9 +221,17 @@ class Gateway:
         key = spec.key
         self._reserve(key)
         try:
-            return await self._start(spec, key, follower)
+            spec = await self.admission.admit(spec)
         except TokenwireError as exc:
+            self._starting.discard(key)
             exc.request_id = exc.request_id or key.request_id
+            raise
+        try:
+            return await self._start(spec, key, follower)
+        except BaseException as exc:
+            self.admission.release(spec, None)
+            if isinstance(exc, TokenwireError):
+                exc.request_id = exc.request_id or key.request_id
             raise
         finally:
             self._starting.discard(key)
@@ -310,6 +321,7 @@ class Gateway:
                 if session is not None:
                     session.unfollow(key.request_id)
         self.stats.stream_ended(outcome)
+        self.admission.release(run.spec, outcome)
         self._log_end(run, outcome)
         if outcome.status is StreamStatus.COMPLETED and run.spec.conversation_id is not None:
             await self._remember_turn(run)

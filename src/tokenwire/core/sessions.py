@@ -66,13 +66,15 @@ class Session:
             self.state = SessionState.IDLE
         self.touch()
 
-    def update_preferences(self, changes: dict[str, Any]) -> dict[str, Any]:
+    def update_preferences(
+        self, changes: dict[str, Any], max_bytes: int = MAX_PREFERENCE_BYTES
+    ) -> dict[str, Any]:
         """Merge `changes` in; refused whole if the result would pass the bounds."""
         merged = {**self.preferences, **changes}
-        if len(merged) > MAX_PREFERENCE_KEYS or len(encode_json(merged)) > MAX_PREFERENCE_BYTES:
+        if len(merged) > MAX_PREFERENCE_KEYS or len(encode_json(merged)) > max_bytes:
             raise InvalidMessage(
                 f"preferences: at most {MAX_PREFERENCE_KEYS} keys and "
-                f"{MAX_PREFERENCE_BYTES} bytes of JSON in all"
+                f"{max_bytes} bytes of JSON in all"
             )
         self.preferences = merged
         self.touch()

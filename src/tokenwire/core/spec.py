@@ -65,6 +65,8 @@ class RequestSpec:
     timeout: float | None = None  # None: the server's default
     origin: str | None = None
     """The session that started the request, where there is one (shown in its events)."""
+    client: str | None = None
+    """The caller's network address, for audit lines."""
     prompt_length: int | None = None  # None: the length of the new turns' text
     history_from: str | None = None
     """Another conversation of the user's to continue from (its turns come first and

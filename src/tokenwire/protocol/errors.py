@@ -7,6 +7,7 @@ WebSocket close code is decided here and nowhere else.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tokenwire.protocol.events import encode_json
@@ -171,6 +172,53 @@ class ShuttingDown(TokenwireError):
     error_type = "shutting_down"
 
 
+class AuthenticationFailed(TokenwireError):
+    """A credential is missing, malformed, expired or not ours (never says which secret)."""
+
+    error_type = "authentication_failed"
+
+
+class Forbidden(TokenwireError):
+    """Known caller, not allowed here: an origin not allowed, an admin view for a non-admin."""
+
+    error_type = "forbidden"
+
+
+class PromptTooLong(TokenwireError):
+    error_type = "prompt_too_long"
+
+
+class TooManyStreams(TokenwireError):
+    """Past `max_streams_per_connection` or `max_streams_per_user`."""
+
+    error_type = "too_many_streams"
+
+
+class TooManyConnections(TokenwireError):
+    """Past `max_connections` or `max_connections_per_user`, or too many handshakes."""
+
+    error_type = "too_many_connections"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.retry_after is None else {"retry_after": round(self.retry_after, 3)}
+
+
+class RequestRateLimited(TooManyConnections):
+    """The caller's own request or token rate (not a provider's)."""
+
+    error_type = "rate_limited"
+
+
+class BudgetExceeded(TooManyConnections):
+    """The caller's spend today reached `budget_usd_per_user_per_day`."""
+
+    error_type = "budget_exceeded"
+
+
 class InternalError(TokenwireError):
     """A defect in tokenwire itself; the message never carries internals."""
 
@@ -195,9 +243,17 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     RequestTimeout: 504,
     ShuttingDown: 503,
     RequestCancelled: 409,
+    AuthenticationFailed: 401,
+    Forbidden: 403,
+    PromptTooLong: 413,
+    TooManyStreams: 429,
+    TooManyConnections: 429,
 }
 
 _CLOSE_CODE: dict[type[TokenwireError], int] = {
+    AuthenticationFailed: 1008,
+    Forbidden: 1008,
+    TooManyConnections: 1013,
     InvalidText: 1007,
     MessageTooLarge: 1009,
     SendBufferOverflow: 1013,
@@ -222,6 +278,15 @@ def http_status(error: TokenwireError) -> int:
     return 500
 
 
+def retry_after_header(error: TokenwireError) -> dict[str, str]:
+    """`retry-after` for an HTTP answer to an error that has a `retry_after`, in whole
+    seconds (rounded up: a client that waits that long finds room)."""
+    seconds = getattr(error, "retry_after", None)
+    if seconds is None:
+        return {}
+    return {"retry-after": str(max(1, math.ceil(seconds)))}
+
+
 def close_code(error: TokenwireError) -> int:
     """The WebSocket close code for an error that ends a connection."""
     for cls in type(error).__mro__:
@@ -243,7 +308,7 @@ def _error_classes() -> dict[str, type[TokenwireError]]:
 def error_for(error_type: str, message: str, retry_after: float | None = None) -> TokenwireError:
     """The error of wire type `error_type` (as an `error` event describes it)."""
     cls = _error_classes().get(error_type, InternalError)
-    if issubclass(cls, RateLimited | ProviderUnavailable):
+    if issubclass(cls, RateLimited | ProviderUnavailable | TooManyConnections):
         return cls(message, retry_after)
     error = cls(message)
     if retry_after is not None:

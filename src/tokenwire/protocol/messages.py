@@ -42,6 +42,8 @@ MAX_TOKENS_LIMIT = 1_000_000
 MAX_TIMEOUT_SECONDS = 3600.0
 MAX_PROGRESS_EVERY = 1_000_000
 MAX_COST_LIMIT_USD = 1_000_000.0
+# A credential in an `authenticate` message (longer ones are refused by the auth module too).
+MAX_TOKEN_CHARS = 8 * 1024
 
 
 class RoutingStrategy(StrEnum):
@@ -153,7 +155,16 @@ class Ping(_Strict):
     timestamp: float | Annotated[str, Field(max_length=64)] | None = None
 
 
-ClientMessage = AiRequest | CancelRequest | Resume | ListRequests | UpdatePreferences | Ping
+class Authenticate(_Strict):
+    """A fresh credential for an open connection, before the one it opened with expires."""
+
+    type: Literal["authenticate"]
+    token: Annotated[str, Field(min_length=1, max_length=MAX_TOKEN_CHARS)]
+
+
+ClientMessage = (
+    AiRequest | CancelRequest | Resume | ListRequests | UpdatePreferences | Ping | Authenticate
+)
 
 _MESSAGE_TYPES: dict[str, type[ClientMessage]] = {
     "ai_request": AiRequest,
@@ -162,6 +173,7 @@ _MESSAGE_TYPES: dict[str, type[ClientMessage]] = {
     "list_requests": ListRequests,
     "update_preferences": UpdatePreferences,
     "ping": Ping,
+    "authenticate": Authenticate,
 }
 
 # Content errors in these are the request's fault; in the others the message is malformed.

@@ -7,6 +7,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.stats import sessions_snapshot
+from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_header
 
 ENDPOINTS = {
     "/ws/ai-stream": "WebSocket: the streaming protocol (docs/protocol.md)",
@@ -18,6 +19,14 @@ ENDPOINTS = {
     "/api/streams": "Server-Sent Events: POST to start a request, GET to list yours",
     "/api/streams/{id}/events": "Server-Sent Events: re-attach after Last-Event-ID",
 }
+
+
+def error_response(error: TokenwireError) -> JSONResponse:
+    """An error in tokenwire's own HTTP shape (the SSE and admin endpoints)."""
+    body = {"error": {"type": error.error_type, "message": error.message, **error.details()}}
+    if error.request_id is not None:
+        body["error"]["request_id"] = error.request_id
+    return JSONResponse(body, status_code=http_status(error), headers=retry_after_header(error))
 
 
 def _gateway(request: Request) -> Gateway:

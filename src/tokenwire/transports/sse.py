@@ -13,32 +13,40 @@ for the resume grace, like a lost WebSocket.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import (
+    AuthenticationFailed,
     InvalidRequest,
     MessageTooLarge,
     TokenwireError,
-    http_status,
+    error_payload,
 )
-from tokenwire.protocol.events import EventType
+from tokenwire.protocol.events import EventType, encode_event
 from tokenwire.protocol.messages import (
     AiRequest,
     decode_json,
     parse_message_object,
     valid_request_id,
 )
+from tokenwire.security.access import AccessPolicy
+from tokenwire.security.audit import audit
+from tokenwire.security.middleware import identity_of
 from tokenwire.transports.frames import sse_event
-from tokenwire.transports.identity import user_of
+from tokenwire.transports.http import error_response
+from tokenwire.transports.identity import client_of, user_of, with_client
 from tokenwire.transports.outbox import Outbox
 from tokenwire.transports.requests import spec_from_ai_request
 
@@ -91,26 +99,24 @@ def _settings(request: Request) -> SseSettings:
     return settings
 
 
-def error_response(error: TokenwireError) -> JSONResponse:
-    body = {"error": {"type": error.error_type, "message": error.message, **error.details()}}
-    if error.request_id is not None:
-        body["error"]["request_id"] = error.request_id
-    return JSONResponse(body, status_code=http_status(error))
-
-
 async def start_stream(request: Request) -> Response:
     gateway, settings = _gateway(request), _settings(request)
     try:
         message = await _ai_request(request, settings.max_body_bytes)
-        spec = spec_from_ai_request(message, user_of(request), origin=None)
+        spec = with_client(spec_from_ai_request(message, user_of(request), origin=None), request)
+        hold = _hold(request)
+    except TokenwireError as exc:
+        return error_response(exc)
+    try:
         follower = _Follower(gateway, settings.max_buffer_bytes)
         log = await gateway.start(spec)
     except TokenwireError as exc:
+        hold.release()
         return error_response(exc)
     gateway.add_follower(log.key, follower.id)
     follower.log = log
     log.subscribe(follower)
-    return _event_stream(follower, log, settings)
+    return _event_stream(follower, log, settings, hold)
 
 
 async def attach_stream(request: Request) -> Response:
@@ -119,12 +125,17 @@ async def attach_stream(request: Request) -> Response:
         key = _key(request)
         after = _last_event_id(request)
         compact = request.query_params.get("compact") in ("1", "true")
+        hold = _hold(request)
+    except TokenwireError as exc:
+        return error_response(exc)
+    try:
         follower = _Follower(gateway, settings.max_buffer_bytes)
         log = await gateway.resume(key, follower, after, compact=compact, follower=follower.id)
     except TokenwireError as exc:
+        hold.release()
         return error_response(exc)
     follower.log = log
-    return _event_stream(follower, log, settings)
+    return _event_stream(follower, log, settings, hold)
 
 
 async def cancel_stream(request: Request) -> Response:
@@ -144,9 +155,56 @@ async def list_streams(request: Request) -> Response:
 # -- internals ----------------------------------------------------------------
 
 
-def _event_stream(follower: _Follower, log: EventLog, settings: SseSettings) -> StreamingResponse:
-    return StreamingResponse(
-        _events(follower, settings.heartbeat_seconds),
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """What an open event stream holds: a connection slot (`release` gives it back),
+    until its credential's expiry at the latest."""
+
+    release: Callable[[], None]
+    expires_at: float | None
+    user: str
+    client: str | None
+
+
+def _hold(request: Request) -> _Hold:
+    access: AccessPolicy | None = getattr(request.app.state, "access", None)
+    identity = identity_of(request.scope)
+    user, client = user_of(request), client_of(request)
+    release = _nothing
+    if access is not None and access.connections is not None:
+        release = access.connections.open(user, client)
+    expires_at = identity.expires_at if identity is not None else None
+    return _Hold(release, expires_at, user, client)
+
+
+def _nothing() -> None:
+    return None
+
+
+class _EventStream(StreamingResponse):
+    """Gives back what the stream holds however it ends, even before its first event."""
+
+    def __init__(self, follower: _Follower, hold: _Hold, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._follower = follower
+        self._hold = hold
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Ended before its stream_end: the client went away (the request gets the grace).
+            self._follower.leave(lost=True)
+            self._hold.release()
+
+
+def _event_stream(
+    follower: _Follower, log: EventLog, settings: SseSettings, hold: _Hold
+) -> StreamingResponse:
+    return _EventStream(
+        follower,
+        hold,
+        _events(follower, log.key.request_id, settings.heartbeat_seconds, hold),
         media_type="text/event-stream",
         headers={
             "cache-control": "no-cache",
@@ -156,15 +214,31 @@ def _event_stream(follower: _Follower, log: EventLog, settings: SseSettings) -> 
     )
 
 
-async def _events(follower: _Follower, heartbeat: float) -> AsyncIterator[str]:
+async def _events(
+    follower: _Follower, request_id: str, heartbeat: float, hold: _Hold
+) -> AsyncIterator[str]:
     take = follower.outbox.take
     first = True
     try:
         while True:
+            wait = heartbeat
+            if hold.expires_at is not None:
+                left = hold.expires_at - time.time()
+                if left <= 0:
+                    audit(
+                        "credential expired",
+                        reason="event stream ended",
+                        user=hold.user,
+                        client=hold.client,
+                    )
+                    yield _expired_event(request_id)
+                    return
+                wait = min(wait, left)
             try:
-                frame = await asyncio.wait_for(take(), heartbeat)
+                frame = await asyncio.wait_for(take(), wait)
             except TimeoutError:
-                yield ": heartbeat\n\n"
+                if hold.expires_at is None or time.time() < hold.expires_at:
+                    yield ": heartbeat\n\n"
                 continue
             if frame is None:
                 return
@@ -175,8 +249,17 @@ async def _events(follower: _Follower, heartbeat: float) -> AsyncIterator[str]:
                 first = False
             yield frame
     finally:
-        # Ended before its stream_end: the client went away (the request gets the grace).
         follower.leave(lost=True)
+
+
+def _expired_event(request_id: str) -> str:
+    """An `error` event outside the request's log (no `id:`, so that `Last-Event-ID`
+    still names the last event of the request the client received)."""
+    error = AuthenticationFailed("the credential expired: re-attach with a fresh one")
+    data = encode_event(
+        EventType.ERROR, error_payload(error, request_id), time.time(), None, request_id
+    )
+    return f"event: error\ndata: {data}\n\n"
 
 
 async def _ai_request(request: Request, limit: int) -> AiRequest:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import structlog
 from starlette.websockets import WebSocket
@@ -26,16 +27,19 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.sessions import Session, SessionState
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import (
+    AuthenticationFailed,
     InternalError,
     MessageTooLarge,
     SendBufferOverflow,
     TokenwireError,
+    TooManyStreams,
     close_code,
     error_payload,
 )
 from tokenwire.protocol.events import EventType, encode_event, pong_frame
 from tokenwire.protocol.messages import (
     AiRequest,
+    Authenticate,
     CancelRequest,
     ClientMessage,
     ListRequests,
@@ -45,8 +49,11 @@ from tokenwire.protocol.messages import (
     parse_client_message,
 )
 from tokenwire.protocol.preferences import initial_preferences
+from tokenwire.security.access import AccessPolicy
+from tokenwire.security.audit import audit
+from tokenwire.security.middleware import SUBPROTOCOL, identity_of
 from tokenwire.transports.frames import ws_frame
-from tokenwire.transports.identity import user_of
+from tokenwire.transports.identity import client_of, user_of
 from tokenwire.transports.outbox import Outbox, utf8_size
 from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
@@ -59,13 +66,29 @@ class WebSocketLimits:
     max_message_bytes: int = 1024 * 1024
     max_send_buffer_bytes: int = 8 * 1024 * 1024
     close_timeout: float = 30.0
+    max_streams: int = 16
+    max_preferences_bytes: int = 16 * 1024
+    # A connection with no message from its client and no stream running for this
+    # long is closed (1001); the server's pings keep the peer, not the connection.
+    idle_timeout: float = 600.0
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, gateway: Gateway, limits: WebSocketLimits) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        gateway: Gateway,
+        limits: WebSocketLimits,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self._ws = websocket
         self._gateway = gateway
         self._limits = limits
+        self._access = access
+        self._identity = identity_of(websocket.scope)
+        self._client = client_of(websocket)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._last_heard = time.monotonic()
         self._outbox = Outbox(limits.max_send_buffer_bytes)
         extensions = websocket.scope.get("extensions") or {}
         control = extensions.get(EXTENSION)
@@ -84,13 +107,16 @@ class Connection:
         query = self._ws.query_params
         user_id = user_of(self._ws)
         preferences = initial_preferences(query.get("language"), query.get("model_preference"))
-        await self._ws.accept()
+        subprotocol = self._ws.scope.get(SUBPROTOCOL)
+        await self._ws.accept(subprotocol=subprotocol if isinstance(subprotocol, str) else None)
         session = self._gateway.open_session(user_id, preferences, closer=self.close)
         self.session = session
         self._push_event(
             EventType.CONNECTION_STATUS,
             {"status": "connected", "session_id": session.session_id},
         )
+        self._watch_expiry()
+        self._watch_idleness()
         session.state = SessionState.CONNECTED
         writer = asyncio.create_task(self._write_loop(), name=f"writer {session.session_id}")
         self._writer = writer
@@ -98,6 +124,8 @@ class Connection:
         try:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for timer in self._timers.values():
+                timer.cancel()
             if self._outbox.overflowed:
                 self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
             self._end_session(session)
@@ -220,6 +248,7 @@ class Connection:
         session = self.session
         assert session is not None
         session.touch()
+        self._last_heard = time.monotonic()
         try:
             message = parse_client_message(frame)
             await self._dispatch(session, message)
@@ -232,7 +261,9 @@ class Connection:
 
     async def _dispatch(self, session: Session, message: ClientMessage) -> None:
         if isinstance(message, AiRequest):
+            self._check_stream_room(message.request_id)
             spec = spec_from_ai_request(message, session.user_id, session.session_id)
+            spec = replace(spec, client=self._client)
             log = await self._gateway.start(spec, follower=session)
             if self._closing is not None:
                 return
@@ -259,13 +290,71 @@ class Connection:
                 EventType.CONNECTION_STATUS, {"status": "request_list", "requests": requests}
             )
         elif isinstance(message, UpdatePreferences):
-            merged = session.update_preferences(message.preferences)
+            merged = session.update_preferences(
+                message.preferences, self._limits.max_preferences_bytes
+            )
             self._push_event(
                 EventType.CONNECTION_STATUS,
                 {"status": "preferences_updated", "preferences": merged},
             )
         elif isinstance(message, Ping):
             self._push_frame(pong_frame(message.timestamp, time.time()))
+        elif isinstance(message, Authenticate):
+            self._renew(message.token)
+
+    # -- limits and the credential's lifetime -----------------------------------
+
+    def _check_stream_room(self, request_id: str | None) -> None:
+        self._logs = [known for known in self._logs if not known.finished]
+        if len(self._logs) >= self._limits.max_streams:
+            error = TooManyStreams(
+                f"at most {self._limits.max_streams} streams at once per connection"
+            )
+            error.request_id = request_id
+            audit("limit hit", reason=error.error_type, user=self._user, client=self._client)
+            raise error
+
+    def _renew(self, token: str) -> None:
+        if self._access is None or self._identity is None:
+            raise AuthenticationFailed("authentication is off on this server")
+        self._identity = self._access.renew(self._identity, token, self._client)
+        self._watch_expiry()
+        self._push_event(
+            EventType.CONNECTION_STATUS,
+            {"status": "authenticated", "expires_at": self._identity.expires_at},
+        )
+
+    def _watch_expiry(self) -> None:
+        """End the connection when its credential expires (unless renewed before)."""
+        expires_at = self._identity.expires_at if self._identity is not None else None
+        if expires_at is not None:
+            self._set_timer("expiry", max(0.0, expires_at - time.time()), self._expired)
+
+    def _expired(self) -> None:
+        error = AuthenticationFailed("the credential expired: reconnect with a fresh one")
+        audit(
+            "credential expired", reason="connection closed", user=self._user, client=self._client
+        )
+        self._push_error(error)
+        self._begin_close(close_code(error), "credential expired")
+
+    def _watch_idleness(self) -> None:
+        idle_for = time.monotonic() - self._last_heard
+        timeout = self._limits.idle_timeout
+        if idle_for >= timeout and not any(not log.finished for log in self._logs):
+            self._begin_close(1001, "idle timeout")
+            return
+        self._set_timer("idle", max(timeout - idle_for, 1.0), self._watch_idleness)
+
+    def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        previous = self._timers.pop(name, None)
+        if previous is not None:
+            previous.cancel()
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)
+
+    @property
+    def _user(self) -> str | None:
+        return self.session.user_id if self.session is not None else None
 
     def _push_error(self, error: TokenwireError) -> None:
         self._push_event(
@@ -301,7 +390,8 @@ def _exceeds(frame: str | bytes, limit: int) -> bool:
 async def ai_stream_endpoint(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     limits: WebSocketLimits = websocket.app.state.ws_limits
+    access: AccessPolicy | None = getattr(websocket.app.state, "access", None)
     if gateway.closing:
         await websocket.close(code=1001, reason="server shutting down")
         return
-    await Connection(websocket, gateway, limits).serve()
+    await Connection(websocket, gateway, limits, access).serve()

@@ -24,7 +24,7 @@ from tokenwire.core.provider import Message
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
-from tokenwire.transports.identity import user_of
+from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.v1.errors import (
     OpenAIErrorBody,
     documented,
@@ -147,7 +147,7 @@ async def list_models(request: Request) -> ModelList:
 )
 async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
     gateway = gateway_of(request)
-    spec = _spec(gateway, body, user_of(request))
+    spec = with_client(_spec(gateway, body, user_of(request)), request)
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as OpenAI does.

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from tokenwire.protocol.errors import TokenwireError, http_status
+from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_header
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -39,11 +39,6 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def _retry_after(error: TokenwireError) -> dict[str, str]:
-    seconds = getattr(error, "retry_after", None)
-    return {} if seconds is None else {"retry-after": f"{max(0.0, seconds):g}"}
-
-
 def openai_error_body(error: TokenwireError) -> dict[str, Any]:
     status = http_status(error)
     kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
@@ -59,7 +54,7 @@ def openai_error_body(error: TokenwireError) -> dict[str, Any]:
 
 def openai_error(error: TokenwireError) -> JSONResponse:
     return JSONResponse(
-        openai_error_body(error), status_code=http_status(error), headers=_retry_after(error)
+        openai_error_body(error), status_code=http_status(error), headers=retry_after_header(error)
     )
 
 
@@ -71,7 +66,9 @@ def anthropic_error_body(error: TokenwireError) -> dict[str, Any]:
 
 def anthropic_error(error: TokenwireError) -> JSONResponse:
     return JSONResponse(
-        anthropic_error_body(error), status_code=http_status(error), headers=_retry_after(error)
+        anthropic_error_body(error),
+        status_code=http_status(error),
+        headers=retry_after_header(error),
     )
 
 

@@ -26,7 +26,7 @@ from tokenwire.core.provider import Message, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
-from tokenwire.transports.identity import user_of
+from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.v1.errors import (
     AnthropicErrorBody,
     anthropic_error,
@@ -128,7 +128,7 @@ class AnthropicMessage(BaseModel):
 )
 async def create_message(request: Request, body: MessagesRequest) -> Response:
     gateway = gateway_of(request)
-    spec = _spec(gateway, body, user_of(request))
+    spec = with_client(_spec(gateway, body, user_of(request)), request)
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as Anthropic does.

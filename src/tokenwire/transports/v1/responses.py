@@ -25,7 +25,7 @@ from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
 from tokenwire.protocol.messages import Granularity, valid_request_id
-from tokenwire.transports.identity import user_of
+from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.v1.errors import (
     OpenAIErrorBody,
     documented,
@@ -121,7 +121,7 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
     user = user_of(request)
     if body.previous_response_id is not None:
         await _check_previous(gateway, RequestKey(user, body.previous_response_id))
-    spec = _spec(gateway, body, user)
+    spec = with_client(_spec(gateway, body, user), request)
     log = await gateway.start(spec)
     log.annotations["responses"] = _params(body)
     stream = ResponseStream(log)

@@ -1,0 +1,163 @@
+"""Who is calling, from where, and whether they may: what the access middleware decides by.
+
+A credential arrives as `Authorization: Bearer <token>` (the OpenAI SDK's way),
+`x-api-key` (the Anthropic SDK's), a WebSocket subprotocol `bearer.<token>`
+(browsers cannot set headers on a WebSocket), or the `access_token` query
+parameter (browsers; proxies may log it, so prefer the others). The client's
+address is the peer's, or, when the peer is a trusted proxy, the last address in
+`X-Forwarded-For` that is not one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers, QueryParams
+
+from tokenwire.protocol.errors import AuthenticationFailed
+from tokenwire.security.audit import audit
+from tokenwire.security.auth import Authenticator, Identity
+from tokenwire.security.limits import AddressThrottle, Connections
+
+BEARER_PROTOCOL = "bearer."
+# Reachable without a credential (CONTRACT.md): probes and the page's static files.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PREFIXES = ("/static/",)
+ADMIN_PATHS = frozenset({"/api/streaming/stats", "/api/streaming/sessions", "/api/providers"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class AccessPolicy:
+    authenticator: Authenticator
+    allowed_origins: frozenset[str] = frozenset()
+    admin_users: frozenset[str] = frozenset()
+    metrics_public: bool = False
+    trusted_proxies: tuple[Network, ...] = ()
+    throttle: AddressThrottle | None = None
+    connections: Connections | None = None
+    cors_headers: tuple[str, ...] = field(
+        default=(
+            "authorization",
+            "content-type",
+            "x-api-key",
+            "last-event-id",
+            "anthropic-version",
+            "openai-beta",
+        )
+    )
+
+    @property
+    def authenticating(self) -> bool:
+        return self.authenticator.mode != "none"
+
+    def verify(self, credential: str | None, client: str | None) -> Identity:
+        """The identity `credential` establishes; a failure is audited and counted
+        against the client's address."""
+        if self.throttle is not None and client is not None:
+            self.throttle.check(client)
+        try:
+            return self.authenticator.authenticate(credential)
+        except AuthenticationFailed as exc:
+            if self.throttle is not None and client is not None:
+                self.throttle.failed_authentication(client)
+            audit("authentication failed", reason=exc.message, client=client)
+            raise
+
+    def renew(self, current: Identity, credential: str, client: str | None) -> Identity:
+        """A fresh credential for an open connection: it must name the same user."""
+        if not self.authenticating:
+            raise AuthenticationFailed("authentication is off on this server")
+        identity = self.verify(credential, client)
+        if identity.user_id != current.user_id:
+            audit(
+                "authentication failed",
+                reason="another user's credential",
+                user=current.user_id,
+                client=client,
+            )
+            raise AuthenticationFailed("the credential names another user")
+        return identity
+
+    def is_open(self, path: str) -> bool:
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return True
+        return path == "/metrics" and self.metrics_public
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        """Exactly an allowed origin; with none configured, only the server's own."""
+        normalized = origin.strip().lower().rstrip("/")
+        if self.allowed_origins:
+            return normalized in self.allowed_origins
+        parts = urlsplit(normalized)
+        return (
+            parts.scheme in ("http", "https")
+            and host is not None
+            and parts.netloc == host.lower()
+            and not parts.path
+        )
+
+
+def networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """`[server] trusted_proxies` as networks (a bare address is a /32 or /128)."""
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
+
+
+def normalized_origins(origins: Iterable[str]) -> frozenset[str]:
+    return frozenset(o.strip().lower().rstrip("/") for o in origins if o.strip())
+
+
+def client_address(peer: str | None, headers: Headers, trusted: tuple[Network, ...]) -> str | None:
+    """The client's address: the peer's, unless the peer is a trusted proxy."""
+    if peer is None or not trusted or not _in(peer, trusted):
+        return peer
+    forwarded = [part.strip() for part in headers.get("x-forwarded-for", "").split(",")]
+    for address in reversed([a for a in forwarded if a]):
+        if not _in(address, trusted):
+            return address
+    return peer
+
+
+def _in(address: str, nets: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in nets)
+
+
+def credential_of(headers: Headers, query: QueryParams, subprotocols: Iterable[str]) -> str | None:
+    """The credential the caller presented, wherever it put it."""
+    authorization = headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    api_key = headers.get("x-api-key", "").strip()
+    if api_key:
+        return api_key
+    for protocol in subprotocols:
+        if protocol.startswith(BEARER_PROTOCOL) and len(protocol) > len(BEARER_PROTOCOL):
+            return protocol[len(BEARER_PROTOCOL) :]
+    token = query.get("access_token", "").strip()
+    return token or None
+
+
+def chosen_subprotocol(offered: Iterable[str]) -> str | None:
+    """The subprotocol to accept: the first one offered that is not a credential; the
+    credential's only when it is all the client offered (browsers then require it)."""
+    offered = list(offered)
+    plain = [p for p in offered if not p.startswith(BEARER_PROTOCOL)]
+    if plain:
+        return plain[0]
+    return offered[0] if offered else None
+
+
+def query_without_token(query: Mapping[str, str]) -> str:
+    """The query string for a log line, its `access_token` masked."""
+    return "&".join(
+        f"{name}={'***' if name == 'access_token' else value}" for name, value in query.items()
+    )
