@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -40,12 +40,16 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    settings: Settings | None = None, gateway: Gateway | None = None
+    settings: Settings | None = None,
+    gateway: Gateway | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningServer]:
+    """A server on a free port; `environ` holds the secrets its settings name."""
     settings = settings or simulated_settings()
     port = free_port()
     gateway = gateway or build_gateway(settings)
-    config = uvicorn_config(settings, build_app(settings, gateway), "127.0.0.1", port)
+    app = build_app(settings, gateway, environ=environ or {})
+    config = uvicorn_config(settings, app, "127.0.0.1", port)
     server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
     # The test process keeps its own signal handlers.
     server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
@@ -95,8 +99,11 @@ class WsClient:
 
 
 @contextlib.asynccontextmanager
-async def ws_client(server: RunningServer, query: str = "") -> AsyncIterator[WsClient]:
-    async with connect(server.ws_url + query, max_size=2**24) as ws:
+async def ws_client(
+    server: RunningServer, query: str = "", **options: Any
+) -> AsyncIterator[WsClient]:
+    """A connected client (`options` go to `websockets.connect`: headers, subprotocols)."""
+    async with connect(server.ws_url + query, max_size=2**24, **options) as ws:
         client = WsClient(ws)
         client.hello = await client.recv()
         yield client

@@ -72,7 +72,7 @@ class AccessMiddleware:
             return
         preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
         if origin is not None and preflight:
-            await self._preflight(origin, send)
+            await self._preflight(origin, headers.get("access-control-request-headers"), send)
             return
         if not policy.is_open(path):
             try:
@@ -82,13 +82,16 @@ class AccessMiddleware:
                 return
         await self._app(scope, receive, _with_cors(send, origin) if origin else send)
 
-    async def _preflight(self, origin: str, send: Send) -> None:
+    async def _preflight(self, origin: str, requested: str | None, send: Send) -> None:
+        # The SDKs send headers of their own (x-stainless-*, anthropic-*); credentials
+        # travel in headers, never cookies, so the headers asked for may all be allowed.
+        allowed = requested if requested and len(requested) <= 2048 else None
         response = Response(
             status_code=204,
             headers={
                 "access-control-allow-origin": origin,
                 "access-control-allow-methods": "GET, POST, DELETE, OPTIONS",
-                "access-control-allow-headers": ", ".join(self._policy.cors_headers),
+                "access-control-allow-headers": allowed or ", ".join(self._policy.cors_headers),
                 "access-control-max-age": "600",
                 "vary": "Origin",
             },
