@@ -30,3 +30,26 @@ def test_the_example_configuration_loads_and_its_hosted_providers_build(
     for index, provider in enumerate(settings.providers):
         if provider.kind != "local":
             assert build_provider(provider, index).name == provider.name
+
+
+@pytest.mark.parametrize("table", ["server", "streams", "routing", "auth", "limits", "logging"])
+def test_every_key_of_a_table_is_documented_with_its_default(table: str) -> None:
+    from tokenwire.settings import Settings
+
+    section = re.search(rf"## `\[{table}\]`.*?(?=\n## )", DOCS.read_text(), re.S)
+    assert section is not None, f"docs/configuration.md has no [{table}] section"
+    model = Settings.model_fields[table].annotation
+    assert model is not None
+    for key in model.model_fields:  # type: ignore[union-attr]
+        assert f"| `{key}` |" in section.group(0), f"{table}.{key} is not in its table"
+
+
+def test_the_security_guide_s_configurations_load(tmp_path: Path) -> None:
+    guide = (DOCS.parent / "security.md").read_text()
+    examples = re.findall(r"```toml\n(.*?)```", guide, re.S)
+    assert len(examples) == 2
+    for number, example in enumerate(examples):
+        path = tmp_path / f"example-{number}.toml"
+        path.write_text(example)
+        settings = load_settings(path)
+        assert settings.auth.mode in ("jwt", "api_key")
