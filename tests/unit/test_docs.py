@@ -44,7 +44,10 @@ def test_every_key_of_a_table_is_documented_with_its_default(table: str) -> None
         assert f"| `{key}` |" in section.group(0), f"{table}.{key} is not in its table"
 
 
-def test_the_security_guide_s_configurations_load(tmp_path: Path) -> None:
+def test_the_security_guide_s_configurations_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     guide = (DOCS.parent / "security.md").read_text()
     examples = re.findall(r"```toml\n(.*?)```", guide, re.S)
     assert len(examples) == 2
