@@ -202,7 +202,6 @@ def websocket_limits(settings: Settings) -> websocket.WebSocketLimits:
         close_timeout=limits.close_timeout_seconds,
         max_streams=limits.max_streams_per_connection,
         max_preferences_bytes=limits.max_preferences_bytes,
-        idle_timeout=limits.idle_timeout_seconds,
     )
 
 

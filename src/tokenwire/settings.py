@@ -154,8 +154,6 @@ class LimitsSettings(_Table):
     handshakes_per_minute_per_address: Annotated[int, Field(ge=1)] = 600
     auth_failures_per_minute_per_address: Annotated[int, Field(ge=1)] = 30
     handshake_timeout_seconds: Positive = 10.0
-    # A WebSocket with no message from its client and no stream running is closed (1001).
-    idle_timeout_seconds: Positive = 600.0
     ping_interval_seconds: Positive = 20.0
     ping_timeout_seconds: Positive = 20.0
     # Metering limits: off (0) until the operator sets them.

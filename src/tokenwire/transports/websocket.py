@@ -68,9 +68,6 @@ class WebSocketLimits:
     close_timeout: float = 30.0
     max_streams: int = 16
     max_preferences_bytes: int = 16 * 1024
-    # A connection with no message from its client and no stream running for this
-    # long is closed (1001); the server's pings keep the peer, not the connection.
-    idle_timeout: float = 600.0
 
 
 class Connection:
@@ -88,7 +85,6 @@ class Connection:
         self._identity = identity_of(websocket.scope)
         self._client = client_of(websocket)
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._last_heard = time.monotonic()
         self._outbox = Outbox(limits.max_send_buffer_bytes)
         extensions = websocket.scope.get("extensions") or {}
         control = extensions.get(EXTENSION)
@@ -116,7 +112,6 @@ class Connection:
             {"status": "connected", "session_id": session.session_id},
         )
         self._watch_expiry()
-        self._watch_idleness()
         session.state = SessionState.CONNECTED
         writer = asyncio.create_task(self._write_loop(), name=f"writer {session.session_id}")
         self._writer = writer
@@ -248,7 +243,6 @@ class Connection:
         session = self.session
         assert session is not None
         session.touch()
-        self._last_heard = time.monotonic()
         try:
             message = parse_client_message(frame)
             await self._dispatch(session, message)
@@ -337,14 +331,6 @@ class Connection:
         )
         self._push_error(error)
         self._begin_close(close_code(error), "credential expired")
-
-    def _watch_idleness(self) -> None:
-        idle_for = time.monotonic() - self._last_heard
-        timeout = self._limits.idle_timeout
-        if idle_for >= timeout and not any(not log.finished for log in self._logs):
-            self._begin_close(1001, "idle timeout")
-            return
-        self._set_timer("idle", max(timeout - idle_for, 1.0), self._watch_idleness)
 
     def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         previous = self._timers.pop(name, None)
