@@ -11,7 +11,7 @@ address is the peer's, or, when the peer is a trusted proxy, the last address in
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -154,10 +154,3 @@ def chosen_subprotocol(offered: Iterable[str]) -> str | None:
     if plain:
         return plain[0]
     return offered[0] if offered else None
-
-
-def query_without_token(query: Mapping[str, str]) -> str:
-    """The query string for a log line, its `access_token` masked."""
-    return "&".join(
-        f"{name}={'***' if name == 'access_token' else value}" for name, value in query.items()
-    )

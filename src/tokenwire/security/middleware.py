@@ -42,7 +42,6 @@ Render = Callable[[str, TokenwireError], Response]
 IDENTITY = "tokenwire.identity"
 CLIENT = "tokenwire.client"
 SUBPROTOCOL = "tokenwire.subprotocol"
-RELEASE = "tokenwire.release"
 
 
 class AccessMiddleware:
@@ -128,7 +127,6 @@ class AccessMiddleware:
             await _refuse_handshake(receive, send, exc)
             return
         scope[SUBPROTOCOL] = chosen_subprotocol(scope.get("subprotocols") or ())
-        scope[RELEASE] = release
         try:
             await self._app(scope, receive, send)
         finally:
