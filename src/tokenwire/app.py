@@ -209,10 +209,12 @@ def build_app(
     settings: Settings,
     gateway: Gateway | None = None,
     environ: Mapping[str, str] | None = None,
+    access: AccessPolicy | None = None,
 ) -> FastAPI:
     """The app; pass a gateway to share it with the server (for a graceful SIGTERM), and
-    `environ` to read secrets from somewhere other than the process's environment."""
-    access = access_policy(settings, environ)
+    `environ` to read secrets from somewhere other than the process's environment (or
+    the access policy itself, built before anything slow)."""
+    access = access or access_policy(settings, environ)
     gw = gateway or build_gateway(settings)
 
     @asynccontextmanager
@@ -293,6 +295,9 @@ def uvicorn_config(settings: Settings, app: FastAPI, host: str, port: int) -> uv
         ws_max_size=4 * settings.limits.max_message_bytes,
         ws_per_message_deflate=settings.server.ws_per_message_deflate,
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_seconds) + 1,
+        # uvicorn would believe X-Forwarded-For from any loopback peer; `[server]
+        # trusted_proxies` alone decides whose header names the client (security/access.py).
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from tokenwire.app import build_app, build_gateway, uvicorn_config
+from tokenwire.app import access_policy, build_app, build_gateway, uvicorn_config
 from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
 from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_settings
@@ -193,8 +193,10 @@ def serve(settings: Settings, insecure: bool = False) -> int:
         print(f"tokenwire: {exc}", file=sys.stderr)
         return 1
     try:
+        # Access first: a missing secret must not wait for a model to load.
+        access = access_policy(settings)
         gateway = build_gateway(settings)
-        app = build_app(settings, gateway)
+        app = build_app(settings, gateway, access=access)
     except ConfigError as exc:
         sock.close()
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)

@@ -9,11 +9,24 @@ are routed here by the local provider.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
 
 from tokenwire.settings import LoggingSettings
+
+# uvicorn's lines quote request targets, and a browser's credential may be in one.
+_ACCESS_TOKEN = re.compile(r"(access_token=)[^&\s\"']*")
+
+
+def mask_access_tokens(record: logging.LogRecord) -> bool:
+    """Mask `access_token` query parameters in a library's log record (never drops it)."""
+    message = record.getMessage()
+    if "access_token=" in message:
+        record.msg, record.args = _ACCESS_TOKEN.sub(r"\1***", message), None
+    return True
+
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -41,6 +54,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(mask_access_tokens)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

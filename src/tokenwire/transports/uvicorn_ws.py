@@ -14,7 +14,9 @@ completed the closing handshake within a timeout. It uses uvicorn internals
 (`conn`, `transport`, `queue`, `close_sent`, `close_timer`, `read_paused`,
 `frames`, `curr_msg_data_type`, `handle_parser_exception`), and also replaces
 uvicorn's traceback at error level for invalid UTF-8 with a warning;
-`tests/integration/test_slow_clients.py` fails if they change.
+`tests/integration/test_slow_clients.py` fails if they change. It also counts a
+refused handshake as complete (`handshake_complete`), which uvicorn does not, logging
+an error for each; `tests/integration/test_auth_transports.py` fails if that changes.
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
                     self.handle_parser_exception()
                     return
         super().send_receive_event_to_app()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        # A refused handshake (a `websocket.http.response`) is a finished handshake too;
+        # uvicorn would log an error for each one (Kludex/uvicorn#3138).
+        if message["type"] == "websocket.http.response.body" and self.close_sent:
+            self.handshake_complete = True
 
     async def run_asgi(self) -> None:
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {}) or {}
