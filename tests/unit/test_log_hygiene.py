@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from tokenwire.logs import configure_logging, mask_access_tokens
 from tokenwire.settings import LoggingSettings
@@ -32,11 +36,25 @@ def test_a_record_without_a_token_is_untouched() -> None:
     assert (record.msg, record.args) == ("%d%%", (5,))
 
 
-def test_the_configured_handler_masks_what_libraries_log(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture
+def configured_stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The process's logging as `tokenwire serve` sets it, onto a private stderr,
+    undone afterwards (so that no later test logs into a closed stream)."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     configure_logging(LoggingSettings(format="json"))
+    try:
+        yield buffer
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+def test_the_configured_handler_masks_what_libraries_log(configured_stderr: io.StringIO) -> None:
     logging.getLogger("uvicorn.error").warning("GET /api/streams?access_token=secret-value&a=b")
-    err = capsys.readouterr().err
+    err = configured_stderr.getvalue()
     assert "access_token=***&a=b" in err
     assert "secret-value" not in err
