@@ -148,8 +148,9 @@ async def test_an_id_in_use_by_the_same_user_is_refused_even_while_starting() ->
     gateway.conversations = store
     first = asyncio.ensure_future(gateway.start(ask(request_id="dup", conversation_id="c")))
     await store.reading.wait()  # the first start waits inside the gateway
-    with pytest.raises(InvalidRequest, match="already in use"):
+    with pytest.raises(InvalidRequest, match="already in use") as refused:
         await gateway.start(ask(request_id="dup"))
+    assert refused.value.request_id == "dup"  # the client learns which of its requests
     store.release.set()
     await first
     await finished(gateway)

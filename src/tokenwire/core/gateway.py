@@ -281,7 +281,7 @@ class Gateway:
 
     def _reserve(self, key: RequestKey) -> None:
         if key in self._runs or key in self._starting:
-            raise InvalidRequest(f"request_id {key.request_id!r} is already in use")
+            raise _about(InvalidRequest(f"request_id {key.request_id!r} is already in use"), key)
         self._starting.add(key)
 
     async def _start(
