@@ -156,6 +156,7 @@ async def test_a_request_id_in_use_is_rejected() -> None:
                 break
         assert frame["data"]["error_type"] == "invalid_request"
         assert "already in use" in frame["data"]["error"]
+        assert frame["request_id"] == "dup"
 
 
 async def test_only_the_user_who_started_a_request_may_cancel_it() -> None:
@@ -269,7 +270,11 @@ async def test_messages_are_sent_before_the_prompt() -> None:
 
 async def test_a_client_that_stops_reading_is_disconnected_and_its_stream_cancelled() -> None:
     provider = WatchedProvider()
-    settings = simulated_settings(limits={"max_send_buffer_bytes": 64 * 1024})
+    # No resume grace: the server's close of a too-slow client counts as a lost link,
+    # which would otherwise leave the stream running for the grace window.
+    settings = simulated_settings(
+        limits={"max_send_buffer_bytes": 64 * 1024}, streams={"resume_grace_seconds": 0}
+    )
     gateway = gateway_with(provider, settings=settings)
     async with running_server(settings, gateway=gateway) as server:
         # A tiny client queue: the client stops reading from its socket almost at once.
