@@ -11,7 +11,7 @@ closed. The body is not covered: its size is bounded by the
 endpoints, and a request that is running counts against its user's limits.
 
 It uses uvicorn internals (`transport`, `loop`, `on_message_begin`,
-`on_headers_complete`, `connection_lost`); `tests/integration/test_security_limits.py`
+`on_headers_complete`, `connection_lost`); `tests/integration/test_connection_limits.py`
 fails if they change.
 """
 

@@ -14,7 +14,9 @@ completed the closing handshake within a timeout. It uses uvicorn internals
 (`conn`, `transport`, `queue`, `close_sent`, `close_timer`, `read_paused`,
 `frames`, `curr_msg_data_type`, `handle_parser_exception`), and also replaces
 uvicorn's traceback at error level for invalid UTF-8 with a warning;
-`tests/integration/test_slow_clients.py` fails if they change. It also counts a
+`tests/integration/test_slow_clients.py` fails if they change. A keepalive ping
+left unanswered aborts the connection instead of waiting for a drain that never
+comes (`tests/integration/test_connection_limits.py`). It also counts a
 refused handshake as complete (`handshake_complete`), which uvicorn does not, logging
 an error for each; `tests/integration/test_auth_transports.py` fails if that changes.
 """
@@ -88,6 +90,15 @@ class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
         # uvicorn would log an error for each one (Kludex/uvicorn#3138).
         if message["type"] == "websocket.http.response.body" and self.close_sent:
             self.handshake_complete = True
+
+    def keepalive_timeout(self) -> None:
+        # uvicorn writes a close frame and calls `transport.close()`, which waits for the
+        # buffer to drain: a peer that neither answers pings nor reads would keep its
+        # socket, its buffer and its session for as long as it lives. It is dead: cut it.
+        closing = self.close_sent or self.transport.is_closing()
+        super().keepalive_timeout()
+        if not closing:
+            self.transport.abort()
 
     async def run_asgi(self) -> None:
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {}) or {}
