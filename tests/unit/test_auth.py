@@ -143,14 +143,14 @@ def test_the_authenticator_holds_no_api_key(keys: ApiKeyAuthenticator) -> None:
     held = repr(vars(keys)) + repr(keys)
     assert API_KEY not in held
     assert API_KEY.encode() not in held.encode()
-    digests = [digest for digest, _ in vars(keys)["_users_by_digest"]]
+    digests = [
+        digest for bucket in vars(keys)["_users_by_selector"].values() for digest, _ in bucket
+    ]
     assert hashlib.sha256(API_KEY.encode()).digest() in digests
     assert all(len(digest) == 32 for digest in digests)
 
 
-def test_every_stored_digest_is_compared_even_after_a_match(
-    keys: ApiKeyAuthenticator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def counted_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     compared: list[bytes] = []
     real_compare = hmac.compare_digest
 
@@ -159,8 +159,39 @@ def test_every_stored_digest_is_compared_even_after_a_match(
         return real_compare(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", counting_compare)
-    keys.authenticate(API_KEY)  # the first key stored
-    assert len(compared) == 2
+    return compared
+
+
+def test_a_key_is_verified_by_comparing_its_whole_digest_in_constant_time(
+    keys: ApiKeyAuthenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared = counted_comparisons(monkeypatch)
+    assert keys.authenticate(API_KEY).user_id == "alice"
+    assert compared == [hashlib.sha256(API_KEY.encode()).digest()]
+
+
+def test_a_key_sharing_a_stored_digest_s_selector_is_still_refused(
+    keys: ApiKeyAuthenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A forged bucket entry: same first bytes as the presented key's digest, another digest.
+    presented = hashlib.sha256(b"not-a-key").digest()
+    forged = presented[:8] + bytes(24)
+    vars(keys)["_users_by_selector"][presented[:8]] = ((forged, "mallory"),)
+    compared = counted_comparisons(monkeypatch)
+    with pytest.raises(AuthenticationFailed, match="invalid credential"):
+        keys.authenticate("not-a-key")
+    assert compared == [forged]
+
+
+def test_the_cost_of_a_check_does_not_grow_with_the_number_of_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    many = ApiKeyAuthenticator({f"key-{n:05d}-abcdef": f"user{n}" for n in range(10_000)})
+    compared = counted_comparisons(monkeypatch)
+    assert many.authenticate("key-04321-abcdef").user_id == "user4321"
+    with pytest.raises(AuthenticationFailed):
+        many.authenticate("key-99999-abcdef")
+    assert len(compared) <= 1
 
 
 def test_api_keys_are_read_from_a_json_variable() -> None:
