@@ -14,11 +14,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenwire.protocol.errors import InvalidJSON, TokenwireError
+from tokenwire.protocol.errors import InvalidJSON, InvalidMessage, TokenwireError
 from tokenwire.protocol.messages import (
     MAX_DEPTH,
+    MAX_TOKEN_CHARS,
     MAX_TOKENS_LIMIT,
     AiRequest,
+    Authenticate,
     parse_client_message,
     valid_request_id,
 )
@@ -40,7 +42,17 @@ json_values = st.recursive(
     max_leaves=20,
 )
 message_types = st.sampled_from(
-    ["ai_request", "cancel_request", "update_preferences", "ping", "dance", ""]
+    [
+        "ai_request",
+        "cancel_request",
+        "resume",
+        "list_requests",
+        "update_preferences",
+        "ping",
+        "authenticate",
+        "dance",
+        "",
+    ]
 )
 known_keys = st.sampled_from(
     [
@@ -52,6 +64,9 @@ known_keys = st.sampled_from(
         "stream_config",
         "preferences",
         "timestamp",
+        "token",
+        "last_seq",
+        "compact",
     ]
 )
 message_like = st.builds(
@@ -148,3 +163,49 @@ def test_a_valid_request_parses_into_the_values_sent(
 def test_max_tokens_outside_its_range_is_refused(max_tokens: int) -> None:
     frame = json.dumps({"type": "ai_request", "prompt": "x", "config": {"max_tokens": max_tokens}})
     assert isinstance(outcome(frame), TokenwireError)
+
+
+# A credential's characters as they travel: a JWT or an API key.
+tokens = st.text(alphabet=string.ascii_letters + string.digits + "-_.~+/=", min_size=1)
+
+
+@given(tokens.filter(lambda t: len(t) <= MAX_TOKEN_CHARS) | st.text(min_size=1, max_size=50))
+def test_an_authenticate_message_carries_its_token_exactly_as_sent(token: str) -> None:
+    message = parse_client_message(json.dumps({"type": "authenticate", "token": token}))
+    assert isinstance(message, Authenticate)
+    assert message.token == token
+
+
+@given(st.integers(min_value=MAX_TOKEN_CHARS - 2, max_value=MAX_TOKEN_CHARS + 2))
+def test_a_token_is_refused_exactly_past_its_length_bound(length: int) -> None:
+    result = outcome(json.dumps({"type": "authenticate", "token": "t" * length}))
+    if length > MAX_TOKEN_CHARS:
+        assert isinstance(result, InvalidMessage)
+    else:
+        assert isinstance(result, Authenticate)
+
+
+@given(json_values.filter(lambda v: not isinstance(v, str)) | st.just(""))
+def test_an_authenticate_message_without_a_token_string_is_an_invalid_message(
+    token: Any,
+) -> None:
+    result = outcome(json.dumps({"type": "authenticate", "token": token}))
+    assert isinstance(result, InvalidMessage)
+    assert result.request_id is None
+
+
+@given(
+    secret=tokens.filter(lambda t: 16 <= len(t) <= MAX_TOKEN_CHARS),
+    extra=st.dictionaries(
+        (known_keys | st.text(max_size=10)).filter(lambda k: k not in ("type", "token")),
+        json_values,
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_an_error_about_an_authenticate_message_never_quotes_its_token(
+    secret: str, extra: dict[str, Any]
+) -> None:
+    result = outcome(json.dumps({**extra, "type": "authenticate", "token": secret}))
+    assert isinstance(result, InvalidMessage)
+    assert secret[:16] not in result.message
