@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install dev run test lint typecheck conformance bench bench-compare clean
+.PHONY: install dev run test lint typecheck conformance bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ conformance: install dev
 
 bench: install
 	$(BIN)/python bench/ws_load.py --clients 1 100 1000
+
+# What authentication and limit checks cost per call and per request.
+bench-security: install
+	$(BIN)/python bench/security.py
 
 # The per-token cost of this working tree against BEFORE (a git revision), in one run.
 BEFORE ?= cd1de97
