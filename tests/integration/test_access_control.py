@@ -622,6 +622,21 @@ async def test_the_audit_line_names_the_client_behind_trusted_proxies_only(
     assert audited == [client, client]
 
 
+async def test_the_client_behind_a_proxy_is_read_from_every_forwarded_for_line() -> None:
+    # Some proxies add a line of their own rather than append to the client's: the
+    # lines are one list, in order, so the proxy's entry still comes last.
+    lines = [("x-forwarded-for", "198.51.100.66"), ("x-forwarded-for", "203.0.113.7")]
+    headers = [*lines, *bearer("tw-key-not-a-key").items()]
+    settings = api_key_settings(server={"trusted_proxies": ["127.0.0.1"]})
+    async with running_server(settings, environ=ENVIRON) as server, httpx.AsyncClient() as http:
+        with structlog.testing.capture_logs() as logs:
+            response = await http.get(server.url + "/api/streams", headers=headers)
+            refused = await handshake(server, additional_headers=headers)
+    audited = [line["client"] for line in logs if line["event"] == "authentication failed"]
+    assert (response.status_code, refused.status) == (401, 401)
+    assert audited == ["203.0.113.7", "203.0.113.7"]
+
+
 async def test_failed_authentications_are_counted_per_forwarded_address() -> None:
     settings = api_key_settings(
         server={"trusted_proxies": ["127.0.0.1"]},

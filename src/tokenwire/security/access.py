@@ -5,7 +5,7 @@ A credential arrives as `Authorization: Bearer <token>` (the OpenAI SDK's way),
 (browsers cannot set headers on a WebSocket), or the `access_token` query
 parameter (browsers; proxies may log it, so prefer the others). The client's
 address is the peer's, or, when the peer is a trusted proxy, the last address in
-`X-Forwarded-For` that is not one.
+`X-Forwarded-For` (all its lines) that is not one.
 """
 
 from __future__ import annotations
@@ -115,7 +115,10 @@ def client_address(peer: str | None, headers: Headers, trusted: tuple[Network, .
     """The client's address: the peer's, unless the peer is a trusted proxy."""
     if peer is None or not trusted or not _in(peer, trusted):
         return peer
-    forwarded = [part.strip() for part in headers.get("x-forwarded-for", "").split(",")]
+    # Several header lines are one list, in order (RFC 9110 5.3): a proxy may add a line
+    # of its own after one that the client wrote.
+    chain = ",".join(headers.getlist("x-forwarded-for"))
+    forwarded = [part.strip() for part in chain.split(",")]
     for address in reversed([a for a in forwarded if a]):
         if not _in(address, trusted):
             return address
