@@ -230,6 +230,19 @@ async def test_a_preflight_that_names_no_headers_allows_the_credential_headers(
     assert {"authorization", "x-api-key", "content-type"} <= allowed
 
 
+async def test_cors_answers_never_let_a_page_send_cookies(http: httpx.AsyncClient) -> None:
+    # Credentials are headers: with allow-credentials, cookies set by a proxy in front
+    # (a single sign-on) would ride along with every call the page makes.
+    preflight = await http.options(
+        "/api/streams", headers={"origin": APP, "access-control-request-method": "POST"}
+    )
+    answer = await CALLS["sse list"].send(http, origin=APP, **bearer(ADA_KEY))
+    assert preflight.status_code == 204
+    assert answer.status_code == 200
+    assert "access-control-allow-credentials" not in preflight.headers
+    assert "access-control-allow-credentials" not in answer.headers
+
+
 @pytest.mark.parametrize("path", PREFLIGHT_PATHS)
 async def test_a_preflight_from_another_origin_gets_403(http: httpx.AsyncClient, path: str) -> None:
     response = await http.options(
@@ -248,7 +261,13 @@ async def test_with_no_allowed_origins_only_the_server_s_own_origin_is_allowed()
     async with running_server(api_key_settings(), environ=ENVIRON) as server:
         port = server.url.rsplit(":", 1)[1]
         own = server.url  # http://127.0.0.1:PORT, the Host header's host:port
-        others = [f"http://localhost:{port}", f"http://127.0.0.1:{int(port) + 1}", APP, "null"]
+        others = [
+            f"http://localhost:{port}",
+            f"http://127.0.0.1:{int(port) + 1}",
+            f"{own}/app",
+            APP,
+            "null",
+        ]
         async with httpx.AsyncClient(base_url=server.url) as http:
             served = await CALLS["sse list"].send(http, origin=own, **bearer(ADA_KEY))
             refused = [
@@ -306,6 +325,17 @@ async def test_admin_views_are_for_the_admin_only(
         assert response.headers["www-authenticate"] == "Bearer"
     elif status == 403:
         assert response.json()["error"]["type"] == "forbidden"
+
+
+async def test_with_no_admin_users_the_admin_views_are_refused_to_every_user() -> None:
+    settings = api_key_settings(auth={"admin_users": []})
+    async with running_server(settings, environ=ENVIRON) as server, httpx.AsyncClient() as http:
+        statuses = [
+            (await http.get(server.url + path, headers=bearer(key))).status_code
+            for path in ADMIN_PATHS
+            for key in (ADA_KEY, ROOT_KEY)
+        ]
+    assert statuses == [403] * 2 * len(ADMIN_PATHS)
 
 
 async def test_admin_views_are_open_with_authentication_off() -> None:
@@ -659,6 +689,20 @@ async def test_failed_authentications_are_counted_per_forwarded_address() -> Non
     assert int(blocked.headers["retry-after"]) >= 1
     assert blocked_ws.status == 429
     assert other.status_code == 200
+
+
+async def test_successful_authentications_do_not_count_against_the_address() -> None:
+    settings = api_key_settings(limits={"auth_failures_per_minute_per_address": 2})
+    async with (
+        running_server(settings, environ=ENVIRON) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        statuses = [
+            (await http.get("/api/streams", headers=bearer(ADA_KEY))).status_code for _ in range(3)
+        ]
+        opened = await handshake(server, additional_headers=bearer(ADA_KEY))
+    assert statuses == [200, 200, 200]
+    assert opened.status == 101
 
 
 async def test_without_trusted_proxies_every_call_counts_against_the_peer() -> None:

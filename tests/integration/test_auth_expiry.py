@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support.auth import ENVIRON, bearer, hs256, jwt_settings
 from tests.support.server import (
@@ -141,6 +141,20 @@ async def test_a_refused_authenticate_is_an_error_and_does_not_extend(renewal: s
     assert [f["event_type"] for f in frames] == ["error"]
     assert frames[0]["data"]["error_type"] == "authentication_failed"
     assert expires_at - 0.1 <= closed_at < expires_at + 1.0
+
+
+async def test_refused_authenticate_messages_count_against_the_address() -> None:
+    # Else an open connection would be a way to guess credentials unthrottled.
+    settings = jwt_settings(limits={"auth_failures_per_minute_per_address": 2})
+    async with running_server(settings, environ=ENVIRON) as server:
+        async with ws_client(server, additional_headers=bearer(hs256("ada"))) as client:
+            for _ in range(2):
+                await client.send({"type": "authenticate", "token": "not-a-token-at-all"})
+                assert (await client.recv())["data"]["error_type"] == "authentication_failed"
+        with pytest.raises(InvalidStatus) as refused:
+            async with ws_client(server, additional_headers=bearer(hs256("ada"))):
+                pass
+    assert refused.value.response.status_code == 429
 
 
 async def test_authenticate_with_authentication_off_is_an_error() -> None:

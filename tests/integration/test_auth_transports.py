@@ -343,6 +343,16 @@ async def on_openai_responses(url: str, credential: str | None, query: dict[str,
     return response.output_text
 
 
+async def on_openai_responses_retrieved(
+    url: str, credential: str | None, query: dict[str, str]
+) -> str:
+    async with openai_client(url, credential, query) as client:
+        options = openai_options(credential)
+        created = await client.responses.create(model="simulated", input=PROMPT, **options)
+        response = await client.responses.retrieve(created.id, **options)
+    return response.output_text
+
+
 async def on_anthropic_messages(url: str, credential: str | None, query: dict[str, str]) -> str:
     async with anthropic_client(url, credential, query) as client:
         message = await client.messages.create(
@@ -361,6 +371,7 @@ CALLS: dict[str, Call] = {
     "openai_chat": on_openai_chat,
     "openai_chat_stream": on_openai_chat_stream,
     "openai_responses": on_openai_responses,
+    "openai_responses_retrieved": on_openai_responses_retrieved,
     "anthropic_messages": on_anthropic_messages,
 }
 
