@@ -154,6 +154,20 @@ async def test_an_sse_stream_holds_a_slot_until_it_ends() -> None:
         await eventually(lambda: counted(server).total == 0)
 
 
+async def test_an_sse_request_refused_after_taking_its_slot_gives_it_back() -> None:
+    settings = settings_with(limits={"max_connections_per_user": 1, "max_prompt_chars": 10})
+    async with (
+        running_server(settings) as server,
+        httpx.AsyncClient(base_url=server.url, params={"user_id": "ada"}, timeout=10) as http,
+    ):
+        started = await http.post("/api/streams", json={"prompt": "z" * 11})
+        attached = await http.get("/api/streams/never-started/events")
+        assert (started.status_code, attached.status_code) == (413, 404)
+        assert counted(server).total == 0
+        async with ws_client(server, "?user_id=ada") as again:
+            assert again.hello["data"]["status"] == "connected"
+
+
 # -- max_preferences_bytes ----------------------------------------------------------------
 
 
@@ -206,28 +220,50 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_handshake_tim
     assert 0.8 * HEAD_TIMEOUT <= waited < 3.0
 
 
+async def trickle(writer: asyncio.StreamWriter, head: bytes) -> int:
+    """Send `head` a byte at a time, as a slowloris client does; the bytes sent before
+    the server closed the connection."""
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        for byte in head:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(0.02)  # the slowloris client's pace, not a wait
+    return sent
+
+
 async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off() -> None:
     head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"p" * 64 + b"\r\n\r\n"
     async with head_deadline() as server:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
-
-        async def trickle() -> int:
-            sent = 0
-            with contextlib.suppress(ConnectionError):
-                for byte in head:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    sent += 1
-                    await asyncio.sleep(0.02)  # the slowloris client's pace, not a wait
-            return sent
-
-        sender = asyncio.create_task(trickle())
+        sender = asyncio.create_task(trickle(writer, head))
         waited = await closed_after(reader, started)
         sent = await asyncio.wait_for(sender, 5)  # its next byte finds the socket closed
         writer.close()
     assert 0.8 * HEAD_TIMEOUT <= waited < 3.0
     assert sent < len(head)  # cut off before the head was complete
+
+
+async def test_the_next_request_head_on_a_kept_alive_connection_has_the_same_deadline() -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    # A byte at a time, this head takes some 4 s: the deadline counts from its first byte,
+    # not from the connection's opening, nor from nowhere (uvicorn's keep-alive timer
+    # stops at that byte).
+    slow_head = request[:-2] + b"X-Padding: " + b"p" * 160 + b"\r\n\r\n"
+    async with head_deadline() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        started = time.monotonic()
+        sender = asyncio.create_task(trickle(writer, slow_head))
+        waited = await closed_after(reader, started)
+        sent = await asyncio.wait_for(sender, 5)
+        writer.close()
+    assert waited < 3.0
+    assert sent < len(slow_head)
 
 
 async def test_a_kept_alive_connection_is_not_cut_between_requests() -> None:

@@ -552,6 +552,20 @@ async def test_max_streams_per_user_is_one_count_across_transports(dialect: str)
         assert await ada.ask("messages") is None
 
 
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_a_request_refused_after_its_admission_gives_its_stream_back(transport: str) -> None:
+    # An unknown provider is found when the request is routed, after the limits let it in.
+    async with (
+        running_server(limited(max_streams_per_user=1)) as server,
+        Caller.of(server) as caller,
+    ):
+        for _ in range(2):
+            refused = await caller.ask(transport, provider="nowhere")
+            assert_refused(refused, transport, "invalid_request")
+        assert quotas(server).running("ada") == 0
+        assert await caller.ask(transport) is None
+
+
 # -- requests_per_minute_per_user -----------------------------------------------------------
 
 

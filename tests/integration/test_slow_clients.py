@@ -18,7 +18,9 @@ from websockets.exceptions import ConnectionClosed
 from tests.support.providers import WatchedProvider
 from tests.support.raw_ws import RawWebSocket
 from tests.support.server import RunningServer, gateway_with, running_server, simulated_settings
+from tests.support.stores import SlowHistory
 from tests.support.waiting import eventually
+from tokenwire.app import build_gateway
 
 FLOOD = {
     "type": "ai_request",
@@ -118,4 +120,30 @@ async def test_the_resume_grace_of_a_client_too_slow_counts_from_its_1013() -> N
         assert s.gateway.running == 1  # still streaming into its log, for a resume
         await eventually(lambda: s.gateway.running == 0, 3)
         assert 0.4 < time.monotonic() - dropped < 1.5
+        client.abort()
+
+
+async def test_a_server_close_completes_while_the_client_s_next_message_waits_unread() -> None:
+    # The connection's reader is held in a request's set-up, so the client's next message
+    # waits and uvicorn stops reading the socket: the close (here for idleness) must read
+    # again to take the client's closing frame, or the socket stays for the close timeout.
+    settings = simulated_settings(
+        streams={"session_idle_seconds": 0.5, "session_sweep_seconds": 0.1},
+        limits={"close_timeout_seconds": 30.0},
+    )
+    store = SlowHistory()
+    gateway = build_gateway(settings)
+    gateway.conversations = store
+    async with running_server(settings, gateway=gateway) as s:
+        client = await RawWebSocket.connect(port_of(s))
+        await client.recv()  # connection_status
+        held = {"type": "ai_request", "prompt": "hi", "conversation_id": "held"}
+        await client.send_text(json.dumps(held).encode())
+        await asyncio.wait_for(store.reading.wait(), 5)
+        await client.send_text(json.dumps({"type": "ping", "timestamp": 1}).encode())
+        _, close = await client.recv_until_close()
+        assert close.close_code == 1000
+        await client.send_close(1000)
+        await eventually(lambda: connections(s) == 0, 3)
+        store.release.set()
         client.abort()

@@ -13,6 +13,7 @@ import structlog
 from tests.support.providers import WatchedProvider
 from tests.support.recording import Inbox
 from tests.support.server import gateway_with, simulated_settings
+from tests.support.stores import SlowHistory
 from tests.support.waiting import eventually
 from tokenwire.backends.memory import MemoryLogStore
 from tokenwire.core.gateway import Gateway
@@ -54,22 +55,6 @@ async def started(gateway: Gateway, spec: RequestSpec) -> Inbox:
 
 def ends(inbox: Inbox) -> list[dict[str, Any]]:
     return inbox.of("stream_end")
-
-
-class SlowHistory:
-    """A conversation store whose reads wait until released."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.reading = asyncio.Event()
-
-    async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
-        self.reading.set()
-        await self.release.wait()
-        return ()
-
-    async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
-        return None
 
 
 async def test_a_cancel_right_behind_its_request_ends_it_with_exactly_one_stream_end() -> None:
