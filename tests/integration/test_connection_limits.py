@@ -21,15 +21,18 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support.providers import WatchedProvider
 from tests.support.raw_ws import RawWebSocket
 from tests.support.server import (
     RunningServer,
     WsClient,
+    gateway_with,
     running_server,
     simulated_settings,
     ws_client,
 )
 from tests.support.waiting import eventually
+from tokenwire.core.provider import ProviderRequest
 from tokenwire.security.limits import Connections
 from tokenwire.settings import Settings
 
@@ -163,6 +166,27 @@ async def test_an_sse_request_refused_after_taking_its_slot_gives_it_back() -> N
         started = await http.post("/api/streams", json={"prompt": "z" * 11})
         attached = await http.get("/api/streams/never-started/events")
         assert (started.status_code, attached.status_code) == (413, 404)
+        assert counted(server).total == 0
+        async with ws_client(server, "?user_id=ada") as again:
+            assert again.hello["data"]["status"] == "connected"
+
+
+class DefectiveProvider(WatchedProvider):
+    """A provider with a bug: checking a request raises what no error type covers."""
+
+    def validate(self, request: ProviderRequest) -> None:
+        raise RuntimeError("a defect")
+
+
+async def test_an_sse_request_that_fails_on_a_defect_gives_its_slot_back() -> None:
+    settings = settings_with(limits={"max_connections_per_user": 1})
+    gateway = gateway_with(DefectiveProvider(), settings=settings)
+    async with (
+        running_server(settings, gateway=gateway) as server,
+        httpx.AsyncClient(base_url=server.url, params={"user_id": "ada"}, timeout=10) as http,
+    ):
+        for _ in range(2):
+            assert (await http.post("/api/streams", json={"prompt": "hi"})).status_code == 500
         assert counted(server).total == 0
         async with ws_client(server, "?user_id=ada") as again:
             assert again.hello["data"]["status"] == "connected"

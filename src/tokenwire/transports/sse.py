@@ -110,9 +110,12 @@ async def start_stream(request: Request) -> Response:
     try:
         follower = _Follower(gateway, settings.max_buffer_bytes)
         log = await gateway.start(spec)
-    except TokenwireError as exc:
+    except BaseException as exc:
+        # Whatever ended it (a defect too), the slot must not be held for good.
         hold.release()
-        return error_response(exc)
+        if isinstance(exc, TokenwireError):
+            return error_response(exc)
+        raise
     gateway.add_follower(log.key, follower.id)
     follower.log = log
     log.subscribe(follower)
@@ -131,9 +134,11 @@ async def attach_stream(request: Request) -> Response:
     try:
         follower = _Follower(gateway, settings.max_buffer_bytes)
         log = await gateway.resume(key, follower, after, compact=compact, follower=follower.id)
-    except TokenwireError as exc:
+    except BaseException as exc:
         hold.release()
-        return error_response(exc)
+        if isinstance(exc, TokenwireError):
+            return error_response(exc)
+        raise
     follower.log = log
     return _event_stream(follower, log, settings, hold)
 
