@@ -86,6 +86,15 @@ async def test_a_request_bucket_left_idle_for_an_hour_still_holds_at_most_n() ->
     assert [await admitted(quotas) for _ in range(4)] == [True, True, True, False]
 
 
+async def test_a_wall_clock_stepped_back_does_not_empty_the_buckets() -> None:
+    # An NTP step or a resumed VM: the hour "lost" must not be owed by every user.
+    clock = Clock(MIDNIGHT + 7200)
+    quotas = Quotas(LimitPolicy(requests_per_minute_per_user=3), clock)
+    assert await admitted(quotas)
+    clock.now -= 3600
+    assert [await admitted(quotas) for _ in range(3)] == [True, True, False]
+
+
 async def test_a_request_refused_by_a_rate_holds_no_stream() -> None:
     quotas = Quotas(LimitPolicy(requests_per_minute_per_user=1), Clock(MIDNIGHT))
     assert await admitted(quotas)

@@ -65,7 +65,9 @@ class TokenBucket:
         self._updated = now
 
     def level(self, now: float) -> float:
-        self._level = min(self._capacity, self._level + (now - self._updated) * self._rate)
+        # A wall clock stepped back refills nothing, rather than owing the step.
+        elapsed = max(0.0, now - self._updated)
+        self._level = min(self._capacity, self._level + elapsed * self._rate)
         self._updated = now
         return self._level
 
