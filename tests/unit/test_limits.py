@@ -118,6 +118,25 @@ async def test_a_request_that_never_started_gives_its_stream_back() -> None:
     assert await admitted(quotas)
 
 
+async def test_a_request_refused_before_its_generation_does_not_count_against_the_rate() -> None:
+    # Given a bucket of 2 requests a minute, and a request that was admitted but then
+    # refused before any generation started (an unknown provider, an open circuit)
+    quotas = Quotas(LimitPolicy(requests_per_minute_per_user=2), Clock(MIDNIGHT))
+    quotas.release(await quotas.admit(spec()), None)
+    # Then two requests that do start still get through, and a third does not
+    quotas.release(await quotas.admit(spec()), ended())
+    quotas.release(await quotas.admit(spec()), ended())
+    assert not await admitted(quotas)
+
+
+async def test_giving_requests_back_never_fills_a_bucket_past_n() -> None:
+    quotas = Quotas(LimitPolicy(requests_per_minute_per_user=1), Clock(MIDNIGHT))
+    quotas.release(await quotas.admit(spec()), None)
+    quotas.release(spec(), None)  # a release without its admit adds nothing
+    quotas.release(await quotas.admit(spec()), ended())
+    assert not await admitted(quotas)
+
+
 # -- tokens_per_minute_per_user ---------------------------------------------------------
 
 

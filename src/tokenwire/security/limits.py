@@ -77,6 +77,10 @@ class TokenBucket:
         self._level -= amount
         return True
 
+    def give_back(self, amount: float, now: float) -> None:
+        """Return what was taken for something that did not happen (never past full)."""
+        self._level = min(self._capacity, self.level(now) + amount)
+
     def charge(self, amount: float, now: float) -> None:
         """Take `amount` even past empty: what was used is owed."""
         self._level = self.level(now) - amount
@@ -135,10 +139,14 @@ class Quotas:
             self._streams[user] = left
         else:
             self._streams.pop(user, None)
-        if outcome is None:
-            return
         now = self._clock()
         policy = self._policy
+        if outcome is None:
+            # Refused before a generation started (no such provider, an open circuit):
+            # rate limits count what costs (CONTRACT.md), so its request is given back.
+            if policy.requests_per_minute_per_user:
+                self._requests.get(user).give_back(1, now)
+            return
         if policy.tokens_per_minute_per_user and outcome.usage is not None:
             self._tokens.get(user).charge(outcome.usage.total_tokens, now)
         if policy.budget_usd_per_user_per_day and outcome.cost_usd:
