@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.support.auth import ENVIRON, api_key_settings
 from tests.support.providers import WatchedProvider
 from tests.support.raw_ws import RawWebSocket
 from tests.support.server import (
@@ -325,6 +326,64 @@ async def test_streams_that_outlast_the_handshake_timeout_are_not_cut() -> None:
         # The WebSocket opened before the SSE stream is still there.
         await client.send({"type": "ping", "timestamp": "still"})
         assert (await client.recv())["timestamp"] == "still"
+
+
+async def test_a_request_body_that_stalls_is_cut_off_after_the_deadline() -> None:
+    head = (
+        b"POST /api/streams HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    async with head_deadline() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(head + b'{"prompt": "hi"')
+        started = time.monotonic()
+        waited = await closed_after(reader, started)
+        writer.close()
+    assert 0.8 * HEAD_TIMEOUT <= waited < 3.0
+
+
+async def test_the_body_of_a_refused_request_cannot_hold_the_connection() -> None:
+    # Answered 401 at once, uvicorn would go on taking the body, a byte at a time, forever.
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    settings = api_key_settings(limits={"handshake_timeout_seconds": HEAD_TIMEOUT})
+    async with running_server(settings, environ=ENVIRON) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(head)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 401")
+        started = time.monotonic()
+        sender = asyncio.create_task(trickle(writer, b"x" * 1000))
+        waited = await closed_after(reader, started)
+        sent = await asyncio.wait_for(sender, 5)
+        writer.close()
+    assert waited < 3.0
+    assert sent < 1000
+
+
+async def test_a_request_head_past_its_size_bound_is_431_and_closed() -> None:
+    # Just past the bound and never finished: the server reads all of it before closing,
+    # so that the close is not a reset that would swallow the answer.
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"p" * 70_000
+    async with head_deadline() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(head)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_body_far_larger_than_the_head_bound_is_served() -> None:
+    prompt = "p" * 150_000
+    async with head_deadline() as server, httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": "simulated", "messages": [{"role": "user", "content": prompt}]},
+        )
+    assert response.status_code == 200
+    assert response.json()["object"] == "chat.completion"
 
 
 # -- the idle timeout ([streams] session_idle_seconds) ------------------------------------------

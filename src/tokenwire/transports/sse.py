@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -281,10 +281,14 @@ async def _ai_request(request: Request, limit: int) -> AiRequest:
 
 async def _body(request: Request, limit: int) -> bytes:
     received = bytearray()
-    async for piece in request.stream():
-        received += piece
-        if len(received) > limit:
-            raise MessageTooLarge(f"the body exceeds {limit} bytes")
+    try:
+        async for piece in request.stream():
+            received += piece
+            if len(received) > limit:
+                raise MessageTooLarge(f"the body exceeds {limit} bytes")
+    except ClientDisconnect:
+        # Gone, or cut off by the body's deadline: the answer reaches nobody.
+        raise InvalidRequest("the body did not arrive in full") from None
     return bytes(received)
 
 

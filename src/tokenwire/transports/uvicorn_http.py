@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with a deadline for each request's head.
+"""uvicorn's HTTP protocol with deadlines for each request's head and body, and a bound
+on the head's size.
 
 uvicorn closes a keep-alive connection that stays silent between requests, but
 a connection that never sends a complete request head (no bytes at all, or a
@@ -7,12 +8,20 @@ descriptor for as long as its client likes. Here each request head, the
 WebSocket handshake's included, must arrive within `head_timeout` seconds of
 the connection opening or of its first byte (between requests, uvicorn's
 keep-alive timeout closes a silent connection); otherwise the connection is
-closed. The body is not covered: its size is bounded by the
-endpoints, and a request that is running counts against its user's limits.
+closed. The body then has as long again: a body that stalls holds no socket
+for long either, even one the app never reads (a request refused with 401 or
+413 is answered at once, and uvicorn would go on taking its body without any
+deadline).
 
-It uses uvicorn internals (`transport`, `loop`, `on_message_begin`,
-`on_headers_complete`, `connection_lost`); `tests/integration/test_connection_limits.py`
-fails if they change.
+httptools sets no bound on a head's size, and gathers a long header line by
+copying it whole at every read; a head past `MAX_HEAD_BYTES` is answered 431
+and the connection closed, so that a client cannot make the server buffer and
+copy megabytes.
+
+It uses uvicorn internals (`transport`, `loop`, `data_received`,
+`on_message_begin`, `on_headers_complete`, `on_message_complete`,
+`connection_lost`); `tests/integration/test_connection_limits.py` fails if they
+change.
 """
 
 from __future__ import annotations
@@ -25,6 +34,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = structlog.get_logger("tokenwire.http")
 
+# Ample for a JWT at its largest (8 KiB) and the headers browsers and SDKs send.
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 31\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b"Request header fields too large"
+)
+
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
     head_timeout: float = 10.0
@@ -32,10 +52,26 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._heads = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        reading_head = self._head_timer is not None
+        heads = self._heads
+        super().data_received(data)
+        # Only a read that began and ended inside one head counts: one that finished a
+        # head or a body may hold other bytes.
+        if reading_head and self._head_timer is not None and self._heads == heads:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._disarm()
+                self.transport.write(_HEAD_TOO_LARGE)
+                self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -44,25 +80,40 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._heads += 1
+        self._head_bytes = 0
+        upgrading = self.parser.should_upgrade() and self._should_upgrade()
         super().on_headers_complete()
+        if not upgrading:
+            self._body_timer = self.loop.call_later(self.head_timeout, self._timed_out, "body")
+
+    def on_message_complete(self) -> None:
+        self._disarm_body()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
         self._disarm()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._timed_out, "head")
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _timed_out(self, part: str) -> None:
+        self._head_timer = self._body_timer = None
         if not self.transport.is_closing():
-            logger.debug("closing a connection whose request head did not arrive in time")
+            logger.debug("closing a connection whose request did not arrive in time", part=part)
             self.transport.abort()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tokenwire.protocol.errors import InvalidRequest, MessageTooLarge, TokenwireError
@@ -57,7 +57,11 @@ async def _check_body(request: Request) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise MessageTooLarge(f"the body exceeds {limit} bytes")
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        # Gone, or cut off by the body's deadline: the answer reaches nobody.
+        raise InvalidRequest("the body did not arrive in full") from None
     if len(body) > limit:
         raise MessageTooLarge(f"the body exceeds {limit} bytes")
     if body:
