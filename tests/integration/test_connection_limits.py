@@ -216,6 +216,18 @@ async def test_preferences_that_would_pass_max_preferences_bytes_are_refused_who
         assert (await client.recv())["data"]["preferences"] == {**kept, "theme": "dark"}
 
 
+async def test_max_preferences_bytes_counts_bytes_not_characters() -> None:
+    settings = settings_with(limits={"max_preferences_bytes": 512})
+    async with running_server(settings) as server, ws_client(server) as client:
+        # 300 characters, 1,200 bytes of UTF-8.
+        await client.send({"type": "update_preferences", "preferences": {"note": "😀" * 300}})
+        error = await client.recv()
+        assert error["event_type"] == "error"
+        assert error["data"]["error_type"] == "invalid_message"
+        (session,) = server.gateway.sessions
+        assert "note" not in session.preferences
+
+
 # -- handshake_timeout_seconds ---------------------------------------------------------------
 
 HEAD_TIMEOUT = 0.5

@@ -71,7 +71,9 @@ class Session:
     ) -> dict[str, Any]:
         """Merge `changes` in; refused whole if the result would pass the bounds."""
         merged = {**self.preferences, **changes}
-        if len(merged) > MAX_PREFERENCE_KEYS or len(encode_json(merged)) > max_bytes:
+        # Bytes, not characters: multibyte text would otherwise hold four times the bound.
+        size = len(encode_json(merged).encode())
+        if len(merged) > MAX_PREFERENCE_KEYS or size > max_bytes:
             raise InvalidMessage(
                 f"preferences: at most {MAX_PREFERENCE_KEYS} keys and "
                 f"{max_bytes} bytes of JSON in all"
