@@ -258,6 +258,7 @@ def build_app(
         heartbeat_seconds=settings.streams.sse_heartbeat_seconds,
         max_body_bytes=settings.limits.max_message_bytes,
         max_buffer_bytes=settings.limits.max_send_buffer_bytes,
+        close_timeout=settings.limits.close_timeout_seconds,
     )
     health = gw.observer
     app.state.describe_health = health.describe if isinstance(health, HealthBook) else None

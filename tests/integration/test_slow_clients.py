@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 
 import pytest
@@ -147,3 +148,31 @@ async def test_a_server_close_completes_while_the_client_s_next_message_waits_un
         await eventually(lambda: connections(s) == 0, 3)
         store.release.set()
         client.abort()
+
+
+async def test_an_sse_client_that_never_reads_is_cut_off_and_gives_its_slot_back() -> None:
+    # Its request is let go at once (its events overflow the buffer); its response, stuck
+    # behind a socket nobody reads, must not hold the socket and the user's slot for good.
+    settings = simulated_settings(
+        limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 0.5},
+        streams={"resume_grace_seconds": 0},
+    )
+    # Chunks, not tokens: the response keeps up until the socket is full, then waits on it.
+    body = json.dumps({"prompt": "x", "config": FLOOD["config"]})
+    async with running_server(settings) as server:
+        slots = server.server.config.app.state.access.connections
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(server)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        writer.write(
+            b"POST /api/streams HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+        writer.transport.pause_reading()
+        await eventually(lambda: slots.total == 1)
+        await eventually(lambda: slots.total == 0 and connections(server) == 0)
+        writer.close()

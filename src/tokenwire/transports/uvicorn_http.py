@@ -18,6 +18,8 @@ copying it whole at every read; a head past `MAX_HEAD_BYTES` is answered 431
 and the connection closed, so that a client cannot make the server buffer and
 copy megabytes.
 
+Each request's scope carries its connection's `abort` (extension `ABORT`).
+
 It uses uvicorn internals (`transport`, `loop`, `data_received`,
 `on_message_begin`, `on_headers_complete`, `on_message_complete`,
 `connection_lost`); `tests/integration/test_connection_limits.py` fails if they
@@ -27,13 +29,16 @@ change.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = structlog.get_logger("tokenwire.http")
 
+# The scope extension under which a request finds its connection's `abort`: a response
+# stuck behind a client that does not read cannot otherwise let go of the socket.
+ABORT = "tokenwire.abort"
 # Ample for a JWT at its largest (8 KiB) and the headers browsers and SDKs send.
 MAX_HEAD_BYTES = 64 * 1024
 _HEAD_TOO_LARGE = (
@@ -83,6 +88,9 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._heads += 1
         self._head_bytes = 0
         upgrading = self.parser.should_upgrade() and self._should_upgrade()
+        if not upgrading:
+            extensions = cast(dict[str, object], self.scope.setdefault("extensions", {}))
+            extensions[ABORT] = self.transport.abort
         super().on_headers_complete()
         if not upgrading:
             self._body_timer = self.loop.call_later(self.head_timeout, self._timed_out, "body")
