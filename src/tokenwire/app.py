@@ -28,7 +28,7 @@ from tokenwire.providers.registry import build_provider
 from tokenwire.routing.classify import load_classifier
 from tokenwire.routing.health import HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
-from tokenwire.security.access import AccessPolicy, networks, normalized_origins
+from tokenwire.security.access import AccessPolicy, is_loopback, networks, normalized_origins
 from tokenwire.security.auth import (
     ApiKeyAuthenticator,
     Authenticator,
@@ -180,6 +180,7 @@ def access_policy(settings: Settings, environ: Mapping[str, str] | None = None) 
         admin_users=frozenset(auth.admin_users),
         metrics_public=auth.metrics_public,
         trusted_proxies=proxies,
+        loopback_hosts_only=auth.mode == "none" and is_loopback(settings.server.host),
         throttle=AddressThrottle(limits),
         connections=Connections(limits),
     )

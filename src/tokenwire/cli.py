@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
-import ipaddress
 import signal
 import socket
 import sys
@@ -20,6 +19,7 @@ import uvicorn
 from tokenwire.app import access_policy, build_app, build_gateway, uvicorn_config
 from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
+from tokenwire.security.access import is_loopback
 from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_settings
 
 # Kinds that cannot run without a model name, and what `--model` means for the others.
@@ -151,15 +151,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
         else:
             reason = exc.strerror or str(exc)
         raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings, insecure: bool) -> None:

@@ -306,6 +306,34 @@ async def test_origins_are_checked_with_authentication_off() -> None:
     assert hijacked.status == 403
 
 
+async def test_with_authentication_off_a_host_name_rebound_to_loopback_is_refused() -> None:
+    # DNS rebinding: the attacker's name resolves to 127.0.0.1, so its page is "the
+    # server's own origin", and its same-origin GETs carry no Origin at all.
+    async with running_server(simulated_settings(providers=[FAST])) as server:
+        port = server.url.rsplit(":", 1)[1]
+        rebound = f"evil.example:{port}"
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            listed = await http.get("/api/streams", headers={"host": rebound})
+            started = await CALLS["sse start"].send(http, origin=f"http://{rebound}", host=rebound)
+            served = [
+                (await http.get("/api/streams", headers={"host": host})).status_code
+                for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}")
+            ]
+        # Connected to the loopback port under the rebound name, as the browser does.
+        with pytest.raises(InvalidStatus) as hijacked:
+            async with connect(
+                f"ws://{rebound}/ws/ai-stream",
+                origin=Origin(f"http://{rebound}"),
+                host="127.0.0.1",
+                port=int(port),
+            ):
+                pass
+    assert listed.status_code == 403
+    assert started.status_code == 403
+    assert hijacked.value.response.status_code == 403
+    assert served == [200, 200, 200]
+
+
 # -- admin views --------------------------------------------------------------------
 
 

@@ -40,6 +40,9 @@ class AccessPolicy:
     trusted_proxies: tuple[Network, ...] = ()
     throttle: AddressThrottle | None = None
     connections: Connections | None = None
+    # Authentication off on a loopback address: only loopback host names are served, so
+    # that a page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) is not.
+    loopback_hosts_only: bool = False
     cors_headers: tuple[str, ...] = field(
         default=(
             "authorization",
@@ -88,6 +91,15 @@ class AccessPolicy:
             return True
         return path == "/metrics" and self.metrics_public
 
+    def host_allowed(self, host: str | None) -> bool:
+        if not self.loopback_hosts_only:
+            return True
+        try:
+            name = urlsplit(f"//{host or ''}").hostname or ""
+        except ValueError:
+            return False
+        return name.endswith(".localhost") or is_loopback(name)
+
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         """Exactly an allowed origin; with none configured, only the server's own."""
         normalized = origin.strip().lower().rstrip("/")
@@ -100,6 +112,16 @@ class AccessPolicy:
             and parts.netloc == host.lower()
             and not parts.path
         )
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def networks(entries: Iterable[str]) -> tuple[Network, ...]:

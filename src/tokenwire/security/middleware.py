@@ -65,6 +65,10 @@ class AccessMiddleware:
         path: str = scope["path"]
         origin = headers.get("origin")
         scope[CLIENT] = self._client(scope, headers)
+        if not policy.host_allowed(headers.get("host")):
+            audit("host refused", reason=headers.get("host", "")[:200], client=scope[CLIENT])
+            await self._refuse(scope, receive, send, Forbidden("this host name is not served"))
+            return
         if origin is not None and not policy.origin_allowed(origin, headers.get("host")):
             audit("origin refused", reason=origin[:200], client=scope[CLIENT])
             await self._refuse(scope, receive, send, Forbidden("this origin is not allowed"))
@@ -113,6 +117,9 @@ class AccessMiddleware:
         try:
             if policy.throttle is not None and client is not None:
                 policy.throttle.handshake(client)
+            if not policy.host_allowed(headers.get("host")):
+                audit("host refused", reason=headers.get("host", "")[:200], client=client)
+                raise Forbidden("this host name is not served")
             origin = headers.get("origin")
             if origin is not None and not policy.origin_allowed(origin, headers.get("host")):
                 audit("origin refused", reason=origin[:200], client=client)
