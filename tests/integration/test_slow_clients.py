@@ -150,6 +150,23 @@ async def test_a_server_close_completes_while_the_client_s_next_message_waits_un
         client.abort()
 
 
+async def never_reading(port: int, path: str, body: dict[str, object]) -> asyncio.StreamWriter:
+    """POST `body` to `path` from a socket that reads the answer's head and then nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    text = json.dumps(body)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(text)}\r\n\r\n{text}".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    writer.transport.pause_reading()
+    return writer
+
+
 async def test_an_sse_client_that_never_reads_is_cut_off_and_gives_its_slot_back() -> None:
     # Its request is let go at once (its events overflow the buffer); its response, stuck
     # behind a socket nobody reads, must not hold the socket and the user's slot for good.
@@ -158,21 +175,29 @@ async def test_an_sse_client_that_never_reads_is_cut_off_and_gives_its_slot_back
         streams={"resume_grace_seconds": 0},
     )
     # Chunks, not tokens: the response keeps up until the socket is full, then waits on it.
-    body = json.dumps({"prompt": "x", "config": FLOOD["config"]})
+    body = {"prompt": "x", "config": FLOOD["config"]}
     async with running_server(settings) as server:
         slots = server.server.config.app.state.access.connections
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(server)))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
-        writer.write(
-            b"POST /api/streams HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
-        writer.transport.pause_reading()
+        writer = await never_reading(port_of(server), "/api/streams", body)
         await eventually(lambda: slots.total == 1)
         await eventually(lambda: slots.total == 0 and connections(server) == 0)
+        writer.close()
+
+
+HI = [{"role": "user", "content": "hi"}]
+V1_STREAMS = {
+    "chat completions": ("/v1/chat/completions", {"model": "simulated", "messages": HI}),
+    "messages": ("/v1/messages", {"model": "simulated", "max_tokens": 10**6, "messages": HI}),
+    "responses": ("/v1/responses", {"model": "simulated", "input": "hi"}),
+}
+
+
+@pytest.mark.parametrize("dialect", V1_STREAMS)
+async def test_a_v1_stream_whose_client_never_reads_lets_go_of_its_socket(dialect: str) -> None:
+    flood = {"name": "simulated", "kind": "simulated", "options": FLOOD["config"]["options"]}
+    settings = simulated_settings(providers=[flood], limits={"close_timeout_seconds": 0.5})
+    path, body = V1_STREAMS[dialect]
+    async with running_server(settings) as server:
+        writer = await never_reading(port_of(server), path, {**body, "stream": True})
+        await eventually(lambda: connections(server) == 0, timeout=20)
         writer.close()

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
@@ -49,7 +49,7 @@ from tokenwire.transports.http import error_response
 from tokenwire.transports.identity import client_of, user_of, with_client
 from tokenwire.transports.outbox import Outbox
 from tokenwire.transports.requests import spec_from_ai_request
-from tokenwire.transports.uvicorn_http import ABORT
+from tokenwire.transports.streaming import EventStreamResponse
 
 logger = structlog.get_logger("tokenwire.sse")
 
@@ -189,44 +189,18 @@ def _nothing() -> None:
     return None
 
 
-class _EventStream(StreamingResponse):
-    """Gives back what the stream holds however it ends, even before its first event;
-    a client that takes nothing for `close_timeout` is cut off (its send never returns)."""
+class _EventStream(EventStreamResponse):
+    """Gives back what the stream holds however it ends, even before its first event."""
 
-    def __init__(
-        self, follower: _Follower, hold: _Hold, close_timeout: float, *args: Any, **kwargs: Any
-    ) -> None:
+    def __init__(self, follower: _Follower, hold: _Hold, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._follower = follower
         self._hold = hold
-        self._close_timeout = close_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = (scope.get("extensions") or {}).get(ABORT)
-        abort: Callable[[], None] | None = found if callable(found) else None
-        waiting_since: float | None = None
-        loop = asyncio.get_running_loop()
-
-        async def sending(message: Message) -> None:
-            nonlocal waiting_since
-            waiting_since = loop.time()
-            await send(message)
-            waiting_since = None
-
-        async def watch(abort: Callable[[], None]) -> None:
-            while True:
-                await asyncio.sleep(self._close_timeout / 2)
-                if waiting_since is not None and loop.time() - waiting_since > self._close_timeout:
-                    logger.warning("aborting an event stream whose client does not read")
-                    abort()
-                    return
-
-        watcher = asyncio.create_task(watch(abort)) if abort is not None else None
         try:
-            await super().__call__(scope, receive, sending)
+            await super().__call__(scope, receive, send)
         finally:
-            if watcher is not None:
-                watcher.cancel()
             # Ended before its stream_end: the client went away (the request gets the grace).
             self._follower.leave(lost=True)
             self._hold.release()
@@ -238,7 +212,6 @@ def _event_stream(
     return _EventStream(
         follower,
         hold,
-        settings.close_timeout,
         _events(follower, log.key.request_id, settings.heartbeat_seconds, hold),
         media_type="text/event-stream",
         headers={
@@ -246,6 +219,7 @@ def _event_stream(
             "x-accel-buffering": "no",  # nginx: pass each event on at once
             "tokenwire-request-id": log.key.request_id,
         },
+        close_timeout=settings.close_timeout,
     )
 
 

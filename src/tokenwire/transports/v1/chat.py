@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
@@ -25,6 +25,7 @@ from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
 from tokenwire.transports.identity import user_of, with_client
+from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
 from tokenwire.transports.v1.errors import (
     OpenAIErrorBody,
     documented,
@@ -156,10 +157,11 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest) 
         if early_end is not None and early_end.get("status") != "completed":
             return openai_error(failure_of(early_end, feed.peeked_error()))
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(
+        return EventStreamResponse(
             _chunks(gateway, log, feed, include_usage),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
+            close_timeout=close_timeout_of(request),
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
@@ -27,6 +27,7 @@ from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity
 from tokenwire.transports.identity import user_of, with_client
+from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
 from tokenwire.transports.v1.errors import (
     AnthropicErrorBody,
     anthropic_error,
@@ -137,10 +138,11 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
         if early_end is not None and early_end.get("status") != "completed":
             return anthropic_error(failure_of(early_end, feed.peeked_error()))
         input_tokens = estimate_tokens("\n".join(m.content for m in spec.messages))
-        return StreamingResponse(
+        return EventStreamResponse(
             _events(gateway, log, feed, input_tokens),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
+            close_timeout=close_timeout_of(request),
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
@@ -26,6 +26,7 @@ from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
 from tokenwire.protocol.messages import Granularity, valid_request_id
 from tokenwire.transports.identity import user_of, with_client
+from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
 from tokenwire.transports.v1.errors import (
     OpenAIErrorBody,
     documented,
@@ -131,7 +132,12 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
     log.subscribe(feed)
     if body.stream:
         events = _events(gateway, log, feed, stream, after=-1, cancel_on_leave=not body.background)
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(
+            events,
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+            close_timeout=close_timeout_of(request),
+        )
     async with cancelled_on_hangup(request, gateway, log.key):
         error: dict[str, Any] | None = None
         end: dict[str, Any] = {}
@@ -166,7 +172,12 @@ async def retrieve_response(
     log.attach(feed, log.records(0))
     after = -1 if starting_after is None else starting_after
     events = _events(gateway, log, feed, ResponseStream(log), after=after, cancel_on_leave=False)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStreamResponse(
+        events,
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        close_timeout=close_timeout_of(request),
+    )
 
 
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject)
