@@ -719,6 +719,32 @@ async def test_failed_authentications_are_counted_per_forwarded_address() -> Non
     assert other.status_code == 200
 
 
+async def test_failed_authentications_from_one_ipv6_subnet_are_counted_together() -> None:
+    # An IPv6 client holds a /64 (2^64 addresses): counted per address, it could try
+    # every credential from a fresh one.
+    settings = api_key_settings(
+        server={"trusted_proxies": ["127.0.0.1"]},
+        limits={"auth_failures_per_minute_per_address": 3},
+    )
+    async with (
+        running_server(settings, environ=ENVIRON) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        failures = [
+            (await http.get("/api/streams", headers=forwarded_for(address))).status_code
+            for address in ("2001:db8::1", "2001:db8::2", "2001:db8::3")
+        ]
+        same_subnet = await http.get(
+            "/api/streams", headers=forwarded_for("2001:db8::ffff:4", ADA_KEY)
+        )
+        next_subnet = await http.get(
+            "/api/streams", headers=forwarded_for("2001:db8:0:1::1", ADA_KEY)
+        )
+    assert failures == [401, 401, 401]
+    assert same_subnet.status_code == 429
+    assert next_subnet.status_code == 200
+
+
 async def test_successful_authentications_do_not_count_against_the_address() -> None:
     settings = api_key_settings(limits={"auth_failures_per_minute_per_address": 2})
     async with (

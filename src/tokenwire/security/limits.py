@@ -14,6 +14,7 @@ at 0 (CONTRACT.md).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -268,7 +269,7 @@ class AddressThrottle:
     def check(self, address: str) -> None:
         """Refuse an address whose failed authentications are spent for now."""
         now = self._clock()
-        failures = self._failures.get(address)
+        failures = self._failures.get(throttled_as(address))
         if failures.level(now) < 1:
             audit("limit hit", reason="auth_failures_per_address", client=address)
             raise TooManyConnections(
@@ -281,7 +282,7 @@ class AddressThrottle:
         its failed authentications are spent."""
         self.check(address)
         now = self._clock()
-        bucket = self._handshakes.get(address)
+        bucket = self._handshakes.get(throttled_as(address))
         if not bucket.take(1, now):
             audit("limit hit", reason="handshakes_per_address", client=address)
             raise TooManyConnections(
@@ -289,4 +290,18 @@ class AddressThrottle:
             )
 
     def failed_authentication(self, address: str) -> None:
-        self._failures.get(address).charge(1, self._clock())
+        self._failures.get(throttled_as(address)).charge(1, self._clock())
+
+
+def throttled_as(address: str) -> str:
+    """The key an address is counted under: an IPv6 address by its /64, the block one
+    client holds (it could otherwise take a fresh address for every attempt)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
