@@ -17,6 +17,7 @@ from tests.support.stores import SlowHistory
 from tests.support.waiting import eventually
 from tokenwire.backends.memory import MemoryLogStore
 from tokenwire.core.gateway import Gateway
+from tokenwire.core.orchestrator import StreamRun
 from tokenwire.core.provider import Message, ProviderRequest
 from tokenwire.core.spec import Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import InvalidRequest, ShuttingDown, UnknownRequest
@@ -293,3 +294,31 @@ async def test_a_stream_task_cancelled_from_outside_still_ends_its_stream() -> N
         await task
     assert [(e["status"], e["reason"]) for e in ends(inbox)] == [("cancelled", "interrupted")]
     assert (gateway.running, gateway.stats.active_streams) == (0, 0)
+
+
+class CountingAdmission:
+    def __init__(self) -> None:
+        self.running = 0
+
+    async def admit(self, spec: RequestSpec) -> RequestSpec:
+        self.running += 1
+        return spec
+
+    def release(self, spec: RequestSpec, outcome: object) -> None:
+        self.running -= 1
+
+
+async def test_a_run_that_fails_on_a_defect_still_gives_its_admission_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = gateway_with(WatchedProvider())
+    admission = CountingAdmission()
+    gateway.admission = admission
+
+    async def broken(self: object) -> None:
+        raise RuntimeError("a defect in the run")
+
+    monkeypatch.setattr(StreamRun, "run", broken)
+    await gateway.start(ask())
+    await finished(gateway)
+    assert admission.running == 0

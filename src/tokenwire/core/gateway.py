@@ -313,6 +313,11 @@ class Gateway:
         run = running.run
         try:
             outcome = await run.run()
+        except BaseException:
+            # A run ends with its outcome even on errors; this is a defect, and the
+            # user's stream slot must not go with it.
+            self.admission.release(run.spec, None)
+            raise
         finally:
             running.stop_grace()
             self._runs.pop(key, None)
