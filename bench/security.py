@@ -192,7 +192,7 @@ async def bench_http(modes: Modes, calls: int) -> None:
         app = build_app(settings, build_gateway(settings), modes.environ)
         headers = {} if credential is None else {"authorization": f"Bearer {credential}"}
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://tokenwire") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
 
             async def call(h: httpx.AsyncClient = http, sent: dict[str, str] = headers) -> None:
                 response = await h.get("/v1/models", headers=sent)
