@@ -200,4 +200,8 @@ async def test_a_v1_stream_whose_client_never_reads_lets_go_of_its_socket(dialec
     async with running_server(settings) as server:
         writer = await never_reading(port_of(server), path, {**body, "stream": True})
         await eventually(lambda: connections(server) == 0, timeout=20)
+        # A foreground answer nobody can receive is cancelled, not generated to its end.
+        await eventually(lambda: server.gateway.running == 0, timeout=5)
+        ended = server.gateway.stats.snapshot(server.gateway.sessions)["streams"]["by_status"]
+        assert ended == {"completed": 0, "cancelled": 1, "error": 0}
         writer.close()
