@@ -5,36 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.support.fake_asgi import FakeClient
 from tests.support.providers import WatchedProvider
 from tests.support.server import gateway_with
+from tests.support.stores import SlowHistory
 from tests.support.waiting import eventually
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.provider import Message
 from tokenwire.core.spec import RequestKey
 from tokenwire.transports.websocket import Connection, WebSocketLimits
 
 SLOW = {"tokens": 5000, "delay_ms": 5}
 LIMITS = WebSocketLimits(close_timeout=5.0)
-
-
-class SlowHistory:
-    """A conversation store whose reads wait until released."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.reading = asyncio.Event()
-
-    async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
-        self.reading.set()
-        await self.release.wait()
-        return ()
-
-    async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
-        return None
 
 
 @contextlib.asynccontextmanager
