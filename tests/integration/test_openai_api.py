@@ -132,6 +132,8 @@ async def test_chat_errors_are_openai_s_so_the_sdk_raises_its_own_classes() -> N
             for raw in (
                 b'{"model": "auto", "temperature": NaN, "messages": []}',
                 b'{"model": "auto", "messages": ' + b"[" * 40 + b"]" * 40 + b"}",
+                b'{"model": "auto", "stop": ["a", "b", "c", "d", "e"], "messages": '
+                b'[{"role": "user", "content": "hi"}]}',
             ):
                 response = await http.post(
                     server.url + "/v1/chat/completions",

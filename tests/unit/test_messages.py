@@ -161,3 +161,18 @@ def test_update_preferences_accepts_a_model_preference_of_256_characters() -> No
     # Then it is accepted as given
     assert isinstance(parsed, UpdatePreferences)
     assert parsed.preferences["model_preference"] == "m" * 256
+
+
+@pytest.mark.parametrize(
+    "stop", [["a", "b", "c", "d", "e"], [""], "", "x" * 257, ["x" * 257], 5, [None]]
+)
+def test_stop_sequences_outside_their_bounds_are_refused(stop: object) -> None:
+    with pytest.raises(InvalidRequest, match="stop"):
+        parse({"type": "ai_request", "prompt": "hi", "config": {"stop": stop}})
+
+
+@pytest.mark.parametrize("stop", ["END", ["a", "b", "c", "d"], ["x" * 256]])
+def test_stop_sequences_within_their_bounds_are_taken(stop: object) -> None:
+    message = parse({"type": "ai_request", "prompt": "hi", "config": {"stop": stop}})
+    assert isinstance(message, AiRequest)
+    assert message.config.stop == stop

@@ -75,6 +75,9 @@ def _not_blank(text: str) -> str:
 NonBlank = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
+# Stop sequences as OpenAI bounds them (at most 4), shared by every dialect.
+StopSequence = Annotated[str, Field(min_length=1, max_length=256)]
+StopSequences = Annotated[list[StopSequence], Field(max_length=4)]
 
 
 class ChatMessage(_Strict):
@@ -94,11 +97,7 @@ class RequestConfig(_Strict):
     max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS_LIMIT)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    stop: (
-        Annotated[str, Field(min_length=1, max_length=256)]
-        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)]
-        | None
-    ) = None
+    stop: StopSequence | StopSequences | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 

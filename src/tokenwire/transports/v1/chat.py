@@ -23,7 +23,7 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
-from tokenwire.protocol.messages import Granularity
+from tokenwire.protocol.messages import Granularity, StopSequence, StopSequences
 from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
 from tokenwire.transports.v1.errors import (
@@ -81,11 +81,7 @@ class ChatCompletionRequest(_Body):
     max_completion_tokens: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    stop: (
-        Annotated[str, Field(min_length=1, max_length=256)]
-        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)]
-        | None
-    ) = None
+    stop: StopSequence | StopSequences | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1

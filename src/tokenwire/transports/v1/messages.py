@@ -25,7 +25,7 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
-from tokenwire.protocol.messages import Granularity
+from tokenwire.protocol.messages import Granularity, StopSequences
 from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
 from tokenwire.transports.v1.errors import (
@@ -86,10 +86,7 @@ class MessagesRequest(_Body):
     system: Text | TextBlocks | None = None
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    stop_sequences: (
-        Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=4)]
-        | None
-    ) = None
+    stop_sequences: StopSequences | None = None
     stream: bool = False
     metadata: MessageMetadata | None = None
 
