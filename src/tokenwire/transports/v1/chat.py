@@ -124,6 +124,8 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "tokenwire"
+    auto: bool | None = None
+    """Whether `auto` may choose this provider (absent on `auto` itself)."""
 
 
 class ModelList(BaseModel):
@@ -131,10 +133,11 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(request: Request) -> ModelList:
-    names = [*gateway_of(request).slots, AUTO]
-    return ModelList(data=[Model(id=name) for name in names])
+    slots = gateway_of(request).slots
+    models = [Model(id=name, auto=slot.profile.auto) for name, slot in slots.items()]
+    return ModelList(data=[*models, Model(id=AUTO)])
 
 
 @router.post(
