@@ -18,10 +18,9 @@ request does not pay for it; it goes through `llama_library`, which leaves the
 process's file descriptors alone (nothing written meanwhile is lost). Every
 llama.cpp call runs on the provider's own threads, one per model instance:
 requests beyond `parallelism` queue there, and a request closed while queued
-never reaches the model. Closing a stream stops
-its generation before the next token (or the next slice of a long prompt).
-Each prompt is evaluated afresh, so at temperature 0 the same conversation
-always gets the same answer.
+never reaches the model. Closing a stream stops its generation before the next
+token (or the next slice of a long prompt). Each prompt is evaluated afresh, so
+at temperature 0 the same conversation always gets the same answer.
 
 llama.cpp's threads wait for each other many times a token: when another
 process keeps a core busy, as many threads as cores run several times slower

@@ -5,9 +5,9 @@ The wire format is OpenAI's: a `chat.completion` object, or with `stream: true`
 `finish_reason` of `stop` or `length`, the usage chunk when
 `stream_options.include_usage` asks for it, and `data: [DONE]`. Usage that
 tokenwire estimated says so (`usage.estimated`, and the `tokenwire-usage-estimated`
-header on a whole answer). An error after
-the stream started is one `data: {"error": ...}` event (the SDK raises on it),
-without `[DONE]`. `model` names a provider, or is `auto` for the router's pick.
+header on a whole answer). An error after the stream started is one
+`data: {"error": ...}` event (the SDK raises on it), without `[DONE]`. `model`
+names a provider, or is `auto` for the router's pick.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class CompletionUsage(BaseModel):
     total_tokens: int
     estimated: bool = Field(
         default=False,
-        description="tokenwire's own count: the provider reported none (never above the real)",
+        description="tokenwire's own count (the provider sent none), never above the real one",
     )
 
 

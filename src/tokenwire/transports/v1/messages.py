@@ -109,7 +109,7 @@ class MessageUsage(BaseModel):
     output_tokens: int
     estimated: bool = Field(
         default=False,
-        description="tokenwire's own count: the provider reported none (never above the real)",
+        description="tokenwire's own count (the provider sent none), never above the real one",
     )
 
 
