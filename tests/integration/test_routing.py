@@ -372,8 +372,10 @@ async def chat(http: httpx.AsyncClient, model: str) -> httpx.Response:
 
 async def test_on_a_bare_serve_auto_never_answers_from_the_simulated_provider() -> None:
     # Given the providers of `tokenwire serve` without configuration, the local model
-    # measured slower than the simulated one, then failing until its circuit opens,
-    settings = load_settings(None, {"routing": {**FAST_ROUTING, "max_retries": 0}})
+    # measured slower than the simulated one, then failing until its circuit opens
+    # (and stays open for the rest of the test, however slow the machine),
+    routing = {**FAST_ROUTING, "max_retries": 0, "circuit_cooldown_seconds": 600}
+    settings = load_settings(None, {"routing": routing})
     local = TroubledProvider("local", wait_first=0.5)
     stand_in = WatchedProvider("simulated")
     async with (
