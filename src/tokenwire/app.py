@@ -52,6 +52,7 @@ def provider_profile(settings: ProviderSettings) -> ProviderProfile:
         max_concurrency=settings.max_concurrency,
         silence_timeout=settings.timeout,
         strengths=tuple(settings.strengths),
+        auto=settings.auto,
     )
 
 

@@ -85,6 +85,9 @@ class ProviderSettings(_Table):
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     timeout: Positive | None = None
     strengths: list[str] = Field(default_factory=list)
+    # Whether routing may choose it (`model: "auto"`, no `config.provider`); false:
+    # reachable only by name, as the stand-in that a bare `tokenwire serve` adds.
+    auto: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("strengths")
@@ -177,9 +180,11 @@ class MetricsSettings(_Table):
 
 
 def default_providers() -> list[ProviderSettings]:
+    """Without configuration: the packaged model, and the simulated stand-in by name only
+    (filler words must never answer a real question routed to `auto`)."""
     return [
         ProviderSettings(name="local", kind="local"),
-        ProviderSettings(name="simulated", kind="simulated"),
+        ProviderSettings(name="simulated", kind="simulated", auto=False),
     ]
 
 
@@ -217,11 +222,21 @@ class Settings(BaseSettings):
         default = self.routing.default_provider
         if default is not None and default not in seen:
             raise ValueError(f"routing.default_provider: no provider is named {default!r}")
+        if default is not None and not self._provider(default).auto:
+            raise ValueError(
+                f"routing.default_provider: provider {default!r} has auto = false, "
+                "so routing never chooses it"
+            )
         return self
 
     @property
     def default_provider(self) -> str:
-        return self.routing.default_provider or self.providers[0].name
+        """The given default, else the first provider that routing may choose."""
+        routable = [p.name for p in self.providers if p.auto] or [self.providers[0].name]
+        return self.routing.default_provider or routable[0]
+
+    def _provider(self, name: str) -> ProviderSettings:
+        return next(p for p in self.providers if p.name == name)
 
     @classmethod
     def settings_customise_sources(

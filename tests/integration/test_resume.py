@@ -28,6 +28,7 @@ from tokenwire.core.spec import RequestKey
 from tokenwire.settings import load_settings
 
 TOKENS = {"options": {"tokens": 300, "delay_ms": 3}}
+JSON_CONTENT = {"content-type": "application/json"}
 
 
 def request(request_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -386,7 +387,9 @@ async def test_sse_delete_cancels_and_a_bad_body_is_refused_before_any_stream() 
                     assert json.loads(event.data)["data"]["status"] == "cancelled"
         assert kinds[-1] == "stream_end"
         for bad, status in ((b"{nope", 400), (b'{"prompt": ""}', 400), (b"[1]", 400)):
-            response = await http.post(sse_url(server, "/api/streams"), content=bad)
+            response = await http.post(
+                sse_url(server, "/api/streams"), content=bad, headers=JSON_CONTENT
+            )
             assert response.status_code == status
             assert response.headers["content-type"] == "application/json"
             assert "error" in response.json()

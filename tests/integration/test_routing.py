@@ -18,8 +18,14 @@ from tests.fakes.openai_upstream import (
     openai_answer,
     openai_error,
 )
+from tests.support.providers import TroubledProvider, WatchedProvider
 from tests.support.server import RunningServer, WsClient, of_type, running_server, ws_client
-from tokenwire.settings import load_settings
+from tokenwire.app import gateway_for, provider_profile
+from tokenwire.core.gateway import Gateway
+from tokenwire.core.provider import Provider
+from tokenwire.core.route import ProviderSlot
+from tokenwire.protocol.errors import ProviderError
+from tokenwire.settings import Settings, load_settings
 
 FAST_ROUTING = {
     "retry_backoff_seconds": 0.01,
@@ -320,6 +326,7 @@ async def test_providers_endpoint_shows_health_and_never_a_key(monkeypatch: Any)
                 "name": "keyed",
                 "kind": "openai",
                 "model": "keyed-model",
+                "auto": True,
                 "health": {
                     "state": "closed",
                     "ttft_ms": body["providers"][0]["health"]["ttft_ms"],
@@ -345,3 +352,68 @@ async def test_stats_count_spend_and_tokens_per_user() -> None:
     assert mine["streams"] == 2
     assert mine["completion_tokens"] == 20
     assert mine["cost_usd"] > 0
+
+
+# -- the simulated provider of a bare `tokenwire serve`: by name only ------------------
+
+
+def with_doubles(settings: Settings, *doubles: Provider) -> Gateway:
+    """A gateway over `settings`' providers with doubles in their places: the profiles,
+    and so whether routing may choose each, come from the settings."""
+    by_name = {double.name: double for double in doubles}
+    slots = {p.name: ProviderSlot(by_name[p.name], provider_profile(p)) for p in settings.providers}
+    return gateway_for(settings, slots)
+
+
+async def chat(http: httpx.AsyncClient, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "What is the capital?"}]}
+    return await http.post("/v1/chat/completions", json=body)
+
+
+async def test_on_a_bare_serve_auto_never_answers_from_the_simulated_provider() -> None:
+    # Given the providers of `tokenwire serve` without configuration, the local model
+    # measured slower than the simulated one, then failing until its circuit opens
+    # (and stays open for the rest of the test, however slow the machine),
+    routing = {**FAST_ROUTING, "max_retries": 0, "circuit_cooldown_seconds": 600}
+    settings = load_settings(None, {"routing": routing})
+    local = TroubledProvider("local", wait_first=0.5)
+    stand_in = WatchedProvider("simulated")
+    async with (
+        running_server(settings, with_doubles(settings, local, stand_in)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        for _ in range(2):
+            named = await chat(http, "simulated")  # forcing it by name works
+            assert (named.status_code, named.json()["model"]) == (200, "simulated")
+        answered = await chat(http, "auto")
+        assert (answered.status_code, answered.json()["model"]) == (200, "local")
+
+        local.before_first = ProviderError("the model crashed")
+        for _ in range(3):
+            failed = await chat(http, "auto")
+            assert failed.status_code == 502, failed.text  # an error, never filler words
+        out = await chat(http, "auto")
+        assert out.status_code == 503
+        assert "circuits open: local" in out.json()["error"]["message"]
+        assert int(out.headers["retry-after"]) >= 1
+        assert len(stand_in.requests) == 2  # only the two that named it
+
+        # /v1/models and /api/providers list it, and say that auto never picks it.
+        models = {m["id"]: m.get("auto") for m in (await http.get("/v1/models")).json()["data"]}
+        assert models == {"local": True, "simulated": False, "auto": None}
+        providers = (await http.get("/api/providers")).json()["providers"]
+        assert {p["name"]: p["auto"] for p in providers} == {"local": True, "simulated": False}
+
+
+async def test_a_simulated_provider_configured_explicitly_takes_part_in_auto() -> None:
+    providers = [{"name": "local", "kind": "local"}, {"name": "simulated", "kind": "simulated"}]
+    settings = load_settings(
+        None, {"providers": providers, "routing": {**FAST_ROUTING, "max_retries": 0}}
+    )
+    local = TroubledProvider("local", before_first=ProviderError("the model crashed"))
+    async with (
+        running_server(settings, with_doubles(settings, local, WatchedProvider("simulated"))) as s,
+        httpx.AsyncClient(base_url=s.url, timeout=30) as http,
+    ):
+        answered = await chat(http, "auto")
+    assert (answered.status_code, answered.json()["model"]) == (200, "simulated")

@@ -32,6 +32,7 @@ from tokenwire.core.provider import (
     ProviderRequest,
     Usage,
     estimate_tokens,
+    estimated_completion_tokens,
 )
 from tokenwire.providers.gguf_package import packaged_model_path
 from tokenwire.providers.registry import build_provider
@@ -153,10 +154,11 @@ async def test_the_provider_completes_a_short_answer_with_estimated_usage(
     text = "".join(d for d in deltas if isinstance(d, str))
     assert usage == Usage(
         prompt_tokens=estimate_tokens(SHORT_PROMPT),
-        completion_tokens=estimate_tokens(text),
+        completion_tokens=estimated_completion_tokens(len(deltas), 16, text),
         estimated=True,
         finish_reason="length",  # 16 tokens asked for, none of them an end of text
     )
+    assert usage.completion_tokens <= 16  # never above what was generated
 
 
 async def test_an_answer_completes_over_the_websocket_with_estimated_usage(
@@ -181,8 +183,9 @@ async def test_an_answer_completes_over_the_websocket_with_estimated_usage(
     assert end["usage"]["prompt_tokens"] > 0
     text = "".join(f["data"]["token"] for f in of_type(frames, "token"))
     assert text
-    # The provider's own count of the answer text, not the core's fallback (deltas).
-    assert end["usage"]["completion_tokens"] == estimate_tokens(text) > 0
+    # The provider's own estimate: never above the deltas (a token each here) nor max_tokens.
+    deltas = len(of_type(frames, "token"))
+    assert end["usage"]["completion_tokens"] == estimated_completion_tokens(deltas, 16, text) > 0
 
 
 async def test_cancel_mid_answer_ends_at_once_and_frees_the_upstream(

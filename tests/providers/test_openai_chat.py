@@ -192,10 +192,35 @@ async def test_a_finished_answer_without_a_usage_chunk_completes_with_an_estimat
     assert deltas == ANSWER
     assert usage == Usage(
         prompt_tokens=estimate_tokens("hello"),
-        completion_tokens=estimate_tokens("".join(ANSWER)),
+        completion_tokens=len(ANSWER),  # fewer deltas than a quarter of the characters
         estimated=True,
         finish_reason=finish_reason,  # type: ignore[arg-type]
     )
+
+
+async def test_an_estimate_never_exceeds_max_tokens_when_the_answer_reached_it(
+    provider: OpenAIProvider, upstream: ScriptedUpstream
+) -> None:
+    # As llama.cpp's server streams 24 tokens of long words: a token a delta, no usage.
+    words = [" capital"] * 24
+    frames = chat_frames(words, 13, 24, include_usage=False, finish_reason="length")
+    upstream.reply = Reply(frames=frames)
+
+    *_, usage = await ask(provider, max_tokens=24)
+
+    assert estimate_tokens("".join(words)) == 48  # what a character count would say
+    assert usage == Usage(estimate_tokens("hello"), 24, estimated=True, finish_reason="length")
+
+
+async def test_an_estimate_never_exceeds_a_quarter_of_the_characters_of_tiny_deltas(
+    provider: OpenAIProvider, upstream: ScriptedUpstream
+) -> None:
+    # A server (or a proxy) that streams a character a delta: deltas are not tokens.
+    upstream.reply = Reply(frames=chat_frames(list("Paris is big"), 13, 3, include_usage=False))
+
+    *_, usage = await ask(provider, max_tokens=100)
+
+    assert usage.completion_tokens == estimate_tokens("Paris is big") == 3
 
 
 async def test_a_body_that_ends_after_finish_reason_but_before_usage_completes_with_an_estimate(
@@ -242,7 +267,7 @@ async def test_over_the_websocket_a_finished_answer_without_usage_completes_as_e
     end = frames[-1]["data"]
     assert end["status"] == "completed"
     assert end["usage"]["estimated"] is True
-    assert end["usage"]["completion_tokens"] == estimate_tokens("".join(ANSWER))
+    assert end["usage"]["completion_tokens"] == len(ANSWER)
     assert end["usage"]["prompt_tokens"] > 0
 
 

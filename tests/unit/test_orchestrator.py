@@ -246,6 +246,14 @@ async def test_usage_from_the_provider_is_reported_with_cost() -> None:
     assert end["cost_usd"] == pytest.approx(0.002 + 0.005)
 
 
+async def test_usage_the_provider_never_reported_is_estimated_within_max_tokens() -> None:
+    # Ten deltas for a budget of four: a provider whose deltas are smaller than tokens.
+    run, inbox = make_run(Scripted([(0, "x")] * 10), max_tokens=4)
+    await run.run()
+    usage = inbox.of("stream_end")[0]["usage"]
+    assert (usage["completion_tokens"], usage["estimated"]) == (4, True)
+
+
 async def test_unexpected_exception_is_an_internal_error_without_details() -> None:
     class Broken(Scripted):
         async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:

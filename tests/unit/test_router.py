@@ -322,3 +322,49 @@ def test_the_worked_example_of_the_routing_docs() -> None:
     prompt = "Write a Python function that merges two sorted lists"
     for strategy in (RoutingStrategy.COST_OPTIMIZED, RoutingStrategy.PERFORMANCE_BASED):
         assert fleet.order(spec(prompt, max_tokens=500, strategy=strategy))[0] == "local"
+
+
+# -- providers reachable by name only (auto = false) ----------------------------------
+
+
+def by_name_only(name: str = "simulated") -> ProviderSlot:
+    return slot(name, auto=False)
+
+
+@pytest.mark.parametrize("strategy", list(RoutingStrategy))
+def test_routing_never_chooses_a_provider_reachable_by_name_only_even_when_it_is_faster(
+    strategy: RoutingStrategy,
+) -> None:
+    fleet = Fleet(slot("local"), by_name_only(), slot("other", ("code",)))
+    for _ in range(5):
+        fleet.served("simulated", 0.001)
+        fleet.served("local", 3.0)
+        fleet.served("local", 3.0, ok=False)
+        fleet.served("other", 2.0)
+    for _ in range(4):  # round robin turns; every strategy, every turn
+        assert "simulated" not in fleet.order(spec("write python code", strategy=strategy))
+
+
+def test_when_every_routable_provider_is_out_the_request_is_refused_not_given_the_stand_in() -> (
+    None
+):
+    fleet = Fleet(slot("local"), by_name_only())
+    fleet.served("simulated", 0.001)
+    fleet.failed("local", times=3)
+    with pytest.raises(ProviderUnavailable, match="circuits open: local") as refused:
+        fleet.router.choose(spec())
+    assert refused.value.retry_after == pytest.approx(30)
+
+
+def test_a_provider_reachable_by_name_only_answers_when_named() -> None:
+    fleet = Fleet(slot("local"), by_name_only())
+    fleet.failed("local", times=3)
+    route = fleet.router.choose(spec(provider="simulated"))
+    assert [c.slot.name for c in route.candidates] == ["simulated"]
+
+
+def test_with_no_provider_routing_may_choose_a_request_must_name_one() -> None:
+    fleet = Fleet(by_name_only("a"), by_name_only("b"))
+    with pytest.raises(InvalidRequest, match=r"auto = false.*\(a, b\)"):
+        fleet.router.choose(spec())
+    assert fleet.order(spec(provider="b")) == ["b"]

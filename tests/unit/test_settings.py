@@ -1,10 +1,12 @@
 """Settings: file, then environment, then flags; a wrong file names the key."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tokenwire.settings import ConfigError, load_settings
+from tokenwire.cli import flag_overrides, parser
+from tokenwire.settings import ConfigError, ProviderSettings, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -13,9 +15,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_serve_the_local_model_and_the_simulated_one() -> None:
+def test_defaults_serve_the_local_model_and_the_simulated_one_by_name_only() -> None:
     settings = load_settings()
     assert [p.name for p in settings.providers] == ["local", "simulated"]
+    assert [p.auto for p in settings.providers] == [True, False]
     assert settings.default_provider == "local"
     assert settings.streams.resume_grace_seconds == 10
     assert settings.limits.max_message_bytes == 1024 * 1024
@@ -103,3 +106,47 @@ def test_api_key_is_read_from_the_named_variable_only(
     provider = load_settings(path).providers[0]
     assert provider.api_key() == "sk-secret"
     assert "sk-secret" not in repr(provider)
+
+
+def simulated_of(settings: Settings) -> ProviderSettings:
+    (simulated,) = [p for p in settings.providers if p.kind == "simulated"]
+    return simulated
+
+
+def test_a_simulated_provider_configured_in_a_file_takes_part_in_routing(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[providers]]\nname = 'sim'\nkind = 'simulated'\n")
+    assert simulated_of(load_settings(path)).auto
+
+
+def test_a_simulated_provider_configured_in_the_environment_takes_part_in_routing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    providers = [{"name": "local", "kind": "local"}, {"name": "simulated", "kind": "simulated"}]
+    monkeypatch.setenv("TOKENWIRE_PROVIDERS", json.dumps(providers))
+    assert simulated_of(load_settings()).auto
+
+
+def test_serve_provider_simulated_takes_part_in_routing() -> None:
+    args = parser().parse_args(["serve", "--provider", "simulated"])
+    settings = load_settings(None, flag_overrides(args))
+    assert simulated_of(settings).auto
+    assert settings.default_provider == "simulated"
+
+
+def test_the_default_provider_is_the_first_that_routing_may_choose(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[[providers]]\nname='stand-in'\nkind='simulated'\nauto=false\n"
+        "[[providers]]\nname='real'\nkind='simulated'\n",
+    )
+    assert load_settings(path).default_provider == "real"
+
+
+def test_a_default_provider_that_routing_may_not_choose_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[routing]\ndefault_provider='a'\n[[providers]]\nname='a'\nkind='simulated'\nauto=false\n",
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert "routing.default_provider: provider 'a' has auto = false" in str(refused.value)

@@ -18,7 +18,7 @@ import structlog
 from tokenwire.core.attempts import AttemptPolicy, Attempts
 from tokenwire.core.chunking import Coalescer
 from tokenwire.core.eventlog import EventLog
-from tokenwire.core.provider import Usage, estimate_tokens
+from tokenwire.core.provider import Usage, estimate_tokens, estimated_completion_tokens
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
@@ -282,8 +282,9 @@ class StreamRun:
         if not self._deltas:
             return Usage(prompt_tokens=0, completion_tokens=0, estimated=True)
         prompt = "".join(m.content for m in self.spec.conversation)
+        answer = estimated_completion_tokens(self._deltas, self.spec.generation.max_tokens)
         return Usage(
-            prompt_tokens=estimate_tokens(prompt), completion_tokens=self._deltas, estimated=True
+            prompt_tokens=estimate_tokens(prompt), completion_tokens=answer, estimated=True
         )
 
     def _outcome(self, status: StreamStatus, usage: Usage | None, cost: float) -> StreamOutcome:

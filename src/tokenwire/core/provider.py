@@ -103,3 +103,17 @@ class Provider(Protocol):
 def estimate_tokens(text: str) -> int:
     """A rough local count (about four characters a token) for providers that report none."""
     return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def estimated_completion_tokens(
+    deltas: int, max_tokens: int | None, text: str | None = None
+) -> int:
+    """An answer's tokens where its provider did not count them: never above the real count.
+
+    Four characters a token overshoots on long words (" capital" is one token). But
+    servers stream at least one token per delta (llama.cpp's exactly one), so the count
+    of deltas is at most the real count, and no provider generates past `max_tokens`.
+    The smallest of these never exceeds what was generated; it may fall short of it.
+    """
+    estimate = deltas if text is None else min(deltas, estimate_tokens(text))
+    return estimate if max_tokens is None else min(estimate, max_tokens)

@@ -22,6 +22,8 @@ class ProviderProfile:
     silence_timeout: float | None = None
     """Longest wait for the provider's next event before the request fails."""
     strengths: tuple[str, ...] = field(default_factory=tuple)
+    auto: bool = True
+    """Whether routing may choose it; else it answers only when named (`config.provider`)."""
 
 
 class ProviderSlot:

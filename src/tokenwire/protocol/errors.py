@@ -64,6 +64,10 @@ class InvalidRequest(TokenwireError):
     error_type = "invalid_request"
 
 
+class NotJson(InvalidRequest):
+    """An HTTP body not declared as JSON: the caller is told to send the content type."""
+
+
 class UnknownRequest(TokenwireError):
     """A request id that is not running, or not the caller's to touch."""
 
@@ -230,6 +234,7 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     InvalidMessage: 400,
     UnknownMessageType: 400,
     InvalidRequest: 400,
+    NotJson: 415,
     UnknownRequest: 404,
     UnknownModel: 404,
     NotRecovered: 410,

@@ -47,6 +47,7 @@ from tokenwire.core.provider import (
     ProviderRequest,
     Usage,
     estimate_tokens,
+    estimated_completion_tokens,
 )
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -164,7 +165,11 @@ class BedrockProvider:
         if usage is None:
             usage = Usage(
                 prompt_tokens=estimate_tokens(request.prompt_text),
-                completion_tokens=estimate_tokens("".join(produced)),
+                completion_tokens=estimated_completion_tokens(
+                    len(produced),
+                    request.max_tokens or self._options.max_tokens,
+                    "".join(produced),
+                ),
                 estimated=True,
             )
         yield dataclasses.replace(usage, finish_reason=finish)

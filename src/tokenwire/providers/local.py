@@ -14,12 +14,13 @@ answer; "gemma" uses Gemma's turn markup, for instruction-tuned Gemma files
 (the packaged base model answers it with noise); "plain" sends the text as is.
 
 Loading starts in a worker thread when the provider is built, so the first
-request does not pay for it. Every llama.cpp call runs on the provider's own
-threads, one per model instance: requests beyond `parallelism` queue there, and
-a request closed while queued never reaches the model. Closing a stream stops
-its generation before the next token (or the next slice of a long prompt).
-Each prompt is evaluated afresh, so at temperature 0 the same conversation
-always gets the same answer.
+request does not pay for it; it goes through `llama_library`, which leaves the
+process's file descriptors alone (nothing written meanwhile is lost). Every
+llama.cpp call runs on the provider's own threads, one per model instance:
+requests beyond `parallelism` queue there, and a request closed while queued
+never reaches the model. Closing a stream stops its generation before the next
+token (or the next slice of a long prompt). Each prompt is evaluated afresh, so
+at temperature 0 the same conversation always gets the same answer.
 
 llama.cpp's threads wait for each other many times a token: when another
 process keeps a core busy, as many threads as cores run several times slower
@@ -29,13 +30,12 @@ than one thread, which is why the default leaves a core free.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import queue
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +55,7 @@ from tokenwire.providers.gguf_package import (
     packaged_model,
     packaged_model_path,
 )
+from tokenwire.providers.llama_library import open_model, route_llama_logs
 from tokenwire.providers.llama_text import (
     AnswerText,
     PromptFormat,
@@ -270,7 +271,12 @@ class LocalProvider:
             for _ in range(self._options.parallelism):
                 if self._closing:
                     return
-                llm = _open_model(path, self._options, self._threads)
+                llm = open_model(
+                    path,
+                    n_ctx=self._options.n_ctx,
+                    threads=self._threads,
+                    extra_buffers=self._options.extra_buffers,
+                )
                 _warm_up(llm)
                 self._instances.append(llm)
                 self._idle.put(llm)
@@ -391,69 +397,8 @@ def _model_source(model_path: str | None) -> tuple[Callable[[], Path], str]:
     return packaged_model_path, MODEL_NAME
 
 
-_PARAMS_LOCK = threading.Lock()
-
-
-def _open_model(path: Path, options: LocalOptions, threads: int) -> Any:
-    with _PARAMS_LOCK, _default_model_params(extra_buffers=options.extra_buffers):
-        return llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=options.n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
-
-
 def _warm_up(llm: Any) -> None:
     """Evaluate a few tokens, so that the first request does not pay for
     touching every page of the weights (a few hundred milliseconds)."""
     llm.eval(llm.tokenize(b"Hello", add_bos=True))
     llm.reset()
-
-
-@contextlib.contextmanager
-def _default_model_params(extra_buffers: bool) -> Iterator[None]:
-    """`Llama()` has no argument for llama.cpp's `use_extra_bufts`; set it on its defaults."""
-    if extra_buffers:
-        yield
-        return
-    library = llama_cpp.llama_cpp
-    original = library.llama_model_default_params
-
-    def without_extra_buffers() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    library.llama_model_default_params = without_extra_buffers
-    try:
-        yield
-    finally:
-        library.llama_model_default_params = original
-
-
-# ggml_log_level as the bundled llama.cpp numbers it (NONE 0, DEBUG 1, INFO 2, WARN 3,
-# ERROR 4, CONT 5; llama-cpp-python's own table is older and off by one): warnings and
-# errors keep their level, the rest goes out at debug.
-_LLAMA_LEVELS = {3: "warning", 4: "error"}
-_llama_logger = structlog.get_logger("tokenwire.llama_cpp")
-
-
-@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-def _forward_llama_log(level: int, text: bytes, user_data: Any) -> None:
-    message = text.decode("utf-8", "replace").strip()
-    if message:
-        _llama_logger.log(_LEVEL_NUMBERS[_LLAMA_LEVELS.get(level, "debug")], message)
-
-
-_LEVEL_NUMBERS = {"debug": 10, "warning": 30, "error": 40}
-
-
-def route_llama_logs() -> None:
-    """Send llama.cpp's own log lines through the structured logger instead of stderr.
-
-    llama-cpp-python installs a callback that prints to stderr, which breaks a JSON
-    log stream; this one replaces it (the callback object lives as long as the module).
-    """
-    llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))

@@ -32,6 +32,7 @@ from tokenwire.core.provider import (
     ProviderRequest,
     Usage,
     estimate_tokens,
+    estimated_completion_tokens,
 )
 from tokenwire.protocol.errors import (
     ProviderError,
@@ -122,7 +123,7 @@ class OpenAIProvider:
                         yield text
         except (openai.APIError, json.JSONDecodeError) as exc:
             raise upstream_error(exc, self._settings.api_key()) from None
-        yield answer.usage(request.prompt_text)
+        yield answer.usage(request.prompt_text, request.max_tokens or options.max_tokens)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -154,16 +155,17 @@ class _Answer:
             self.text.append(text)
         return text
 
-    def usage(self, prompt_text: str) -> Usage:
+    def usage(self, prompt_text: str, max_tokens: int | None) -> Usage:
         """The upstream's usage, else an estimate; `ProviderError` if the answer is cut short."""
         if not self.finished:
             raise ProviderError(f"{END_MARKER_MISSING} (no finish_reason): the answer is cut short")
         if self.reported is None:
             # Finished, but the server sends no usage chunk (it need not honour
             # stream_options): count locally, and say so.
+            answer = "".join(self.text)
             return Usage(
                 prompt_tokens=estimate_tokens(prompt_text),
-                completion_tokens=estimate_tokens("".join(self.text)),
+                completion_tokens=estimated_completion_tokens(len(self.text), max_tokens, answer),
                 estimated=True,
                 finish_reason=self.finish_reason,
             )

@@ -2,9 +2,11 @@
 
 A forced provider (`config.provider`) bypasses ranking but not its circuit: an
 open one refuses the request (`provider_unavailable`) before it starts. Otherwise
-every provider whose circuit lets a request through, and whose estimated cost
-fits `config.cost_limit`, is ranked by the strategy; the core tries them in that
-order, falling back down the list while no text has reached the client.
+every provider that takes part in routing (`auto`), whose circuit lets a request
+through, and whose estimated cost fits `config.cost_limit`, is ranked by the
+strategy; the core tries them in that order, falling back down the list while no
+text has reached the client. A provider with `auto` off is never a candidate nor
+a fallback: when every other one is out, the request is refused, not answered by it.
 """
 
 from __future__ import annotations
@@ -96,12 +98,14 @@ class StrategyRouter:
 
     def _options(self, spec: RequestSpec, task: str) -> list[Option]:
         options = []
-        closed_out: list[float] = []
+        closed_out: dict[str, float] = {}
         budget = self._budget(spec)
         for name, slot in self._slots.items():
+            if not slot.profile.auto:
+                continue  # reachable by name only, never a stand-in for the others
             health = self._health[name]
             if not health.available:
-                closed_out.append(health.retry_in)
+                closed_out[name] = health.retry_in
                 continue
             load = 0.0
             if health.max_concurrency:
@@ -118,10 +122,17 @@ class StrategyRouter:
                     is_default=name == self._policy.default_provider,
                 )
             )
+        if not closed_out and not options:
+            known = ", ".join(sorted(self._slots))
+            raise InvalidRequest(
+                f"no provider may be chosen automatically (each has auto = false): "
+                f"name one ({known})"
+            )
         if not options:
             raise ProviderUnavailable(
-                "every provider is out of service (circuits open)",
-                retry_after=min(closed_out) if closed_out else None,
+                "every provider that routing may choose is out of service "
+                f"(circuits open: {', '.join(closed_out)})",
+                retry_after=min(closed_out.values()),
             )
         limit = spec.routing.cost_limit
         if limit is None:

@@ -82,7 +82,8 @@ async def streaming_sessions(request: Request) -> JSONResponse:
 
 
 async def providers(request: Request) -> JSONResponse:
-    """Each provider's name, kind, model and live health; never a key."""
+    """Each provider's name, kind, model, whether routing may choose it, and live health;
+    never a key."""
     gateway = _gateway(request)
     describe = request.app.state.describe_health
     return JSONResponse(
@@ -92,6 +93,7 @@ async def providers(request: Request) -> JSONResponse:
                     "name": name,
                     "kind": slot.provider.kind,
                     "model": slot.provider.model,
+                    "auto": slot.profile.auto,
                     "health": describe(name) if describe is not None else None,
                 }
                 for name, slot in gateway.slots.items()

@@ -44,6 +44,7 @@ from tokenwire.protocol.messages import (
 from tokenwire.security.access import AccessPolicy
 from tokenwire.security.audit import audit
 from tokenwire.security.middleware import identity_of
+from tokenwire.transports.content_type import require_json
 from tokenwire.transports.frames import sse_event
 from tokenwire.transports.http import error_response
 from tokenwire.transports.identity import client_of, user_of, with_client
@@ -272,6 +273,7 @@ def _expired_event(request_id: str) -> str:
 
 
 async def _ai_request(request: Request, limit: int) -> AiRequest:
+    require_json(request.headers.get("content-type"))
     body = await _body(request, limit)
     value = decode_json(body.decode("utf-8", "replace"), what="the body")
     if not isinstance(value, dict):

@@ -3,9 +3,11 @@
 The wire format is OpenAI's: a `chat.completion` object, or with `stream: true`
 `chat.completion.chunk` events with one id, the role in the first delta, a
 `finish_reason` of `stop` or `length`, the usage chunk when
-`stream_options.include_usage` asks for it, and `data: [DONE]`. An error after
-the stream started is one `data: {"error": ...}` event (the SDK raises on it),
-without `[DONE]`. `model` names a provider, or is `auto` for the router's pick.
+`stream_options.include_usage` asks for it, and `data: [DONE]`. Usage that
+tokenwire estimated says so (`usage.estimated`, and the `tokenwire-usage-estimated`
+header on a whole answer). An error after the stream started is one
+`data: {"error": ...}` event (the SDK raises on it), without `[DONE]`. `model`
+names a provider, or is `auto` for the router's pick.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from tokenwire.transports.v1.running import (
     gateway_of,
     routing_for,
     start,
+    usage_headers,
     whole,
 )
 
@@ -107,6 +110,10 @@ class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated: bool = Field(
+        default=False,
+        description="tokenwire's own count (the provider sent none), never above the real one",
+    )
 
 
 class ChatCompletion(BaseModel):
@@ -124,6 +131,8 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "tokenwire"
+    auto: bool | None = None
+    """Whether `auto` may choose this provider (absent on `auto` itself)."""
 
 
 class ModelList(BaseModel):
@@ -131,10 +140,11 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(request: Request) -> ModelList:
-    names = [*gateway_of(request).slots, AUTO]
-    return ModelList(data=[Model(id=name) for name in names])
+    slots = gateway_of(request).slots
+    models = [Model(id=name, auto=slot.profile.auto) for name, slot in slots.items()]
+    return ModelList(data=[*models, Model(id=AUTO)])
 
 
 @router.post(
@@ -163,7 +173,7 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest) 
         text, end, error = await whole(feed)
     if end.get("status") != "completed":
         return openai_error(failure_of(end, error))
-    return JSONResponse(_completion(log, end, text))
+    return JSONResponse(_completion(log, end, text), headers=usage_headers(end.get("usage")))
 
 
 def _spec(gateway: Gateway, body: ChatCompletionRequest, user: str) -> RequestSpec:
@@ -208,6 +218,7 @@ def _completion(log: EventLog, end: dict[str, Any], text: str) -> dict[str, Any]
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
             total_tokens=usage.get("total_tokens", 0),
+            estimated=usage.get("estimated", False),
         ),
     ).model_dump()
 
@@ -217,7 +228,7 @@ def _chunk(
     model: str,
     delta: dict[str, Any] | None,
     finish: str | None = None,
-    usage: dict[str, int] | None = None,
+    usage: dict[str, int | bool] | None = None,
 ) -> str:
     """One `chat.completion.chunk` event; without a delta, the choice-less usage chunk."""
     choices = (
@@ -279,8 +290,9 @@ async def _ending(
     yield _chunk(log, model, {}, end.get("finish_reason", "stop"))
     if include_usage:
         usage = end.get("usage") or {}
-        counts = {
+        counts: dict[str, int | bool] = {
             k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
         }
+        counts["estimated"] = usage.get("estimated", False)
         yield _chunk(log, model, None, usage=counts)
     yield "data: [DONE]\n\n"

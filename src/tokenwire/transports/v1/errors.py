@@ -23,6 +23,7 @@ _OPENAI_TYPES = {
     404: "invalid_request_error",
     410: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -34,6 +35,7 @@ _ANTHROPIC_TYPES = {
     404: "not_found_error",
     410: "not_found_error",
     413: "request_too_large",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     503: "overloaded_error",
 }
@@ -99,6 +101,7 @@ _MEANINGS = {
     404: "an unknown model, response or request",
     410: "events no longer held",
     413: "the body is too large",
+    415: "the body is not declared as JSON (send Content-Type: application/json)",
     429: "rate limited, or every provider busy (see retry-after)",
     500: "a defect in tokenwire",
     502: "the upstream provider failed",

@@ -46,6 +46,7 @@ from tokenwire.transports.v1.running import (
     gateway_of,
     routing_for,
     start,
+    usage_headers,
     whole,
 )
 
@@ -106,6 +107,10 @@ class TextBlock(BaseModel):
 class MessageUsage(BaseModel):
     input_tokens: int
     output_tokens: int
+    estimated: bool = Field(
+        default=False,
+        description="tokenwire's own count (the provider sent none), never above the real one",
+    )
 
 
 class AnthropicMessage(BaseModel):
@@ -145,7 +150,9 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
         text, end, error = await whole(feed)
     if end.get("status") != "completed":
         return anthropic_error(failure_of(end, error))
-    return JSONResponse(_message_object(log.key.request_id, end, text))
+    return JSONResponse(
+        _message_object(log.key.request_id, end, text), headers=usage_headers(end.get("usage"))
+    )
 
 
 def _spec(gateway: Gateway, body: MessagesRequest, user: str) -> RequestSpec:
@@ -182,6 +189,7 @@ def _usage(end: dict[str, Any]) -> MessageUsage:
     return MessageUsage(
         input_tokens=usage.get("prompt_tokens", 0),
         output_tokens=usage.get("completion_tokens", 0),
+        estimated=usage.get("estimated", False),
     )
 
 
@@ -265,6 +273,7 @@ def _ending(end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
                 "usage": {
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
+                    "estimated": usage.estimated,
                 },
             },
         ),

@@ -98,6 +98,7 @@ class ResponseStream:
                 "output_tokens": usage.get("completion_tokens", 0),
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": usage.get("total_tokens", 0),
+                "estimated": usage.get("estimated", False),
             }
             if done
             else None,

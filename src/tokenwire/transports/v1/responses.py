@@ -45,6 +45,7 @@ from tokenwire.transports.v1.running import (
     failure_of,
     gateway_of,
     routing_for,
+    usage_headers,
 )
 
 router = APIRouter(
@@ -149,7 +150,7 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
                 end = record.data
     if stream.status in ("failed", "cancelled"):
         return openai_error(failure_of(end, error))
-    return JSONResponse(stream.response())
+    return _whole(stream.response())
 
 
 @router.get(
@@ -166,7 +167,7 @@ async def retrieve_response(
     gateway = gateway_of(request)
     log = await _stored(gateway, _key(request, response_id))
     if not stream:
-        return JSONResponse(replayed(log).response())
+        return _whole(replayed(log).response())
     feed = Feed()
     log.check_held(0)  # sequence numbers are counted from the log's first event
     log.attach(feed, log.records(0))
@@ -190,10 +191,15 @@ async def cancel_response(request: Request, response_id: str) -> Response:
         cancel_quietly(gateway, log.key, "cancelled by client")
         async for _ in feed:  # until its stream_end: a cancel takes milliseconds
             pass
-    return JSONResponse(replayed(log).response())
+    return _whole(replayed(log).response())
 
 
 # -- internals ----------------------------------------------------------------
+
+
+def _whole(response: dict[str, Any]) -> JSONResponse:
+    """A Response object as one JSON body, saying whether its usage was estimated."""
+    return JSONResponse(response, headers=usage_headers(response["usage"]))
 
 
 def _spec(gateway: Gateway, body: ResponseCreateRequest, user: str) -> RequestSpec:

@@ -1,8 +1,9 @@
 """The FastAPI route class of the HTTP dialects: hostile-input checks and dialect errors.
 
 FastAPI documents the request and response models (OpenAPI at `/openapi.json`)
-and validates bodies with them; before it does, the body goes through the same
-checks as a WebSocket frame (size, NaN and Infinity, nesting depth), and every
+and validates bodies with them; before it does, a body must be declared as JSON
+(`Content-Type: application/json`) and goes through the same checks as a
+WebSocket frame (size, NaN and Infinity, nesting depth), and every
 failure, FastAPI's validation errors included, answers in the dialect's own
 error shape rather than FastAPI's.
 """
@@ -19,6 +20,7 @@ from starlette.responses import Response
 
 from tokenwire.protocol.errors import InvalidRequest, MessageTooLarge, TokenwireError
 from tokenwire.protocol.messages import decode_json, describe_errors
+from tokenwire.transports.content_type import require_json
 from tokenwire.transports.v1.errors import anthropic_error, openai_error
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -30,10 +32,12 @@ class DialectRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         original = super().get_route_handler()
         render = type(self).render_error
+        takes_body = self.body_field is not None
 
         async def handler(request: Request) -> Response:
             try:
-                if request.method in ("POST", "PUT", "PATCH"):
+                if takes_body:
+                    require_json(request.headers.get("content-type"))
                     await _check_body(request)
                 return await original(request)
             except RequestValidationError as exc:

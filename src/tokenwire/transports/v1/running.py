@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -33,6 +33,8 @@ from tokenwire.protocol.errors import (
 from tokenwire.protocol.events import TEXT_EVENTS, EventType
 
 CLIENT_LEFT = "client went away"
+USAGE_ESTIMATED = "tokenwire-usage-estimated"
+"""The header of a whole answer whose usage tokenwire estimated (the provider sent none)."""
 AUTO = "auto"
 """The `model` that lets the router choose."""
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -123,6 +125,12 @@ def routing_for(gateway: Gateway, model: str) -> Routing:
     if model not in gateway.slots:
         raise UnknownModel(f"The model `{model[:64]}` does not exist; GET /v1/models lists them")
     return Routing(provider=model)
+
+
+def usage_headers(usage: object) -> dict[str, str]:
+    """`tokenwire-usage-estimated: true` for usage that tokenwire estimated; else none."""
+    estimated = isinstance(usage, Mapping) and usage.get("estimated") is True
+    return {USAGE_ESTIMATED: "true"} if estimated else {}
 
 
 def failure_of(end: dict[str, Any], error: dict[str, Any] | None) -> TokenwireError:
