@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test lint typecheck conformance conformance-suite bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck browser conformance conformance-suite bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ typecheck: dev
 
 test: dev lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The browser tests drive Debian's chromium through Playwright (whose own browser
+# download cannot work without the internet); installed once, as root, when missing.
+CHROMIUM := /usr/bin/chromium
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: browser
 
 # The black-box suite of the wire contract is kept outside this repository.
 CONFORMANCE ?= ../shared/conformance

@@ -93,4 +93,3 @@ def test_make_conformance_without_the_suite_says_what_it_needs() -> None:
     assert "make conformance CONFORMANCE=/path/to/conformance" in result.stderr
     assert f"TOKENWIRE_ROOT={ROOT}" in result.stderr
     assert "TOKENWIRE_URL" in result.stderr
-

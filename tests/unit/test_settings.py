@@ -211,7 +211,8 @@ def test_a_multi_line_string_that_looks_like_a_table_is_not_taken_for_one(
 ) -> None:
     path = write(
         tmp_path,
-        '[auth]\njwt_audience = """\nnot TOML:\n[server]\nport = 1\n"""\n\n[server]\nport = "abc"\n',
+        '[auth]\njwt_audience = """\nnot TOML:\n[server]\nport = 1\n"""\n'
+        '\n[server]\nport = "abc"\n',
     )
 
     assert error_of(path) == f"{path}:9: server.port: expected an integer"
