@@ -11,19 +11,26 @@ from playwright.async_api import expect
 
 from tests.support.auth import ADA_KEY, ENVIRON, api_key_settings, bearer
 from tests.support.browser import offline_page
-from tests.support.server import running_server
+from tests.support.server import running_server, simulated_settings
 
 
-async def test_swagger_ui_renders_every_operation_with_the_network_off() -> None:
-    async with running_server() as server, offline_page(server.url) as offline:
-        async with httpx.AsyncClient() as http:
+@pytest.mark.parametrize("auth", ["off", "api_key"])
+async def test_swagger_ui_renders_every_operation_with_the_network_off(auth: str) -> None:
+    settings, headers = simulated_settings(), None
+    if auth == "api_key":  # the page and the document it fetches need the credential
+        settings, headers = api_key_settings(), bearer(ADA_KEY)
+    async with (
+        running_server(settings, environ=ENVIRON) as server,
+        offline_page(server.url, headers) as offline,
+    ):
+        async with httpx.AsyncClient(headers=headers) as http:
             documented = set((await http.get(server.url + "/openapi.json")).json()["paths"])
 
         await offline.page.goto(server.url + "/docs")
         operations = offline.page.locator(".opblock-summary-path[data-path]")
-        await expect(operations.filter(has_text="/v1/chat/completions")).to_be_visible(
-            timeout=30_000
-        )
+        chat = operations.filter(has_text="/v1/chat/completions")
+        await expect(chat).to_be_visible(timeout=30_000)
+        await expect(operations).to_have_count(len(documented), timeout=30_000)
         shown = await operations.evaluate_all("els => els.map(e => e.dataset.path)")
 
     assert "/v1/chat/completions" in documented

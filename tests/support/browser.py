@@ -42,13 +42,16 @@ def installed_chromium() -> str:
 
 
 @contextlib.asynccontextmanager
-async def offline_page(server_url: str) -> AsyncIterator[OfflinePage]:
-    """A page in a fresh headless Chromium that may load only from `server_url`."""
+async def offline_page(
+    server_url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[OfflinePage]:
+    """A page in a fresh headless Chromium that may load only from `server_url`, sending
+    `headers` (a credential, say) with every request."""
     executable = installed_chromium()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=executable, args=FLAGS)
         try:
-            context = await browser.new_context()
+            context = await browser.new_context(extra_http_headers=headers)
             offline = OfflinePage(await context.new_page())
 
             async def only_the_server(route: Route) -> None:
