@@ -18,6 +18,13 @@ ROOT = Path(__file__).parents[2]
 SAME_VENV = ("-o", "install", "-o", "dev", f"VENV={sys.prefix}")
 
 
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without what an enclosing `make test` passes down to
+    a make it runs (its command-line variables and flags)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    return {**inherited, **extra}
+
+
 def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["make", "--no-print-directory", *SAME_VENV, *args],
@@ -25,7 +32,7 @@ def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **(env or {})},
+        env=environment(**(env or {})),
     )
 
 
@@ -67,7 +74,7 @@ def test_make_run_honours_the_environment_and_the_config_file(tmp_path: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "TOKENWIRE_SERVER__PORT": str(port_in_environment)},
+        env=environment(TOKENWIRE_SERVER__PORT=str(port_in_environment)),
     )
     try:
         url = f"http://127.0.0.1:{port_in_environment}"
