@@ -2,10 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
 
-.PHONY: install dev run test lint typecheck conformance bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck browser conformance conformance-suite bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +21,13 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.dev-installed
 
+# `make run HOST=… PORT=… CONFIG=…`: each flag only when given on make's command line, so
+# that otherwise the config file and TOKENWIRE_SERVER__* decide (and a HOST or PORT that a
+# shell exports for its own reasons does not).
+flag = $(if $(filter command line,$(origin $(1))),$(2) '$($(1))')
+
 run: install
-	$(BIN)/tokenwire serve --host $(HOST) --port $(PORT)
+	$(BIN)/tokenwire serve $(call flag,HOST,--host) $(call flag,PORT,--port) $(call flag,CONFIG,--config)
 
 lint: dev
 	$(BIN)/ruff check src tests bench
@@ -36,8 +39,32 @@ typecheck: dev
 test: dev lint typecheck
 	$(BIN)/python -m pytest -q
 
-conformance: install dev
-	TOKENWIRE_ROOT=$(CURDIR) $(BIN)/python -m pytest -q -p no:cacheprovider ../shared/conformance
+# The browser tests drive Debian's chromium through Playwright (whose own browser
+# download cannot work without the internet); installed once, as root, when missing.
+CHROMIUM := /usr/bin/chromium
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+test: browser
+
+# The black-box suite of the wire contract is kept outside this repository.
+CONFORMANCE ?= ../shared/conformance
+
+conformance: conformance-suite dev
+	TOKENWIRE_ROOT=$(CURDIR) $(BIN)/python -m pytest -q -p no:cacheprovider $(CONFORMANCE)
+
+conformance-suite:
+	@test -d '$(CONFORMANCE)' || { \
+	  echo "make conformance: no conformance suite at $(CONFORMANCE)." >&2; \
+	  echo "  It is the black-box suite of the wire contract, kept outside this repository;" >&2; \
+	  echo "  give its path: make conformance CONFORMANCE=/path/to/conformance" >&2; \
+	  echo "  It starts servers from this checkout (TOKENWIRE_ROOT=$(CURDIR), set by make)," >&2; \
+	  echo "  or tests a running one when TOKENWIRE_URL=http://HOST:PORT is set." >&2; \
+	  exit 2; }
 
 bench: install
 	$(BIN)/python bench/ws_load.py --clients 1 100 1000

@@ -38,7 +38,7 @@ from tokenwire.security.auth import (
 from tokenwire.security.limits import AddressThrottle, Connections, LimitPolicy, Quotas
 from tokenwire.security.middleware import AccessMiddleware
 from tokenwire.settings import AuthSettings, ConfigError, ProviderSettings, Settings
-from tokenwire.transports import http, sse, websocket
+from tokenwire.transports import api_docs, http, sse, websocket
 from tokenwire.transports.uvicorn_http import head_timeout_protocol
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 from tokenwire.transports.v1 import chat, messages, responses
@@ -245,7 +245,11 @@ def build_app(
             Route("/api/streams/{request_id}", sse.cancel_stream, methods=["DELETE"]),
             WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
             Route("/ws/ai-stream", http.upgrade_required),
+            *api_docs.routes(),
         ],
+        # FastAPI's own pages load from CDNs; api_docs serves Swagger UI from the package.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.openapi = lambda: _documented_errors_only(app)  # type: ignore[method-assign]

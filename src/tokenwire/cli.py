@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import structlog
 import uvicorn
 
+from tokenwire import __version__
 from tokenwire.app import access_policy, build_app, build_gateway, uvicorn_config
 from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
@@ -25,10 +27,13 @@ from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_setti
 # Kinds that cannot run without a model name, and what `--model` means for the others.
 MODEL_REQUIRED = {"openai", "anthropic", "bedrock"}
 BASE_URL_KINDS = {"openai", "anthropic", "bedrock"}
+# What stops `tokenwire serve` gracefully: `kill` and a terminal's Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class GracefulServer(uvicorn.Server):
-    """On SIGTERM, end streams and close sockets our way (1001) before uvicorn's (1012)."""
+    """On SIGTERM or Ctrl-C, end streams and close sockets our way (1001) before uvicorn's
+    (1012), then exit with status 0."""
 
     def __init__(
         self,
@@ -51,16 +56,27 @@ class GracefulServer(uvicorn.Server):
         await self._gateway.shutdown(self._grace)
         await super().shutdown(sockets)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises captured signals after shutting down, so the process would
-        # die by SIGTERM; a drained, graceful stop should exit with status 0 instead.
-        if sig == signal.SIGTERM and sig in self._captured_signals:
-            self._captured_signals.remove(sig)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) and SIGTERM both stop the server gracefully (`handle_exit`), after
+        which the process exits with status 0. uvicorn's own version raises the signal again
+        once the server has stopped: SIGTERM would then kill the process and SIGINT print a
+        KeyboardInterrupt traceback. A second Ctrl-C still forces the exit (`handle_exit`).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tokenwire", description=__doc__)
+    root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",

@@ -24,6 +24,14 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from tokenwire.config_errors import (
+    ENV_PREFIX,
+    PROVIDERS_VARIABLE,
+    Sources,
+    describe,
+    nearest,
+    variable,
+)
 from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.routing.classify import TaskType
 
@@ -260,19 +268,17 @@ def load_settings(
 ) -> Settings:
     """Build the settings from file, environment and flags, or raise `ConfigError`."""
     check_environment(os.environ)
-    token = _file_data.set(read_config_file(config_file) if config_file else {})
+    text = read_config_text(config_file) if config_file else ""
+    token = _file_data.set(parse_config(config_file, text) if config_file else {})
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(describe_config_error(exc)) from None
+        sources = Sources(overrides or {}, os.environ, config_file, text)
+        raise ConfigError(describe_config_error(exc, sources)) from None
     except SettingsError as exc:  # what check_environment let through, in one line
         raise ConfigError(f"environment: {exc}") from None
     finally:
         _file_data.reset(token)
-
-
-ENV_PREFIX = "TOKENWIRE_"
-PROVIDERS_VARIABLE = "TOKENWIRE_PROVIDERS"
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
@@ -302,11 +308,15 @@ def check_environment(environ: Mapping[str, str]) -> None:
         model = tables.get(table)
         if model is None:
             known = ", ".join(sorted(tables))
-            raise ConfigError(f"{name}: unknown table {table!r} (tables: {known}, providers)")
+            guess = nearest(table, tables)
+            hint = f"; did you mean {variable(guess, key)}?" if guess else ""
+            raise ConfigError(f"{name}: unknown table {table!r} (tables: {known}, providers){hint}")
         fields = model.model_fields if isinstance(model, type) else {}
         field = fields.get(key)
         if field is None:
-            raise ConfigError(f"{name}: unknown key {table}.{key}")
+            guess = nearest(key, fields)
+            hint = f"; did you mean {variable(table, guess)}?" if guess else ""
+            raise ConfigError(f"{name}: unknown key {table}.{key}{hint}")
         if get_origin(field.annotation) in (list, dict) or field.annotation in (list, dict):
             _check_json(name, value)
 
@@ -318,39 +328,22 @@ def _check_json(name: str, value: str) -> None:
         raise ConfigError(f"{name}: not valid JSON ({exc})") from None
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_text(path: Path) -> str:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+
+
+def parse_config(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-_FRIENDLY = {
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "int_from_float": "expected an integer",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a table",
-    "model_type": "expected a table",
-    "extra_forbidden": "unknown key",
-    "missing": "required key is missing",
-}
-
-
-def describe_config_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False, include_input=False)[0]
-    where = ""
-    for part in err["loc"]:
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-    message = _FRIENDLY.get(err["type"], err["msg"].removeprefix("Value error, "))
-    if err["type"] == "value_error" and not where:
-        return message
-    return f"{where}: {message}" if where else message
+def describe_config_error(exc: ValidationError, sources: Sources | None = None) -> str:
+    """One line naming the key, and where its value came from when `sources` are given."""
+    return describe(exc, Settings, sources)

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.server import simulated_settings
+from tokenwire.app import build_app
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import load_settings
+from tokenwire.transports.http import endpoints
 
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 
@@ -56,3 +59,21 @@ def test_the_security_guide_s_configurations_load(
         path.write_text(example)
         settings = load_settings(path)
         assert settings.auth.mode in ("jwt", "api_key")
+
+
+def test_every_endpoint_the_docs_name_is_served_with_that_method() -> None:
+    def shape(path: str) -> str:
+        return re.sub(r"\{[^}]*\}", "{}", path.split("?")[0])
+
+    served = {
+        shape(path): entry["methods"]
+        for path, entry in endpoints(build_app(simulated_settings()).routes).items()
+    }
+    texts = [DOCS.parents[1] / "README.md", *DOCS.parent.glob("*.md")]
+    named = {
+        (method, shape(path), text.name)
+        for text in texts
+        for method, path in re.findall(r"`(GET|POST|DELETE) (/[^` ]*)`", text.read_text())
+    }
+    assert named
+    assert [n for n in sorted(named) if n[0] not in served.get(n[1], [])] == []

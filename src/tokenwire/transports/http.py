@@ -2,23 +2,61 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from fastapi.routing import iter_route_contexts
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.stats import sessions_snapshot
 from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_header
 
-ENDPOINTS = {
-    "/ws/ai-stream": "WebSocket: the streaming protocol (docs/protocol.md)",
+# What each path is for, as the front page says it; a route without an entry here is
+# a test failure (tests/integration/test_front_page.py), so that none goes unlisted.
+ABOUT = {
+    "/": "this list (JSON, or HTML for a browser)",
     "/healthz": "liveness: the process answers",
     "/readyz": "readiness: every provider can serve (503 with the reason otherwise)",
-    "/api/streaming/stats": "streaming statistics",
-    "/api/streaming/sessions": "open sessions",
-    "/api/providers": "the providers and their live health",
+    "/ws/ai-stream": "WebSocket: the streaming protocol, docs/protocol.md "
+    "(a plain GET is answered 426)",
     "/api/streams": "Server-Sent Events: POST to start a request, GET to list yours",
-    "/api/streams/{id}/events": "Server-Sent Events: re-attach after Last-Event-ID",
+    "/api/streams/{request_id}/events": "Server-Sent Events: re-attach after Last-Event-ID",
+    "/api/streams/{request_id}": "DELETE to cancel a request",
+    "/api/streaming/stats": "streaming statistics (admin)",
+    "/api/streaming/sessions": "open sessions (admin)",
+    "/api/providers": "the providers and their live health (admin)",
+    "/v1/models": "OpenAI API: the provider names to use as model, and auto",
+    "/v1/chat/completions": "OpenAI Chat Completions",
+    "/v1/responses": "OpenAI Responses",
+    "/v1/responses/{response_id}": "OpenAI Responses: retrieve, or resume a stream",
+    "/v1/responses/{response_id}/cancel": "OpenAI Responses: cancel a background response",
+    "/v1/messages": "Anthropic Messages",
+    "/openapi.json": "the OpenAPI document of the HTTP APIs",
+    "/docs": "interactive API docs (Swagger UI)",
+    "/static/docs": "the API docs' scripts and styles",
 }
+DOCS = {"swagger_ui": "/docs", "openapi": "/openapi.json"}
+
+
+def endpoints(routes: Sequence[BaseRoute]) -> dict[str, dict[str, Any]]:
+    """Every path the app serves, with its methods and what it is for."""
+    served: dict[str, dict[str, Any]] = {}
+    for route in iter_route_contexts(routes):
+        if route.path is None:
+            continue
+        entry = served.setdefault(route.path, {"methods": [], "about": ABOUT.get(route.path)})
+        if isinstance(route.original_route, WebSocketRoute):
+            methods = {"WEBSOCKET"}
+        elif isinstance(route.original_route, Mount):
+            methods = {"GET"}
+        else:
+            methods = (route.methods or set()) - {"HEAD"}
+        entry["methods"] = sorted(set(entry["methods"]) | methods)
+    return served
 
 
 def error_response(error: TokenwireError) -> JSONResponse:
@@ -35,17 +73,37 @@ def _gateway(request: Request) -> Gateway:
 
 
 async def front_page(request: Request) -> Response:
-    """What is served where, for a person who opened the address `make run` printed."""
+    """What is served where, for a person who opened the address `make run` printed and
+    for a program (JSON unless the client asks for HTML)."""
+    listed = endpoints(request.app.routes)
     if "text/html" not in request.headers.get("accept", ""):
-        return JSONResponse({"service": "tokenwire", "endpoints": ENDPOINTS})
+        return JSONResponse(
+            {
+                "service": "tokenwire",
+                "version": request.app.version,
+                "docs": DOCS,
+                "endpoints": listed,
+            }
+        )
     rows = "".join(
-        f"<li><code>{path}</code>: {meaning}</li>" for path, meaning in ENDPOINTS.items()
+        f"<tr><td>{_link(path, entry['methods'])}</td><td>{' '.join(entry['methods'])}</td>"
+        f"<td>{escape(entry['about'] or '')}</td></tr>"
+        for path, entry in listed.items()
     )
     return HTMLResponse(
         "<!doctype html><meta charset=utf-8><title>tokenwire</title>"
-        "<h1>tokenwire</h1><p>Streams AI answers token by token. Served here:</p>"
-        f"<ul>{rows}</ul>"
+        "<h1>tokenwire</h1><p>Streams AI answers token by token. API docs: "
+        '<a href="/docs">/docs</a> (Swagger UI) and <a href="/openapi.json">/openapi.json</a>. '
+        "Served here:</p>"
+        f"<table><tr><th>path</th><th>methods</th><th>what</th></tr>{rows}</table>"
     )
+
+
+def _link(path: str, methods: list[str]) -> str:
+    shown = escape(path)
+    if methods == ["GET"] and "{" not in path and not path.startswith("/static/"):
+        return f'<a href="{shown}"><code>{shown}</code></a>'
+    return f"<code>{shown}</code>"
 
 
 async def healthz(request: Request) -> JSONResponse:
