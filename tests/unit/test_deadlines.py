@@ -6,6 +6,7 @@ virtual moment a deadline passed, so none depends on this machine's speed."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from tests.support.clock import run_on_virtual_clock
 from tests.support.providers import Scripted
 from tests.support.recording import Inbox
+from tokenwire.app import gateway_config
 from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.deadlines import Deadlines, Timeouts
 from tokenwire.core.eventlog import EventLog
@@ -22,7 +24,14 @@ from tokenwire.core.provider import Message
 from tokenwire.core.route import AttemptOutcome, Candidate, ProviderProfile, ProviderSlot, Route
 from tokenwire.core.spec import Delivery, RequestKey, RequestSpec
 from tokenwire.protocol.errors import InvalidRequest
-from tokenwire.protocol.messages import Granularity, RoutingStrategy
+from tokenwire.protocol.messages import (
+    AiRequest,
+    Granularity,
+    RoutingStrategy,
+    parse_client_message,
+)
+from tokenwire.settings import ConfigError, load_settings
+from tokenwire.transports.requests import spec_from_ai_request
 
 DEFAULTS = StreamTuning()  # 600 s for the request, 60 s to the first token, 60 s of silence
 NEVER = 10_000_000.0  # a provider that waits this long never answers within any deadline
@@ -299,3 +308,64 @@ def test_deadlines_asked_for_resolve_over_the_defaults_and_are_bounded() -> None
     Deadlines(request=3600.0, first_token=3600.0, silence=3600.0).check(3600.0)
     with pytest.raises(InvalidRequest, match="first_token_timeout: at most 3600 seconds"):
         Deadlines(first_token=3600.5).check(3600.0)
+
+
+# -- where the values come from ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"first_token_timeout": 0},
+        {"silence_timeout": -1},
+        {"timeout": 86_400.5},
+        {"silence_timeout": "60"},
+    ],
+)
+def test_a_websocket_deadline_is_a_number_of_seconds_within_the_wire_s_bound(
+    config: dict[str, Any],
+) -> None:
+    frame = json.dumps({"type": "ai_request", "prompt": "hi", "config": config})
+
+    with pytest.raises(InvalidRequest, match=f"config.{next(iter(config))}"):
+        parse_client_message(frame)
+
+
+def test_the_websocket_s_three_deadlines_reach_the_request() -> None:
+    config = {"timeout": 900, "first_token_timeout": 120.5, "silence_timeout": 30}
+    message = parse_client_message(
+        json.dumps({"type": "ai_request", "prompt": "hi", "config": config})
+    )
+    assert isinstance(message, AiRequest)
+
+    spec = spec_from_ai_request(message, "u", None)
+
+    assert spec.deadlines == Deadlines(request=900, first_token=120.5, silence=30)
+
+
+@pytest.mark.parametrize(
+    "key", ["request_timeout_seconds", "first_token_timeout_seconds", "silence_timeout_seconds"]
+)
+def test_a_server_default_above_the_server_s_maximum_stops_start_up(key: str) -> None:
+    streams = {"request_timeout_seconds": 50, "max_request_timeout_seconds": 100, key: 120}
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"streams": streams})
+
+    assert str(caught.value) == (
+        f"streams.{key}: 120 is above streams.max_request_timeout_seconds (100)"
+    )
+
+
+def test_the_server_s_deadlines_reach_the_core() -> None:
+    streams = {
+        "request_timeout_seconds": 1200,
+        "first_token_timeout_seconds": 90,
+        "silence_timeout_seconds": 45,
+        "max_request_timeout_seconds": 7200,
+    }
+    tuning = gateway_config(load_settings(None, {"streams": streams})).tuning
+
+    assert tuning.timeouts == Timeouts(request=1200, first_token=90, silence=45)
+    assert tuning.max_timeout == 7200
+    assert StreamTuning().timeouts == Timeouts(request=600, first_token=60, silence=60)
