@@ -24,14 +24,13 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from tokenwire.protocol.messages import MAX_TIMEOUT_SECONDS, RoutingStrategy
+from tokenwire.protocol.messages import RoutingStrategy, Seconds
 from tokenwire.routing.classify import TaskType
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "local", "simulated"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "anthropic", "bedrock", "local", "simulated")
 
 Positive = Annotated[float, Field(gt=0)]
-Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
 NonNegative = Annotated[float, Field(ge=0)]
 MiB = 1024 * 1024
 

@@ -83,16 +83,14 @@ class Attempts:
         self._timeouts = Timeouts()
         self._whole: asyncio.Timeout | None = None
 
-    async def run(self, started: float, timeouts: Timeouts) -> None:
+    async def run(self, timeouts: Timeouts) -> None:
         """Stream an answer from the first candidate that gives one, or raise why none did,
-        by `started` (a `time.monotonic()`) plus the request's deadline at the latest."""
+        within the request's deadline from now (the loop's clock, as every wait here)."""
         self._timeouts = timeouts
-        deadline = started + timeouts.request
-        loop = asyncio.get_running_loop()
-        self._whole = whole = asyncio.timeout_at(loop.time() + (deadline - time.monotonic()))
+        self._whole = whole = asyncio.timeout(timeouts.request)
         try:
             async with whole:
-                await self._candidates(deadline)
+                await self._candidates()
         except TimeoutError:
             if not whole.expired():
                 raise
@@ -100,13 +98,13 @@ class Attempts:
                 f"no complete answer within {timeouts.request:g} s", deadline="request"
             ) from None
 
-    async def _candidates(self, deadline: float) -> None:
+    async def _candidates(self) -> None:
         candidates = [c.slot for c in self._route.candidates]
         # Providers with room first: the queue is only for when none has any.
         candidates.sort(key=lambda slot: slot.gate is not None and slot.gate.locked())
         for index, slot in enumerate(candidates):
             try:
-                await self._with_retries(slot, deadline)
+                await self._with_retries(slot)
                 return
             except (ProviderError, RequestTimeout) as failure:
                 last = index == len(candidates) - 1
@@ -116,7 +114,7 @@ class Attempts:
 
     # -- one provider -----------------------------------------------------------
 
-    async def _with_retries(self, slot: ProviderSlot, deadline: float) -> None:
+    async def _with_retries(self, slot: ProviderSlot) -> None:
         for retry in itertools.count():
             try:
                 await self._attempt(slot)
@@ -125,9 +123,7 @@ class Attempts:
                 if self.deltas or not failure.retryable or retry >= self._policy.max_retries:
                     raise
                 pause = self._backoff(retry, failure)
-                if pause > self._policy.max_retry_wait_seconds or (
-                    time.monotonic() + pause >= deadline
-                ):
+                if pause > self._policy.max_retry_wait_seconds or self._too_late(pause):
                     raise
                 await asyncio.sleep(pause)
 
@@ -171,6 +167,11 @@ class Attempts:
 
     def _out_of_time(self) -> bool:
         return self._whole is not None and self._whole.expired()
+
+    def _too_late(self, pause: float) -> bool:
+        """Would a retry after `pause` start at or past the request's deadline?"""
+        when = self._whole.when() if self._whole is not None else None
+        return when is not None and asyncio.get_running_loop().time() + pause >= when
 
     def _waits(self, slot: ProviderSlot) -> tuple[float, float]:
         """This attempt's first-token and silence deadlines: the request's, or the

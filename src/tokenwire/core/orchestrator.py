@@ -184,7 +184,7 @@ class StreamRun:
         )
 
     async def _pump(self) -> None:
-        await self._attempts.run(self.started, self.spec.deadlines.over(self._tuning.timeouts))
+        await self._attempts.run(self.spec.deadlines.over(self._tuning.timeouts))
 
     def _on_text(self, item: str, slot: ProviderSlot) -> None:
         """One delta from the provider: coalesced into chunks, or sent as a token."""
