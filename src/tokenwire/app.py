@@ -63,6 +63,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             chunk_max_chars=streams.chunk_max_chars,
             chunk_flush_seconds=streams.chunk_flush_ms / 1000,
             default_timeout=streams.request_timeout_seconds,
+            first_token_timeout=streams.first_token_timeout_seconds,
+            silence_timeout=streams.silence_timeout_seconds,
+            max_timeout=streams.max_request_timeout_seconds,
             default_progress_every=streams.progress_every,
             attempts=AttemptPolicy(
                 max_retries=routing.max_retries,

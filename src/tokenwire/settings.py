@@ -32,7 +32,7 @@ from tokenwire.config_errors import (
     nearest,
     variable,
 )
-from tokenwire.protocol.messages import RoutingStrategy
+from tokenwire.protocol.messages import RoutingStrategy, Seconds
 from tokenwire.routing.classify import TaskType
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "local", "simulated"]
@@ -62,11 +62,23 @@ class ServerSettings(_Table):
     trusted_proxies: list[str] = Field(default_factory=list)
 
 
+_DEADLINE_KEYS = (
+    "request_timeout_seconds",
+    "first_token_timeout_seconds",
+    "silence_timeout_seconds",
+)
+
+
 class StreamSettings(_Table):
     progress_every: Annotated[int, Field(ge=0)] = 10
     chunk_flush_ms: Positive = 40.0
     chunk_max_chars: Annotated[int, Field(ge=1)] = 256
-    request_timeout_seconds: Positive = 30.0
+    # Deadlines (docs/configuration.md): the whole request, each provider's first token,
+    # the longest silence between tokens; a request may ask for each up to the maximum.
+    request_timeout_seconds: Seconds = 600.0
+    first_token_timeout_seconds: Seconds = 60.0
+    silence_timeout_seconds: Seconds = 60.0
+    max_request_timeout_seconds: Seconds = 3600.0
     log_retention_seconds: NonNegative = 300.0
     max_log_bytes: Annotated[int, Field(ge=1024)] = 8 * MiB
     max_retained_log_bytes: Annotated[int, Field(ge=0)] = 256 * MiB
@@ -235,6 +247,18 @@ class Settings(BaseSettings):
                 f"routing.default_provider: provider {default!r} has auto = false, "
                 "so routing never chooses it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _deadlines_within_the_maximum(self) -> Settings:
+        streams = self.streams
+        maximum = streams.max_request_timeout_seconds
+        for key in _DEADLINE_KEYS:
+            if getattr(streams, key) > maximum:
+                raise ValueError(
+                    f"streams.{key}: {getattr(streams, key):g} is above "
+                    f"streams.max_request_timeout_seconds ({maximum:g})"
+                )
         return self
 
     @property

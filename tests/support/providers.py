@@ -88,3 +88,43 @@ class TroubledProvider(WatchedProvider):
         finally:
             self.closed_at.append(time.monotonic())
             self.closed.set()
+
+
+class Scripted:
+    """A provider that plays a script of (delay, delta) steps and records its closing."""
+
+    kind = "scripted"
+    model = "script-1"
+
+    def __init__(
+        self, steps: list[tuple[float, str]], usage: Usage | None = None, name: str = "scripted"
+    ) -> None:
+        self.name = name
+        self.steps = steps
+        self.usage = usage
+        self.streams = 0
+        """Times it was asked for an answer."""
+        self.closed_at: float | None = None
+
+    def readiness(self) -> str | None:
+        return None
+
+    def validate(self, request: ProviderRequest) -> None:
+        return None
+
+    def expected_deltas(self, request: ProviderRequest) -> int | None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        self.streams += 1
+        try:
+            for delay, delta in self.steps:
+                await asyncio.sleep(delay)
+                yield delta
+            if self.usage is not None:
+                yield self.usage
+        finally:
+            self.closed_at = time.monotonic()
+
+    async def aclose(self) -> None:
+        return None

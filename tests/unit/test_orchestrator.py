@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.providers import Scripted
 from tests.support.recording import Inbox
 from tests.support.waiting import eventually
+from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
@@ -23,41 +25,6 @@ from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.settings import ProviderSettings
 
 TUNING = StreamTuning(chunk_max_chars=64, chunk_flush_seconds=0.02, default_timeout=5.0)
-
-
-class Scripted:
-    """A provider that plays a script of (delay, delta) steps and records its closing."""
-
-    kind = "scripted"
-    name = "scripted"
-    model = "script-1"
-
-    def __init__(self, steps: list[tuple[float, str]], usage: Usage | None = None) -> None:
-        self.steps = steps
-        self.usage = usage
-        self.closed_at: float | None = None
-
-    def readiness(self) -> str | None:
-        return None
-
-    def validate(self, request: ProviderRequest) -> None:
-        return None
-
-    def expected_deltas(self, request: ProviderRequest) -> int | None:
-        return None
-
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        try:
-            for delay, delta in self.steps:
-                await asyncio.sleep(delay)
-                yield delta
-            if self.usage is not None:
-                yield self.usage
-        finally:
-            self.closed_at = time.monotonic()
-
-    async def aclose(self) -> None:
-        return None
 
 
 def make_run(
@@ -77,7 +44,7 @@ def make_run(
         user_id="u",
         origin="s",
         messages=(Message(role="user", content="hello there"),),
-        timeout=timeout,
+        deadlines=Deadlines(request=timeout),
         generation=Generation(options=options or {}, max_tokens=max_tokens),
         delivery=Delivery(granularity=granularity, progress_every=progress_every),
     )

@@ -1,15 +1,18 @@
-"""Getting an answer out of the route's providers: capacity, retries, fallback, silence.
+"""Getting an answer out of the route's providers: capacity, retries, fallback, deadlines.
 
-The candidates are tried best first. Each attempt waits for a place under the
-provider's concurrency limit (in a bounded queue, for at most the queue timeout:
-then `provider_busy`), streams the answer into the run, and fails if the
-provider stays silent longer than its `silence_timeout`. Before any text has
-reached the client, a retryable failure (5xx, a dropped connection, 429) is
-retried on the same provider with jittered exponential backoff (honouring
-`retry_after`; not when that asks for more than `max_retry_wait_seconds`, and
-never past the deadline), then the next candidate takes over;
-after text has gone out, a failure ends the stream. Every attempt is reported
-to the `AttemptObserver`, which is how the router learns the providers' health.
+The candidates are tried best first, all within the request's deadline. Each
+attempt waits for a place under the provider's concurrency limit (in a bounded
+queue, for at most the queue timeout: then `provider_busy`), streams the answer
+into the run, and fails if the provider sends no first text within the
+first-token deadline or falls silent between texts for longer than the silence
+deadline (core/deadlines.py). Before any text has reached the client, a
+retryable failure (5xx, a dropped connection, 429) is retried on the same
+provider with jittered exponential backoff (honouring `retry_after`; not when
+that asks for more than `max_retry_wait_seconds`, and never past the deadline),
+then the next candidate takes over; a first-token timeout goes to the next
+candidate at once. After text has gone out, a failure ends the stream. Every
+attempt is reported to the `AttemptObserver`, which is how the router learns
+the providers' health.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from tokenwire.core.deadlines import Timeouts
 from tokenwire.core.provider import Usage, estimate_tokens
 from tokenwire.core.route import AttemptObserver, AttemptOutcome, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
@@ -76,15 +80,31 @@ class Attempts:
         self.cancelled_by_client = False
         self._loop_turned = True
         self._prompt_tokens = estimate_tokens("".join(m.content for m in spec.conversation))
+        self._timeouts = Timeouts()
+        self._whole: asyncio.Timeout | None = None
 
-    async def run(self, deadline: float) -> None:
-        """Stream an answer from the first candidate that gives one, or raise why none did."""
+    async def run(self, timeouts: Timeouts) -> None:
+        """Stream an answer from the first candidate that gives one, or raise why none did,
+        within the request's deadline from now (the loop's clock, as every wait here)."""
+        self._timeouts = timeouts
+        self._whole = whole = asyncio.timeout(timeouts.request)
+        try:
+            async with whole:
+                await self._candidates()
+        except TimeoutError:
+            if not whole.expired():
+                raise
+            raise RequestTimeout(
+                f"no complete answer within {timeouts.request:g} s", deadline="request"
+            ) from None
+
+    async def _candidates(self) -> None:
         candidates = [c.slot for c in self._route.candidates]
         # Providers with room first: the queue is only for when none has any.
         candidates.sort(key=lambda slot: slot.gate is not None and slot.gate.locked())
         for index, slot in enumerate(candidates):
             try:
-                await self._with_retries(slot, deadline)
+                await self._with_retries(slot)
                 return
             except (ProviderError, RequestTimeout) as failure:
                 last = index == len(candidates) - 1
@@ -94,7 +114,7 @@ class Attempts:
 
     # -- one provider -----------------------------------------------------------
 
-    async def _with_retries(self, slot: ProviderSlot, deadline: float) -> None:
+    async def _with_retries(self, slot: ProviderSlot) -> None:
         for retry in itertools.count():
             try:
                 await self._attempt(slot)
@@ -103,9 +123,7 @@ class Attempts:
                 if self.deltas or not failure.retryable or retry >= self._policy.max_retries:
                     raise
                 pause = self._backoff(retry, failure)
-                if pause > self._policy.max_retry_wait_seconds or (
-                    time.monotonic() + pause >= deadline
-                ):
+                if pause > self._policy.max_retry_wait_seconds or self._too_late(pause):
                     raise
                 await asyncio.sleep(pause)
 
@@ -127,8 +145,10 @@ class Attempts:
                 first_at = await self._stream(slot, began)
                 outcome = AttemptOutcome.OK
             except asyncio.CancelledError:
-                # A client's cancel says nothing of the provider; a passed deadline does.
-                outcome = AttemptOutcome.NEUTRAL if self.cancelled_by_client else outcome
+                # A client's cancel says nothing of the provider, nor does the request's own
+                # deadline (the client's budget); the first-token and silence ones do.
+                if self.cancelled_by_client or self._out_of_time():
+                    outcome = AttemptOutcome.NEUTRAL
                 raise
             except ProviderError as failure:
                 if not failure.counts_against_provider:
@@ -145,19 +165,35 @@ class Attempts:
                     slot.name, outcome, self.deltas - deltas_before, streaming
                 )
 
+    def _out_of_time(self) -> bool:
+        return self._whole is not None and self._whole.expired()
+
+    def _too_late(self, pause: float) -> bool:
+        """Would a retry after `pause` start at or past the request's deadline?"""
+        when = self._whole.when() if self._whole is not None else None
+        return when is not None and asyncio.get_running_loop().time() + pause >= when
+
+    def _waits(self, slot: ProviderSlot) -> tuple[float, float]:
+        """This attempt's first-token and silence deadlines: the request's, or the
+        provider's own `timeout` where that is shorter."""
+        first_token, silence = self._timeouts.first_token, self._timeouts.silence
+        limit = slot.profile.silence_timeout
+        if limit is not None:
+            first_token, silence = min(first_token, limit), min(silence, limit)
+        return first_token, silence
+
     async def _stream(self, slot: ProviderSlot, began: float) -> float | None:
         """Feed one provider's answer to the run; when its first text came, if it did."""
-        silence = slot.profile.silence_timeout
+        first_token, silence = self._waits(slot)
         limited = self._spec.routing.cost_limit is not None
         request = slot.provider_request(self._spec)
         first_at: float | None = None
         loop = asyncio.get_running_loop()
         on_text = self._on_text
+        # Armed for the first text; every text re-arms it for the silence that may follow.
+        quiet = asyncio.timeout(first_token)
         try:
-            async with (
-                contextlib.aclosing(slot.provider.stream(request)) as events,
-                asyncio.timeout(silence) as quiet,
-            ):
+            async with contextlib.aclosing(slot.provider.stream(request)) as events, quiet:
                 async for item in events:
                     if isinstance(item, Usage):
                         self.usage = item
@@ -177,13 +213,20 @@ class Attempts:
                     on_text(item, slot)
                     if limited:
                         self._check_cost(slot)
-                    if silence is not None:
-                        quiet.reschedule(loop.time() + silence)
+                    quiet.reschedule(loop.time() + silence)
                     self._loop_turned = False
                     loop.call_soon(self._note_loop_turn)
         except TimeoutError:
-            assert silence is not None
-            raise RequestTimeout(f"provider {slot.name} sent nothing for {silence:g} s") from None
+            if not quiet.expired():
+                raise
+            if first_at is None:
+                raise RequestTimeout(
+                    f"provider {slot.name} sent no text within {first_token:g} s",
+                    deadline="first_token",
+                ) from None
+            raise RequestTimeout(
+                f"provider {slot.name} sent nothing for {silence:g} s", deadline="silence"
+            ) from None
         return first_at
 
     def _note_loop_turn(self) -> None:

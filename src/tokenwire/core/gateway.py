@@ -221,6 +221,7 @@ class Gateway:
         key = spec.key
         self._reserve(key)
         try:
+            spec.deadlines.check(self.config.tuning.max_timeout)
             spec = await self.admission.admit(spec)
         except TokenwireError as exc:
             self._starting.discard(key)

@@ -17,6 +17,7 @@ import structlog
 
 from tokenwire.core.attempts import AttemptPolicy, Attempts
 from tokenwire.core.chunking import Coalescer
+from tokenwire.core.deadlines import Timeouts
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.provider import Usage, estimate_tokens, estimated_completion_tokens
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Route
@@ -24,7 +25,6 @@ from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
 from tokenwire.protocol.errors import (
     InternalError,
-    RequestTimeout,
     TokenwireError,
     error_payload,
 )
@@ -43,9 +43,18 @@ TYPICAL_DELTAS_PER_SECOND = 50.0
 class StreamTuning:
     chunk_max_chars: int = 256
     chunk_flush_seconds: float = 0.04
-    default_timeout: float = 30.0
+    default_timeout: float = 600.0
+    """The whole request's deadline where the request sets none (core/deadlines.py)."""
+    first_token_timeout: float = 60.0
+    silence_timeout: float = 60.0
+    max_timeout: float = 3600.0
+    """The longest deadline of any kind a request may ask for."""
     default_progress_every: int = 10
     attempts: AttemptPolicy = field(default_factory=AttemptPolicy)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(self.default_timeout, self.first_token_timeout, self.silence_timeout)
 
 
 class StreamRun:
@@ -175,13 +184,7 @@ class StreamRun:
         )
 
     async def _pump(self) -> None:
-        timeout = self.spec.timeout or self._tuning.default_timeout
-        deadline = self.started + timeout
-        try:
-            async with asyncio.timeout_at(self._loop_deadline(deadline)):
-                await self._attempts.run(deadline)
-        except TimeoutError:
-            raise RequestTimeout(f"no complete answer within {timeout:g} s") from None
+        await self._attempts.run(self.spec.deadlines.over(self._tuning.timeouts))
 
     def _on_text(self, item: str, slot: ProviderSlot) -> None:
         """One delta from the provider: coalesced into chunks, or sent as a token."""
@@ -363,8 +366,3 @@ class StreamRun:
         # A guess from the expected answer length at a typical rate; the expected length
         # is bounded (max_tokens has a ceiling), so this stays a small finite number.
         return round(max(0.5, self._expected / TYPICAL_DELTAS_PER_SECOND), 2)
-
-    @staticmethod
-    def _loop_deadline(monotonic_deadline: float) -> float:
-        loop = asyncio.get_running_loop()
-        return loop.time() + (monotonic_deadline - time.monotonic())

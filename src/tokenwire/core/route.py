@@ -20,7 +20,8 @@ class ProviderProfile:
     output_cost_per_mtok: float = 0.0
     max_concurrency: int | None = None
     silence_timeout: float | None = None
-    """Longest wait for the provider's next event before the request fails."""
+    """The provider's own `timeout`: its wait for the first text and for each next one is
+    the request's deadline for it, or this where shorter (core/deadlines.py)."""
     strengths: tuple[str, ...] = field(default_factory=tuple)
     auto: bool = True
     """Whether routing may choose it; else it answers only when named (`config.provider`)."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.provider import Message
 from tokenwire.protocol.messages import Granularity, RoutingStrategy
 
@@ -62,7 +63,7 @@ class RequestSpec:
     generation: Generation = field(default_factory=Generation)
     routing: Routing = field(default_factory=Routing)
     delivery: Delivery = field(default_factory=Delivery)
-    timeout: float | None = None  # None: the server's default
+    deadlines: Deadlines = field(default_factory=Deadlines)  # unset: the server's defaults
     origin: str | None = None
     """The session that started the request, where there is one (shown in its events)."""
     client: str | None = None

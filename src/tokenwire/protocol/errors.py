@@ -161,9 +161,18 @@ class CostLimitExceeded(TokenwireError):
 
 
 class RequestTimeout(TokenwireError):
-    """The request's deadline passed, or the upstream fell silent for too long."""
+    """A deadline passed: the request's own, the wait for a provider's first token, or
+    the longest silence between tokens. `deadline` says which (`request`, `first_token`,
+    `silence`); None where a provider's client library timed out by itself."""
 
     error_type = "timeout"
+
+    def __init__(self, message: str, deadline: str | None = None) -> None:
+        super().__init__(message)
+        self.deadline = deadline
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.deadline is None else {"deadline": self.deadline}
 
 
 class RequestCancelled(TokenwireError):

@@ -39,7 +39,9 @@ from tokenwire.protocol.preferences import Preferences
 MAX_DEPTH = 32
 
 MAX_TOKENS_LIMIT = 1_000_000
-MAX_TIMEOUT_SECONDS = 3600.0
+# The wire's own bound on any deadline a request asks for; the server's configured
+# maximum (3,600 s by default) is checked where the request starts.
+MAX_TIMEOUT_SECONDS = 86_400.0
 MAX_PROGRESS_EVERY = 1_000_000
 MAX_COST_LIMIT_USD = 1_000_000.0
 # A credential in an `authenticate` message (longer ones are refused by the auth module too).
@@ -78,6 +80,7 @@ RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 # Stop sequences as OpenAI bounds them (at most 4), shared by every dialect.
 StopSequence = Annotated[str, Field(min_length=1, max_length=256)]
 StopSequences = Annotated[list[StopSequence], Field(max_length=4)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
 
 
 class ChatMessage(_Strict):
@@ -91,7 +94,11 @@ class RequestConfig(_Strict):
     speed_priority: bool = True
     reliability_priority: bool = False
     cost_limit: Annotated[float, Field(ge=0, le=MAX_COST_LIMIT_USD)] | None = None
-    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)] | None = None
+    # Deadlines in seconds (None: the server's defaults): the whole request, each
+    # provider's first token, the longest silence between tokens.
+    timeout: Seconds | None = None
+    first_token_timeout: Seconds | None = None
+    silence_timeout: Seconds | None = None
     provider: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS_LIMIT)] | None = None

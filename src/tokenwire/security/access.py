@@ -51,6 +51,9 @@ class AccessPolicy:
             "last-event-id",
             "anthropic-version",
             "openai-beta",
+            "tokenwire-timeout",
+            "tokenwire-first-token-timeout",
+            "tokenwire-silence-timeout",
         )
     )
 

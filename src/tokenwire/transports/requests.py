@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.provider import Message
 from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
 from tokenwire.protocol.messages import AiRequest
@@ -36,7 +37,11 @@ def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -
             granularity=message.stream_config.granularity,
             progress_every=message.stream_config.progress_every,
         ),
-        timeout=config.timeout,
+        deadlines=Deadlines(
+            request=config.timeout,
+            first_token=config.first_token_timeout,
+            silence=config.silence_timeout,
+        ),
         origin=origin,
         prompt_length=len(message.prompt) if message.prompt is not None else None,
     )

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
+from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message
@@ -43,6 +44,7 @@ from tokenwire.transports.v1.running import (
     Text,
     cancel_quietly,
     cancelled_on_hangup,
+    deadlines_of,
     failure_of,
     gateway_of,
     routing_for,
@@ -154,7 +156,7 @@ async def list_models(request: Request) -> ModelList:
 )
 async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
     gateway = gateway_of(request)
-    spec = with_client(_spec(gateway, body, user_of(request)), request)
+    spec = with_client(_spec(gateway, body, user_of(request), deadlines_of(request)), request)
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as OpenAI does.
@@ -176,7 +178,9 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest) 
     return JSONResponse(_completion(log, end, text), headers=usage_headers(end.get("usage")))
 
 
-def _spec(gateway: Gateway, body: ChatCompletionRequest, user: str) -> RequestSpec:
+def _spec(
+    gateway: Gateway, body: ChatCompletionRequest, user: str, deadlines: Deadlines
+) -> RequestSpec:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return RequestSpec(
         user_id=user,
@@ -190,6 +194,7 @@ def _spec(gateway: Gateway, body: ChatCompletionRequest, user: str) -> RequestSp
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
+        deadlines=deadlines,
     )
 
 

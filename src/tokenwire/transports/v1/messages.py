@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse, Response
 
+from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message, estimate_tokens
@@ -42,6 +43,7 @@ from tokenwire.transports.v1.running import (
     Text,
     cancel_quietly,
     cancelled_on_hangup,
+    deadlines_of,
     failure_of,
     gateway_of,
     routing_for,
@@ -131,7 +133,7 @@ class AnthropicMessage(BaseModel):
 )
 async def create_message(request: Request, body: MessagesRequest) -> Response:
     gateway = gateway_of(request)
-    spec = with_client(_spec(gateway, body, user_of(request)), request)
+    spec = with_client(_spec(gateway, body, user_of(request), deadlines_of(request)), request)
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as Anthropic does.
@@ -155,7 +157,7 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
     )
 
 
-def _spec(gateway: Gateway, body: MessagesRequest, user: str) -> RequestSpec:
+def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlines) -> RequestSpec:
     system = _text(body.system) if body.system is not None else ""
     messages = [Message(role="system", content=system)] if system else []
     messages += [Message(role=m.role, content=_text(m.content)) for m in body.messages]
@@ -171,6 +173,7 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str) -> RequestSpec:
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
+        deadlines=deadlines,
     )
 
 

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
+from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message
@@ -42,6 +43,7 @@ from tokenwire.transports.v1.running import (
     Text,
     cancel_quietly,
     cancelled_on_hangup,
+    deadlines_of,
     failure_of,
     gateway_of,
     routing_for,
@@ -123,7 +125,7 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
     user = user_of(request)
     if body.previous_response_id is not None:
         await _check_previous(gateway, RequestKey(user, body.previous_response_id))
-    spec = with_client(_spec(gateway, body, user), request)
+    spec = with_client(_spec(gateway, body, user, deadlines_of(request)), request)
     log = await gateway.start(spec)
     log.annotations["responses"] = _params(body)
     stream = ResponseStream(log)
@@ -202,7 +204,9 @@ def _whole(response: dict[str, Any]) -> JSONResponse:
     return JSONResponse(response, headers=usage_headers(response["usage"]))
 
 
-def _spec(gateway: Gateway, body: ResponseCreateRequest, user: str) -> RequestSpec:
+def _spec(
+    gateway: Gateway, body: ResponseCreateRequest, user: str, deadlines: Deadlines
+) -> RequestSpec:
     request_id = f"resp_{uuid.uuid4().hex}"
     return RequestSpec(
         user_id=user,
@@ -216,6 +220,7 @@ def _spec(gateway: Gateway, body: ResponseCreateRequest, user: str) -> RequestSp
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
+        deadlines=deadlines,
     )
 
 

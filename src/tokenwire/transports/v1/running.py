@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
@@ -19,16 +20,19 @@ from typing import Annotated, Any
 from pydantic import Field
 from starlette.requests import Request
 
+from tokenwire.core.deadlines import Deadlines, check_deadline
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.spec import RequestKey, RequestSpec, Routing
 from tokenwire.protocol.errors import (
+    InvalidRequest,
     RequestCancelled,
     ShuttingDown,
     TokenwireError,
     UnknownModel,
     UnknownRequest,
     error_for,
+    excerpt,
 )
 from tokenwire.protocol.events import TEXT_EVENTS, EventType
 
@@ -140,6 +144,35 @@ def failure_of(end: dict[str, Any], error: dict[str, Any] | None) -> TokenwireEr
     if end.get("reason") == "shutdown":
         return ShuttingDown("the server is shutting down")
     return RequestCancelled(f"the request was cancelled ({end.get('reason') or 'no reason'})")
+
+
+DEADLINE_HEADERS = {
+    "tokenwire-timeout": "request",
+    "tokenwire-first-token-timeout": "first_token",
+    "tokenwire-silence-timeout": "silence",
+}
+"""The request headers that set a call's deadlines (core/deadlines.py), in seconds."""
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
+def deadlines_of(request: Request) -> Deadlines:
+    """The deadlines a call asks for in its headers, each above 0 and at most the
+    server's maximum; a bad value is `invalid_request` naming the header."""
+    maximum = gateway_of(request).config.tuning.max_timeout
+    asked: dict[str, float] = {}
+    for header, deadline in DEADLINE_HEADERS.items():
+        raw = request.headers.get(header)
+        if raw is None:
+            continue
+        text = raw.strip()
+        if not _SECONDS.fullmatch(text) or float(text) <= 0:
+            raise InvalidRequest(
+                f"{header}: expected a number of seconds above 0 (such as 120 or 0.5), "
+                f"got {excerpt(raw)}"
+            )
+        check_deadline(header, float(text), maximum)
+        asked[deadline] = float(text)
+    return Deadlines(**asked)
 
 
 def gateway_of(request: Request) -> Gateway:
