@@ -208,6 +208,23 @@ async def test_a_resume_on_the_connection_that_follows_the_request_sends_each_fr
     assert len(of_type(replayed, "token")) == 300
 
 
+async def test_resuming_a_followed_request_again_does_not_count_it_twice_against_the_limit() -> (
+    None
+):
+    settings = simulated_settings(limits={"max_streams_per_connection": 2})
+    async with running_server(settings) as server, ws_client(server) as client:
+        await client.send(request("r1"))
+        await until(client, at_token(1))
+        for _ in range(3):
+            await client.send({"type": "resume", "request_id": "r1", "last_seq": 10**6})
+        await client.send(request("r2"))
+        answer = await until(
+            client,
+            lambda f: f.get("request_id") == "r2" and f["event_type"] in ("stream_start", "error"),
+        )
+        assert answer[-1]["event_type"] == "stream_start"
+
+
 async def test_another_user_cannot_resume_or_learn_that_a_request_exists() -> None:
     async with (
         server_with() as server,
