@@ -198,11 +198,11 @@ async def test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_be
         assert gateway.is_running(log.key)
         assert gateway.in_grace == 1
         await clock.advance(1)
+        assert gateway.in_grace == 0
         await finished(gateway)
     assert [(e["status"], e["reason"]) for e in ends(inbox)] == [
         ("cancelled", "nobody re-attached within the resume grace")
     ]
-    assert gateway.in_grace == 0
 
 
 async def test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_again() -> None:
@@ -223,6 +223,7 @@ async def test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_a
         await clock.advance(GRACE - 1)  # past the first loss's grace, within the second's
         assert gateway.is_running(log.key)
         await clock.advance(1)
+        assert gateway.in_grace == 0
         await finished(gateway)
     assert [e["status"] for e in ends(inbox)] == ["cancelled"]
 
