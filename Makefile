@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install dev run test lint typecheck conformance bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck mutants conformance bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,19 @@ run: install
 	$(BIN)/tokenwire serve --host $(HOST) --port $(PORT)
 
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 typecheck: dev
 	$(BIN)/mypy
 
 test: dev lint typecheck
 	$(BIN)/python -m pytest -q
+
+# Realistic one-line bugs, each applied in a scratch copy, that their tests must catch
+# (tools/mutants.py). MUTANTS="id ..." runs some; MUTANTS_FLAGS=--all runs the whole suite.
+mutants: dev
+	$(BIN)/python tools/mutants.py $(MUTANTS_FLAGS) $(MUTANTS)
 
 conformance: install dev
 	TOKENWIRE_ROOT=$(CURDIR) $(BIN)/python -m pytest -q -p no:cacheprovider ../shared/conformance
