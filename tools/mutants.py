@@ -132,6 +132,22 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{GATEWAY}::test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_before",),
     ),
     Mutant(
+        "zero-grace-waits",
+        "core/gateway.py",
+        "if lost and grace > 0:",
+        "if lost and grace >= 0:",
+        "with resume_grace_seconds = 0 a lost stream waits a loop turn, under another reason",
+        (f"{GATEWAY}::test_with_a_zero_grace_a_lost_connection_cancels_its_stream_at_once",),
+    ),
+    Mutant(
+        "close-1001-on-purpose",
+        "transports/websocket.py",
+        "self._client_closed_on_purpose = code == 1000",
+        "self._client_closed_on_purpose = code in (1000, 1001)",
+        "a page reload (close 1001) cancels its streams at once instead of leaving the grace",
+        (f"{RESUME}::test_a_close_with_1001_leaves_the_stream_running_for_the_grace",),
+    ),
+    Mutant(
         "reattach-keeps-grace",
         "core/gateway.py",
         "running.followers.add(follower)\n        running.stop_grace()\n",
@@ -155,6 +171,25 @@ MUTANTS: tuple[Mutant, ...] = (
         "compact=compact, follower=None)",
         "an SSE re-attach does not count as a follower: a 1000 close elsewhere cancels it",
         (f"{RESUME}::test_a_stream_re_attached_over_sse_outlives_another_device_s_1000_close",),
+    ),
+    Mutant(
+        "sse-compact-ignored",
+        "transports/sse.py",
+        'compact = request.query_params.get("compact") in ("1", "true")',
+        "compact = False",
+        "an SSE re-attach ignores compact=true and replays every text event",
+        (f"{RESUME}::test_an_sse_re_attach_with_compact_gets_the_text_so_far_as_one_chunk",),
+    ),
+    Mutant(
+        "ws-compact-ignored",
+        "transports/websocket.py",
+        "compact=message.compact, follower=session",
+        "compact=False, follower=session",
+        "a WebSocket resume ignores compact and replays every text event",
+        (
+            f"{RESUME}::test_compact_hydration_sends_the_text_so_far_as_one_chunk_then_live_frames",
+            f"{RESUME}::test_a_client_that_resumes_after_a_compact_replay_gets_no_text_twice",
+        ),
     ),
     Mutant(
         "ws-resume-delivers-twice",

@@ -472,6 +472,28 @@ async def test_a_stream_re_attached_over_sse_outlives_another_device_s_1000_clos
     assert frames[-1]["data"]["status"] == "completed"
 
 
+async def test_an_sse_re_attach_with_compact_gets_the_text_so_far_as_one_chunk() -> None:
+    async with server_with() as server, ws_client(server, "?user_id=ada") as client:
+        quiet = {"granularity": "token", "progress_every": 0}
+        await client.send(
+            {**request("w1", {"options": {"tokens": 20, "delay_ms": 0}}), "stream_config": quiet}
+        )
+        whole = await client.until_end("w1")
+        async with httpx.AsyncClient() as http:
+            response = await http.get(sse_url(server, "/api/streams/w1/events") + "&compact=true")
+    events = [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    (merged,) = of_type(events, "chunk")
+    assert merged["data"]["chunk"] == "".join(t for _, t in tokens(whole))
+    assert merged["data"]["compacted"] == 20
+    assert merged["seq"] == of_type(whole, "token")[-1]["seq"]
+    assert of_type(events, "token") == []
+    assert events[-1]["event_type"] == "stream_end"
+
+
 async def test_sse_delete_cancels_and_a_bad_body_is_refused_before_any_stream() -> None:
     async with server_with() as server, httpx.AsyncClient() as http:
         body = {"prompt": "x", "request_id": "del-1", "config": TOKENS}

@@ -171,7 +171,7 @@ async def test_requests_the_upstream_refuses_as_malformed_leave_its_circuit_clos
             assert frames[-1]["data"]["status"] == "error"
             assert len(picky.exchanges) == sent
             state = (await health(server))["picky"]["health"]
-            assert (state["state"], state["error_rate"]) == ("closed", 0.0)
+            assert (state["state"], state["error_rate"], state["in_flight"]) == ("closed", 0.0, 0)
 
 
 # -- fallback and retries -------------------------------------------------------------

@@ -228,6 +228,18 @@ async def test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_a
     assert [e["status"] for e in ends(inbox)] == ["cancelled"]
 
 
+async def test_with_a_zero_grace_a_lost_connection_cancels_its_stream_at_once() -> None:
+    gateway = with_grace(0)
+    phone = gateway.open_session("ada", {})
+    log = await gateway.start(ask(request_id="r", options=SLOW), follower=phone)
+    inbox = Inbox()
+    log.subscribe(inbox)
+    gateway.close_session(phone, "connection lost", lost=True)
+    assert gateway.in_grace == 0
+    await finished(gateway)
+    assert [(e["status"], e["reason"]) for e in ends(inbox)] == [("cancelled", "connection lost")]
+
+
 async def test_shutdown_refuses_new_requests_before_it_cancels_running_ones() -> None:
     gateway = gateway_with(WatchedProvider())
     running = await started(gateway, ask(request_id="running", options=SLOW))
