@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test lint typecheck browser conformance conformance-suite bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck browser mutants conformance conformance-suite bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,8 @@ run: install
 	$(BIN)/tokenwire serve $(call flag,HOST,--host) $(call flag,PORT,--port) $(call flag,CONFIG,--config)
 
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 typecheck: dev
 	$(BIN)/mypy
@@ -65,6 +65,11 @@ conformance-suite:
 	  echo "  It starts servers from this checkout (TOKENWIRE_ROOT=$(CURDIR), set by make)," >&2; \
 	  echo "  or tests a running one when TOKENWIRE_URL=http://HOST:PORT is set." >&2; \
 	  exit 2; }
+
+# Realistic one-line bugs, each applied in a scratch copy, that their tests must catch
+# (tools/mutants.py). MUTANTS="id ..." runs some; MUTANTS_FLAGS=--all runs the whole suite.
+mutants: dev
+	$(BIN)/python tools/mutants.py $(MUTANTS_FLAGS) $(MUTANTS)
 
 bench: install
 	$(BIN)/python bench/ws_load.py --clients 1 100 1000

@@ -334,6 +334,20 @@ async def test_previous_response_id_continues_the_user_s_conversation() -> None:
         await stranger.close()
 
 
+async def test_a_response_still_in_progress_cannot_be_continued_yet() -> None:
+    # Its answer is not part of the conversation until it completes.
+    held, quick = WatchedProvider("held", stall_after=1), WatchedProvider("quick")
+    async with sdk(held, quick) as (server, client):
+        running = await client.responses.create(model="held", input="x", background=True)
+        with pytest.raises(openai.BadRequestError, match="in progress") as refused:
+            await client.responses.create(
+                model="quick", input="go on", previous_response_id=running.id
+            )
+        assert refused.value.type == "invalid_request_error"
+        assert server.gateway.running == 1
+        await client.responses.cancel(running.id)
+
+
 async def test_a_response_not_stored_cannot_be_retrieved_or_continued() -> None:
     async with sdk() as (_, client):
         ephemeral = await client.responses.create(model="auto", input="x", store=False)

@@ -198,6 +198,34 @@ async def test_a_second_device_follows_the_same_stream_and_keeps_it_alive() -> N
         assert [f["seq"] for f in on_laptop] == list(range(1, len(on_laptop) + 1))
 
 
+async def test_a_resume_on_the_connection_that_follows_the_request_sends_each_frame_once() -> None:
+    async with server_with() as server, ws_client(server) as client:
+        await client.send(request("r1"))
+        await until(client, at_token(10))
+        await client.send({"type": "resume", "request_id": "r1", "last_seq": 0})
+        frames = await client.until_end("r1")
+    replayed = frames[[f["seq"] for f in frames].index(1) :]
+    assert [f["seq"] for f in replayed] == list(range(1, len(replayed) + 1))
+    assert len(of_type(replayed, "token")) == 300
+
+
+async def test_resuming_a_followed_request_again_does_not_count_it_twice_against_the_limit() -> (
+    None
+):
+    settings = simulated_settings(limits={"max_streams_per_connection": 2})
+    async with running_server(settings) as server, ws_client(server) as client:
+        await client.send(request("r1"))
+        await until(client, at_token(1))
+        for _ in range(3):
+            await client.send({"type": "resume", "request_id": "r1", "last_seq": 10**6})
+        await client.send(request("r2"))
+        answer = await until(
+            client,
+            lambda f: f.get("request_id") == "r2" and f["event_type"] in ("stream_start", "error"),
+        )
+        assert answer[-1]["event_type"] == "stream_start"
+
+
 async def test_another_user_cannot_resume_or_learn_that_a_request_exists() -> None:
     async with (
         server_with() as server,
@@ -291,6 +319,31 @@ async def test_compact_hydration_sends_the_text_so_far_as_one_chunk_then_live_fr
     assert kinds[:3] == ["stream_start", "typing_indicator", "metadata"]
 
 
+async def test_a_client_that_resumes_after_a_compact_replay_gets_no_text_twice() -> None:
+    quiet = {"granularity": "token", "progress_every": 0}
+    async with server_with(resume_grace_seconds=10) as server:
+        async with raw_client(server) as starter:
+            await starter.send({**request("r1"), "stream_config": quiet})
+            await until(starter, at_token(30))
+            starter.ws.transport.abort()
+        async with raw_client(server) as reloaded:  # a page that reloads: compact, from 0
+            await reloaded.send(
+                {"type": "resume", "request_id": "r1", "last_seq": 0, "compact": True}
+            )
+            replay = await until(reloaded, lambda f: f["event_type"] == "chunk")
+            reloaded.ws.transport.abort()  # and loses its link at once
+        last_seq = max(f["seq"] for f in replay)
+        async with ws_client(server) as again:
+            await again.send({"type": "resume", "request_id": "r1", "last_seq": last_seq})
+            rest = await again.until_end("r1")
+        log = await server.gateway.logs.get(key("r1"))
+    assert log is not None
+    whole = "".join(r.data["token"] for r in log.records() if r.event_type.value == "token")
+    received = replay[-1]["data"]["chunk"] + "".join(t for _, t in tokens(rest))
+    assert received == whole
+    assert rest[-1]["data"]["status"] == "completed"
+
+
 # -- listing ------------------------------------------------------------------------
 
 
@@ -371,6 +424,75 @@ async def test_eventsource_reattaches_with_the_query_parameter() -> None:
     ids = [int(line[4:]) for line in response.text.splitlines() if line.startswith("id: ")]
     assert ids == [f["seq"] for f in whole[10:]]
     assert response.text.startswith("retry: ")
+
+
+async def read_sse(
+    http: httpx.AsyncClient, method: str, url: str, into: list[dict[str, Any]], **kwargs: Any
+) -> None:
+    async with aconnect_sse(http, method, url, **kwargs) as events:
+        async for event in events.aiter_sse():
+            into.append(json.loads(event.data))
+
+
+async def closed_with_1000_on_another_device(server: RunningServer, request_id: str) -> None:
+    """Another device of the user follows the request, then closes on purpose."""
+    async with ws_client(server, "?user_id=ada") as phone:
+        await phone.send({"type": "resume", "request_id": request_id, "last_seq": 0})
+        await until(phone, at_token(5))
+        await phone.ws.close(1000)
+
+
+async def test_a_stream_started_over_sse_outlives_another_device_s_1000_close() -> None:
+    async with server_with(resume_grace_seconds=10) as server, httpx.AsyncClient() as http:
+        body = {k: v for k, v in request("s1").items() if k != "type"}
+        frames: list[dict[str, Any]] = []
+        reader = asyncio.create_task(
+            read_sse(http, "POST", sse_url(server, "/api/streams"), frames, json=body)
+        )
+        await eventually(lambda: bool(frames))
+        await closed_with_1000_on_another_device(server, "s1")
+        await asyncio.wait_for(reader, 20)
+    assert frames[-1]["event_type"] == "stream_end"
+    assert frames[-1]["data"]["status"] == "completed"
+
+
+async def test_a_stream_re_attached_over_sse_outlives_another_device_s_1000_close() -> None:
+    async with server_with(resume_grace_seconds=10) as server, httpx.AsyncClient() as http:
+        async with raw_client(server, "?user_id=ada") as starter:
+            await starter.send(request("s1"))
+            seen = await until(starter, at_token(5))
+            starter.ws.transport.abort()  # lost: the stream waits for the grace
+        frames: list[dict[str, Any]] = []
+        url = sse_url(server, "/api/streams/s1/events")
+        headers = {"Last-Event-ID": str(seen[-1]["seq"])}
+        reader = asyncio.create_task(read_sse(http, "GET", url, frames, headers=headers))
+        await eventually(lambda: bool(frames))
+        await closed_with_1000_on_another_device(server, "s1")
+        await asyncio.wait_for(reader, 20)
+    assert frames[-1]["event_type"] == "stream_end"
+    assert frames[-1]["data"]["status"] == "completed"
+
+
+async def test_an_sse_re_attach_with_compact_gets_the_text_so_far_as_one_chunk() -> None:
+    async with server_with() as server, ws_client(server, "?user_id=ada") as client:
+        quiet = {"granularity": "token", "progress_every": 0}
+        await client.send(
+            {**request("w1", {"options": {"tokens": 20, "delay_ms": 0}}), "stream_config": quiet}
+        )
+        whole = await client.until_end("w1")
+        async with httpx.AsyncClient() as http:
+            response = await http.get(sse_url(server, "/api/streams/w1/events") + "&compact=true")
+    events = [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    (merged,) = of_type(events, "chunk")
+    assert merged["data"]["chunk"] == "".join(t for _, t in tokens(whole))
+    assert merged["data"]["compacted"] == 20
+    assert merged["seq"] == of_type(whole, "token")[-1]["seq"]
+    assert of_type(events, "token") == []
+    assert events[-1]["event_type"] == "stream_end"
 
 
 async def test_sse_delete_cancels_and_a_bad_body_is_refused_before_any_stream() -> None:

@@ -20,6 +20,7 @@ from tests.fakes.openai_upstream import (
 )
 from tests.support.providers import TroubledProvider, WatchedProvider
 from tests.support.server import RunningServer, WsClient, of_type, running_server, ws_client
+from tests.support.waiting import eventually
 from tokenwire.app import gateway_for, provider_profile
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Provider
@@ -64,6 +65,18 @@ def used(frames: list[dict[str, Any]]) -> str:
 
 def text_of(frames: list[dict[str, Any]]) -> str:
     return "".join(f["data"]["chunk"] for f in of_type(frames, "chunk"))
+
+
+async def answer_or_refusal(client: WsClient, **fields: Any) -> list[dict[str, Any]]:
+    """A request's frames up to its stream_end, or the error that refused it (no seq)."""
+    await client.send({"type": "ai_request", "prompt": "hi", **fields})
+    frames = []
+    while True:
+        frames.append(await client.recv(20))
+        if frames[-1]["event_type"] == "stream_end":
+            return frames
+        if frames[-1]["event_type"] == "error" and frames[-1]["seq"] is None:
+            return frames
 
 
 async def health(server: RunningServer) -> dict[str, dict[str, Any]]:
@@ -152,6 +165,19 @@ async def test_a_failing_provider_s_circuit_opens_then_closes_after_a_successful
         probe = await c.ask("hi", config={"provider": "shaky"})
         assert probe[-1]["data"]["status"] == "completed"
         assert (await health(server))["shaky"]["health"]["state"] == "closed"
+
+
+async def test_requests_the_upstream_refuses_as_malformed_leave_its_circuit_closed() -> None:
+    async with (
+        ScriptedUpstream(openai_error(400, "bad request", "invalid_request_error")) as picky,
+        serving([hosted("picky", picky), simulated("spare")], max_retries=0) as (server, c),
+    ):
+        for sent in range(1, 5):  # more than circuit_failures
+            frames = await answer_or_refusal(c, config={"provider": "picky"})
+            assert frames[-1]["data"]["status"] == "error"
+            assert len(picky.exchanges) == sent
+            state = (await health(server))["picky"]["health"]
+            assert (state["state"], state["error_rate"], state["in_flight"]) == ("closed", 0.0, 0)
 
 
 # -- fallback and retries -------------------------------------------------------------
@@ -276,6 +302,44 @@ async def test_when_every_candidate_is_at_capacity_the_request_waits_then_is_bus
         await client.until_end("hog")
 
 
+async def test_a_failed_or_cancelled_answer_gives_its_provider_s_place_back() -> None:
+    providers = [simulated("only", max_concurrency=1)]
+    async with serving(providers, queue_timeout_seconds=0.5, circuit_failures=10) as (_, client):
+        for fail_after in (0, 3):  # before any text (after its retries), and mid-answer
+            options = {"tokens": 10, "delay_ms": 0, "fail_after": fail_after}
+            failed = await client.ask("hi", config={"options": options})
+            assert failed[-1]["data"]["status"] == "error"
+        await client.send(
+            {
+                "type": "ai_request",
+                "prompt": "long",
+                "request_id": "left",
+                "config": {"options": {"tokens": 10, "delay_ms": 0, "stall_after": 2}},
+            }
+        )
+        await client.send({"type": "cancel_request", "request_id": "left"})
+        assert (await client.until_end("left"))[-1]["data"]["status"] == "cancelled"
+        frames = await client.ask("hi", config={"options": {"tokens": 3, "delay_ms": 0}})
+    assert frames[-1]["data"]["status"] == "completed"
+
+
+async def test_past_max_queued_a_request_is_busy_at_once_while_the_queued_one_waits() -> None:
+    providers = [simulated("only", max_concurrency=1)]
+    async with serving(providers, queue_timeout_seconds=60, max_queued=1) as (server, client):
+        stalled = {"options": {"tokens": 10, "delay_ms": 0, "stall_after": 1}}
+        await client.send(
+            {"type": "ai_request", "prompt": "x", "request_id": "hog", "config": stalled}
+        )
+        await client.send({"type": "ai_request", "prompt": "x", "request_id": "queued"})
+        await eventually(lambda: server.gateway.slots["only"].waiting == 1)
+        refused = await client.ask("x", request_id="over")
+        error = of_type(refused, "error")[0]["data"]
+        assert error["error_type"] == "provider_busy"
+        await client.send({"type": "cancel_request", "request_id": "hog"})
+        frames = await client.until_end("queued")
+    assert frames[-1]["data"]["status"] == "completed"
+
+
 # -- cost limits ---------------------------------------------------------------------------
 
 
@@ -305,6 +369,19 @@ async def test_an_answer_that_reaches_the_cost_limit_is_stopped() -> None:
     assert end["status"] == "error"
     assert end["cost_usd"] <= 0.06 + 0.0001
     assert end["usage"]["completion_tokens"] < 5000
+
+
+async def test_an_answer_that_costs_exactly_the_limit_is_within_it() -> None:
+    # Five tokens at $10,000 per million: $0.05, estimated and spent.
+    providers = [simulated("meter", output_cost_per_mtok=10_000.0)]
+    config = {"cost_limit": 0.05, "max_tokens": 5, "options": {"tokens": 5, "delay_ms": 0}}
+    async with serving(providers) as (_, client):
+        routed = await answer_or_refusal(client, config=config)
+        forced = await answer_or_refusal(client, config={**config, "provider": "meter"})
+    for answer in (routed, forced):
+        assert of_type(answer, "error") == []
+        end = answer[-1]["data"]
+        assert (end["status"], end["cost_usd"]) == ("completed", 0.05)
 
 
 # -- what the server tells ----------------------------------------------------------------

@@ -131,6 +131,22 @@ def test_log_past_its_byte_bound_drops_oldest_and_says_so_on_resume() -> None:
     assert inbox.seqs[-1] == 100
 
 
+def test_the_newest_event_stays_replayable_even_when_it_alone_exceeds_the_bound() -> None:
+    log = make_log(max_bytes=1024)
+    for n in range(3):
+        log.append(EventType.CHUNK, {"chunk": "x", "n": n})
+    big = log.append(EventType.CHUNK, {"chunk": "y" * 4096})
+    assert log.first_held_seq == big.seq
+    inbox = Inbox()
+    log.subscribe(inbox, after_seq=big.seq - 1)
+    assert inbox.seqs == [big.seq]
+    with pytest.raises(NotRecovered):
+        log.subscribe(Inbox(), after_seq=big.seq - 2)
+    after = log.append(EventType.CHUNK, {"chunk": "z"})
+    assert log.first_held_seq == after.seq  # then it is the oldest, and goes
+    assert log.held_bytes == len(after.data_json) + ENVELOPE_BYTES
+
+
 def test_unsubscribed_inbox_gets_nothing_more() -> None:
     log = make_log()
     inbox = Inbox()

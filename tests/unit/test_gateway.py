@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.support.clock import LoopClock
 from tests.support.providers import WatchedProvider
 from tests.support.recording import Inbox
 from tests.support.server import gateway_with, simulated_settings
@@ -23,6 +24,7 @@ from tokenwire.core.spec import Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import InvalidRequest, ShuttingDown, UnknownRequest
 
 SLOW = {"tokens": 5000, "delay_ms": 5}
+GRACE = 10.0
 FAST = {"tokens": 20, "delay_ms": 0}
 
 
@@ -177,6 +179,65 @@ async def test_a_request_whose_session_left_while_it_was_set_up_is_cancelled() -
     log.subscribe(inbox)
     await finished(gateway)
     assert [e["status"] for e in ends(inbox)] == ["cancelled"]
+
+
+def with_grace(seconds: float = GRACE) -> Gateway:
+    settings = simulated_settings(streams={"resume_grace_seconds": seconds})
+    return gateway_with(WatchedProvider(), settings=settings)
+
+
+async def test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_before() -> None:
+    gateway = with_grace()
+    with LoopClock() as clock:
+        phone = gateway.open_session("ada", {})
+        log = await gateway.start(ask(request_id="r", options=SLOW), follower=phone)
+        inbox = Inbox()
+        log.subscribe(inbox)
+        gateway.close_session(phone, "connection lost", lost=True)
+        await clock.advance(GRACE - 1)
+        assert gateway.is_running(log.key)
+        assert gateway.in_grace == 1
+        await clock.advance(1)
+        assert gateway.in_grace == 0
+        await finished(gateway)
+    assert [(e["status"], e["reason"]) for e in ends(inbox)] == [
+        ("cancelled", "nobody re-attached within the resume grace")
+    ]
+
+
+async def test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_again() -> None:
+    gateway = with_grace()
+    with LoopClock() as clock:
+        phone = gateway.open_session("ada", {})
+        log = await gateway.start(ask(request_id="r", options=SLOW), follower=phone)
+        inbox = Inbox()
+        log.subscribe(inbox)
+        gateway.close_session(phone, "connection lost", lost=True)
+        await clock.advance(GRACE / 2)
+        reloaded = gateway.open_session("ada", {})
+        await gateway.resume(log.key, Inbox(), log.last_seq, follower=reloaded)
+        assert gateway.in_grace == 0
+        await clock.advance(GRACE / 4)
+        gateway.close_session(reloaded, "connection lost", lost=True)
+        assert gateway.in_grace == 1
+        await clock.advance(GRACE - 1)  # past the first loss's grace, within the second's
+        assert gateway.is_running(log.key)
+        await clock.advance(1)
+        assert gateway.in_grace == 0
+        await finished(gateway)
+    assert [e["status"] for e in ends(inbox)] == ["cancelled"]
+
+
+async def test_with_a_zero_grace_a_lost_connection_cancels_its_stream_at_once() -> None:
+    gateway = with_grace(0)
+    phone = gateway.open_session("ada", {})
+    log = await gateway.start(ask(request_id="r", options=SLOW), follower=phone)
+    inbox = Inbox()
+    log.subscribe(inbox)
+    gateway.close_session(phone, "connection lost", lost=True)
+    assert gateway.in_grace == 0
+    await finished(gateway)
+    assert [(e["status"], e["reason"]) for e in ends(inbox)] == [("cancelled", "connection lost")]
 
 
 async def test_shutdown_refuses_new_requests_before_it_cancels_running_ones() -> None:

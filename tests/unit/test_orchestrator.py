@@ -104,6 +104,19 @@ async def test_token_granularity_sends_one_event_per_delta() -> None:
     ]
 
 
+async def test_chunks_are_numbered_from_one_with_the_length_so_far() -> None:
+    # Each delta after the first reaches the chunk size (64): one chunk per delta.
+    pieces = ["first", "x" * 64, "y" * 64, "z" * 70]
+    run, inbox = make_run(Scripted([(0, piece) for piece in pieces]))
+    await run.run()
+    assert inbox.of("chunk") == [
+        {"chunk": "first", "chunk_number": 1, "accumulated_length": 5},
+        {"chunk": "x" * 64, "chunk_number": 2, "accumulated_length": 69},
+        {"chunk": "y" * 64, "chunk_number": 3, "accumulated_length": 133},
+        {"chunk": "z" * 70, "chunk_number": 4, "accumulated_length": 203},
+    ]
+
+
 async def test_first_text_is_not_delayed_and_held_text_flushes_within_the_interval() -> None:
     provider = Scripted([(0, "first"), (0.001, " second"), (0.2, " third")])
     run, inbox = make_run(provider)

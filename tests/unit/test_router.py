@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tokenwire.core.provider import Message
-from tokenwire.core.route import AttemptOutcome, ProviderProfile, ProviderSlot
+from tokenwire.core.route import AttemptOutcome, Candidate, ProviderProfile, ProviderSlot
 from tokenwire.core.spec import Generation, RequestSpec, Routing
 from tokenwire.protocol.errors import CostLimitExceeded, InvalidRequest, ProviderUnavailable
 from tokenwire.protocol.messages import RoutingStrategy
@@ -18,6 +18,7 @@ from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.routing.classify import TaskType, classify, load_classifier
 from tokenwire.routing.health import CircuitState, HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
+from tokenwire.routing.strategies import LOAD_WEIGHT
 from tokenwire.settings import ProviderSettings
 
 TABLE = Path(__file__).parents[1] / "data" / "task_prompts.csv"
@@ -204,6 +205,25 @@ def test_every_candidate_has_a_score_and_a_reason() -> None:
         assert described["reason"]
 
 
+def test_a_provider_s_load_lowers_its_intelligent_score_by_the_share_of_its_places_in_use() -> None:
+    fleet = Fleet(slot("other"), slot("limited", max_concurrency=4), slot("unlimited"))
+
+    def ranked() -> dict[str, Candidate]:
+        return {c.slot.name: c for c in fleet.router.choose(spec()).candidates}
+
+    idle = ranked()
+    assert idle["limited"].score == idle["unlimited"].score
+    for in_use in range(1, 5):
+        fleet.health.attempt_started("limited")
+        now = ranked()
+        assert now["unlimited"].score - now["limited"].score == pytest.approx(
+            LOAD_WEIGHT * in_use / 4
+        )
+        assert f"load {in_use / 4:.0%}" in now["limited"].reason
+        assert now["unlimited"].score == idle["unlimited"].score
+    assert fleet.order(spec()).index("unlimited") < fleet.order(spec()).index("limited")
+
+
 # -- forced providers and the circuit breaker -------------------------------------
 
 
@@ -293,6 +313,13 @@ def test_no_provider_within_the_cost_limit_refuses_the_request_before_anything_i
         fleet.router.choose(spec(max_tokens=100, cost_limit=0.001))
     with pytest.raises(CostLimitExceeded):
         fleet.router.choose(spec(max_tokens=100, cost_limit=0.001, provider="dear"))
+
+
+def test_a_provider_whose_estimate_is_exactly_the_limit_is_within_it() -> None:
+    fleet = Fleet(slot("p", output_cost_per_mtok=1000.0))
+    # 100 answer tokens at $1,000 per million: $0.1.
+    assert fleet.order(spec(max_tokens=100, cost_limit=0.1)) == ["p"]
+    assert fleet.order(spec(max_tokens=100, cost_limit=0.1, provider="p")) == ["p"]
 
 
 def test_the_cost_estimate_assumes_the_default_answer_budget_without_max_tokens() -> None:

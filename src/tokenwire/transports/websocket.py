@@ -269,10 +269,10 @@ class Connection:
             self._gateway.cancel(RequestKey(session.user_id, message.request_id))
         elif isinstance(message, Resume):
             key = RequestKey(session.user_id, message.request_id)
-            self._logs = [known for known in self._logs if not known.finished]
             for known in self._logs:
                 if known.key == key:  # a resume replaces what this connection followed
                     known.unsubscribe(self)
+            self._logs = [known for known in self._logs if known.key != key and not known.finished]
             log = await self._gateway.resume(
                 key, self, message.last_seq, compact=message.compact, follower=session
             )

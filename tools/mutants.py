@@ -1,0 +1,479 @@
+"""Realistic one-line bugs, each of which some test must catch: `make mutants`.
+
+Each mutant replaces one exact piece of source text. The script applies them one
+at a time in a scratch copy of the tree (the working tree is never touched, so an
+interrupted run leaves nothing behind), runs that mutant's tests there against
+the copy's own src, and reports each mutant as killed (a test failed), killed by
+timeout (the run hung past `--timeout`) or SURVIVED. It first runs the same tests
+without any mutant: a test that fails on its own would "kill" them all. A mutant
+whose original text does not appear exactly once is an error before anything
+runs: the code moved, and the list needs updating.
+
+Adding a mutant is one `Mutant(...)` entry in MUTANTS.
+
+    python tools/mutants.py                # every mutant, against its own tests
+    python tools/mutants.py grace-doubled  # some mutants, by id
+    python tools/mutants.py --each         # each listed test alone must kill its mutant
+    python tools/mutants.py --all          # every mutant against the whole suite
+    python tools/mutants.py --list
+
+Exit status: 0 if every mutant was killed; 1 if one survived, or its run could not
+run (pytest found no such test, say); 2 if the list is out of date or the tests
+fail without any mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the scratch copy leaves out: environments, caches, version control.
+NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "*.egg-info"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutant:
+    id: str
+    file: str
+    """Relative to src/tokenwire/."""
+    original: str
+    replacement: str
+    description: str
+    tests: tuple[str, ...]
+    """pytest node ids (or files) that must fail with this mutant in place."""
+
+
+RESUME = "tests/integration/test_resume.py"
+HYDRATION = "tests/unit/test_hydration.py"
+GATEWAY = "tests/unit/test_gateway.py"
+EVENTLOG = "tests/unit/test_eventlog.py"
+ROUTER = "tests/unit/test_router.py"
+ROUTING = "tests/integration/test_routing.py"
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "hydration-oldest-progress",
+        "core/hydration.py",
+        "latest_progress = progress[-1] if progress else None",
+        "latest_progress = progress[0] if progress else None",
+        "compact hydration sends the oldest progress instead of the latest",
+        (f"{HYDRATION}::test_only_the_latest_progress_is_sent_and_everything_in_seq_order",),
+    ),
+    Mutant(
+        "hydration-first-seq",
+        "core/hydration.py",
+        "final = texts[-1]",
+        "final = texts[0]",
+        "the merged chunk carries the first text event's seq: the next resume repeats text",
+        (
+            f"{HYDRATION}::test_the_text_so_far_is_one_chunk_with_the_seq_of_the_last_text_event",
+            f"{RESUME}::test_a_client_that_resumes_after_a_compact_replay_gets_no_text_twice",
+        ),
+    ),
+    Mutant(
+        "hydration-token-number",
+        "core/hydration.py",
+        'number = last["index"] + 1',
+        'number = last["index"]',
+        "a merged chunk of tokens is numbered one short",
+        (f"{HYDRATION}::test_the_text_so_far_is_one_chunk_with_the_seq_of_the_last_text_event",),
+    ),
+    Mutant(
+        "hydration-chunk-number",
+        "core/hydration.py",
+        'number = last["chunk_number"]',
+        'number = last["chunk_number"] + 1',
+        "a merged chunk of chunks is numbered one past its last chunk",
+        (f"{HYDRATION}::test_merged_chunks_keep_the_last_chunk_s_number_and_the_length_so_far",),
+    ),
+    Mutant(
+        "hydration-first-length",
+        "core/hydration.py",
+        'accumulated = last["accumulated_length"]',
+        'accumulated = pieces[0]["accumulated_length"]',
+        "a merged chunk gives the first chunk's accumulated length",
+        (f"{HYDRATION}::test_merged_chunks_keep_the_last_chunk_s_number_and_the_length_so_far",),
+    ),
+    Mutant(
+        "chunk-number-from-zero",
+        "core/orchestrator.py",
+        '"chunk_number": self._text_events + 1,',
+        '"chunk_number": self._text_events,',
+        "the orchestrator numbers chunks from 0 instead of 1",
+        (
+            "tests/unit/test_orchestrator.py::test_chunks_are_numbered_from_one_with_the_length_so_far",
+        ),
+    ),
+    Mutant(
+        "grace-doubled",
+        "core/gateway.py",
+        "loop.call_later(grace, self._grace_over, key, running)",
+        "loop.call_later(grace * 2, self._grace_over, key, running)",
+        "a stream nobody re-attached to runs for twice the resume grace",
+        (f"{GATEWAY}::test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_before",),
+    ),
+    Mutant(
+        "grace-halved",
+        "core/gateway.py",
+        "loop.call_later(grace, self._grace_over, key, running)",
+        "loop.call_later(grace / 2, self._grace_over, key, running)",
+        "a stream nobody re-attached to is cancelled before its resume grace ends",
+        (f"{GATEWAY}::test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_before",),
+    ),
+    Mutant(
+        "zero-grace-waits",
+        "core/gateway.py",
+        "if lost and grace > 0:",
+        "if lost and grace >= 0:",
+        "with resume_grace_seconds = 0 a lost stream waits a loop turn, under another reason",
+        (f"{GATEWAY}::test_with_a_zero_grace_a_lost_connection_cancels_its_stream_at_once",),
+    ),
+    Mutant(
+        "close-1001-on-purpose",
+        "transports/websocket.py",
+        "self._client_closed_on_purpose = code == 1000",
+        "self._client_closed_on_purpose = code in (1000, 1001)",
+        "a page reload (close 1001) cancels its streams at once instead of leaving the grace",
+        (f"{RESUME}::test_a_close_with_1001_leaves_the_stream_running_for_the_grace",),
+    ),
+    Mutant(
+        "reattach-keeps-grace",
+        "core/gateway.py",
+        "running.followers.add(follower)\n        running.stop_grace()\n",
+        "running.followers.add(follower)\n",
+        "a re-attach leaves the grace timer running: in_resume_grace stays counted, "
+        "a second loss is cut short",
+        (f"{GATEWAY}::test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_again",),
+    ),
+    Mutant(
+        "sse-start-not-following",
+        "transports/sse.py",
+        "    gateway.add_follower(log.key, follower.id)\n",
+        "",
+        "an SSE start does not count as a follower: a 1000 close elsewhere cancels it",
+        (f"{RESUME}::test_a_stream_started_over_sse_outlives_another_device_s_1000_close",),
+    ),
+    Mutant(
+        "sse-resume-not-following",
+        "transports/sse.py",
+        "compact=compact, follower=follower.id)",
+        "compact=compact, follower=None)",
+        "an SSE re-attach does not count as a follower: a 1000 close elsewhere cancels it",
+        (f"{RESUME}::test_a_stream_re_attached_over_sse_outlives_another_device_s_1000_close",),
+    ),
+    Mutant(
+        "sse-compact-ignored",
+        "transports/sse.py",
+        'compact = request.query_params.get("compact") in ("1", "true")',
+        "compact = False",
+        "an SSE re-attach ignores compact=true and replays every text event",
+        (f"{RESUME}::test_an_sse_re_attach_with_compact_gets_the_text_so_far_as_one_chunk",),
+    ),
+    Mutant(
+        "ws-compact-ignored",
+        "transports/websocket.py",
+        "compact=message.compact, follower=session",
+        "compact=False, follower=session",
+        "a WebSocket resume ignores compact and replays every text event",
+        (
+            f"{RESUME}::test_compact_hydration_sends_the_text_so_far_as_one_chunk_then_live_frames",
+            f"{RESUME}::test_a_client_that_resumes_after_a_compact_replay_gets_no_text_twice",
+        ),
+    ),
+    Mutant(
+        "ws-resume-delivers-twice",
+        "transports/websocket.py",
+        "known.unsubscribe(self)",
+        "pass",
+        "a WebSocket resume of a request the connection follows delivers every event twice",
+        (
+            f"{RESUME}::test_a_resume_on_the_connection_that_follows_the_request_sends_each_frame_once",
+        ),
+    ),
+    Mutant(
+        "ws-resume-counted-twice",
+        "transports/websocket.py",
+        "if known.key != key and not known.finished]",
+        "if not known.finished]",
+        "each resume of a followed request counts it again against max_streams_per_connection",
+        (
+            f"{RESUME}::test_resuming_a_followed_request_again_does_not_count_it_twice_against_the_limit",
+        ),
+    ),
+    Mutant(
+        "failed-attempt-keeps-place",
+        "core/attempts.py",
+        "        try:\n            yield\n        finally:\n            gate.release()",
+        "        yield\n        gate.release()",
+        "a failed or cancelled attempt never gives back its provider's concurrency place",
+        (f"{ROUTING}::test_a_failed_or_cancelled_answer_gives_its_provider_s_place_back",),
+    ),
+    Mutant(
+        "client-4xx-counts",
+        "core/attempts.py",
+        "if not failure.counts_against_provider:\n"
+        "                    outcome = AttemptOutcome.NEUTRAL\n",
+        "",
+        "a request the upstream refused as malformed counts against the provider's health",
+        (f"{ROUTING}::test_requests_the_upstream_refuses_as_malformed_leave_its_circuit_closed",),
+    ),
+    Mutant(
+        "upstream-rejected-counts",
+        "protocol/errors.py",
+        "    retryable = False\n    counts_against_provider = False",
+        "    retryable = False\n    counts_against_provider = True",
+        "an upstream 4xx (other than 401/403/429) is taken for the provider being unwell",
+        (f"{ROUTING}::test_requests_the_upstream_refuses_as_malformed_leave_its_circuit_closed",),
+    ),
+    Mutant(
+        "health-neutral-counts",
+        "routing/health.py",
+        "elif outcome is AttemptOutcome.FAILED:",
+        "else:",
+        "a cancelled or refused attempt counts as the provider failing",
+        (
+            f"{ROUTING}::test_requests_the_upstream_refuses_as_malformed_leave_its_circuit_closed",
+            f"{ROUTER}::test_a_cancelled_probe_leaves_the_circuit_half_open_for_the_next_request",
+        ),
+    ),
+    Mutant(
+        "cost-limit-forced-inclusive",
+        "routing/router.py",
+        "if limit is not None and cost > limit:",
+        "if limit is not None and cost >= limit:",
+        "a forced provider whose estimate equals the cost limit is refused",
+        (
+            f"{ROUTER}::test_a_provider_whose_estimate_is_exactly_the_limit_is_within_it",
+            f"{ROUTING}::test_an_answer_that_costs_exactly_the_limit_is_within_it",
+        ),
+    ),
+    Mutant(
+        "cost-limit-ranked-exclusive",
+        "routing/router.py",
+        "if o.cost_usd <= limit]",
+        "if o.cost_usd < limit]",
+        "a provider whose estimate equals the cost limit is left out of routing",
+        (
+            f"{ROUTER}::test_a_provider_whose_estimate_is_exactly_the_limit_is_within_it",
+            f"{ROUTING}::test_an_answer_that_costs_exactly_the_limit_is_within_it",
+        ),
+    ),
+    Mutant(
+        "cost-limit-running-inclusive",
+        "core/attempts.py",
+        "if so_far > limit:",
+        "if so_far >= limit:",
+        "an answer is stopped when its cost reaches the limit, not when it passes it",
+        (f"{ROUTING}::test_an_answer_that_costs_exactly_the_limit_is_within_it",),
+    ),
+    Mutant(
+        "max-queued-one-more",
+        "core/attempts.py",
+        "if slot.waiting >= self._policy.max_queued:",
+        "if slot.waiting > self._policy.max_queued:",
+        "one request more than max_queued waits for a provider",
+        (f"{ROUTING}::test_past_max_queued_a_request_is_busy_at_once_while_the_queued_one_waits",),
+    ),
+    Mutant(
+        "load-bonus-sign",
+        "routing/strategies.py",
+        "- LOAD_WEIGHT * o.load",
+        "+ LOAD_WEIGHT * o.load",
+        "a busier provider scores higher instead of lower",
+        (
+            f"{ROUTER}::test_a_provider_s_load_lowers_its_intelligent_score_by_the_share_of_its_places_in_use",
+        ),
+    ),
+    Mutant(
+        "load-off-by-one",
+        "routing/router.py",
+        "min(1.0, health.in_flight / health.max_concurrency)",
+        "min(1.0, (health.in_flight + 1) / health.max_concurrency)",
+        "a provider's load counts one request more than it has in flight",
+        (
+            f"{ROUTER}::test_a_provider_s_load_lowers_its_intelligent_score_by_the_share_of_its_places_in_use",
+        ),
+    ),
+    Mutant(
+        "log-bound-drops-newest",
+        "core/eventlog.py",
+        "and len(self._data) > 1:",
+        "and len(self._data) > 0:",
+        "an event larger than max_log_bytes is dropped with the rest: nothing to replay",
+        (
+            f"{EVENTLOG}::test_the_newest_event_stays_replayable_even_when_it_alone_exceeds_the_bound",
+        ),
+    ),
+    Mutant(
+        "previous-response-in-progress",
+        "transports/v1/responses.py",
+        "    log = await _stored(gateway, key)\n    if not log.finished:\n",
+        '    log = await _stored(gateway, key)\n    if log.status == "in_progress":\n',
+        "previous_response_id accepts a response still in progress",
+        (
+            "tests/integration/test_openai_api.py::test_a_response_still_in_progress_cannot_be_continued_yet",
+        ),
+    ),
+)
+
+
+# -- running --------------------------------------------------------------------
+
+
+def check(mutants: list[Mutant]) -> list[str]:
+    """What is wrong with the list against the current tree (empty if nothing)."""
+    problems = []
+    for mutant in mutants:
+        path = ROOT / "src" / "tokenwire" / mutant.file
+        if not path.is_file():
+            problems.append(f"{mutant.id}: no file src/tokenwire/{mutant.file}")
+            continue
+        found = path.read_text().count(mutant.original)
+        if found != 1:
+            problems.append(
+                f"{mutant.id}: its original text appears {found} times in {mutant.file} "
+                f"(expected once): {mutant.original!r}"
+            )
+    ids = [m.id for m in MUTANTS]
+    problems += [f"{i}: the id is used twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
+    return problems
+
+
+def scratch_copy(into: Path, mutant: Mutant | None) -> Path:
+    tree = into / (mutant.id if mutant else "baseline")
+    shutil.copytree(ROOT, tree, ignore=NOT_COPIED)
+    if mutant is not None:
+        path = tree / "src" / "tokenwire" / mutant.file
+        path.write_text(path.read_text().replace(mutant.original, mutant.replacement, 1))
+    return tree
+
+
+def pytest_in(tree: Path, tests: list[str], timeout: float) -> tuple[str, float]:
+    """Run pytest in `tree` against its own src: 'passed', 'failed', 'timeout' or 'error N'."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree / "src"),
+        "PYTHONDONTWRITEBYTECODE": "1",  # a pyc of the same size and second could mask a mutant
+    }
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    started = time.monotonic()
+    with subprocess.Popen(
+        command,
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a timeout ends all of it
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return "timeout", time.monotonic() - started
+        except BaseException:  # Ctrl-C: its own session did not get it, so end it here
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    took = time.monotonic() - started
+    if process.returncode == 0:
+        return "passed", took
+    if process.returncode == 1:
+        return "failed", took
+    tail = output.decode(errors="replace").strip().splitlines()[-15:]
+    print("\n".join("    | " + line for line in tail))
+    return f"error {process.returncode}", took
+
+
+def imports_its_own_copy(tree: Path) -> bool:
+    """The scratch copy's tokenwire, not the installed one, is what the tests import."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    where = subprocess.run(
+        [sys.executable, "-c", "import tokenwire; print(tokenwire.__file__)"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Path(where).is_relative_to(tree)
+
+
+VERDICTS = {"failed": "killed", "timeout": "killed (timeout)", "passed": "SURVIVED"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ids", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--all", action="store_true", help="run the whole suite per mutant")
+    parser.add_argument(
+        "--each", action="store_true", help="run each of a mutant's tests alone: all must kill it"
+    )
+    parser.add_argument("--timeout", type=float, help="seconds per run (default 180, --all 1800)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    known = {m.id: m for m in MUTANTS}
+    unknown = [i for i in args.ids if i not in known]
+    if unknown:
+        parser.error(f"unknown mutant(s): {', '.join(unknown)}")
+    if args.all and args.each:
+        parser.error("--all and --each exclude each other")
+    chosen = [known[i] for i in args.ids] if args.ids else list(MUTANTS)
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:30} {m.file:26} {m.description}")
+        return 0
+    problems = check(chosen)
+    if problems:
+        print("the mutant list is out of date:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    timeout = args.timeout or (1800.0 if args.all else 180.0)
+
+    def runs_of(mutant: Mutant) -> list[list[str]]:
+        if args.all:
+            return [[]]  # pytest's own testpaths: the whole suite
+        return [[test] for test in mutant.tests] if args.each else [list(mutant.tests)]
+
+    with tempfile.TemporaryDirectory(prefix="tokenwire-mutants-") as scratch:
+        baseline = scratch_copy(Path(scratch), None)
+        if not imports_its_own_copy(baseline):
+            print("the tests import an installed tokenwire, not the copy", file=sys.stderr)
+            return 2
+        tests = [] if args.all else list(dict.fromkeys(t for m in chosen for t in m.tests))
+        result, took = pytest_in(baseline, tests, timeout)
+        print(f"{'(no mutant)':30} {result:>16}  {took:6.1f} s")
+        if result != "passed":
+            print("without any mutant the tests do not pass: fix them first", file=sys.stderr)
+            return 2
+        shutil.rmtree(baseline)
+        not_killed = []
+        for mutant in chosen:
+            tree = scratch_copy(Path(scratch), mutant)
+            for tests in runs_of(mutant):
+                result, took = pytest_in(tree, tests, timeout)
+                verdict = VERDICTS.get(result, result)
+                what = tests[0].split("::")[-1] if args.each else mutant.description
+                print(f"{mutant.id:30} {verdict:>16}  {took:6.1f} s  {what}", flush=True)
+                if not verdict.startswith("killed") and mutant.id not in not_killed:
+                    not_killed.append(mutant.id)
+            shutil.rmtree(tree)
+    print(f"\n{len(chosen) - len(not_killed)} of {len(chosen)} mutants killed", end="")
+    print(f"; not killed: {', '.join(not_killed)}" if not_killed else "")
+    return 1 if not_killed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing was left behind")
