@@ -60,6 +60,7 @@ GATEWAY = "tests/unit/test_gateway.py"
 EVENTLOG = "tests/unit/test_eventlog.py"
 ROUTER = "tests/unit/test_router.py"
 ROUTING = "tests/integration/test_routing.py"
+DEADLINES = "tests/unit/test_deadlines.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -323,6 +324,37 @@ MUTANTS: tuple[Mutant, ...] = (
         "previous_response_id accepts a response still in progress",
         (
             "tests/integration/test_openai_api.py::test_a_response_still_in_progress_cannot_be_continued_yet",
+        ),
+    ),
+    Mutant(
+        "silence-not-rearmed",
+        "core/attempts.py",
+        "                    quiet.reschedule(loop.time() + silence)\n",
+        "",
+        "the silence timer is not re-armed per delta: answers longer than it are cut off",
+        (
+            f"{DEADLINES}::test_an_answer_that_flows_for_longer_than_the_silence_timeout_is_not_cut_off",
+            f"{DEADLINES}::test_silence_is_counted_from_the_latest_delta_not_the_first",
+        ),
+    ),
+    Mutant(
+        "request-deadline-blames-provider",
+        "core/attempts.py",
+        "if self.cancelled_by_client or self._out_of_time():",
+        "if self.cancelled_by_client:",
+        "the request's own deadline counts against the provider that was answering",
+        (
+            f"{DEADLINES}::test_the_request_deadline_ends_a_flowing_answer_without_blaming_the_provider",
+        ),
+    ),
+    Mutant(
+        "provider-timeout-lengthens",
+        "core/attempts.py",
+        "first_token, silence = min(first_token, limit), min(silence, limit)",
+        "first_token, silence = limit, limit",
+        "a provider's own timeout replaces the request's deadlines, lengthening them",
+        (
+            f"{DEADLINES}::test_a_provider_s_own_timeout_shortens_both_of_its_waits_but_never_lengthens_them",
         ),
     ),
 )
