@@ -24,7 +24,7 @@ from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
 from tokenwire.protocol.errors import TokenwireError
-from tokenwire.providers.registry import build_provider
+from tokenwire.providers.registry import build_provider, default_concurrency
 from tokenwire.routing.classify import load_classifier
 from tokenwire.routing.health import HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
@@ -49,7 +49,7 @@ def provider_profile(settings: ProviderSettings) -> ProviderProfile:
     return ProviderProfile(
         input_cost_per_mtok=settings.input_cost_per_mtok,
         output_cost_per_mtok=settings.output_cost_per_mtok,
-        max_concurrency=settings.max_concurrency,
+        max_concurrency=default_concurrency(settings),
         silence_timeout=settings.timeout,
         strengths=tuple(settings.strengths),
         auto=settings.auto,

@@ -26,3 +26,18 @@ def build_provider(settings: ProviderSettings, index: int) -> Provider:
     except (TokenwireError, ValueError) as exc:
         raise ConfigError(f"providers[{index}] ({settings.name}): {exc}") from None
     return provider
+
+
+def default_concurrency(settings: ProviderSettings) -> int | None:
+    """Streams at once on this provider when `max_concurrency` is not set.
+
+    A model run in this process serves `parallelism` generations at once. The rest are
+    better queued in the core, which bounds the wait (`queue_timeout_seconds`, then
+    `provider_busy`) and leaves it out of the provider's health, than inside the
+    provider, where a long wait reads as a provider that never sends its first token
+    and opens its circuit. Remote providers queue nothing of ours: no limit.
+    """
+    if settings.max_concurrency is not None or settings.kind != "local":
+        return settings.max_concurrency
+    parallelism = settings.options.get("parallelism", 1)
+    return parallelism if isinstance(parallelism, int) else 1
