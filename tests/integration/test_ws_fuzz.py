@@ -558,9 +558,9 @@ def expected_closes(sent: list[Sent]) -> Closes:
     layer has parsed and checked everything read with it, and that layer must fail the
     connection at once on a protocol error or invalid UTF-8 (RFC 6455, 5.2, 5.4, 8.1:
     "MUST _Fail the WebSocket Connection_") and answers a close frame at once (5.5.1),
-    while the application has not yet started its closing handshake. So after a message too big, the next frame that the WebSocket
-    layer itself ends on may close the connection first, depending on whether it came
-    in the same read.
+    while the application has not yet started its closing handshake. So after a
+    message too big, the next frame that the WebSocket layer itself ends on may close
+    the connection first, depending on whether it came in the same read.
     """
     closes: Closes = None
     for _, ends in sent:

@@ -36,6 +36,8 @@ class Scripted:
         self.steps = steps
         self.usage = usage
         self.closed_at: float | None = None
+        self.taken = 0
+        """Deltas the run has taken and asked past."""
 
     def readiness(self) -> str | None:
         return None
@@ -51,6 +53,7 @@ class Scripted:
             for delay, delta in self.steps:
                 await asyncio.sleep(delay)
                 yield delta
+                self.taken += 1
             if self.usage is not None:
                 yield self.usage
         finally:
@@ -70,6 +73,7 @@ def make_run(
     options: dict[str, Any] | None = None,
     profile: ProviderProfile | None = None,
     max_tokens: int | None = None,
+    tuning: StreamTuning = TUNING,
 ) -> tuple[StreamRun, Inbox]:
     slot = ProviderSlot(provider, profile or ProviderProfile(silence_timeout=silence))
     spec = RequestSpec(
@@ -88,7 +92,7 @@ def make_run(
         spec,
         Route((Candidate(slot, 0.0, "only one"),), "conversation", RoutingStrategy.INTELLIGENT),
         log,
-        TUNING,
+        tuning,
     ), inbox
 
 
@@ -468,16 +472,16 @@ async def test_a_cancelled_run_leaves_its_task_without_a_pending_cancellation() 
 
 async def test_text_held_at_cancel_is_dropped_not_flushed() -> None:
     # Given a provider that sends two pieces at once and then stalls: the first goes
-    # out at once, the second is held for the flush interval
-    assert TUNING.chunk_flush_seconds == 0.02
-    provider = Scripted([(0, "first"), (0, "held"), (10.0, "never")])
-    run, inbox = make_run(provider)
+    # out at once, the second is held for the flush interval (a minute here, so that
+    # however slow the machine, the cancel comes first)
+    tuning = StreamTuning(chunk_max_chars=64, chunk_flush_seconds=60.0, default_timeout=120.0)
+    provider = Scripted([(0, "first"), (0, "held"), (100.0, "never")])
+    run, inbox = make_run(provider, tuning=tuning)
     task = asyncio.create_task(run.run())
-    await eventually(lambda: "chunk" in inbox.kinds())
+    await eventually(lambda: provider.taken == 2)
+    assert [c["chunk"] for c in inbox.of("chunk")] == ["first"]  # "held" is held
 
-    # When the run is cancelled about 5 ms later, before the flush interval is over
-    await asyncio.sleep(0.005)
-    assert [c["chunk"] for c in inbox.of("chunk")] == ["first"]  # "held" is still held
+    # When the run is cancelled
     run.cancel("cancelled by client")
     await task
 
