@@ -38,7 +38,8 @@ from tokenwire.providers.gguf_package import packaged_model_path
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ProviderSettings, Settings, load_settings
 
-pytestmark = pytest.mark.slow
+# One server for the module, so one xdist worker for the module (`--dist loadgroup`).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama_cpp_server")]
 
 SHORT_PROMPT = "The capital of France is"
 LONG_PROMPT = "Tell me a long story about a dragon who learns to fly."

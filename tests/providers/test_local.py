@@ -33,6 +33,9 @@ from tokenwire.providers.local import PROMPT_SLICE, LocalProvider
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ConfigError, ProviderSettings, load_settings
 
+# One loaded model for the module, so one xdist worker for the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("local_model")
+
 LONG_ANSWER = "Tell me a long story about a dragon who learns to fly."
 
 
