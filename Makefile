@@ -36,8 +36,14 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
+# Four xdist workers: the suite mostly waits (timers, sockets, subprocesses), so twice
+# as many as 2 cores still pays. `loadgroup` keeps a module that shares one llama.cpp
+# server or one loaded model on one worker (`xdist_group`) and spreads the rest test by
+# test. Here rather than in pytest's addopts, so that the conformance suite keeps its
+# plain serial run.
+TEST_WORKERS ?= 4
 test: dev lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The browser tests drive Debian's chromium through Playwright (whose own browser
 # download cannot work without the internet); installed once, as root, when missing.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from tests.support.server import (
     running_server,
     simulated_settings,
 )
-from tests.support.waiting import eventually
+from tests.support.waiting import AT_ONCE, eventually
 from tokenwire.protocol.errors import RateLimited
 
 PROMPT = [{"role": "user", "content": "Tell me about streaming."}]
@@ -269,12 +268,12 @@ async def test_a_rate_limit_before_any_text_is_a_429_even_when_streaming() -> No
 
 
 async def closed_soon_and_counted(
-    server: RunningServer, provider: WatchedProvider, hung_up: float, seen: int
+    server: RunningServer, provider: WatchedProvider, seen: int
 ) -> None:
-    """The provider's stream closed within a second of the hang-up, the request ended
-    as cancelled, and what was streamed before is counted."""
-    await asyncio.wait_for(provider.closed.wait(), 3)
-    assert provider.closed_at[0] - hung_up < 1.0
+    """The provider's stream closed after the hang-up (long before its own end: it would
+    run for minutes), the request ended as cancelled, and what was streamed before is
+    counted."""
+    await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
 
     async def cancelled_once() -> dict[str, Any]:
         while True:
@@ -283,7 +282,7 @@ async def closed_soon_and_counted(
                 return numbers
             await asyncio.sleep(0.01)
 
-    numbers = await asyncio.wait_for(cancelled_once(), 3)
+    numbers = await asyncio.wait_for(cancelled_once(), AT_ONCE)
     assert numbers["streams"]["by_status"]["completed"] == 0
     counted = numbers["providers"][provider.name]
     assert counted["cancelled"] == 1
@@ -306,8 +305,7 @@ async def test_a_stream_whose_client_leaves_after_the_first_delta_is_cancelled()
                     seen += 1
                 if seen == 3:
                     break
-        hung_up = time.monotonic()
-        await closed_soon_and_counted(server, provider, hung_up, seen)
+        await closed_soon_and_counted(server, provider, seen)
 
 
 async def test_a_stream_whose_client_leaves_before_the_first_token_is_cancelled() -> None:
@@ -321,8 +319,7 @@ async def test_a_stream_whose_client_leaves_before_the_first_token_is_cancelled(
             call.cancel()  # the client hangs up while waiting for the first token
             with contextlib.suppress(asyncio.CancelledError):
                 await call
-        hung_up = time.monotonic()
-        await closed_soon_and_counted(server, provider, hung_up, 0)
+        await closed_soon_and_counted(server, provider, 0)
         assert provider.deltas_sent == 0
 
 
@@ -336,5 +333,4 @@ async def test_a_waiting_client_that_leaves_cancels_its_request() -> None:
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
-        hung_up = time.monotonic()
-        await closed_soon_and_counted(server, provider, hung_up, 3)
+        await closed_soon_and_counted(server, provider, 3)

@@ -31,6 +31,14 @@ from tokenwire.core.spec import RequestKey
 # Long enough that the stream is still running when the token expires.
 LONG = {"options": {"tokens": 900, "delay_ms": 4}}
 LIFETIME = 2.0
+# How late a busy machine may run the expiry timer. The server's own timestamp on the
+# error event says when it acted, however slowly the client then reads.
+LATE = 5.0
+
+
+def acted_at_expiry(error: dict[str, Any], expires_at: float) -> bool:
+    """The server sent this error event when the credential expired: not before."""
+    return expires_at - 0.1 <= error["timestamp"] < expires_at + LATE
 
 
 @contextlib.asynccontextmanager
@@ -74,14 +82,14 @@ async def test_an_expired_websocket_gets_an_error_then_1008_and_its_stream_resum
         async with ws_client(server, additional_headers=bearer(token)) as client:
             await client.send(long_request("long"))
             frames = await until_closed(client)
-            closed_at = time.time()
             assert client.ws.close_code == 1008
 
+        # The error is the last frame: nothing the stream sent after it follows it.
         error = frames[-1]
         assert error["event_type"] == "error"
         assert error["data"]["error_type"] == "authentication_failed"
         assert token not in json.dumps(error)
-        assert expires_at - 0.1 <= closed_at < expires_at + 1.0
+        assert acted_at_expiry(error, expires_at)
         assert server.gateway.is_running(RequestKey("ada", "long"))
         seen = last_seq(frames, "long")
 
@@ -135,12 +143,11 @@ async def test_a_refused_authenticate_is_an_error_and_does_not_extend(renewal: s
             assert token not in json.dumps(refused)
 
             frames = await until_closed(client)
-            closed_at = time.time()
             assert client.ws.close_code == 1008
 
     assert [f["event_type"] for f in frames] == ["error"]
     assert frames[0]["data"]["error_type"] == "authentication_failed"
-    assert expires_at - 0.1 <= closed_at < expires_at + 1.0
+    assert acted_at_expiry(frames[0], expires_at)
 
 
 async def test_refused_authenticate_messages_count_against_the_address() -> None:
@@ -198,13 +205,12 @@ async def test_an_sse_stream_ends_with_an_error_at_expiry_and_reattaches_with_a_
         async with http.stream("POST", "/api/streams", json=body, headers=bearer(token)) as first:
             assert first.status_code == 200
             before = await sse_blocks(first)
-        ended_at = time.time()
 
         error = before[-1]
         assert error["event"] == "error"
         assert "id" not in error
         assert json.loads(error["data"])["data"]["error_type"] == "authentication_failed"
-        assert expires_at - 0.1 <= ended_at < expires_at + 1.0
+        assert acted_at_expiry(json.loads(error["data"]), expires_at)
         assert server.gateway.is_running(RequestKey("ada", "long"))
         seen = int([block for block in before if "id" in block][-1]["id"])
 

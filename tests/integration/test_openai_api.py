@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.providers import TroubledProvider, WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server
-from tests.support.waiting import eventually
+from tests.support.waiting import AT_ONCE, eventually
 from tokenwire.protocol.errors import RateLimited
 
 HI = [{"role": "user", "content": "hi"}]
@@ -168,7 +168,7 @@ async def test_a_streaming_client_that_leaves_cancels_and_its_tokens_are_counted
                     contents += 1
                 if contents == 3:
                     break
-        await asyncio.wait_for(provider.closed.wait(), 1)
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         await eventually(lambda: server.gateway.running == 0, 2)
         counted = (await stats(server))["providers"]["watched"]
     assert counted["cancelled"] == 1
@@ -185,7 +185,7 @@ async def test_a_client_that_leaves_before_the_first_token_cancels_at_once(strea
         call.cancel()  # the client hangs up
         with contextlib.suppress(asyncio.CancelledError):
             await call
-        await asyncio.wait_for(provider.closed.wait(), 1)
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         await eventually(lambda: server.gateway.running == 0, 1)
 
 
@@ -205,7 +205,7 @@ async def test_a_client_waiting_for_a_whole_answer_that_leaves_cancels_it(dialec
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await call
-        await asyncio.wait_for(provider.closed.wait(), 1)
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         await eventually(lambda: server.gateway.running == 0, 1)
         counted = (await stats(server))["providers"]["watched"]
     assert counted["cancelled"] == 1
@@ -298,7 +298,7 @@ async def test_a_foreground_streamed_response_ends_with_its_client() -> None:
             if event.type == "response.output_text.delta":
                 break
         await stream.close()
-        await asyncio.wait_for(provider.closed.wait(), 1)
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         await eventually(lambda: server.gateway.running == 0, 1)
 
 
@@ -401,7 +401,7 @@ async def test_a_foreground_response_whose_client_leaves_before_the_first_token_
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await call
-        await asyncio.wait_for(provider.closed.wait(), 1)
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         await eventually(lambda: server.gateway.running == 0, 1)
 
 

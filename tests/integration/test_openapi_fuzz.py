@@ -8,11 +8,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,41 +24,26 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.support.server import free_port
-
-TOKENWIRE = Path(sys.executable).parent / "tokenwire"
+from tests.support.process import TOKENWIRE, serving_url
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real server whose simulated provider answers at once, in five tokens."""
-    port = free_port()
     providers = [
         {"name": "simulated", "kind": "simulated", "options": {"tokens": 5, "delay_ms": 0}}
     ]
     env = {
         **os.environ,
         "TOKENWIRE_PROVIDERS": json.dumps(providers),
-        "TOKENWIRE_LOGGING__LEVEL": "warning",
+        "TOKENWIRE_LOGGING__FORMAT": "json",
     }
-    proc = subprocess.Popen(
-        [str(TOKENWIRE), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-    yield url
+    log = tmp_path_factory.mktemp("openapi-fuzz") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(TOKENWIRE), "serve", "--port", "0"], env=env, stdout=out, stderr=out
+        )
+    yield serving_url(proc, log)
     proc.send_signal(signal.SIGTERM)
     proc.wait(15)
 

@@ -7,50 +7,35 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.server import free_port
-
-TOKENWIRE = Path(sys.executable).parent / "tokenwire"
+from tests.support.process import TOKENWIRE, serving_url
 
 
 class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
         self.proc = proc
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/ws/ai-stream"
+        self.url = url
+        self.ws_url = url.replace("http", "ws", 1) + "/ws/ai-stream"
         self.log = log
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(TOKENWIRE), "serve", "--provider", "simulated", "--port", str(port)],
+            [str(TOKENWIRE), "serve", "--provider", "simulated", "--port", "0"],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "TOKENWIRE_LOGGING__FORMAT": "json"},
         )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError(log.read_text())
-    yield Served(proc, port, log)
+    yield Served(proc, serving_url(proc, log), log)
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -130,7 +115,7 @@ def test_a_wrong_config_stops_start_up_with_one_clear_message(tmp_path: Path) ->
     config = tmp_path / "bad.toml"
     config.write_text("[limits]\nmax_message_bytes = 'lots'\n")
     result = subprocess.run(
-        [str(TOKENWIRE), "serve", "--config", str(config), "--port", str(free_port())],
+        [str(TOKENWIRE), "serve", "--config", str(config), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=30,

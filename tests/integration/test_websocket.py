@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import httpx
 from websockets.asyncio.client import connect
@@ -18,13 +17,14 @@ from tests.support.server import (
     simulated_settings,
     ws_client,
 )
+from tests.support.waiting import AT_ONCE, eventually
 from tokenwire.core.spec import RequestKey
 
 SLOW = {"options": {"tokens": 5000, "delay_ms": 5}}
 FAST = {"options": {"tokens": 20, "delay_ms": 0}}
 
 
-async def test_cancel_ends_the_stream_within_100ms_and_closes_the_provider_stream() -> None:
+async def test_cancel_ends_the_stream_at_once_and_closes_the_provider_stream() -> None:
     provider = WatchedProvider()
     async with (
         running_server(gateway=gateway_with(provider)) as server,
@@ -35,15 +35,13 @@ async def test_cancel_ends_the_stream_within_100ms_and_closes_the_provider_strea
         )
         while (await client.recv())["event_type"] not in ("chunk", "token"):
             pass
-        asked = time.monotonic()
         await client.send({"type": "cancel_request", "request_id": "c1"})
-        frames = await client.until_end("c1")
-        answered = time.monotonic()
+        frames = await client.until_end("c1", timeout=AT_ONCE)
         assert frames[-1]["data"]["status"] == "cancelled"
-        assert answered - asked < 0.1
-        await asyncio.wait_for(provider.closed.wait(), 1)
-        assert provider.closed_at[0] - asked < 0.1
+        # The provider's stream (25 s long) was closed before the stream_end went out.
+        assert provider.closed.is_set()
         sent = provider.deltas_sent
+        assert sent < 5000
         await asyncio.sleep(0.1)
         assert provider.deltas_sent == sent
 
@@ -88,14 +86,10 @@ async def test_without_a_resume_grace_a_vanished_client_s_streams_are_cancelled_
         await ws.recv()
         assert server.gateway.running == 1
         ws.transport.abort()  # no close frame: the network went away
-        gone = time.monotonic()
-        await asyncio.wait_for(provider.closed.wait(), 1)
-        assert provider.closed_at[0] - gone < 1.0
-        for _ in range(100):
-            if len(server.gateway.sessions) == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert len(server.gateway.sessions) == 0
+        # The provider's stream would run for 25 s.
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
+        assert provider.deltas_sent < 5000
+        await eventually(lambda: len(server.gateway.sessions) == 0, AT_ONCE)
         assert server.gateway.running == 0
 
 
@@ -109,9 +103,9 @@ async def test_a_client_close_frame_cancels_its_streams_at_once() -> None:
                 '{"tokens": 5000, "delay_ms": 5}}}'
             )
             await ws.recv()
-        closed = time.monotonic()
-        await asyncio.wait_for(provider.closed.wait(), 1)
-        assert provider.closed_at[0] - closed < 0.1
+        # Not after the resume grace (10 s), nor at the stream's end (25 s).
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
+        assert provider.deltas_sent < 5000
 
 
 async def test_a_request_rejected_before_it_starts_gets_only_an_error() -> None:
@@ -179,10 +173,8 @@ async def test_an_idle_session_is_closed_by_the_sweeper() -> None:
     )
     async with running_server(settings) as server, connect(server.ws_url) as ws:
         await ws.recv()
-        started = time.monotonic()
         with contextlib.suppress(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 2)
-        assert time.monotonic() - started < 1.0
+            await asyncio.wait_for(ws.recv(), AT_ONCE)
         assert ws.close_code == 1000
         assert len(server.gateway.sessions) == 0
 

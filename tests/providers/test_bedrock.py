@@ -19,6 +19,7 @@ from tests.fakes.bedrock_server import (
     Reply,
     running_fake_bedrock,
 )
+from tests.support.waiting import AT_ONCE
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -80,7 +81,7 @@ async def _collect(
 
 async def _closed_within(fake: FakeBedrock, started: float, limit: float) -> float:
     connection = fake.requests[-1].connection
-    await asyncio.wait_for(connection.closed.wait(), 2)
+    await asyncio.wait_for(connection.closed.wait(), AT_ONCE)
     assert connection.closed_by_client
     assert connection.closed_at is not None
     elapsed = connection.closed_at - started
@@ -391,7 +392,7 @@ async def test_cancelling_before_the_first_byte_closes_the_upstream_within_100ms
 ) -> None:
     fake.script(Reply(silent=True))
     consumer = asyncio.create_task(_collect(provider, _request()))
-    await asyncio.wait_for(fake.request_arrived.wait(), 2)
+    await asyncio.wait_for(fake.request_arrived.wait(), AT_ONCE)
 
     started = time.monotonic()
     consumer.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +13,7 @@ from tests.fakes.bedrock_server import (
     Reply,
 )
 from tests.support.server import RunningServer, of_type, running_server, ws_client
+from tests.support.waiting import AT_ONCE
 from tokenwire.settings import load_settings
 
 # Every test here runs with fake AWS keys in the environment (see conftest.py).
@@ -88,7 +88,7 @@ async def test_bedrock_throttling_reaches_the_client_as_rate_limited(
     assert error["data"]["retry_after"] == 2.0
 
 
-async def test_cancel_request_closes_the_upstream_connection_within_100ms(
+async def test_cancel_request_closes_the_upstream_connection_at_once(
     fake: FakeBedrock, server: RunningServer
 ) -> None:
     fake.script(Reply(events=[es.message_start(), es.text_delta("first")], then="stall"))
@@ -104,14 +104,12 @@ async def test_cancel_request_closes_the_upstream_connection_within_100ms(
         )
         while (await client.recv())["event_type"] != "token":
             pass
-        started = time.monotonic()
+        # The upstream stalls for ever: only the cancel can close the connection
         await client.send({"type": "cancel_request", "request_id": "r1"})
         frames = await client.until_end("r1")
 
         connection = fake.requests[-1].connection
-        await asyncio.wait_for(connection.closed.wait(), 2)
+        await asyncio.wait_for(connection.closed.wait(), AT_ONCE)
 
     assert frames[-1]["data"]["status"] == "cancelled"
     assert connection.closed_by_client
-    assert connection.closed_at is not None
-    assert connection.closed_at - started < 0.1

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import pytest
 
 from tests.support.server import of_type, running_server, ws_client
+from tests.support.waiting import eventually
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import InvalidRequest, ProviderError
 from tokenwire.providers.gguf_package import (
@@ -26,9 +29,12 @@ from tokenwire.providers.gguf_package import (
     packaged_model,
 )
 from tokenwire.providers.llama_text import AnswerText, prompt_segments
-from tokenwire.providers.local import LocalProvider
+from tokenwire.providers.local import PROMPT_SLICE, LocalProvider
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ConfigError, ProviderSettings, load_settings
+
+# One loaded model for the module, so one xdist worker for the module (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("local_model")
 
 LONG_ANSWER = "Tell me a long story about a dragon who learns to fly."
 
@@ -61,6 +67,29 @@ def provider() -> Iterator[LocalProvider]:
     local = LocalProvider(local_settings(threads=1))
     yield local
     asyncio.run(local.aclose())
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One batch of tokens that llama.cpp evaluated: a prompt slice, or one sampled token."""
+
+    thread: int
+    tokens: tuple[int, ...]
+
+
+@pytest.fixture
+def evaluations(monkeypatch: pytest.MonkeyPatch) -> list[Evaluation]:
+    """Every `Llama.eval` call from now on, in order: what the model worked on, and when
+    relative to the test's steps, without a clock."""
+    calls: list[Evaluation] = []
+    evaluate = llama_cpp.Llama.eval
+
+    def recorded(llm: llama_cpp.Llama, tokens: list[int]) -> None:
+        calls.append(Evaluation(threading.get_ident(), tuple(tokens)))
+        evaluate(llm, tokens)
+
+    monkeypatch.setattr(llama_cpp.Llama, "eval", recorded)
+    return calls
 
 
 # -- the model ----------------------------------------------------------------
@@ -124,40 +153,45 @@ async def test_a_character_split_across_tokens_arrives_whole(provider: LocalProv
 
 @pytest.mark.slow
 async def test_closing_the_stream_stops_generation_and_frees_the_slot(
-    provider: LocalProvider,
+    provider: LocalProvider, evaluations: list[Evaluation]
 ) -> None:
+    # Given an answer of up to 256 tokens, three of them read
     events = provider.stream(ask(LONG_ANSWER, max_tokens=256))
     for _ in range(3):
         await anext(events)
 
-    closed = time.monotonic()
+    # When its stream is closed, and the next request asked
     await events.aclose()
-    again = provider.stream(ask("What is the capital of France?"))
-    try:
-        await anext(again)
-        waited = time.monotonic() - closed
-    finally:
-        await again.aclose()
+    at_close = len(evaluations)
+    await collect(provider, ask("What is the capital of France?", max_tokens=1))
 
-    # Had the first answer run on, its 250 remaining tokens would take seconds.
-    assert waited < 1.0
+    # Then the first answer sampled at most the token it was on before the next
+    # request's prompt (a slice of many tokens) had the model
+    after = evaluations[at_close:]
+    next_prompt = next(n for n, e in enumerate(after) if len(e.tokens) > 1)
+    assert next_prompt <= 1, after[: next_prompt + 1]
 
 
 @pytest.mark.slow
 async def test_cancelling_during_a_long_prompt_frees_the_slot_at_once(
-    provider: LocalProvider,
+    provider: LocalProvider, evaluations: list[Evaluation]
 ) -> None:
-    # About 1,500 prompt tokens: seconds of work before the first answer token.
+    # Given a prompt of about 1,500 tokens, evaluated slice by slice (seconds of work)
     reading = asyncio.create_task(collect(provider, ask("word " * 1500)))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: len(evaluations) >= 3, 120)
+    words = set(evaluations[1].tokens)  # a slice from the middle: "word" tokens only
 
+    # When its request is cancelled, and the next one asked
     reading.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reading
-    cancelled = time.monotonic()
+    at_cancel = len(evaluations)
     await collect(provider, ask("What is the capital of France?", max_tokens=1))
 
-    assert time.monotonic() - cancelled < 1.0
+    # Then the cancel came mid-prompt, and after it at most the slice the worker was
+    # starting went on: the next request had the model at once, however slow the machine
+    assert at_cancel < 1500 // PROMPT_SLICE
+    assert sum(set(e.tokens) <= words for e in evaluations[at_cancel:] if e.tokens) <= 1
 
 
 @pytest.mark.slow
@@ -169,31 +203,46 @@ async def test_a_request_closed_while_queued_never_reaches_the_model(
     await anext(running)  # the only slot is now busy
     queued = provider.stream(ask("What is the capital of France?"))
     waiting = asyncio.create_task(anext(queued))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(provider._jobs) == 2)  # queued behind the running one
 
     waiting.cancel()  # as the core does on cancel, timeout or a vanished client
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await queued.aclose()
     rest = [event async for event in running]
-    await asyncio.sleep(0.2)
+    # The worker takes jobs in order: once a later one is answered, the closed one
+    # has had its turn.
+    await collect(provider, ask("What is the capital of France?", max_tokens=1))
 
     assert isinstance(rest[-1], Usage)
-    assert provider.started_generations == before + 1
+    assert provider.started_generations == before + 2
 
 
 @pytest.mark.slow
-async def test_parallelism_runs_that_many_generations_at_once() -> None:
+async def test_parallelism_runs_that_many_generations_at_once(
+    evaluations: list[Evaluation],
+) -> None:
     local = LocalProvider(local_settings(parallelism=2, threads=1))
     try:
+        await eventually(lambda: local.readiness() is None, 120)
+        loaded = len(evaluations)  # the warm-up's evaluations come before
+
+        # Given two long answers asked at once
         first = local.stream(ask(LONG_ANSWER, max_tokens=256))
         second = local.stream(ask(LONG_ANSWER, max_tokens=256))
         assert await anext(first)
-        started = time.monotonic()
         assert await anext(second)
 
-        # Queued behind the first, the second would wait for 255 tokens (seconds).
-        assert time.monotonic() - started < 2.0
+        # Then both are generated at the same time, on two threads: the one that started
+        # first goes on after the other has started (had the other been queued behind it,
+        # it would have waited for all 256 tokens).
+        def interleaved() -> bool:
+            threads = [e.thread for e in evaluations[loaded:]]
+            one = threads[0]
+            other = next((n for n, t in enumerate(threads) if t != one), None)
+            return other is not None and one in threads[other:]
+
+        await eventually(interleaved, 120)
         assert local.started_generations == 2
         await first.aclose()
         await second.aclose()

@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,25 @@ async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterato
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def serving_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> str:
+    """The URL that a `tokenwire serve --port 0` writing JSON logs to `log` serves on,
+    once its `serving` line says so (it is written once the port accepts connections).
+
+    Port 0: the process binds a port of its own, so no other test or xdist worker can
+    take it between choosing and binding.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for text in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(text)
+                if isinstance(record, dict) and record.get("event") == "serving":
+                    return str(record["url"])
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(
+                f"tokenwire serve ({proc.wait()}) wrote no serving line:\n{log.read_text()}"
+            )
+        time.sleep(0.05)

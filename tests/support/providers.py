@@ -105,6 +105,8 @@ class Scripted:
         self.streams = 0
         """Times it was asked for an answer."""
         self.closed_at: float | None = None
+        self.taken = 0
+        """Deltas the run has taken and asked past."""
 
     def readiness(self) -> str | None:
         return None
@@ -121,6 +123,7 @@ class Scripted:
             for delay, delta in self.steps:
                 await asyncio.sleep(delay)
                 yield delta
+                self.taken += 1
             if self.usage is not None:
                 yield self.usage
         finally:

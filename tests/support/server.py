@@ -18,6 +18,7 @@ from tokenwire.settings import Settings, load_settings
 
 
 def free_port() -> int:
+    """A port free now, for what cannot be handed a bound socket; prefer port 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -46,23 +47,27 @@ async def running_server(
 ) -> AsyncIterator[RunningServer]:
     """A server on a free port; `environ` holds the secrets its settings name."""
     settings = settings or simulated_settings()
-    port = free_port()
-    gateway = gateway or build_gateway(settings)
-    app = build_app(settings, gateway, environ=environ or {})
-    config = uvicorn_config(settings, app, "127.0.0.1", port)
-    server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
-    # The test process keeps its own signal handlers.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield RunningServer(f"http://127.0.0.1:{port}", gateway, server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
+    # Bound here and handed to uvicorn, as `tokenwire serve` does: a port chosen first
+    # and bound later could be taken in between (by another xdist worker, say).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        gateway = gateway or build_gateway(settings)
+        app = build_app(settings, gateway, environ=environ or {})
+        config = uvicorn_config(settings, app, "127.0.0.1", port)
+        server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
+        # The test process keeps its own signal handlers.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        try:
+            yield RunningServer(f"http://127.0.0.1:{port}", gateway, server)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 20)
 
 
 class WsClient:

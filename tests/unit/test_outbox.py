@@ -40,6 +40,15 @@ async def test_a_closed_outbox_drains_then_ends() -> None:
     assert await outbox.take() is None
 
 
+async def test_a_frame_put_after_close_is_dropped() -> None:
+    outbox = Outbox(max_bytes=1000)
+    outbox.put("why the connection closes")
+    outbox.close()
+    outbox.put("a late token")
+    assert await outbox.take() == "why the connection closes"
+    assert await outbox.take() is None
+
+
 async def test_close_wakes_a_waiting_take() -> None:
     outbox = Outbox(max_bytes=1000)
     waiting = asyncio.create_task(outbox.take())

@@ -107,3 +107,33 @@ async def test_a_request_set_up_while_its_connection_closes_sends_nothing_before
             "code": 1000,
             "reason": "idle timeout",
         }
+
+
+async def test_the_frame_queued_before_a_close_is_the_last_the_client_gets() -> None:
+    # Given a connection following a slow request, whose client has stopped reading
+    gateway = gateway_with(WatchedProvider())
+    client = FakeClient()
+    key = RequestKey("ada", "slow")
+    async with serving(gateway, client) as conn:
+        client.send_json(ask("slow"))
+        await eventually(lambda: any(f["event_type"] == "chunk" for f in client.texts()))
+        client.stop_reading()
+        log = await gateway.logs.get(key)
+        assert log is not None
+
+        # When its credential expires (an error event, then the close), and the request
+        # streams on while the backlog waits for the client
+        conn._expired()
+        seq_at_close = log.last_seq
+        await eventually(lambda: log.last_seq > seq_at_close + 3)
+        client.resume_reading()
+        await eventually(lambda: client.close_message is not None)
+
+    # Then that event is the last frame before the close: nothing the stream sent after
+    # the close began was queued behind it
+    before_close = client.texts(before_close=True)
+    assert before_close[-1]["event_type"] == "error"
+    assert before_close[-1]["data"]["error_type"] == "authentication_failed"
+    assert client.close_message is not None
+    assert client.close_message["code"] == 1008
+    assert max(f["seq"] or 0 for f in before_close) <= seq_at_close

@@ -43,7 +43,7 @@ _LOADING = threading.Lock()
 
 def open_model(path: Path, *, n_ctx: int, threads: int, extra_buffers: bool) -> Any:
     """A `llama_cpp.Llama` for this GGUF file, loaded without touching descriptors 1 and 2."""
-    with _LOADING, _descriptors_left_alone(), _default_model_params(extra_buffers):
+    with _LOADING, _descriptors_left_alone(), default_model_params(extra_buffers):
         return llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -84,7 +84,9 @@ def _descriptors_left_alone() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _default_model_params(extra_buffers: bool) -> Iterator[None]:
+def default_model_params(extra_buffers: bool) -> Iterator[None]:
+    """Models loaded meanwhile use llama.cpp's extra CPU buffers only if `extra_buffers`
+    (also what `tests/support/llama_server.py` runs llama-cpp-python's server under)."""
     if extra_buffers:
         yield
         return

@@ -28,7 +28,9 @@ class Outbox:
         self.closed = False
 
     def put(self, frame: str) -> None:
-        if self.overflowed:
+        # Once closed, the connection has said its last word (an error saying why, say):
+        # frames a stream delivers while the backlog drains must not follow it.
+        if self.overflowed or self.closed:
             return
         self._frames.append(frame)
         # Inlined `utf8_size`: this is the per-token path.
@@ -56,7 +58,8 @@ class Outbox:
         self._bytes = 0
 
     def close(self) -> None:
-        """No more frames will come: `take` returns None once the queue is drained."""
+        """No more frames: later ones are dropped, and `take` returns None once the queue
+        is drained."""
         self.closed = True
         self._ready.set()
 
