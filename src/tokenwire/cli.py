@@ -248,5 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
             return 2
-        return serve(settings, insecure=args.insecure)
+        try:
+            return serve(settings, insecure=args.insecure)
+        except KeyboardInterrupt:
+            # Ctrl-C before the server took the signals over (while the providers were
+            # built): nothing was served, so nothing needs ending; no traceback either.
+            return 130
     return 2

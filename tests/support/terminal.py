@@ -44,6 +44,12 @@ class Terminal:
                             return record
                 await self._more(f"no {event!r} line")
 
+    async def until(self, text: str, timeout: float = 60.0) -> None:
+        """Wait until the program has printed `text`."""
+        async with asyncio.timeout(timeout):
+            while text not in self.output:
+                await self._more(f"no {text!r}")
+
     async def exit_status(self, timeout: float = 60.0) -> int:
         """Wait for the program to end and for everything it printed."""
         async with asyncio.timeout(timeout):
