@@ -194,9 +194,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "ws-resume-delivers-twice",
-        "transports/websocket.py",
-        "known.unsubscribe(self)",
-        "pass",
+        "core/eventlog.py",
+        "        self.unsubscribe(subscriber)\n        for record in replay:",
+        "        for record in replay:",
         "a WebSocket resume of a request the connection follows delivers every event twice",
         (
             f"{RESUME}::test_a_resume_on_the_connection_that_follows_the_request_sends_each_frame_once",

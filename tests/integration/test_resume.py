@@ -229,6 +229,26 @@ async def test_resuming_a_followed_request_again_does_not_count_it_twice_against
         assert answer[-1]["event_type"] == "stream_start"
 
 
+async def test_a_failed_resume_on_the_connection_that_follows_leaves_it_following() -> None:
+    # Given a connection following a request whose log has dropped its first events
+    settings = simulated_settings(streams={"max_log_bytes": 1024, "resume_grace_seconds": 0})
+    async with running_server(settings) as server, ws_client(server) as client:
+        await client.send(request("r1"))
+        before = await until(client, at_token(100))
+
+        # When it asks for events that are gone
+        await client.send({"type": "resume", "request_id": "r1", "last_seq": 0})
+        frames = await client.until_end("r1")
+
+    # Then it is told so, and still gets the rest of the answer, each event once
+    errors = of_type(frames, "error")
+    assert [e["data"]["error_type"] for e in errors] == ["not_recovered"]
+    seqs = [f["seq"] for f in before + frames if f.get("request_id") == "r1" and f.get("seq")]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert frames[-1]["data"]["status"] == "completed"
+    assert len(of_type(before + frames, "token")) == 300
+
+
 async def test_another_user_cannot_resume_or_learn_that_a_request_exists() -> None:
     async with (
         server_with() as server,

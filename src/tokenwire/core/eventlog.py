@@ -181,7 +181,10 @@ class EventLog:
     def attach(self, subscriber: Subscriber, replay: Iterable[Record]) -> None:
         """Deliver `replay` (records of this log, in seq order), then new ones as they come.
 
-        Synchronous, so that no event can fall between the replay and the live ones."""
+        Synchronous, so that no event can fall between the replay and the live ones. A
+        subscriber attached already (a connection resuming what it follows) is attached
+        anew from the replay's point: it gets each record once."""
+        self.unsubscribe(subscriber)
         for record in replay:
             subscriber.deliver(record)
         if not self.finished:

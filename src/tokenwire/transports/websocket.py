@@ -269,13 +269,12 @@ class Connection:
             self._gateway.cancel(RequestKey(session.user_id, message.request_id))
         elif isinstance(message, Resume):
             key = RequestKey(session.user_id, message.request_id)
-            for known in self._logs:
-                if known.key == key:  # a resume replaces what this connection followed
-                    known.unsubscribe(self)
-            self._logs = [known for known in self._logs if known.key != key and not known.finished]
+            # A resume of what this connection follows replaces its subscription (the log
+            # attaches it anew); one refused (not_recovered) leaves it as it was.
             log = await self._gateway.resume(
                 key, self, message.last_seq, compact=message.compact, follower=session
             )
+            self._logs = [known for known in self._logs if known.key != key and not known.finished]
             if not log.finished:
                 self._logs.append(log)
         elif isinstance(message, ListRequests):
