@@ -270,7 +270,8 @@ async def test_a_reconnect_continues_the_user_s_conversation() -> None:
 async def test_llama_cpp_s_own_lines_are_json_and_the_default_leaves_a_core_free() -> None:
     from tokenwire.providers.cpus import default_threads
 
-    async with serving("--provider", "local") as served:
+    debug = {"TOKENWIRE_LOGGING__LEVEL": "debug"}  # llama.cpp's load lines are at debug
+    async with serving("--provider", "local", env=debug) as served:
         loaded = await served.until_event("local model loaded")
         assert loaded["threads"] == default_threads(1)
         async with httpx.AsyncClient() as http:
@@ -280,3 +281,13 @@ async def test_llama_cpp_s_own_lines_are_json_and_the_default_leaves_a_core_free
     for line in lines:
         json.loads(line)  # llama.cpp's lines included
     assert any("llama" in json.loads(line)["event"] for line in lines)
+
+
+async def test_a_plain_start_of_the_packaged_model_shows_no_warning() -> None:
+    # llama.cpp warns at every load of the packaged model ("this is probably a bug in the
+    # model"): nothing a new user can act on, so it goes out at debug.
+    async with serving("--provider", "local") as served:
+        await served.until_event("local model loaded")
+        assert await served.stop() == 0
+        records = [json.loads(line) for line in await served.rest() if line.strip()]
+    assert [r for r in records if r["level"] in ("warning", "error")] == []

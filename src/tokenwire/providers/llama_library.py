@@ -113,11 +113,27 @@ _LEVEL_NUMBERS = {"debug": 10, "warning": 30, "error": 40}
 _llama_logger = structlog.get_logger("tokenwire.llama_cpp")
 
 
+# Warnings llama.cpp gives at every load of the packaged model, which say nothing an
+# operator can act on ("this is probably a bug in the model", a cache note): at debug,
+# so that a plain start shows no warning at all.
+_NOTHING_TO_ACT_ON = (
+    "load: control-looking token:",
+    "llama_kv_cache_iswa: using full-size SWA cache",
+)
+
+
+def llama_log_level(level: int, message: str) -> int:
+    """The logging level a llama.cpp log line goes out at."""
+    if message.startswith(_NOTHING_TO_ACT_ON):
+        return _LEVEL_NUMBERS["debug"]
+    return _LEVEL_NUMBERS[_LLAMA_LEVELS.get(level, "debug")]
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_llama_log(level: int, text: bytes, user_data: Any) -> None:
     message = text.decode("utf-8", "replace").strip()
     if message:
-        _llama_logger.log(_LEVEL_NUMBERS[_LLAMA_LEVELS.get(level, "debug")], message)
+        _llama_logger.log(llama_log_level(level, message), message)
 
 
 def route_llama_logs() -> None:
