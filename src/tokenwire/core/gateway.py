@@ -161,9 +161,7 @@ class Gateway:
         grace = self.config.resume_grace_seconds
         if lost and grace > 0:
             loop = asyncio.get_running_loop()
-            running.absent[follower] = loop.call_later(
-                grace, self._grace_over, running, follower
-            )
+            running.absent[follower] = loop.call_later(grace, self._grace_over, running, follower)
         elif not running.followed:
             self._cancel(running, reason)
 

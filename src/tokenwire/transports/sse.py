@@ -4,9 +4,10 @@
 `type`) and answers with its events as they come; `GET /api/streams/{id}/events`
 re-attaches after `Last-Event-ID` (or `?last_event_id=`, for the browser's
 EventSource) and ends with the request's `stream_end`, or answers 204 when the
-client has that already (which stops an EventSource from reconnecting); `DELETE /api/streams/{id}` cancels; `GET /api/streams` lists the
-caller's requests. Each protocol event is one SSE event: `id:` its seq, `event:`
-its type, `data:` its JSON envelope. A comment line keeps a quiet stream open
+client has that already (which stops an EventSource from reconnecting);
+`DELETE /api/streams/{id}` cancels; `GET /api/streams` lists the caller's
+requests. Each protocol event is one SSE event: `id:` its seq, `event:` its
+type, `data:` its JSON envelope. A comment line keeps a quiet stream open
 every `heartbeat` seconds. A client that goes away leaves the request running
 for the resume grace, like a lost WebSocket.
 """
