@@ -94,7 +94,7 @@ async def test_an_sse_re_attach_with_nothing_left_is_204_and_holds_no_slot() -> 
 
 async def test_an_eventsource_left_open_after_stream_end_stops_reconnecting() -> None:
     async with (
-        finished_request("f1", max_connections_per_user=2) as (server, frames),
+        finished_request("f1", max_connections_per_user=2) as (server, _),
         offline_page(server.url) as offline,
     ):
         page = offline.page
