@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -51,6 +52,12 @@ class GracefulServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started and self._on_started is not None:
             self._on_started()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # From the signal on, not from uvicorn's next tick: a load balancer that polls
+        # /readyz in between would otherwise send new work to a server that is leaving.
+        self._gateway.begin_shutdown()
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._gateway.shutdown(self._grace)

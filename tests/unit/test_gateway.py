@@ -365,6 +365,9 @@ class CountingAdmission:
         self.running += 1
         return spec
 
+    def cancelled(self, spec: RequestSpec) -> None:
+        return None
+
     def release(self, spec: RequestSpec, outcome: object) -> None:
         self.running -= 1
 

@@ -19,6 +19,10 @@ class Admission(Protocol):
         error that refuses it (`prompt_too_long`, `too_many_streams`, `rate_limited`,
         `budget_exceeded`)."""
 
+    def cancelled(self, spec: RequestSpec) -> None:
+        """An admitted request was cancelled: its stream slot is free from now, though it
+        may take a moment to wind down; `release` still follows when it ends."""
+
     def release(self, spec: RequestSpec, outcome: StreamOutcome | None) -> None:
         """An admitted request ended (`outcome`), or never started (None)."""
 
@@ -26,6 +30,9 @@ class Admission(Protocol):
 class AdmitAll:
     async def admit(self, spec: RequestSpec) -> RequestSpec:
         return spec
+
+    def cancelled(self, spec: RequestSpec) -> None:
+        return None
 
     def release(self, spec: RequestSpec, outcome: StreamOutcome | None) -> None:
         return None

@@ -3,7 +3,8 @@
 A request belongs to its user and is addressed by (user, request id). The
 gateway owns every stream task, because a stream may outlive the connection
 that started it; connections (sessions) only follow requests. When the last
-follower of a running request goes, the request is cancelled.
+follower of a running request goes, the request is cancelled; a follower that left
+without closing on purpose still counts until its resume grace ends.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tokenwire.core.stats import StreamingStats, StreamOutcome
 from tokenwire.protocol.errors import (
     InvalidRequest,
     NotRecovered,
+    PastTheEnd,
     ShuttingDown,
     TokenwireError,
     UnknownRequest,
@@ -52,19 +54,25 @@ class GatewayConfig:
 class _Running:
     """A running request: its run, the task that drives it, and who follows it."""
 
-    __slots__ = ("followers", "grace", "run", "task")
+    __slots__ = ("absent", "followers", "run", "task")
 
     def __init__(self, run: StreamRun) -> None:
         self.run = run
         self.task: asyncio.Task[None] | None = None
         self.followers: set[str] = set()
-        self.grace: asyncio.TimerHandle | None = None
-        """Set while nobody follows and the request waits for someone to re-attach."""
+        self.absent: dict[str, asyncio.TimerHandle] = {}
+        """Followers that left without closing on purpose (a reload, a lost link), each
+        with the timer of its resume grace: until it ends they still count, so that a
+        device that reloads keeps the stream whatever the other followers do meanwhile."""
+
+    @property
+    def followed(self) -> bool:
+        return bool(self.followers or self.absent)
 
     def stop_grace(self) -> None:
-        if self.grace is not None:
-            self.grace.cancel()
-            self.grace = None
+        for timer in self.absent.values():
+            timer.cancel()
+        self.absent.clear()
 
 
 class Gateway:
@@ -138,33 +146,34 @@ class Gateway:
         if running is None:
             return False
         running.followers.add(follower)
-        running.stop_grace()
+        timer = running.absent.pop(follower, None)
+        if timer is not None:
+            timer.cancel()
         return True
 
     def remove_follower(self, key: RequestKey, follower: str, reason: str, lost: bool) -> None:
+        """`follower` left: on purpose (`lost` False), or in a way that leaves it the
+        resume grace, during which it still counts as following."""
         running = self._runs.get(key)
-        if running is None:
+        if running is None or follower not in running.followers:
             return
         running.followers.discard(follower)
-        if running.followers:
-            return
         grace = self.config.resume_grace_seconds
         if lost and grace > 0:
-            if running.grace is None:
-                loop = asyncio.get_running_loop()
-                running.grace = loop.call_later(grace, self._grace_over, key, running)
-        else:
-            running.run.cancel(reason)
+            loop = asyncio.get_running_loop()
+            running.absent[follower] = loop.call_later(grace, self._grace_over, running, follower)
+        elif not running.followed:
+            self._cancel(running, reason)
 
-    def _grace_over(self, key: RequestKey, running: _Running) -> None:
-        running.grace = None
-        if not running.followers:
-            running.run.cancel("nobody re-attached within the resume grace")
+    def _grace_over(self, running: _Running, follower: str) -> None:
+        running.absent.pop(follower, None)
+        if not running.followed:
+            self._cancel(running, "nobody re-attached within the resume grace")
 
     @property
     def in_grace(self) -> int:
         """Running requests that nobody follows, waiting for someone to re-attach."""
-        return sum(1 for running in self._runs.values() if running.grace is not None)
+        return sum(1 for r in self._runs.values() if r.absent and not r.followers)
 
     async def resume(
         self,
@@ -180,6 +189,14 @@ class Gateway:
         log = await self.logs.get(key)
         if log is None:
             raise _about(UnknownRequest(f"no request with id {key.request_id!r} to resume"), key)
+        if log.finished and after_seq > log.last_seq:
+            raise _about(
+                PastTheEnd(
+                    f"last_seq {after_seq} is past the end of the request: "
+                    f"its stream_end is seq {log.last_seq}"
+                ),
+                key,
+            )
         try:
             log.check_held(after_seq)
             replay = compacted(log, after_seq) if compact else log.records(after_seq)
@@ -241,7 +258,13 @@ class Gateway:
         running = self._runs.get(key)
         if running is None:
             raise _about(UnknownRequest(f"no running request with id {key.request_id!r}"), key)
-        running.run.cancel(reason)
+        self._cancel(running, reason)
+
+    def is_cancelled(self, key: RequestKey) -> bool:
+        """A running request that was cancelled and is winding down: it holds no stream
+        slot any more (per user, per connection)."""
+        running = self._runs.get(key)
+        return running is not None and running.run.cancel_reason is not None
 
     def unready_providers(self) -> dict[str, str]:
         """Providers that cannot serve yet, with the reason of each."""
@@ -260,15 +283,20 @@ class Gateway:
     def start_background(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_idle_sessions(), name="idle sweeper")
 
+    def begin_shutdown(self) -> None:
+        """Refuse new requests from now on (and so answer /readyz 503); `shutdown` ends
+        what runs."""
+        self.closing = True
+
     async def shutdown(self, grace_seconds: float) -> None:
         """Refuse new requests, end every stream as cancelled (reason shutdown), then
         close every connection and release providers and stores."""
-        self.closing = True
+        self.begin_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for running in list(self._runs.values()):
             running.stop_grace()
-            running.run.cancel("shutdown")
+            self._cancel(running, "shutdown")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
         await self._close_connections(
@@ -279,6 +307,12 @@ class Gateway:
         await self.logs.close()
 
     # -- internals ------------------------------------------------------------
+
+    def _cancel(self, running: _Running, reason: str) -> None:
+        """Cancel a run and give its stream slot back at once: winding down (closing the
+        upstream) must not keep a user who cancels and asks again from the next stream."""
+        running.run.cancel(reason)
+        self.admission.cancelled(running.run.spec)
 
     def _reserve(self, key: RequestKey) -> None:
         if key in self._runs or key in self._starting:
@@ -307,7 +341,7 @@ class Gateway:
         self.stats.stream_started()
         if follower is not None and not self.follow(follower, key):
             # Its connection went while the request was being set up.
-            running.run.cancel("client disconnected")
+            self._cancel(running, "client disconnected")
         return log
 
     async def _drive(self, key: RequestKey, running: _Running) -> None:

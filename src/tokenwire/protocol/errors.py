@@ -68,6 +68,11 @@ class NotJson(InvalidRequest):
     """An HTTP body not declared as JSON: the caller is told to send the content type."""
 
 
+class PastTheEnd(InvalidRequest):
+    """A re-attach after the `stream_end` of a finished request: nothing can come. The
+    WebSocket answers it as `invalid_request`; SSE answers 204 so that EventSource stops."""
+
+
 class UnknownRequest(TokenwireError):
     """A request id that is not running, or not the caller's to touch."""
 

@@ -118,7 +118,9 @@ class Quotas:
     def __init__(self, policy: LimitPolicy, clock: Callable[[], float] = time.time) -> None:
         self._policy = policy
         self._clock = clock
-        self._streams: dict[str, int] = {}
+        # Each user's requests that hold a stream slot, by id: admitted, not yet ended
+        # nor cancelled. By id, so that a cancel and the end that follows free it once.
+        self._streams: dict[str, set[str]] = {}
         self._requests = _Keyed(lambda: TokenBucket(policy.requests_per_minute_per_user, clock()))
         self._tokens = _Keyed(lambda: TokenBucket(policy.tokens_per_minute_per_user, clock()))
         self._spend = _Keyed(lambda: [0.0, 0.0])  # [day, usd spent that day]
@@ -130,16 +132,19 @@ class Quotas:
         except (PromptTooLong, InvalidRequest, TooManyStreams, TooManyConnections) as exc:
             audit("limit hit", user=spec.user_id, reason=exc.error_type, client=spec.client)
             raise
-        self._streams[spec.user_id] = self._streams.get(spec.user_id, 0) + 1
+        self._streams.setdefault(spec.user_id, set()).add(_slot_of(spec))
         return spec
 
+    def cancelled(self, spec: RequestSpec) -> None:
+        running = self._streams.get(spec.user_id)
+        if running is not None:
+            running.discard(_slot_of(spec))
+            if not running:
+                del self._streams[spec.user_id]
+
     def release(self, spec: RequestSpec, outcome: StreamOutcome | None) -> None:
+        self.cancelled(spec)
         user = spec.user_id
-        left = self._streams.get(user, 1) - 1
-        if left > 0:
-            self._streams[user] = left
-        else:
-            self._streams.pop(user, None)
         now = self._clock()
         policy = self._policy
         if outcome is None:
@@ -155,7 +160,7 @@ class Quotas:
             spent[1] += outcome.cost_usd
 
     def running(self, user_id: str) -> int:
-        return self._streams.get(user_id, 0)
+        return len(self._streams.get(user_id, ()))
 
     # -- internals ------------------------------------------------------------
 
@@ -208,6 +213,12 @@ class Quotas:
         if spent[0] != day:
             spent[0], spent[1] = day, 0.0
         return spent
+
+
+def _slot_of(spec: RequestSpec) -> str:
+    # The gateway names every request before admitting it; the fallback keeps the count
+    # right for a caller that does not (each such request then holds its own slot).
+    return spec.request_id or f"unnamed-{id(spec)}"
 
 
 class Connections:

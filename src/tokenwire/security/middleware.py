@@ -7,7 +7,9 @@ refusal is the transport's own: an HTTP error in the endpoint's dialect (the
 `render` function), or a refused WebSocket handshake (401, 403, 429) before any
 event. Starlette's CORS middleware does not cover WebSocket routes; the origin
 check here covers both, and answers browsers' CORS preflights for allowed
-origins.
+origins. A WebSocket, and a generation call of the `/v1` dialects for as long as
+it runs, holds one of its user's connection slots (`[limits] max_connections`);
+SSE responses take theirs in `transports/sse.py`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ Render = Callable[[str, TokenwireError], Response]
 IDENTITY = "tokenwire.identity"
 CLIENT = "tokenwire.client"
 SUBPROTOCOL = "tokenwire.subprotocol"
+# The /v1 calls that generate: each holds a connection while it runs, as a stream on
+# the other transports does. Counted before the endpoint runs, so that a refused call
+# starts nothing (whether it streams is only known from its body).
+V1_GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/messages"})
 
 
 class AccessMiddleware:
@@ -77,13 +83,19 @@ class AccessMiddleware:
         if origin is not None and preflight:
             await self._preflight(origin, headers.get("access-control-request-headers"), send)
             return
+        release = _nothing
         if not policy.is_open(path):
             try:
-                scope[IDENTITY] = self._identity(scope, headers, path)
+                identity = scope[IDENTITY] = self._identity(scope, headers, path)
+                if policy.connections is not None and _generates(scope):
+                    release = policy.connections.open(identity.user_id, scope[CLIENT])
             except TokenwireError as exc:
                 await self._refuse(scope, receive, send, exc)
                 return
-        await self._app(scope, receive, _with_cors(send, origin) if origin else send)
+        try:
+            await self._app(scope, receive, _with_cors(send, origin) if origin else send)
+        finally:
+            release()
 
     async def _preflight(self, origin: str, requested: str | None, send: Send) -> None:
         # The SDKs send headers of their own (x-stainless-*, anthropic-*); credentials
@@ -158,6 +170,16 @@ class AccessMiddleware:
             audit("admin view refused", reason=path, user=identity.user_id, client=client)
             raise Forbidden("this view is for administrators")
         return identity
+
+
+def _generates(scope: Scope) -> bool:
+    """A /v1 call that generates, or streams a stored response again."""
+    method, path = scope["method"], scope["path"]
+    if method == "POST":
+        return path in V1_GENERATION_PATHS
+    if method == "GET" and path.startswith("/v1/responses/"):
+        return QueryParams(scope.get("query_string", b"")).get("stream") == "true"
+    return False
 
 
 def _with_cors(send: Send, origin: str) -> Send:

@@ -3,9 +3,11 @@
 `POST /api/streams` starts a request (the body is an `ai_request` without its
 `type`) and answers with its events as they come; `GET /api/streams/{id}/events`
 re-attaches after `Last-Event-ID` (or `?last_event_id=`, for the browser's
-EventSource); `DELETE /api/streams/{id}` cancels; `GET /api/streams` lists the
-caller's requests. Each protocol event is one SSE event: `id:` its seq, `event:`
-its type, `data:` its JSON envelope. A comment line keeps a quiet stream open
+EventSource) and ends with the request's `stream_end`, or answers 204 when the
+client has that already (which stops an EventSource from reconnecting);
+`DELETE /api/streams/{id}` cancels; `GET /api/streams` lists the caller's
+requests. Each protocol event is one SSE event: `id:` its seq, `event:` its
+type, `data:` its JSON envelope. A comment line keeps a quiet stream open
 every `heartbeat` seconds. A client that goes away leaves the request running
 for the resume grace, like a lost WebSocket.
 """
@@ -31,6 +33,7 @@ from tokenwire.protocol.errors import (
     AuthenticationFailed,
     InvalidRequest,
     MessageTooLarge,
+    PastTheEnd,
     TokenwireError,
     error_payload,
 )
@@ -131,7 +134,7 @@ async def attach_stream(request: Request) -> Response:
     try:
         key = _key(request)
         after = _last_event_id(request)
-        compact = request.query_params.get("compact") in ("1", "true")
+        compact = _compact(request)
         hold = _hold(request)
     except TokenwireError as exc:
         return error_response(exc)
@@ -140,9 +143,16 @@ async def attach_stream(request: Request) -> Response:
         log = await gateway.resume(key, follower, after, compact=compact, follower=follower.id)
     except BaseException as exc:
         hold.release()
+        if isinstance(exc, PastTheEnd):
+            return Response(status_code=204)
         if isinstance(exc, TokenwireError):
             return error_response(exc)
         raise
+    if log.finished and after >= log.last_seq:
+        # Nothing left to send: an event stream would be heartbeats for good, and an
+        # EventSource left open would reconnect to it every few seconds.
+        hold.release()
+        return Response(status_code=204)
     follower.log = log
     return _event_stream(follower, log, settings, hold)
 
@@ -275,7 +285,12 @@ def _expired_event(request_id: str) -> str:
 async def _ai_request(request: Request, limit: int) -> AiRequest:
     require_json(request.headers.get("content-type"))
     body = await _body(request, limit)
-    value = decode_json(body.decode("utf-8", "replace"), what="the body")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Refused as the WebSocket refuses a frame that is not UTF-8, never guessed at.
+        raise InvalidRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    value = decode_json(text, what="the body")
     if not isinstance(value, dict):
         raise InvalidRequest("the body must be a JSON object shaped like an ai_request")
     if "type" in value:
@@ -291,7 +306,7 @@ async def _body(request: Request, limit: int) -> bytes:
         async for piece in request.stream():
             received += piece
             if len(received) > limit:
-                raise MessageTooLarge(f"the body exceeds {limit} bytes")
+                raise MessageTooLarge(f"the body exceeds {limit} bytes (max_message_bytes)")
     except ClientDisconnect:
         # Gone, or cut off by the body's deadline: the answer reaches nobody.
         raise InvalidRequest("the body did not arrive in full") from None
@@ -303,6 +318,15 @@ def _key(request: Request) -> RequestKey:
     if request_id is None:
         raise InvalidRequest("request ids are 1-128 letters, digits or . _ : -")
     return RequestKey(user_of(request), request_id)
+
+
+def _compact(request: Request) -> bool:
+    raw = request.query_params.get("compact")
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise InvalidRequest("compact: expected true or false")
 
 
 def _last_event_id(request: Request) -> int:

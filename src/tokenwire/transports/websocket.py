@@ -176,7 +176,7 @@ class Connection:
             text = message.get("text")
             frame = text if text is not None else message.get("bytes") or b""
             if _exceeds(frame, limit):
-                error = MessageTooLarge(f"message exceeds {limit} bytes")
+                error = MessageTooLarge(f"message exceeds {limit} bytes (max_message_bytes)")
                 self._begin_close(close_code(error), error.message)
                 continue
             await self._on_frame(frame)
@@ -299,7 +299,11 @@ class Connection:
 
     def _check_stream_room(self, request_id: str | None) -> None:
         self._logs = [known for known in self._logs if not known.finished]
-        if len(self._logs) >= self._limits.max_streams:
+        # A cancelled request still winding down is followed (its stream_end comes) but
+        # holds no slot: a client that cancels and asks again is not refused meanwhile.
+        cancelled = self._gateway.is_cancelled
+        streaming = sum(1 for known in self._logs if not cancelled(known.key))
+        if streaming >= self._limits.max_streams:
             error = TooManyStreams(
                 f"at most {self._limits.max_streams} streams at once per connection"
             )
