@@ -79,7 +79,11 @@ async def test_a_whole_answer_and_a_stream_bring_the_same_text_and_the_usage(nam
     provider = WatchedProvider("simulated", tokens=TOKENS, delay_ms=1)
     async with serving(provider) as server:
         lines = await run_checks(
-            client.script, server.url, "simulated", f"{client.prefix}_plain", f"{client.prefix}_stream"
+            client.script,
+            server.url,
+            "simulated",
+            f"{client.prefix}_plain",
+            f"{client.prefix}_stream",
         )
     whole = passed(lines[f"{client.prefix}_plain"])
     streamed = passed(lines[f"{client.prefix}_stream"])
@@ -94,7 +98,9 @@ async def test_an_abort_mid_stream_cancels_the_request_on_the_server(name: str) 
     client = CLIENTS[name]
     provider = WatchedProvider(tokens=5000, delay_ms=5)
     async with serving(provider) as server:
-        aborted = passed(await check(client.script, server.url, "watched", f"{client.prefix}_abort"))
+        aborted = passed(
+            await check(client.script, server.url, "watched", f"{client.prefix}_abort")
+        )
         await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         await eventually(lambda: server.gateway.running == 0, AT_ONCE)
         counted = await provider_stats(server, "watched")
@@ -109,7 +115,9 @@ async def test_an_abort_mid_stream_cancels_the_request_on_the_server(name: str) 
 
 async def test_openai_node_resumes_a_background_response_after_leaving_it() -> None:
     async with running_server() as server:
-        resumed = passed(await check("openai_node.mjs", server.url, "simulated", "background_resume"))
+        resumed = passed(
+            await check("openai_node.mjs", server.url, "simulated", "background_resume")
+        )
     first, rest = resumed["first"], resumed["rest"]
     numbers = [n for n, _ in first + rest]
     assert len(first) == 10
@@ -122,7 +130,9 @@ async def test_openai_node_resumes_a_background_response_after_leaving_it() -> N
 async def test_openai_node_cancels_a_background_response() -> None:
     provider = WatchedProvider(tokens=5000, delay_ms=5)
     async with serving(provider) as server:
-        cancelled = passed(await check("openai_node.mjs", server.url, "watched", "background_cancel"))
+        cancelled = passed(
+            await check("openai_node.mjs", server.url, "watched", "background_cancel")
+        )
         await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         counted = await provider_stats(server, "watched")
     assert cancelled == {

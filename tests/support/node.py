@@ -55,9 +55,9 @@ async def run_checks(
     lines = [json.loads(text) for text in out.decode().splitlines() if text.startswith("{")]
     by_check = {line["check"]: line for line in lines}
     missing = [c for c in checks if c not in by_check]
-    assert proc.returncode == 0 and not missing, (
-        f"node {script} exited {proc.returncode}, no line for {missing}:\n{err.decode()}"
-    )
+    said = f"node {script} exited {proc.returncode}, no line for {missing}:\n{err.decode()}"
+    assert proc.returncode == 0, said
+    assert not missing, said
     return by_check
 
 
