@@ -41,7 +41,8 @@ def openai_chat_tokens(result: dict[str, Any]) -> int:
     return int(result["usage"]["completion_tokens"])
 
 
-def openai_responses_tokens(result: dict[str, Any]) -> int:
+def output_tokens(result: dict[str, Any]) -> int:
+    """As the Responses API and Anthropic's Messages both name it."""
     return int(result["usage"]["output_tokens"])
 
 
@@ -51,8 +52,8 @@ def ai_sdk_tokens(result: dict[str, Any]) -> int:
 
 CLIENTS = {
     "openai-node chat": Client("openai_node.mjs", "chat", openai_chat_tokens),
-    "openai-node responses": Client("openai_node.mjs", "responses", openai_responses_tokens),
-    "anthropic-sdk messages": Client("anthropic_sdk.mjs", "messages", openai_responses_tokens),
+    "openai-node responses": Client("openai_node.mjs", "responses", output_tokens),
+    "anthropic-sdk messages": Client("anthropic_sdk.mjs", "messages", output_tokens),
     "ai-sdk openai chat": Client("ai_sdk.mjs", "chat", ai_sdk_tokens),
     "ai-sdk openai responses": Client("ai_sdk.mjs", "responses", ai_sdk_tokens),
     "ai-sdk openai-compatible": Client("ai_sdk.mjs", "compatible", ai_sdk_tokens),
