@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test lint typecheck browser mutants conformance conformance-suite bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck browser clients-js mutants conformance conformance-suite bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,19 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
 test: browser
+
+# The JavaScript clients that tests/clients runs against a real server, at the versions
+# pinned in their package.json. No lockfile is kept: one would record where each package
+# was downloaded from. Done once; again only when package.json changes.
+CLIENTS_JS := tests/clients/js
+
+clients-js: $(CLIENTS_JS)/node_modules/.installed
+
+$(CLIENTS_JS)/node_modules/.installed: $(CLIENTS_JS)/package.json
+	cd $(CLIENTS_JS) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: clients-js
 
 # The black-box suite of the wire contract is kept outside this repository.
 CONFORMANCE ?= ../shared/conformance

@@ -1,0 +1,144 @@
+"""The JavaScript clients people use, against a real tokenwire server: the Vercel AI SDK
+(its OpenAI chat and responses models, OpenAI-compatible and Anthropic providers),
+openai-node and the Anthropic TypeScript SDK, each run by Node (tests/clients/js).
+
+Each test starts a server on a free port in this process, runs a Node script whose
+checks print what the client saw, and asserts on that and on what the server saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.node import check, passed, run_checks
+from tests.support.providers import WatchedProvider
+from tests.support.server import RunningServer, gateway_with, running_server
+from tests.support.waiting import AT_ONCE, eventually
+
+TOKENS = 12
+"""Deltas in each answer of the quick provider."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """One client library and API, as a Node script runs it."""
+
+    script: str
+    prefix: str
+    """Its checks are PREFIX_plain, PREFIX_stream, PREFIX_abort, PREFIX_image."""
+    output_tokens: Callable[[dict[str, Any]], int]
+    """The answer's output tokens, from a plain or stream check's result."""
+
+
+def openai_chat_tokens(result: dict[str, Any]) -> int:
+    return int(result["usage"]["completion_tokens"])
+
+
+def output_tokens(result: dict[str, Any]) -> int:
+    """As the Responses API and Anthropic's Messages both name it."""
+    return int(result["usage"]["output_tokens"])
+
+
+def ai_sdk_tokens(result: dict[str, Any]) -> int:
+    return int(result["usage"]["outputTokens"])
+
+
+CLIENTS = {
+    "openai-node chat": Client("openai_node.mjs", "chat", openai_chat_tokens),
+    "openai-node responses": Client("openai_node.mjs", "responses", output_tokens),
+    "anthropic-sdk messages": Client("anthropic_sdk.mjs", "messages", output_tokens),
+    "ai-sdk openai chat": Client("ai_sdk.mjs", "chat", ai_sdk_tokens),
+    "ai-sdk openai responses": Client("ai_sdk.mjs", "responses", ai_sdk_tokens),
+    "ai-sdk openai-compatible": Client("ai_sdk.mjs", "compatible", ai_sdk_tokens),
+    "ai-sdk anthropic": Client("ai_sdk.mjs", "anthropic", ai_sdk_tokens),
+}
+
+
+@contextlib.asynccontextmanager
+async def serving(provider: WatchedProvider) -> AsyncIterator[RunningServer]:
+    async with running_server(gateway=gateway_with(provider)) as server:
+        yield server
+
+
+async def provider_stats(server: RunningServer, name: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(server.url + "/api/streaming/stats")).json()
+    counted: dict[str, Any] = stats["providers"][name]
+    return counted
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_a_whole_answer_and_a_stream_bring_the_same_text_and_the_usage(name: str) -> None:
+    client = CLIENTS[name]
+    provider = WatchedProvider("simulated", tokens=TOKENS, delay_ms=1)
+    async with serving(provider) as server:
+        lines = await run_checks(
+            client.script,
+            server.url,
+            "simulated",
+            f"{client.prefix}_plain",
+            f"{client.prefix}_stream",
+        )
+    whole = passed(lines[f"{client.prefix}_plain"])
+    streamed = passed(lines[f"{client.prefix}_stream"])
+    assert whole["text"]
+    assert streamed["text"] == whole["text"]  # the same prompt gives the same deltas
+    assert client.output_tokens(whole) == client.output_tokens(streamed) == TOKENS
+    assert len(provider.requests) == 2
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_an_abort_mid_stream_cancels_the_request_on_the_server(name: str) -> None:
+    client = CLIENTS[name]
+    provider = WatchedProvider(tokens=5000, delay_ms=5)
+    async with serving(provider) as server:
+        aborted = passed(
+            await check(client.script, server.url, "watched", f"{client.prefix}_abort")
+        )
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
+        await eventually(lambda: server.gateway.running == 0, AT_ONCE)
+        counted = await provider_stats(server, "watched")
+    assert len(aborted["deltas"]) == 3  # it aborted mid-stream, after three deltas
+    assert counted["cancelled"] == 1
+    assert counted["completed"] == 0
+    assert provider.deltas_sent < 5000
+
+
+# -- openai-node: background responses ------------------------------------------------
+
+
+async def test_openai_node_resumes_a_background_response_after_leaving_it() -> None:
+    async with running_server() as server:
+        resumed = passed(
+            await check("openai_node.mjs", server.url, "simulated", "background_resume")
+        )
+    first, rest = resumed["first"], resumed["rest"]
+    numbers = [n for n, _ in first + rest]
+    assert len(first) == 10
+    assert numbers == list(range(numbers[0], numbers[0] + 60))  # no gap, no repeat
+    assert resumed["last"] == "response.completed"
+    assert resumed["status"] == "completed"
+    assert resumed["text"] == "".join(delta for _, delta in first + rest)
+
+
+async def test_openai_node_cancels_a_background_response() -> None:
+    provider = WatchedProvider(tokens=5000, delay_ms=5)
+    async with serving(provider) as server:
+        cancelled = passed(
+            await check("openai_node.mjs", server.url, "watched", "background_cancel")
+        )
+        await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
+        counted = await provider_stats(server, "watched")
+    assert cancelled == {
+        "started": "in_progress",
+        "cancelled": "cancelled",
+        "last": "response.cancelled",
+    }
+    assert counted["cancelled"] == 1
