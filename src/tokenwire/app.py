@@ -258,10 +258,10 @@ def build_app(
         lifespan=lifespan,
     )
     app.openapi = lambda: _documented_errors_only(app)  # type: ignore[method-assign]
-    app.include_router(models.router)
-    app.include_router(chat.router)
-    app.include_router(responses.router)
-    app.include_router(messages.router)
+    dialects = (models.router, chat.router, responses.router, messages.router)
+    for router in dialects:
+        app.include_router(router)
+    app.state.v1_routes = [route for router in dialects for route in router.routes]
     app.add_exception_handler(HTTPException, unrouted)
     app.add_middleware(AccessMiddleware, policy=access, render=refusal)
     app.state.access = access

@@ -59,7 +59,10 @@ def turn(content: Any) -> dict[str, Any]:
         ),
         (turn([{"text": "a"}]), "messages[0].content[0].type: expected 'text' or 'image_url'"),
         (turn([{"type": "image_url"}]), "messages[0].content[0].image_url: required"),
-        (turn([{"type": "text", "text": 1}]), "messages[0].content[0].text: expected a valid string"),
+        (
+            turn([{"type": "text", "text": 1}]),
+            "messages[0].content[0].text: expected a valid string",
+        ),
         (turn("far too long"), "messages[0].content: String should have at most 8 characters"),
         ({**turn("hi"), "stop": 3}, "stop: must be a string or a list"),
         ({**turn("hi"), "stop": ["a", 3]}, "stop[1]: expected a valid string"),

@@ -57,10 +57,10 @@ def problem(error: Mapping[str, Any], model: Any) -> Problem:
         walk.step(part)
     kind = error["type"]
     message = _message(kind, str(error["msg"]))
-    if kind in ("union_tag_invalid", "union_tag_not_found") and walk.tags:
-        expected = " or ".join(repr(tag) for tag in walk.tags)
-        path = (*walk.path, walk.discriminator or "type")
-        return Problem(path, f"expected {expected}", fork=walk.fork)
+    discriminator, tags = walk.tags_here()
+    if kind in ("union_tag_invalid", "union_tag_not_found") and discriminator and tags:
+        expected = " or ".join(repr(tag) for tag in tags)
+        return Problem((*walk.path, discriminator), f"expected {expected}", fork=walk.fork)
     return Problem(tuple(walk.path), message, _KINDS.get(kind), walk.fork)
 
 
@@ -130,25 +130,28 @@ class _Walk:
         self.type: Any = root
         self.path: list[Part] = []
         self.fork: int | None = None
-        self.discriminator: str | None = None
-        self.tags: tuple[str, ...] = ()
 
     def step(self, part: Part) -> None:
-        current, self.discriminator = _unwrapped(self.type)
+        current, discriminator = _unwrapped(self.type)
         branches = _branches(current)
         # At a union, pydantic's next location part names the branch: a discriminator's
         # tag, or a label for a plain union's branch. Neither is the client's.
         if len(branches) > 1 and isinstance(part, str):
-            if self.discriminator:
-                self.tags = _tags(branches, self.discriminator)
-                self.type = _tagged(branches, self.discriminator, part)
+            if discriminator:
+                self.type = _tagged(branches, discriminator, part)
             else:
                 self.fork = len(self.path) if self.fork is None else self.fork
                 self.type = _labelled(branches, part)
             return
-        self.tags = ()
         self.path.append(part)
         self.type = _inside(current, part)
+
+    def tags_here(self) -> tuple[str | None, tuple[str, ...]]:
+        """The discriminator of a discriminated union where the walk ends, and its tags."""
+        current, discriminator = _unwrapped(self.type)
+        if discriminator is None:
+            return None, ()
+        return discriminator, _tags(_branches(current), discriminator)
 
 
 def _unwrapped(t: Any) -> tuple[Any, str | None]:
@@ -231,4 +234,3 @@ def _labelled(branches: list[Any], label: str) -> Any:
         if origin is dict and label.startswith("dict"):
             return branch
     return Any
-

@@ -89,7 +89,9 @@ def speaks_anthropic(path: str, headers: Mapping[str, str]) -> bool:
     )
 
 
-def dialect_error(path: str, headers: Mapping[str, str]) -> Callable[[TokenwireError], JSONResponse]:
+def dialect_error(
+    path: str, headers: Mapping[str, str]
+) -> Callable[[TokenwireError], JSONResponse]:
     """The error renderer of the dialect a call speaks."""
     return anthropic_error if speaks_anthropic(path, headers) else openai_error
 

@@ -83,9 +83,7 @@ async def list_models(
 async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
     found = next((m for m in _models(request) if m.id == model_id), None)
     if found is None:
-        raise UnknownModel(
-            f"The model {model_id[:64]!r} does not exist; GET /v1/models lists them"
-        )
+        raise UnknownModel(f"The model {model_id[:64]!r} does not exist; GET /v1/models lists them")
     if _anthropic(request):
         return JSONResponse(_anthropic_model(found).model_dump())
     return JSONResponse(found.model_dump(exclude_none=True))
@@ -93,7 +91,10 @@ async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
 
 def _models(request: Request) -> list[Model]:
     slots = gateway_of(request).slots
-    return [*(Model(id=name, auto=slot.profile.auto) for name, slot in slots.items()), Model(id=AUTO)]
+    return [
+        *(Model(id=name, auto=slot.profile.auto) for name, slot in slots.items()),
+        Model(id=AUTO),
+    ]
 
 
 def _anthropic(request: Request) -> bool:

@@ -302,6 +302,7 @@ def _input_items(body: ResponseCreateRequest) -> list[dict[str, Any]]:
     items = []
     for message in body.input:
         content = message.content
+        parts: list[dict[str, Any]]
         if isinstance(content, str):
             kind = "output_text" if message.role == "assistant" else "input_text"
             parts = [{"type": kind, "text": content}]

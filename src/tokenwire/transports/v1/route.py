@@ -140,9 +140,11 @@ async def unrouted(request: Request, exc: Exception) -> Response:
 
 
 def _methods_of(request: Request) -> tuple[str, ...]:
-    """Every method some route takes at this path (several routes may share a path)."""
+    """Every method some route takes at this path. Starlette's 405 names only the first
+    route that matched, and several share a path here (`/v1/responses/{id}`); the app
+    keeps its `/v1` routes in `state.v1_routes` (FastAPI nests included routers)."""
     methods: set[str] = set()
-    for route in request.app.routes:
+    for route in request.app.state.v1_routes:
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods.update(getattr(route, "methods", None) or ())
