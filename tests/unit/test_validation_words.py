@@ -20,9 +20,13 @@ class TextPart(_Body):
     text: str
 
 
+class ImageUrl(_Body):
+    url: str
+
+
 class ImagePart(_Body):
     type: Literal["image_url"]
-    image_url: str
+    image_url: str | ImageUrl
 
 
 Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
@@ -60,13 +64,21 @@ def turn(content: Any) -> dict[str, Any]:
         (turn([{"text": "a"}]), "messages[0].content[0].type: expected 'text' or 'image_url'"),
         (turn([{"type": "image_url"}]), "messages[0].content[0].image_url: required"),
         (
+            turn([{"type": "image_url", "image_url": 5}]),
+            "messages[0].content[0].image_url: must be a string or an object",
+        ),
+        (
+            turn([{"type": "image_url", "image_url": {"url": 5}}]),
+            "messages[0].content[0].image_url.url: expected a string",
+        ),
+        (
             turn([{"type": "text", "text": 1}]),
-            "messages[0].content[0].text: expected a valid string",
+            "messages[0].content[0].text: expected a string",
         ),
         (turn("far too long"), "messages[0].content: String should have at most 8 characters"),
         ({**turn("hi"), "stop": 3}, "stop: must be a string or a list"),
-        ({**turn("hi"), "stop": ["a", 3]}, "stop[1]: expected a valid string"),
-        ({**turn("hi"), "metadata": {"a b": 1}}, 'metadata["a b"]: expected a valid string'),
+        ({**turn("hi"), "stop": ["a", 3]}, "stop[1]: expected a string"),
+        ({**turn("hi"), "metadata": {"a b": 1}}, 'metadata["a b"]: expected a string'),
         ({**turn("hi"), "extra": 1}, "extra: unknown key"),
         ({"messages": [{"role": "user"}]}, "messages[0].content: required"),
     ],
@@ -87,7 +99,7 @@ def test_the_websocket_names_fields_the_same_way() -> None:
     frame = {"type": "ai_request", "messages": [{"role": "user", "content": 5}]}
     with pytest.raises(InvalidRequest) as caught:
         parse_message_object(frame)
-    assert caught.value.message == "messages[0].content: expected a valid string"
+    assert caught.value.message == "messages[0].content: expected a string"
 
 
 def test_the_websocket_s_blank_prompt_names_the_prompt() -> None:

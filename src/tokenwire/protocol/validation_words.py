@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -43,8 +43,8 @@ class Problem:
     message: str
     kind: str | None = None
     """What the value should have been, where the error says only that (see `_KINDS`)."""
-    fork: int | None = None
-    """Where in `path` a branch of a plain union was taken, if one was."""
+    forks: tuple[int, ...] = ()
+    """Where in `path` branches of plain unions were taken, outermost first."""
 
     def describe(self, prefix: str) -> str:
         where = _joined(((prefix,) if prefix else ()) + self.path)
@@ -60,41 +60,47 @@ def problem(error: Mapping[str, Any], model: Any) -> Problem:
     discriminator, tags = walk.tags_here()
     if kind in ("union_tag_invalid", "union_tag_not_found") and discriminator and tags:
         expected = " or ".join(repr(tag) for tag in tags)
-        return Problem((*walk.path, discriminator), f"expected {expected}", fork=walk.fork)
-    return Problem(tuple(walk.path), message, _KINDS.get(kind), walk.fork)
+        return Problem((*walk.path, discriminator), f"expected {expected}", forks=walk.forks)
+    kind_words = _KINDS.get(kind)
+    if kind_words is not None:
+        # Pydantic's own words may name a class ("instance of ImageUrl").
+        message = f"expected {kind_words}"
+    return Problem(tuple(walk.path), message, kind_words, tuple(walk.forks))
 
 
 def settled(problems: list[Problem]) -> list[Problem]:
-    """Judge the branches of each plain union together.
+    """Judge the branches of each plain union together, outermost union first.
 
     A value that got past a branch's type (a list, whose item 1 is wrong) was meant for
     that branch: only its problems count. Else a branch's constraint (too long) says
     more than another's type; and where every branch refused the type, one problem
     lists the types that would have fitted."""
     groups: dict[tuple[Part, ...], list[Problem]] = {}
-    out: list[Problem | tuple[Part, ...]] = []
+    order: list[Problem | tuple[Part, ...]] = []
     for p in problems:
-        if p.fork is None:
-            out.append(p)
+        if not p.forks:
+            order.append(p)
             continue
-        key = p.path[: p.fork]
+        key = p.path[: p.forks[0]]
         if key not in groups:
             groups[key] = []
-            out.append(key)
+            order.append(key)
         groups[key].append(p)
     result: list[Problem] = []
-    for item in out:
-        result.extend([item] if isinstance(item, Problem) else _judged(item, groups[item]))
+    for item in order:
+        if isinstance(item, Problem):
+            result.append(item)
+        else:
+            result.extend(settled(_judged(item, groups[item])))
     return result
 
 
 def _judged(where: tuple[Part, ...], branches: list[Problem]) -> list[Problem]:
-    deeper = [p for p in branches if p.fork is not None and len(p.path) > p.fork]
-    if deeper:
-        return deeper
+    """One union's problems, judged; the survivors no longer fork there."""
+    deeper = [p for p in branches if len(p.path) > p.forks[0]]
     constraints = [p for p in branches if p.kind is None]
-    if constraints:
-        return constraints
+    if deeper or constraints:
+        return [replace(p, forks=p.forks[1:]) for p in deeper or constraints]
     kinds = dict.fromkeys(p.kind for p in branches if p.kind is not None)
     return [Problem(where, "must be " + " or ".join(kinds))]
 
@@ -129,7 +135,7 @@ class _Walk:
     def __init__(self, root: Any) -> None:
         self.type: Any = root
         self.path: list[Part] = []
-        self.fork: int | None = None
+        self.forks: list[int] = []
 
     def step(self, part: Part) -> None:
         current, discriminator = _unwrapped(self.type)
@@ -140,7 +146,7 @@ class _Walk:
             if discriminator:
                 self.type = _tagged(branches, discriminator, part)
             else:
-                self.fork = len(self.path) if self.fork is None else self.fork
+                self.forks.append(len(self.path))
                 self.type = _labelled(branches, part)
             return
         self.path.append(part)
