@@ -60,7 +60,7 @@ def problem(error: Mapping[str, Any], model: Any) -> Problem:
     discriminator, tags = walk.tags_here()
     if kind in ("union_tag_invalid", "union_tag_not_found") and discriminator and tags:
         expected = " or ".join(repr(tag) for tag in tags)
-        return Problem((*walk.path, discriminator), f"expected {expected}", forks=walk.forks)
+        return Problem((*walk.path, discriminator), f"expected {expected}", forks=tuple(walk.forks))
     kind_words = _KINDS.get(kind)
     if kind_words is not None:
         # Pydantic's own words may name a class ("instance of ImageUrl").
