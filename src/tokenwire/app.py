@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
@@ -41,8 +42,9 @@ from tokenwire.settings import AuthSettings, ConfigError, ProviderSettings, Sett
 from tokenwire.transports import api_docs, http, sse, websocket
 from tokenwire.transports.uvicorn_http import head_timeout_protocol
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
-from tokenwire.transports.v1 import chat, messages, responses
+from tokenwire.transports.v1 import chat, messages, models, responses
 from tokenwire.transports.v1.errors import anthropic_error, openai_error
+from tokenwire.transports.v1.route import unrouted
 
 
 def provider_profile(settings: ProviderSettings) -> ProviderProfile:
@@ -256,9 +258,11 @@ def build_app(
         lifespan=lifespan,
     )
     app.openapi = lambda: _documented_errors_only(app)  # type: ignore[method-assign]
-    app.include_router(chat.router)
-    app.include_router(responses.router)
-    app.include_router(messages.router)
+    dialects = (models.router, chat.router, responses.router, messages.router)
+    for router in dialects:
+        app.include_router(router)
+    app.state.v1_routes = [route for router in dialects for route in router.routes]
+    app.add_exception_handler(HTTPException, unrouted)
     app.add_middleware(AccessMiddleware, policy=access, render=refusal)
     app.state.access = access
     app.state.gateway = gw

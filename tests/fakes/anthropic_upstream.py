@@ -4,6 +4,10 @@ Events as the API sends them: `message_start`, `content_block_start`, `ping`,
 `content_block_delta` (text_delta) ..., `content_block_stop`, `message_delta`
 (stop_reason, cumulative usage.output_tokens), `message_stop`; each one an SSE
 frame with both an `event:` and a `data:` line.
+
+`messages_api` answers both of the API's message endpoints by path: `POST
+/v1/messages/count_tokens` with `{"input_tokens": N}` (the fake's own count, see
+`fake_token_count`) and `POST /v1/messages` with the answer it is given.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tests.fakes.openai_upstream import Reply
+from tests.fakes.openai_upstream import Exchange, Reply, ReplyScript
+
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 def sse_event(name: str, data: dict[str, Any]) -> bytes:
@@ -105,3 +111,30 @@ def overloaded_mid_stream(deltas: Sequence[str]) -> Reply:
         )
     )
     return Reply(frames=frames)
+
+
+def fake_token_count(body: dict[str, Any]) -> int:
+    """A count that depends on every part of a count_tokens body (not Anthropic's
+    tokenizer): a token per word of the system prompt and of each message, and 4 per
+    message for its role."""
+    system = body.get("system") or ""
+    texts = [system] if isinstance(system, str) else [block["text"] for block in system]
+    for message in body["messages"]:
+        content = message["content"]
+        texts += [content] if isinstance(content, str) else [b["text"] for b in content]
+    return sum(len(text.split()) for text in texts) + 4 * len(body["messages"])
+
+
+def messages_api(answer: ReplyScript) -> ReplyScript:
+    """Count tokens at the count_tokens path; answer with `answer` elsewhere."""
+
+    def reply(exchange: Exchange) -> Reply:
+        if exchange.path == COUNT_TOKENS_PATH:
+            count = {"input_tokens": fake_token_count(exchange.json())}
+            return Reply(
+                headers={"content-type": "application/json", "request-id": "req_fake"},
+                body=json.dumps(count).encode(),
+            )
+        return answer(exchange) if callable(answer) else answer
+
+    return reply

@@ -495,3 +495,38 @@ async def test_a_local_answer_streams_over_the_websocket_to_completion() -> None
     assert end["usage"]["prompt_tokens"] > 0
     text = "".join(f["data"]["chunk"] for f in of_type(frames, "chunk"))
     assert "Paris" in text
+
+
+# -- counting tokens ------------------------------------------------------------
+
+CONVERSATION = (
+    Message(role="system", content="Answer in one word."),
+    Message(role="user", content="What is the capital of France?"),
+    Message(role="assistant", content="Paris."),
+    Message(role="user", content="And of Italy?"),
+)
+
+
+@pytest.mark.slow
+async def test_count_tokens_is_the_prompt_tokens_of_a_real_run(provider: LocalProvider) -> None:
+    request = ProviderRequest(messages=CONVERSATION, max_tokens=1)
+
+    counted = await provider.count_tokens(request)
+    *_, usage = await collect(provider, request)
+
+    assert isinstance(usage, Usage)
+    assert counted == usage.prompt_tokens
+
+
+@pytest.mark.slow
+async def test_count_tokens_counts_the_turn_markup_of_the_gemma_format() -> None:
+    # Gemma's turn markers are one special token each, as generation evaluates them.
+    gemma = LocalProvider(local_settings(threads=1, prompt_format="gemma"))
+    try:
+        request = ProviderRequest(messages=CONVERSATION, max_tokens=1)
+        counted = await gemma.count_tokens(request)
+        *_, usage = await collect(gemma, request)
+    finally:
+        await gemma.aclose()
+    assert isinstance(usage, Usage)
+    assert counted == usage.prompt_tokens

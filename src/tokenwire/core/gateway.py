@@ -22,7 +22,7 @@ from tokenwire.core.conversations import ConversationStore
 from tokenwire.core.eventlog import EventLog, LogStore, Subscriber
 from tokenwire.core.hydration import compacted
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
-from tokenwire.core.provider import Message
+from tokenwire.core.provider import Message, count_tokens
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.spec import RequestKey, RequestSpec
@@ -253,6 +253,17 @@ class Gateway:
             raise
         finally:
             self._starting.discard(key)
+
+    async def count_tokens(self, spec: RequestSpec) -> tuple[str, int]:
+        """The provider a request would go to first (a named one, or routing's pick), and
+        the prompt tokens it would cost there, counted exactly by that provider; nothing
+        is started. Raises `UnsupportedFeature` where that provider cannot count."""
+        if self.closing:
+            raise ShuttingDown("the server is shutting down")
+        slot = self.router.choose(spec).slot
+        request = slot.provider_request(spec)
+        slot.provider.validate(request)
+        return slot.name, await count_tokens(slot.provider, request)
 
     def cancel(self, key: RequestKey, reason: str = "cancelled by client") -> None:
         running = self._runs.get(key)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from tokenwire.protocol.errors import UnsupportedFeature
 
 Role = Literal["system", "user", "assistant"]
 
@@ -98,6 +100,29 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and threads at shutdown."""
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that can count a request's prompt tokens exactly, as its model will.
+
+    Optional: a provider has this method or not, and `count_tokens` refuses for those
+    that have not, so none repeats a refusal of its own."""
+
+    async def count_tokens(self, request: ProviderRequest) -> int:
+        """The prompt tokens `request` would cost; raises `InvalidRequest` for a request
+        the provider cannot take, a `ProviderError` when its upstream fails."""
+        ...
+
+
+async def count_tokens(provider: Provider, request: ProviderRequest) -> int:
+    """The exact prompt tokens of `request` on `provider`, or `UnsupportedFeature`."""
+    if not isinstance(provider, TokenCounter):
+        # An estimate would be worse than a refusal: callers budget by this number.
+        raise UnsupportedFeature(
+            f"provider {provider.name} ({provider.kind}) cannot count tokens exactly"
+        )
+    return await provider.count_tokens(request)
 
 
 def estimate_tokens(text: str) -> int:

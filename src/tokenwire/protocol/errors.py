@@ -73,6 +73,28 @@ class PastTheEnd(InvalidRequest):
     WebSocket answers it as `invalid_request`; SSE answers 204 so that EventSource stops."""
 
 
+class UnsupportedFeature(TokenwireError):
+    """A well-formed request for something this provider (or tokenwire) does not offer."""
+
+    error_type = "unsupported_feature"
+
+
+class UnknownEndpoint(TokenwireError):
+    """An HTTP path that nothing serves."""
+
+    error_type = "not_found"
+
+
+class MethodNotAllowed(TokenwireError):
+    """An HTTP path that is served, called with a method it does not take."""
+
+    error_type = "method_not_allowed"
+
+    def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class UnknownRequest(TokenwireError):
     """A request id that is not running, or not the caller's to touch."""
 
@@ -248,7 +270,10 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     InvalidMessage: 400,
     UnknownMessageType: 400,
     InvalidRequest: 400,
+    UnsupportedFeature: 400,
     NotJson: 415,
+    UnknownEndpoint: 404,
+    MethodNotAllowed: 405,
     UnknownRequest: 404,
     UnknownModel: 404,
     NotRecovered: 410,
@@ -304,6 +329,14 @@ def retry_after_header(error: TokenwireError) -> dict[str, str]:
     if seconds is None:
         return {}
     return {"retry-after": str(max(1, math.ceil(seconds)))}
+
+
+def http_headers(error: TokenwireError) -> dict[str, str]:
+    """The headers an HTTP answer to `error` carries: `retry-after`, and the `allow` of a 405."""
+    headers = retry_after_header(error)
+    if isinstance(error, MethodNotAllowed):
+        headers["allow"] = ", ".join(error.allow)
+    return headers
 
 
 def close_code(error: TokenwireError) -> int:

@@ -34,6 +34,7 @@ from tokenwire.protocol.errors import (
     excerpt,
 )
 from tokenwire.protocol.preferences import Preferences
+from tokenwire.protocol.validation_words import problem, settled
 
 # Deeper than any message of this protocol needs (an ai_request is four levels deep).
 MAX_DEPTH = 32
@@ -209,9 +210,9 @@ def parse_message_object(obj: Any) -> ClientMessage:
     except ValidationError as exc:
         error: TokenwireError
         if kind in _REQUEST_MESSAGES:
-            error = InvalidRequest(describe_validation_error(exc))
+            error = InvalidRequest(describe_validation_error(exc, model=model))
         else:
-            error = InvalidMessage(describe_validation_error(exc))
+            error = InvalidMessage(describe_validation_error(exc, model=model))
         error.request_id = valid_request_id(obj.get("request_id"))
         raise error from None
 
@@ -261,26 +262,20 @@ def _decode_problem(exc: orjson.JSONDecodeError, text: str) -> str:
     return message[:200]
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+def describe_validation_error(exc: ValidationError, prefix: str = "", model: Any = None) -> str:
     """One part per problem, naming the field (under `prefix`); never echoes the input."""
     return describe_errors(
-        exc.errors(include_input=False, include_url=False, include_context=False), prefix
+        exc.errors(include_input=False, include_url=False, include_context=False), prefix, model
     )
 
 
-def describe_errors(errors: Sequence[Any], prefix: str = "") -> str:
-    """Pydantic's error list (a `ValidationError`'s, or FastAPI's) as one line."""
-    parts = []
-    for err in errors[:8]:
-        where = ".".join([prefix] * bool(prefix) + [_location_part(p) for p in err["loc"]])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        msg = msg.removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+def describe_errors(errors: Sequence[Any], prefix: str = "", model: Any = None) -> str:
+    """Pydantic's error list (a `ValidationError`'s, or FastAPI's) as one line, in words.
 
-
-def _location_part(part: str | int) -> str:
-    # A key is client input too: an unknown 100 KB key is quoted, not repeated.
-    if isinstance(part, int):
-        return str(part)
-    return part if len(part) <= 64 and part.isidentifier() else excerpt(part)
+    Given the `model` validated, the labels pydantic adds to a location for the
+    branches of a union (`constrained-str`, `list[TextPart]`, a discriminator's tag)
+    are recognised and dropped; where every branch of a union refused the value's
+    type, the problems become one ("must be a string or a list")."""
+    problems = settled([problem(err, model) for err in errors])
+    described = [p.describe(prefix) for p in problems]
+    return "; ".join(dict.fromkeys(described[:8]))

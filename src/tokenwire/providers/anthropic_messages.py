@@ -115,6 +115,19 @@ class AnthropicProvider:
             raise upstream_error(exc, self._settings.api_key()) from None
         yield answer.usage()
 
+    async def count_tokens(self, request: ProviderRequest) -> int:
+        """Asked of the Messages API's own count_tokens endpoint: exact for the model."""
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        try:
+            counted = await self._client.messages.count_tokens(
+                model=request.model or self._model,
+                messages=[_message(m) for m in request.messages if m.role != "system"],
+                system=system or anthropic.omit,
+            )
+        except (anthropic.APIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
+            raise upstream_error(exc, self._settings.api_key()) from None
+        return counted.input_tokens
+
     async def aclose(self) -> None:
         await self._client.close()
 

@@ -220,6 +220,16 @@ class LocalProvider:
             future.cancel()
             self._jobs.discard(job)
 
+    async def count_tokens(self, request: ProviderRequest) -> int:
+        """The prompt tokens as `generate` evaluates them: the same prompt format and
+        special tokens, by the model's own tokenizer."""
+        generation = self._generation(request)
+        await self._ready()
+        segments = prompt_segments(generation.messages, generation.prompt_format)
+        # Tokenizing reads only the vocabulary, so it need not wait for a free instance.
+        tokens = await asyncio.to_thread(tokenize_prompt, self._instances[0], segments)
+        return len(tokens)
+
     async def aclose(self) -> None:
         self._closing = True
         for job in list(self._jobs):

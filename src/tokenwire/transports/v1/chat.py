@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions (`POST /v1/chat/completions`) and `GET /v1/models`.
+"""OpenAI Chat Completions (`POST /v1/chat/completions`).
 
 The wire format is OpenAI's: a `chat.completion` object, or with `stream: true`
 `chat.completion.chunk` events with one id, the role in the first delta, a
@@ -37,7 +37,6 @@ from tokenwire.transports.v1.errors import (
 )
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
-    AUTO,
     SSE_HEADERS,
     STREAM_RESPONSE,
     Feed,
@@ -126,27 +125,6 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: CompletionUsage
     system_fingerprint: None = None
-
-
-class Model(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = 0
-    owned_by: str = "tokenwire"
-    auto: bool | None = None
-    """Whether `auto` may choose this provider (absent on `auto` itself)."""
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Model]
-
-
-@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
-async def list_models(request: Request) -> ModelList:
-    slots = gateway_of(request).slots
-    models = [Model(id=name, auto=slot.profile.auto) for name, slot in slots.items()]
-    return ModelList(data=[*models, Model(id=AUTO)])
 
 
 @router.post(

@@ -8,12 +8,13 @@ the dialect's clients parse: OpenAI's `{"error": {"message", "type", "param",
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_header
+from tokenwire.protocol.errors import TokenwireError, http_headers, http_status
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -21,6 +22,7 @@ _OPENAI_TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     410: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
@@ -33,6 +35,7 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     410: "not_found_error",
     413: "request_too_large",
     415: "invalid_request_error",
@@ -56,7 +59,7 @@ def openai_error_body(error: TokenwireError) -> dict[str, Any]:
 
 def openai_error(error: TokenwireError) -> JSONResponse:
     return JSONResponse(
-        openai_error_body(error), status_code=http_status(error), headers=retry_after_header(error)
+        openai_error_body(error), status_code=http_status(error), headers=http_headers(error)
     )
 
 
@@ -70,8 +73,27 @@ def anthropic_error(error: TokenwireError) -> JSONResponse:
     return JSONResponse(
         anthropic_error_body(error),
         status_code=http_status(error),
-        headers=retry_after_header(error),
+        headers=http_headers(error),
     )
+
+
+def speaks_anthropic(path: str, headers: Mapping[str, str]) -> bool:
+    """Whether a call is Anthropic's: under `/v1/messages`, or sent by an Anthropic client
+    (its SDKs send `anthropic-version` and `x-api-key` on every call, `/v1/models`
+    included; OpenAI's send neither)."""
+    return (
+        path == "/v1/messages"
+        or path.startswith("/v1/messages/")
+        or "anthropic-version" in headers
+        or "x-api-key" in headers
+    )
+
+
+def dialect_error(
+    path: str, headers: Mapping[str, str]
+) -> Callable[[TokenwireError], JSONResponse]:
+    """The error renderer of the dialect a call speaks."""
+    return anthropic_error if speaks_anthropic(path, headers) else openai_error
 
 
 class OpenAIErrorDetail(BaseModel):

@@ -1,4 +1,4 @@
-"""Anthropic Messages (`POST /v1/messages`).
+"""Anthropic Messages (`POST /v1/messages`, `POST /v1/messages/count_tokens`).
 
 The wire format is Anthropic's: a `message` object, or with `stream: true`
 Server-Sent Events that each carry an `event:` line (the SDK drops frames
@@ -8,6 +8,10 @@ without one): `message_start`, `content_block_start`, `ping`, one
 started is one `event: error` with Anthropic's error body (the SDK raises on
 it), and the stream ends there. `model` names a provider, or is `auto` for the
 router's pick. `top_k` is refused: no provider here takes it.
+
+`count_tokens` counts exactly or not at all: the provider a request would go to
+counts it (the `anthropic` kind asks the API's own endpoint, the `local` kind its
+tokenizer over the prompt it would evaluate); any other answers a 400 that says so.
 """
 
 from __future__ import annotations
@@ -101,6 +105,16 @@ class MessagesRequest(_Body):
         return data
 
 
+class CountTokensRequest(_Body):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[MessageParam], Field(min_length=1, max_length=10_000)]
+    system: Text | TextBlocks | None = None
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
 class TextBlock(BaseModel):
     type: Literal["text"] = "text"
     text: str
@@ -157,13 +171,31 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
     )
 
 
+@router.post("/v1/messages/count_tokens", response_model=TokenCount)
+async def count_message_tokens(request: Request, body: CountTokensRequest) -> TokenCount:
+    gateway = gateway_of(request)
+    spec = RequestSpec(
+        user_id=user_of(request),
+        messages=_turns(body.system, body.messages),
+        routing=routing_for(gateway, body.model),
+    )
+    _, tokens = await gateway.count_tokens(spec)
+    return TokenCount(input_tokens=tokens)
+
+
+def _turns(
+    system: str | list[TextBlockParam] | None, messages: list[MessageParam]
+) -> tuple[Message, ...]:
+    text = _text(system) if system is not None else ""
+    turns = [Message(role="system", content=text)] if text else []
+    turns += [Message(role=m.role, content=_text(m.content)) for m in messages]
+    return tuple(turns)
+
+
 def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlines) -> RequestSpec:
-    system = _text(body.system) if body.system is not None else ""
-    messages = [Message(role="system", content=system)] if system else []
-    messages += [Message(role=m.role, content=_text(m.content)) for m in body.messages]
     return RequestSpec(
         user_id=user,
-        messages=tuple(messages),
+        messages=_turns(body.system, body.messages),
         request_id=f"msg_{uuid.uuid4().hex}",
         generation=Generation(
             max_tokens=body.max_tokens,

@@ -1,11 +1,14 @@
-"""OpenAI Responses: `POST /v1/responses`, `GET /v1/responses/{id}`, `.../cancel`.
+"""OpenAI Responses: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`,
+`.../cancel` and `.../input_items`.
 
 Text in and out. A foreground response ends with its client, as OpenAI's does;
 a `background` one runs on after its client leaves, is kept for the log
 retention time, and can be re-attached with `GET /v1/responses/{id}?stream=true
 &starting_after=N` (every event after sequence number N, then live), for every
 provider, the local model included. `previous_response_id` continues from a
-stored response of the same user, as a conversation does.
+stored response of the same user, as a conversation does. Only a background
+response can be cancelled (a foreground one ends with its client); any stored one
+can be deleted, which cancels it first if it still runs.
 """
 
 from __future__ import annotations
@@ -115,6 +118,22 @@ class ResponseObject(BaseModel):
     user: str | None
 
 
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: Literal[True] = True
+
+
+class InputItemList(BaseModel):
+    """A page of a response's input items, as OpenAI lists them."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 @router.post(
     "/v1/responses",
     response_model=ResponseObject,
@@ -128,6 +147,7 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
     spec = with_client(_spec(gateway, body, user, deadlines_of(request)), request)
     log = await gateway.start(spec)
     log.annotations["responses"] = _params(body)
+    log.annotations["responses_input"] = _input_items(body)
     stream = ResponseStream(log)
     if body.background and not body.stream:
         return JSONResponse(stream.response())  # it runs on; GET it, or stream it, later
@@ -187,13 +207,48 @@ async def retrieve_response(
 async def cancel_response(request: Request, response_id: str) -> Response:
     gateway = gateway_of(request)
     log = await _stored(gateway, _key(request, response_id))
-    if not log.finished:
-        feed = Feed()
-        log.attach(feed, ())
-        cancel_quietly(gateway, log.key, "cancelled by client")
-        async for _ in feed:  # until its stream_end: a cancel takes milliseconds
-            pass
+    if not log.annotations["responses"].get("background"):
+        # As OpenAI answers: a foreground response is cancelled by closing its connection.
+        raise InvalidRequest("Only responses created with background=true can be cancelled.")
+    await _stopped(gateway, log)
     return _whole(replayed(log).response())
+
+
+@router.delete("/v1/responses/{response_id}", response_model=DeletedResponse)
+async def delete_response(request: Request, response_id: str) -> DeletedResponse:
+    """Forget a stored response (cancelled first if it still runs): afterwards it is a 404
+    to retrieve, cancel, list or continue from."""
+    gateway = gateway_of(request)
+    log = await _stored(gateway, _key(request, response_id))
+    await _stopped(gateway, log, "deleted by client")
+    # Marked as well as dropped: the run's own end may still be storing it.
+    log.annotations["responses"]["deleted"] = True
+    await gateway.logs.discard(log.key)
+    return DeletedResponse(id=log.key.request_id)
+
+
+@router.get("/v1/responses/{response_id}/input_items", response_model=InputItemList)
+async def list_input_items(
+    request: Request,
+    response_id: str,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(max_length=160)] = None,
+) -> InputItemList:
+    """The input items of a response (its own input, not instructions or earlier turns),
+    newest first unless `order=asc`; `after` an item id, paged by `limit`."""
+    log = await _stored(gateway_of(request), _key(request, response_id))
+    items: list[dict[str, Any]] = log.annotations.get("responses_input", [])
+    ordered = items if order == "asc" else items[::-1]
+    ids = [item["id"] for item in ordered]
+    start = ids.index(after) + 1 if after in ids else 0
+    page = ordered[start : start + limit]
+    return InputItemList(
+        data=page,
+        first_id=page[0]["id"] if page else None,
+        last_id=page[-1]["id"] if page else None,
+        has_more=start + limit < len(ordered),
+    )
 
 
 # -- internals ----------------------------------------------------------------
@@ -240,6 +295,35 @@ def _messages(body: ResponseCreateRequest) -> tuple[Message, ...]:
     return tuple(turns)
 
 
+def _input_items(body: ResponseCreateRequest) -> list[dict[str, Any]]:
+    """The request's input as the message items `input_items` lists, each with its id."""
+    if isinstance(body.input, str):
+        return [_item("user", [{"type": "input_text", "text": body.input}])]
+    items = []
+    for message in body.input:
+        content = message.content
+        parts: list[dict[str, Any]]
+        if isinstance(content, str):
+            kind = "output_text" if message.role == "assistant" else "input_text"
+            parts = [{"type": kind, "text": content}]
+        else:
+            parts = [part.model_dump(exclude_none=True) for part in content]
+        if message.role == "assistant":
+            parts = [{"annotations": [], **part} for part in parts]
+        items.append(_item(message.role, parts))
+    return items
+
+
+def _item(role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": role,
+        "status": "completed",
+        "content": content,
+    }
+
+
 def _params(body: ResponseCreateRequest) -> dict[str, Any]:
     """What the Response object repeats of its request (kept with the log)."""
     return body.model_dump(
@@ -264,12 +348,24 @@ def _key(request: Request, response_id: str) -> RequestKey:
 
 
 async def _stored(gateway: Gateway, key: RequestKey) -> EventLog:
-    """The user's response, if it exists and was stored; else `unknown_request` (404)."""
+    """The user's response, if it exists, was stored and is not deleted; else
+    `unknown_request` (404)."""
     log = await gateway.logs.get(key)
     params = log.annotations.get("responses") if log is not None else None
-    if log is None or params is None or not params.get("store", True):
+    if log is None or params is None or not params.get("store", True) or params.get("deleted"):
         raise UnknownRequest(f"no response with id {key.request_id!r}")
     return log
+
+
+async def _stopped(gateway: Gateway, log: EventLog, reason: str = "cancelled by client") -> None:
+    """Cancel a running response and wait for its end (milliseconds); a finished one as is."""
+    if log.finished:
+        return
+    feed = Feed()
+    log.attach(feed, ())
+    cancel_quietly(gateway, log.key, reason)
+    async for _ in feed:  # until its stream_end
+        pass
 
 
 async def _check_previous(gateway: Gateway, key: RequestKey) -> None:
