@@ -14,16 +14,20 @@ import base64
 import contextlib
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 
 from tests.support.process import Process, serving
 from tests.support.server import RunningServer, running_server, simulated_settings
 from tests.support.waiting import AT_ONCE, eventually
+from tokenwire.app import uvicorn_config
 from tokenwire.transports.request_head import MAX_FIELDS, MAX_HEAD_BYTES, MAX_LINE_BYTES
 
 HEAD_TIMEOUT = 1.0
@@ -44,9 +48,7 @@ def upgrade_head(extra: list[bytes]) -> bytes:
     return (
         b"GET /ws/ai-stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
-        b"Sec-WebSocket-Version: 13\r\n"
-        + b"".join(field + b"\r\n" for field in extra)
-        + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + b"".join(field + b"\r\n" for field in extra) + b"\r\n"
     )
 
 
@@ -126,6 +128,15 @@ async def test_a_head_of_100_kb_in_one_write_is_431() -> None:
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
+async def test_the_431_reaches_a_client_that_goes_on_sending() -> None:
+    # Refused at its 8 KiB line, the head goes on for 256 KiB: closing with those bytes
+    # unread would reset the connection, and the client would see the reset, not the 431.
+    head = plain_head([b"X-Pad: " + b"p" * 256 * 1024])
+    async with server_with_head_deadline() as server:
+        answer = await answer_to(port_of(server.url), head)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
 async def test_a_pipelined_head_past_a_bound_is_431_after_the_first_is_served() -> None:
     served = plain_head([]).replace(b"Connection: close\r\n", b"")
     async with server_with_head_deadline() as server:
@@ -151,6 +162,42 @@ async def test_a_head_that_never_ends_is_closed_after_the_handshake_timeout(kind
     async with server_with_head_deadline() as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server.url))
         writer.write(unfinished)
+        async with asyncio.timeout(HEAD_TIMEOUT + AT_ONCE):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def server_that_never_accepts() -> AsyncIterator[int]:
+    """tokenwire's uvicorn wiring around an app whose WebSocket route never accepts nor
+    refuses; its port."""
+    settings = simulated_settings(limits={"handshake_timeout_seconds": HEAD_TIMEOUT})
+    done = asyncio.Event()
+    app = FastAPI()
+
+    @app.websocket("/ws/ai-stream")
+    async def never_accepts(websocket: WebSocket) -> None:
+        await done.wait()
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn_config(settings, app, "127.0.0.1", 0))
+        server.capture_signals = contextlib.nullcontext  # type: ignore[assignment,method-assign]
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        await eventually(lambda: server.started or task.done())
+        try:
+            yield int(sock.getsockname()[1])
+        finally:
+            done.set()
+            server.should_exit = True
+            await asyncio.wait_for(task, 20)
+
+
+async def test_an_upgrade_whose_handshake_is_not_complete_by_the_deadline_is_closed() -> None:
+    async with server_that_never_accepts() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(upgrade_head([]))
         async with asyncio.timeout(HEAD_TIMEOUT + AT_ONCE):
             with contextlib.suppress(ConnectionResetError):
                 assert await reader.read() == b""
