@@ -19,6 +19,10 @@ left unanswered aborts the connection instead of waiting for a drain that never
 comes (`tests/integration/test_connection_limits.py`). It also counts a
 refused handshake as complete (`handshake_complete`), which uvicorn does not, logging
 an error for each; `tests/integration/test_auth_transports.py` fails if that changes.
+A head that the websockets parser refuses (uvicorn hands it a head rebuilt from
+httptools' parse, which `request_head.py` has already bounded) is answered and
+closed rather than left open without an answer, as uvicorn leaves it
+(`conn.handshake_exc`; `tests/integration/test_request_heads.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ import structlog
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 EXTENSION = "tokenwire.transport"
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 27\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b"Invalid WebSocket handshake"
+)
 
 logger = structlog.get_logger("tokenwire.websocket")
 
@@ -68,6 +80,25 @@ class TransportControl:
 
 
 class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (
+            self.conn.handshake_exc is not None
+            and not self.handshake_initiated
+            and not self.transport.is_closing()
+        ):
+            self._answer_unparsed_head()
+
+    def _answer_unparsed_head(self) -> None:
+        # uvicorn acts only on a request that websockets parsed; the answer websockets
+        # prepared for one it refused (431, 414), or the end of output it queued for one it
+        # could not read at all, would otherwise never be sent, nor the socket closed.
+        answer = b"".join(self.conn.data_to_send())
+        logger.debug("refusing a WebSocket handshake that its parser refused")
+        self.close_sent = self.handshake_complete = True
+        self.transport.write(answer or _BAD_REQUEST)
+        self.transport.close()
+
     def send_receive_event_to_app(self) -> None:
         # uvicorn closes with 1007 on invalid UTF-8 too, but logs a traceback at error
         # level for what is only a client's mistake; check first and say it briefly.
