@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from tokenwire.core.conversations import Conversation
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.provider import Message
 from tokenwire.core.spec import RequestKey
@@ -121,8 +122,10 @@ class MemoryConversationStore:
         max_conversations: int = 10_000,
         idle_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        images: ImageBounds | None = None,
     ) -> None:
         self._max_tokens = max_tokens
+        self._images = images
         self._max_conversations = max_conversations
         self._idle = idle_seconds
         self._clock = clock
@@ -136,7 +139,7 @@ class MemoryConversationStore:
 
     async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
         key = (user_id, conversation_id)
-        conversation = self._lookup(key) or Conversation(self._max_tokens)
+        conversation = self._lookup(key) or Conversation(self._max_tokens, self._images)
         conversation.extend(turns)
         self._conversations[key] = (conversation, self._clock())
         self._conversations.move_to_end(key)

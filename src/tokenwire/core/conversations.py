@@ -11,14 +11,17 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.provider import Message, estimate_tokens
 
 
 class Conversation:
-    """Turns of one conversation, the oldest dropped first past `max_tokens`."""
+    """Turns of one conversation, the oldest dropped first past `max_tokens`, or past
+    `images` (its images, in count and bytes, as one request may carry them)."""
 
-    def __init__(self, max_tokens: int) -> None:
+    def __init__(self, max_tokens: int, images: ImageBounds | None = None) -> None:
         self._max_tokens = max_tokens
+        self._images = images
         self._turns: deque[tuple[Message, int]] = deque()
         self._tokens = 0
 
@@ -35,9 +38,12 @@ class Conversation:
             cost = estimate_tokens(message.content)
             self._turns.append((message, cost))
             self._tokens += cost
-        while self._tokens > self._max_tokens and self._turns:
+        while self._turns and (self._tokens > self._max_tokens or not self._images_fit()):
             _, cost = self._turns.popleft()
             self._tokens -= cost
+
+    def _images_fit(self) -> bool:
+        return self._images is None or self._images.fits(self.turns)
 
 
 class ConversationStore(Protocol):

@@ -201,6 +201,18 @@ class PromptTooLong(TokenwireError):
     error_type = "prompt_too_long"
 
 
+class UnsupportedFeature(TokenwireError):
+    """The chosen provider cannot do what the request needs (see images, call tools)."""
+
+    error_type = "unsupported_feature"
+
+
+class ImageLimitExceeded(TokenwireError):
+    """Past `max_images_per_request`, `max_image_bytes` or `max_image_request_bytes`."""
+
+    error_type = "image_limit_exceeded"
+
+
 class TooManyStreams(TokenwireError):
     """Past `max_streams_per_connection` or `max_streams_per_user`."""
 
@@ -260,6 +272,8 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     AuthenticationFailed: 401,
     Forbidden: 403,
     PromptTooLong: 413,
+    UnsupportedFeature: 400,
+    ImageLimitExceeded: 413,
     TooManyStreams: 429,
     TooManyConnections: 429,
 }
