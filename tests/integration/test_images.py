@@ -287,15 +287,14 @@ async def test_auto_with_no_sighted_provider_is_unsupported_feature() -> None:
     blind_only = simulated_settings(
         providers=[{"name": "blind", "kind": "simulated", "vision": False}]
     )
-    async with running_server(blind_only) as server:
-        async with httpx.AsyncClient() as http:
-            answer = await http.post(
-                server.url + "/api/streams",
-                json={"type": "ai_request", "prompt": "look", "images": [{"url": PNG_URL}]},
-            )
+    async with running_server(blind_only) as server, httpx.AsyncClient() as http:
+        answer = await http.post(
+            server.url + "/api/streams",
+            json={"type": "ai_request", "prompt": "look", "images": [{"url": PNG_URL}]},
+        )
 
     assert answer.status_code == 400
-    assert answer.json()["error_type"] == "unsupported_feature"
+    assert answer.json()["error"]["type"] == "unsupported_feature"
 
 
 # -- bounds ------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ async def test_a_server_too_slow_to_send_the_image_is_given_up_on(
     never = asyncio.Event()
     image_server.routes["/slow.png"] = Route(body=PNG, hold=never)
 
-    with pytest.raises(InvalidRequest, match="not fetched within 0.2 s"):
+    with pytest.raises(InvalidRequest, match=r"not fetched within 0\.2 s"):
         await fetcher_for(image_server, timeout=0.2).fetch(
             ImagePart(url=image_server.url + "/slow.png")
         )

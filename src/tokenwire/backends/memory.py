@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from tokenwire.core.conversations import Conversation
-from tokenwire.core.images import ImageBounds
 from tokenwire.core.eventlog import EventLog
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.provider import Message
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import InvalidRequest

@@ -100,7 +100,7 @@ def _media_type(media_type: str, where: str) -> MediaType:
             f"{where}: media type {excerpt(media_type)} is not an image type taken here; "
             f"expected one of {', '.join(MEDIA_TYPES)}"
         )
-    return media_type  # type: ignore[return-value]
+    return media_type
 
 
 def _decoded(payload: str, media_type: MediaType, where: str) -> bytes:

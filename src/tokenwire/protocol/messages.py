@@ -158,8 +158,10 @@ class AiRequest(_Strict):
             raise ValueError("a non-empty 'prompt' (or 'messages') is required")
         if self.prompt is None and not any(m.text.strip() for m in self.messages or ()):
             raise ValueError("messages: at least one must contain more than whitespace")
-        if self.images and self.prompt is None and not any(
-            m.role == "user" for m in self.messages or ()
+        if (
+            self.images
+            and self.prompt is None
+            and not any(m.role == "user" for m in self.messages or ())
         ):
             raise ValueError("images: need a 'prompt' or a user message to go with")
         return self

@@ -263,8 +263,11 @@ def _block(part: Part) -> dict[str, Any]:
     """A text or image content block; an image's bytes were fetched before (`stream`)."""
     if isinstance(part, TextPart):
         return {"text": part.text}
-    assert part.data is not None and part.media_type is not None
-    return {"image": {"format": part.media_type.removeprefix("image/"), "source": {"bytes": part.data}}}
+    assert part.data is not None
+    assert part.media_type is not None
+    return {
+        "image": {"format": part.media_type.removeprefix("image/"), "source": {"bytes": part.data}}
+    }
 
 
 def _usage(metadata: Mapping[str, Any]) -> Usage | None:

@@ -72,6 +72,8 @@ def _with_images(turns: list[Message], images: list[ImageRef]) -> list[Message]:
     """`images` after the text of the last user turn (the prompt, where there is one)."""
     at = max(i for i, turn in enumerate(turns) if turn.role == "user")
     turn = turns[at]
-    added = tuple(image_from_url(image.url, f"images.{i}", image.detail) for i, image in enumerate(images))
+    added = tuple(
+        image_from_url(image.url, f"images.{i}", image.detail) for i, image in enumerate(images)
+    )
     turns[at] = Message.of_parts(turn.role, (*turn.content_parts(), *added))
     return turns
