@@ -290,7 +290,7 @@ async def test_auto_with_no_sighted_provider_is_unsupported_feature() -> None:
     async with running_server(blind_only) as server, httpx.AsyncClient() as http:
         answer = await http.post(
             server.url + "/api/streams",
-            json={"type": "ai_request", "prompt": "look", "images": [{"url": PNG_URL}]},
+            json={"prompt": "look", "images": [{"url": PNG_URL}]},
         )
 
     assert answer.status_code == 400
