@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -15,6 +16,8 @@ from tokenwire.core.images import (
 )
 from tokenwire.core.provider import ImagePart, Message, TextPart
 from tokenwire.protocol.errors import ImageLimitExceeded, InvalidRequest
+from tokenwire.protocol.messages import AiRequest, parse_client_message
+from tokenwire.transports.requests import spec_from_ai_request
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
 GIF = b"GIF89a" + bytes(10)
@@ -149,3 +152,50 @@ def test_a_conversation_keeps_no_more_images_than_a_request_may_carry() -> None:
     conversation.extend([turn_with(1), answer, turn_with(1), answer, turn_with(1), answer])
 
     assert sum(len(turn.images) for turn in conversation.turns) == 2
+
+
+def test_ws_images_join_the_prompt_turn_after_its_text() -> None:
+    message = parse_client_message(
+        json.dumps(
+            {
+                "type": "ai_request",
+                "messages": [
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "ok"},
+                ],
+                "prompt": "second",
+                "images": [{"url": "https://example.com/a.png", "detail": "high"}],
+            }
+        )
+    )
+    assert isinstance(message, AiRequest)
+
+    turns = spec_from_ai_request(message, "u", None).messages
+
+    assert [turn.images for turn in turns[:2]] == [(), ()]
+    assert turns[2].content == "second"
+    assert turns[2].parts == (
+        TextPart("second"),
+        ImagePart(url="https://example.com/a.png", detail="high"),
+    )
+
+
+def test_ws_images_without_a_prompt_join_the_last_user_message() -> None:
+    message = parse_client_message(
+        json.dumps(
+            {
+                "type": "ai_request",
+                "messages": [
+                    {"role": "user", "content": "first"},
+                    {"role": "user", "content": "second"},
+                    {"role": "assistant", "content": "ok"},
+                ],
+                "images": [{"url": "https://example.com/a.png"}],
+            }
+        )
+    )
+    assert isinstance(message, AiRequest)
+
+    turns = spec_from_ai_request(message, "u", None).messages
+
+    assert [len(turn.images) for turn in turns] == [0, 1, 0]
