@@ -356,3 +356,25 @@ async def test_a_conversation_keeps_its_images_within_the_bounds() -> None:
     assert seen(third) == f"[images: {CAT_URL}, {CAT_URL}]"
     # Text after images keeps going to a provider that sees them (the history has some).
     assert of_type(fourth, "stream_end")[0]["data"]["provider_used"] == "eyes"
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+async def test_image_bytes_reach_no_log(capsys: pytest.CaptureFixture[str]) -> None:
+    secret = base64.b64encode(PNG + b"SECRET-PIXELS" * 8).decode()
+    async with running_server(settings()) as server, ws_client(server) as client:
+        await client.ask("look", images=[{"url": "data:image/png;base64," + secret}])
+        # And a refused one: the error quotes where, never the data.
+        await client.send(
+            {"type": "ai_request", "prompt": "look", "images": [{"url": f"data:x;base64,{secret}"}]}
+        )
+        error = await client.recv()
+
+    assert error["data"]["error_type"] == "invalid_request"
+    assert secret[16:48] not in error["data"]["error"]
+    logged = capsys.readouterr()
+    assert "stream ended" in logged.out  # the server's log lines are here
+    # Neither as base64 nor as the bytes themselves.
+    assert secret[16:48] not in logged.out + logged.err
+    assert "SECRET-PIXELS" not in logged.out + logged.err
