@@ -378,3 +378,33 @@ async def test_image_bytes_reach_no_log(capsys: pytest.CaptureFixture[str]) -> N
     # Neither as base64 nor as the bytes themselves.
     assert secret[16:48] not in logged.out + logged.err
     assert "SECRET-PIXELS" not in logged.out + logged.err
+
+
+async def test_messages_refuses_a_forced_blind_provider_in_anthropic_shape() -> None:
+    async with (
+        running_server(settings()) as server,
+        anthropic.AsyncAnthropic(base_url=server.url, api_key="unused", max_retries=0) as client,
+    ):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await client.messages.create(
+                model="blind",
+                max_tokens=100,
+                stream=True,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "what is this?"},
+                            {"type": "image", "source": {"type": "url", "url": CAT_URL}},
+                        ],
+                    }
+                ],
+            )
+
+    assert caught.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "provider blind does not see images; name one that does or use auto",
+        },
+    }
