@@ -408,3 +408,10 @@ async def test_messages_refuses_a_forced_blind_provider_in_anthropic_shape() -> 
             "message": "provider blind does not see images; name one that does or use auto",
         },
     }
+
+
+async def test_the_providers_view_shows_who_sees_images() -> None:
+    async with running_server(settings()) as server, httpx.AsyncClient() as http:
+        listed = (await http.get(server.url + "/api/providers")).json()["providers"]
+
+    assert {p["name"]: p["vision"] for p in listed} == {"blind": False, "eyes": True}
