@@ -28,6 +28,8 @@ class Route:
     location: str | None = None
     # Hold the body back until this event is set (a server too slow to answer).
     hold: asyncio.Event | None = None
+    # False: no Content-Length, the body runs until the connection closes.
+    length: bool = True
 
 
 class ImageServer:
@@ -62,7 +64,11 @@ class ImageServer:
             path = head.split(b" ", 2)[1].decode()
             self.requests.append(path)
             route = self.routes.get(path, Route(body=b"not found", status=404))
-            headers = [f"HTTP/1.1 {route.status} X", f"Content-Length: {len(route.body)}"]
+            headers = [f"HTTP/1.1 {route.status} X"]
+            if route.length:
+                headers.append(f"Content-Length: {len(route.body)}")
+            else:
+                headers.append("Connection: close")
             if route.location is not None:
                 headers.append(f"Location: {route.location}")
             writer.write(("\r\n".join(headers) + "\r\n\r\n").encode())

@@ -206,6 +206,17 @@ async def test_an_image_over_max_image_bytes_is_refused(image_server: ImageServe
         )
 
 
+async def test_an_image_of_unannounced_length_is_cut_off_at_max_image_bytes(
+    image_server: ImageServer,
+) -> None:
+    image_server.routes["/big.png"] = Route(body=PNG + bytes(200_000), length=False)
+
+    with pytest.raises(ImageLimitExceeded, match="max_image_bytes"):
+        await fetcher_for(image_server, max_bytes=100_000).fetch(
+            ImagePart(url=image_server.url + "/big.png")
+        )
+
+
 async def test_a_server_too_slow_to_send_the_image_is_given_up_on(
     image_server: ImageServer,
 ) -> None:
