@@ -127,6 +127,7 @@ def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gatewa
     )
     conversations = MemoryConversationStore(
         images=image_bounds(settings.limits),
+        max_image_bytes=streams.max_conversation_image_bytes,
         max_tokens=streams.conversation_max_tokens,
         max_conversations=streams.max_conversations,
         idle_seconds=streams.conversation_idle_seconds,

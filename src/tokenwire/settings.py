@@ -100,6 +100,9 @@ class StreamSettings(_Table):
     # Conversations are kept per user, at most this many in all, each forgotten after
     # this long unused.
     max_conversations: Annotated[int, Field(ge=1)] = 10_000
+    # Bytes of images that all kept conversations hold together (the least recently
+    # used conversations go first past it).
+    max_conversation_image_bytes: Annotated[int, Field(ge=0)] = 256 * MiB
     conversation_idle_seconds: Positive = 3600.0
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tokenwire.backends.memory import MemoryConversationStore
 from tokenwire.core.conversations import Conversation
 from tokenwire.core.images import (
     ImageBounds,
@@ -199,3 +200,18 @@ def test_ws_images_without_a_prompt_join_the_last_user_message() -> None:
     turns = spec_from_ai_request(message, "u", None).messages
 
     assert [len(turn.images) for turn in turns] == [0, 1, 0]
+
+
+async def test_the_store_forgets_the_least_recently_used_conversations_past_its_image_bytes() -> (
+    None
+):
+    store = MemoryConversationStore(max_tokens=10_000, max_image_bytes=25)
+    answer = Message(role="assistant", content="ok")
+
+    await store.extend("u", "old", [turn_with(10), answer])
+    await store.extend("u", "mid", [turn_with(10), answer])
+    await store.extend("u", "new", [turn_with(10), answer])
+
+    assert await store.history("u", "old") == ()
+    assert len(await store.history("u", "mid")) == 2
+    assert store.image_bytes == 20

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from tokenwire.core.images import ImageBounds
-from tokenwire.core.provider import Message, estimate_tokens
+from tokenwire.core.provider import Message, estimate_tokens, images_of
 
 
 class Conversation:
@@ -24,6 +24,8 @@ class Conversation:
         self._images = images
         self._turns: deque[tuple[Message, int]] = deque()
         self._tokens = 0
+        self.image_bytes = 0
+        """Bytes of the images its turns hold (what a store bounds in all)."""
 
     @property
     def turns(self) -> tuple[Message, ...]:
@@ -41,6 +43,7 @@ class Conversation:
         while self._turns and (self._tokens > self._max_tokens or not self._images_fit()):
             _, cost = self._turns.popleft()
             self._tokens -= cost
+        self.image_bytes = sum(image.size for image in images_of(self.turns))
 
     def _images_fit(self) -> bool:
         return self._images is None or self._images.fits(self.turns)
