@@ -22,9 +22,11 @@ from tokenwire import __version__
 from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
 from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.gateway import Gateway, GatewayConfig
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
 from tokenwire.protocol.errors import TokenwireError
+from tokenwire.providers.images import FetchPolicy
 from tokenwire.providers.registry import build_provider, default_concurrency
 from tokenwire.routing.classify import load_classifier
 from tokenwire.routing.health import HealthBook, HealthPolicy
@@ -38,7 +40,13 @@ from tokenwire.security.auth import (
 )
 from tokenwire.security.limits import AddressThrottle, Connections, LimitPolicy, Quotas
 from tokenwire.security.middleware import AccessMiddleware
-from tokenwire.settings import AuthSettings, ConfigError, ProviderSettings, Settings
+from tokenwire.settings import (
+    AuthSettings,
+    ConfigError,
+    LimitsSettings,
+    ProviderSettings,
+    Settings,
+)
 from tokenwire.transports import api_docs, http, sse, websocket
 from tokenwire.transports.uvicorn_http import head_timeout_protocol
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
@@ -55,12 +63,30 @@ def provider_profile(settings: ProviderSettings) -> ProviderProfile:
         silence_timeout=settings.timeout,
         strengths=tuple(settings.strengths),
         auto=settings.auto,
+        vision=settings.sees_images,
+    )
+
+
+def image_bounds(limits: LimitsSettings) -> ImageBounds:
+    return ImageBounds(
+        max_images=limits.max_images_per_request,
+        max_image_bytes=limits.max_image_bytes,
+        max_request_bytes=limits.max_image_request_bytes,
+    )
+
+
+def fetch_policy(limits: LimitsSettings) -> FetchPolicy:
+    return FetchPolicy(
+        max_bytes=limits.max_image_bytes,
+        timeout=limits.image_fetch_timeout_seconds,
+        allow_private=limits.image_fetch_private_addresses,
     )
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
     streams, routing = settings.streams, settings.routing
     return GatewayConfig(
+        images=image_bounds(settings.limits),
         tuning=StreamTuning(
             chunk_max_chars=streams.chunk_max_chars,
             chunk_flush_seconds=streams.chunk_flush_ms / 1000,
@@ -85,7 +111,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
 
 def build_gateway(settings: Settings) -> Gateway:
     slots = {
-        p.name: ProviderSlot(build_provider(p, i), provider_profile(p))
+        p.name: ProviderSlot(
+            build_provider(p, i, fetch_policy(settings.limits)), provider_profile(p)
+        )
         for i, p in enumerate(settings.providers)
     }
     return gateway_for(settings, slots)
@@ -100,6 +128,8 @@ def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gatewa
         max_retained_bytes=streams.max_retained_log_bytes,
     )
     conversations = MemoryConversationStore(
+        images=image_bounds(settings.limits),
+        max_image_bytes=streams.max_conversation_image_bytes,
         max_tokens=streams.conversation_max_tokens,
         max_conversations=streams.max_conversations,
         idle_seconds=streams.conversation_idle_seconds,
@@ -141,6 +171,7 @@ def limit_policy(settings: Settings) -> LimitPolicy:
     limits = settings.limits
     return LimitPolicy(
         max_prompt_chars=limits.max_prompt_chars,
+        images=image_bounds(limits),
         max_tokens_cap=limits.max_tokens_cap,
         max_streams_per_user=limits.max_streams_per_user,
         requests_per_minute_per_user=limits.requests_per_minute_per_user,

@@ -38,6 +38,15 @@ from tokenwire.routing.classify import TaskType
 ProviderKind = Literal["openai", "anthropic", "bedrock", "local", "simulated"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "anthropic", "bedrock", "local", "simulated")
 
+# The packaged local model sees no images; the simulated one describes what it got.
+VISION_BY_KIND: dict[ProviderKind, bool] = {
+    "openai": True,
+    "anthropic": True,
+    "bedrock": True,
+    "local": False,
+    "simulated": True,
+}
+
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 MiB = 1024 * 1024
@@ -91,6 +100,9 @@ class StreamSettings(_Table):
     # Conversations are kept per user, at most this many in all, each forgotten after
     # this long unused.
     max_conversations: Annotated[int, Field(ge=1)] = 10_000
+    # Bytes of images that all kept conversations hold together (the least recently
+    # used conversations go first past it).
+    max_conversation_image_bytes: Annotated[int, Field(ge=0)] = 256 * MiB
     conversation_idle_seconds: Positive = 3600.0
 
 
@@ -108,7 +120,13 @@ class ProviderSettings(_Table):
     # Whether routing may choose it (`model: "auto"`, no `config.provider`); false:
     # reachable only by name, as the stand-in that a bare `tokenwire serve` adds.
     auto: bool = True
+    # Whether it sees images; None: by kind (`VISION_BY_KIND`).
+    vision: bool | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def sees_images(self) -> bool:
+        return VISION_BY_KIND[self.kind] if self.vision is None else self.vision
 
     @field_validator("strengths")
     @classmethod
@@ -179,6 +197,13 @@ class LimitsSettings(_Table):
     handshake_timeout_seconds: Positive = 10.0
     ping_interval_seconds: Positive = 20.0
     ping_timeout_seconds: Positive = 20.0
+    # Images (protective): per request in count and decoded bytes, per image in bytes,
+    # and the fetch of an https image for a provider that needs bytes (bedrock).
+    max_images_per_request: Annotated[int, Field(ge=0)] = 20
+    max_image_bytes: Annotated[int, Field(ge=1)] = 5 * MiB
+    max_image_request_bytes: Annotated[int, Field(ge=1)] = 20 * MiB
+    image_fetch_timeout_seconds: Positive = 10.0
+    image_fetch_private_addresses: bool = False
     # Metering limits: off (0) until the operator sets them.
     max_tokens_cap: Annotated[int, Field(ge=0)] = 0
     requests_per_minute_per_user: Annotated[int, Field(ge=0)] = 0

@@ -405,6 +405,7 @@ async def test_providers_endpoint_shows_health_and_never_a_key(monkeypatch: Any)
                 "kind": "openai",
                 "model": "keyed-model",
                 "auto": True,
+                "vision": True,
                 "health": {
                     "state": "closed",
                     "ttft_ms": body["providers"][0]["health"]["ttft_ms"],

@@ -20,8 +20,15 @@ import pytest
 
 from tests.support.server import of_type, running_server, ws_client
 from tests.support.waiting import eventually
-from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
-from tokenwire.protocol.errors import InvalidRequest, ProviderError
+from tokenwire.core.provider import (
+    ImagePart,
+    Message,
+    ProviderEvent,
+    ProviderRequest,
+    TextPart,
+    Usage,
+)
+from tokenwire.protocol.errors import InvalidRequest, ProviderError, UnsupportedFeature
 from tokenwire.providers.gguf_package import (
     ModelFileError,
     assemble,
@@ -67,6 +74,17 @@ def provider() -> Iterator[LocalProvider]:
     local = LocalProvider(local_settings(threads=1))
     yield local
     asyncio.run(local.aclose())
+
+
+def test_a_request_with_an_image_is_refused_as_unsupported_feature(
+    provider: LocalProvider,
+) -> None:
+    image = ImagePart(media_type="image/png", data=b"\x89PNG\r\n\x1a\n")
+    turn = Message.of_parts("user", (TextPart("what is this?"), image))
+
+    with pytest.raises(UnsupportedFeature, match="sees no images"):
+        provider.validate(ProviderRequest((turn,)))
+    provider.validate(ProviderRequest((Message(role="user", content="what is this?"),)))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from tokenwire.core.conversations import Conversation
 from tokenwire.core.eventlog import EventLog
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.provider import Message
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import InvalidRequest
@@ -111,8 +112,9 @@ class MemoryLogStore:
 class MemoryConversationStore:
     """Conversations per user, bounded in number and expiring when left idle.
 
-    At most `max_conversations` in all; past it the least recently used goes
-    first. One unused for `idle_seconds` is forgotten when next looked up.
+    At most `max_conversations` in all, holding images of at most `max_image_bytes`
+    together; past either the least recently used go first. One unused for
+    `idle_seconds` is forgotten when next looked up.
     """
 
     def __init__(
@@ -121,8 +123,14 @@ class MemoryConversationStore:
         max_conversations: int = 10_000,
         idle_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        images: ImageBounds | None = None,
+        max_image_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._max_tokens = max_tokens
+        self._images = images
+        self._max_image_bytes = max_image_bytes
+        self.image_bytes = 0
+        """Bytes of images held by every kept conversation together."""
         self._max_conversations = max_conversations
         self._idle = idle_seconds
         self._clock = clock
@@ -136,13 +144,17 @@ class MemoryConversationStore:
 
     async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
         key = (user_id, conversation_id)
-        conversation = self._lookup(key) or Conversation(self._max_tokens)
+        conversation = self._lookup(key) or Conversation(self._max_tokens, self._images)
+        before = conversation.image_bytes if key in self._conversations else 0
         conversation.extend(turns)
+        self.image_bytes += conversation.image_bytes - before
         self._conversations[key] = (conversation, self._clock())
         self._conversations.move_to_end(key)
         self._forget_idle()
-        while len(self._conversations) > self._max_conversations:
-            self._conversations.popitem(last=False)
+        while len(self._conversations) > self._max_conversations or (
+            self.image_bytes > self._max_image_bytes and len(self._conversations) > 1
+        ):
+            self._drop_oldest()
 
     def __len__(self) -> int:
         return len(self._conversations)
@@ -155,6 +167,7 @@ class MemoryConversationStore:
         now = self._clock()
         if now - used_at >= self._idle:
             del self._conversations[key]
+            self.image_bytes -= conversation.image_bytes
             return None
         self._conversations[key] = (conversation, now)
         self._conversations.move_to_end(key)
@@ -167,4 +180,8 @@ class MemoryConversationStore:
             _, used_at = next(iter(self._conversations.values()))
             if used_at > cutoff:
                 return
-            self._conversations.popitem(last=False)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, (conversation, _) = self._conversations.popitem(last=False)
+        self.image_bytes -= conversation.image_bytes

@@ -11,16 +11,21 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from tokenwire.core.provider import Message, estimate_tokens
+from tokenwire.core.images import ImageBounds
+from tokenwire.core.provider import Message, estimate_tokens, images_of
 
 
 class Conversation:
-    """Turns of one conversation, the oldest dropped first past `max_tokens`."""
+    """Turns of one conversation, the oldest dropped first past `max_tokens`, or past
+    `images` (its images, in count and bytes, as one request may carry them)."""
 
-    def __init__(self, max_tokens: int) -> None:
+    def __init__(self, max_tokens: int, images: ImageBounds | None = None) -> None:
         self._max_tokens = max_tokens
+        self._images = images
         self._turns: deque[tuple[Message, int]] = deque()
         self._tokens = 0
+        self.image_bytes = 0
+        """Bytes of the images its turns hold (what a store bounds in all)."""
 
     @property
     def turns(self) -> tuple[Message, ...]:
@@ -35,9 +40,13 @@ class Conversation:
             cost = estimate_tokens(message.content)
             self._turns.append((message, cost))
             self._tokens += cost
-        while self._tokens > self._max_tokens and self._turns:
+        while self._turns and (self._tokens > self._max_tokens or not self._images_fit()):
             _, cost = self._turns.popleft()
             self._tokens -= cost
+        self.image_bytes = sum(image.size for image in images_of(self.turns))
+
+    def _images_fit(self) -> bool:
+        return self._images is None or self._images.fits(self.turns)
 
 
 class ConversationStore(Protocol):

@@ -21,6 +21,7 @@ from tokenwire.core.admission import Admission, AdmitAll
 from tokenwire.core.conversations import ConversationStore
 from tokenwire.core.eventlog import EventLog, LogStore, Subscriber
 from tokenwire.core.hydration import compacted
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import Message, count_tokens
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Router
@@ -49,6 +50,8 @@ class GatewayConfig:
     session_sweep_seconds: float = 300.0
     resume_grace_seconds: float = 10.0
     """How long a request whose last follower was lost (not closed) waits for one."""
+    images: ImageBounds = field(default_factory=ImageBounds)
+    """A request's images, its conversation's included (older turns give way)."""
 
 
 class _Running:
@@ -336,6 +339,7 @@ class Gateway:
         source = spec.history_from or spec.conversation_id
         if source is not None:
             history = await self.conversations.history(spec.user_id, source)
+            history = self.config.images.fitted_history(history, spec.messages)
             spec = replace(spec, history=history)
         route = self.router.choose(spec)
         route.slot.provider.validate(route.slot.provider_request(spec))

@@ -16,14 +16,71 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from tokenwire.protocol.errors import UnsupportedFeature
 
 Role = Literal["system", "user", "assistant"]
+MediaType = Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+MEDIA_TYPES: tuple[MediaType, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
+Detail = Literal["auto", "low", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image in a message: its bytes (from a data URL or base64), or an https URL.
+
+    Exactly one of `data` and `url` is set. `media_type` is known for bytes; for a URL it
+    is None until someone fetches it. `repr` never shows the bytes (they reach no log).
+    """
+
+    media_type: MediaType | None = None
+    data: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+    detail: Detail | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes held in memory (0 for an image given by URL)."""
+        return len(self.data) if self.data is not None else 0
+
+
+Part = TextPart | ImagePart
+"""A piece of a message's content, in order. Tool calls and results will be parts too."""
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One turn of a conversation, in no dialect's format."""
+    """One turn of a conversation, in no dialect's format.
+
+    `content` is always the turn's text (prompt length, trimming, stats and estimates
+    read it). `parts` is empty for a plain text turn; otherwise it is the whole turn in
+    order (text and images interleaved) and its text parts join to `content`.
+    """
 
     role: Role
     content: str
+    parts: tuple[Part, ...] = ()
+
+    @classmethod
+    def of_parts(cls, role: Role, parts: tuple[Part, ...]) -> Message:
+        """A turn from its parts in order; a turn of text parts only is plain text."""
+        text = "".join(p.text for p in parts if isinstance(p, TextPart))
+        if all(isinstance(p, TextPart) for p in parts):
+            return cls(role=role, content=text)
+        return cls(role=role, content=text, parts=parts)
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, ImagePart))
+
+    def content_parts(self) -> tuple[Part, ...]:
+        """The turn in order: its parts, or its text as one part."""
+        return self.parts or ((TextPart(self.content),) if self.content else ())
+
+
+def images_of(messages: tuple[Message, ...]) -> tuple[ImagePart, ...]:
+    return tuple(image for message in messages for image in message.images)
 
 
 FinishReason = Literal["stop", "length"]
@@ -69,6 +126,10 @@ class ProviderRequest:
     @property
     def prompt_text(self) -> str:
         return "\n".join(m.content for m in self.messages)
+
+    @property
+    def has_images(self) -> bool:
+        return any(m.parts and m.images for m in self.messages)
 
 
 ProviderEvent = str | Usage

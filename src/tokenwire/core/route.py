@@ -25,6 +25,8 @@ class ProviderProfile:
     strengths: tuple[str, ...] = field(default_factory=tuple)
     auto: bool = True
     """Whether routing may choose it; else it answers only when named (`config.provider`)."""
+    vision: bool = False
+    """Whether it sees images: a request with images is routed only to one that does."""
 
 
 class ProviderSlot:

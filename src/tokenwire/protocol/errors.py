@@ -74,7 +74,8 @@ class PastTheEnd(InvalidRequest):
 
 
 class UnsupportedFeature(TokenwireError):
-    """A well-formed request for something this provider (or tokenwire) does not offer."""
+    """A well-formed request for something the chosen provider (or tokenwire) does not
+    offer: seeing images, counting tokens exactly, and soon calling tools."""
 
     error_type = "unsupported_feature"
 
@@ -228,6 +229,12 @@ class PromptTooLong(TokenwireError):
     error_type = "prompt_too_long"
 
 
+class ImageLimitExceeded(TokenwireError):
+    """Past `max_images_per_request`, `max_image_bytes` or `max_image_request_bytes`."""
+
+    error_type = "image_limit_exceeded"
+
+
 class TooManyStreams(TokenwireError):
     """Past `max_streams_per_connection` or `max_streams_per_user`."""
 
@@ -290,6 +297,7 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     AuthenticationFailed: 401,
     Forbidden: 403,
     PromptTooLong: 413,
+    ImageLimitExceeded: 413,
     TooManyStreams: 429,
     TooManyConnections: 429,
 }

@@ -84,9 +84,36 @@ StopSequences = Annotated[list[StopSequence], Field(max_length=4)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
 
 
+class ImageRef(_Strict):
+    """An image: a data URL (`data:image/png;base64,...`) or an https URL."""
+
+    url: Annotated[str, Field(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextContent(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(ImageRef):
+    type: Literal["image"]
+
+
+# Structural bound only; the configured limits (`max_images_per_request`) are lower.
+MAX_PARTS = 1000
+ContentPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | Annotated[list[ContentPart], Field(min_length=1, max_length=MAX_PARTS)]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextContent))
 
 
 class RequestConfig(_Strict):
@@ -119,6 +146,8 @@ class AiRequest(_Strict):
     type: Literal["ai_request"]
     prompt: NonBlank | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    images: Annotated[list[ImageRef], Field(min_length=1, max_length=MAX_PARTS)] | None = None
+    """Images for the prompt (after its text), or for the last user message without one."""
     conversation_id: RequestId | None = None
     request_id: RequestId | None = None
     config: RequestConfig = Field(default_factory=RequestConfig)
@@ -128,8 +157,14 @@ class AiRequest(_Strict):
     def _needs_something_to_answer(self) -> AiRequest:
         if self.prompt is None and self.messages is None:
             raise ValueError("a non-empty 'prompt' (or 'messages') is required")
-        if self.prompt is None and not any(m.content.strip() for m in self.messages or ()):
+        if self.prompt is None and not any(m.text.strip() for m in self.messages or ()):
             raise ValueError("messages: at least one must contain more than whitespace")
+        if (
+            self.images
+            and self.prompt is None
+            and not any(m.role == "user" for m in self.messages or ())
+        ):
+            raise ValueError("images: need a 'prompt' or a user message to go with")
         return self
 
 

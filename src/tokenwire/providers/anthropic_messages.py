@@ -20,16 +20,30 @@ from typing import Annotated, Any
 
 import anthropic
 import httpx2
-from anthropic.types import MessageParam, RawMessageStreamEvent
+from anthropic.types import (
+    ImageBlockParam,
+    MessageParam,
+    RawMessageStreamEvent,
+    TextBlockParam,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.core.provider import FinishReason, Message, ProviderEvent, ProviderRequest, Usage
+from tokenwire.core.provider import (
+    FinishReason,
+    Message,
+    Part,
+    ProviderEvent,
+    ProviderRequest,
+    TextPart,
+    Usage,
+)
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderError,
     RequestTimeout,
     TokenwireError,
 )
+from tokenwire.providers.images import base64_text
 from tokenwire.providers.options import configured_options, merged_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
@@ -167,7 +181,23 @@ class _Answer:
 def _message(message: Message) -> MessageParam:
     if message.role == "assistant":
         return {"role": "assistant", "content": message.content}
+    if message.parts:
+        return {"role": "user", "content": [_block(p) for p in message.parts]}
     return {"role": "user", "content": message.content}
+
+
+def _block(part: Part) -> TextBlockParam | ImageBlockParam:
+    """A text or image part as a Messages content block (an image by base64 or URL)."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if part.data is None:
+        assert part.url is not None
+        return {"type": "image", "source": {"type": "url", "url": part.url}}
+    assert part.media_type is not None
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": part.media_type, "data": base64_text(part)},
+    }
 
 
 def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, Any] | None:

@@ -12,6 +12,9 @@ Provider options (`[[providers]] options`): `region` (default "us-east-1"),
 `top_p`, and `connect_timeout` / `read_timeout` in seconds (5 and 60).
 Request options (`config.options`): `top_p`, `stop_sequences`.
 
+Converse takes images only as bytes: an image given by https URL is fetched by
+tokenwire first (`providers/images.py`, within the `[limits]` image bounds).
+
 botocore's own retries are off: a retry would hide a failure behind seconds of
 silence, and the gateway decides what to do about failures.
 """
@@ -43,8 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenwire.core.provider import (
     FinishReason,
     Message,
+    Part,
     ProviderEvent,
     ProviderRequest,
+    TextPart,
     Usage,
     estimate_tokens,
     estimated_completion_tokens,
@@ -57,6 +62,7 @@ from tokenwire.protocol.errors import (
     RequestTimeout,
     TokenwireError,
 )
+from tokenwire.providers.images import FetchPolicy, ImageFetcher
 from tokenwire.providers.options import configured_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, retry_after
 from tokenwire.settings import ProviderSettings
@@ -95,9 +101,10 @@ class BedrockRequestOptions(BaseModel):
 class BedrockProvider:
     kind = "bedrock"
 
-    def __init__(self, settings: ProviderSettings) -> None:
+    def __init__(self, settings: ProviderSettings, fetcher: ImageFetcher | None = None) -> None:
         if not settings.model:
             raise ValueError("model: required for bedrock (the Bedrock modelId)")
+        self._fetcher = fetcher or ImageFetcher(FetchPolicy())
         self._name = settings.name
         self._model = settings.model
         self._endpoint_url = settings.base_url
@@ -133,6 +140,9 @@ class BedrockProvider:
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
+        if request.has_images:
+            messages = await self._fetcher.with_bytes(request.messages)
+            request = dataclasses.replace(request, messages=messages)
         arguments = self._converse_arguments(request)
         client = await self._ensure_client()
         with _upstream_errors(self._options.read_timeout):
@@ -238,13 +248,26 @@ def _conversation(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     """Converse wants alternating turns: consecutive turns of one role become one turn."""
     turns: list[dict[str, Any]] = []
     for message in messages:
-        if message.role == "system" or not message.content:
+        blocks = [_block(part) for part in message.content_parts()]
+        blocks = [block for block in blocks if block.get("text") != ""]
+        if message.role == "system" or not blocks:
             continue
         if turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"].append({"text": message.content})
+            turns[-1]["content"].extend(blocks)
         else:
-            turns.append({"role": message.role, "content": [{"text": message.content}]})
+            turns.append({"role": message.role, "content": blocks})
     return turns
+
+
+def _block(part: Part) -> dict[str, Any]:
+    """A text or image content block; an image's bytes were fetched before (`stream`)."""
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    assert part.data is not None
+    assert part.media_type is not None
+    return {
+        "image": {"format": part.media_type.removeprefix("image/"), "source": {"bytes": part.data}}
+    }
 
 
 def _usage(metadata: Mapping[str, Any]) -> Usage | None:

@@ -47,7 +47,12 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import FinishReason, Message, ProviderEvent, ProviderRequest, Usage
-from tokenwire.protocol.errors import InvalidRequest, ProviderError, TokenwireError
+from tokenwire.protocol.errors import (
+    InvalidRequest,
+    ProviderError,
+    TokenwireError,
+    UnsupportedFeature,
+)
 from tokenwire.providers.cpus import default_threads
 from tokenwire.providers.gguf_package import (
     MODEL_NAME,
@@ -185,6 +190,8 @@ class LocalProvider:
         return None
 
     def validate(self, request: ProviderRequest) -> None:
+        if request.has_images:
+            raise UnsupportedFeature(f"provider {self._name} (a local text model) sees no images")
         self._generation(request)
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:

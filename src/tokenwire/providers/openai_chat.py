@@ -21,15 +21,22 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Annotated, TypeVar
 
 import openai
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionContentPartParam,
+    ChatCompletionMessageParam,
+)
+from openai.types.chat.chat_completion_content_part_image_param import ImageURL
 from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
     FinishReason,
     Message,
+    Part,
     ProviderEvent,
     ProviderRequest,
+    TextPart,
     Usage,
     estimate_tokens,
     estimated_completion_tokens,
@@ -39,6 +46,7 @@ from tokenwire.protocol.errors import (
     RequestTimeout,
     TokenwireError,
 )
+from tokenwire.providers.images import data_url
 from tokenwire.providers.options import configured_options, merged_options, request_options
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
@@ -181,7 +189,19 @@ def _message(message: Message) -> ChatCompletionMessageParam:
         return {"role": "system", "content": message.content}
     if message.role == "assistant":
         return {"role": "assistant", "content": message.content}
+    if message.parts:
+        return {"role": "user", "content": [_part(p) for p in message.parts]}
     return {"role": "user", "content": message.content}
+
+
+def _part(part: Part) -> ChatCompletionContentPartParam:
+    """A text or image part as Chat Completions takes it (an image by URL or data URL)."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    image: ImageURL = {"url": data_url(part)}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
 
 
 def _given(value: _T | None) -> _T | openai.Omit:

@@ -6,6 +6,7 @@ import importlib
 
 from tokenwire.core.provider import Provider
 from tokenwire.protocol.errors import TokenwireError
+from tokenwire.providers.images import FetchPolicy, ImageFetcher
 from tokenwire.settings import ConfigError, ProviderKind, ProviderSettings
 
 # Imported lazily: a server that serves no local model never loads llama.cpp.
@@ -18,11 +19,16 @@ _CLASSES: dict[ProviderKind, str] = {
 }
 
 
-def build_provider(settings: ProviderSettings, index: int) -> Provider:
+def build_provider(
+    settings: ProviderSettings, index: int, fetch: FetchPolicy | None = None
+) -> Provider:
+    """The provider of one table; `fetch` bounds the images it fetches (those that do)."""
     module_name, _, class_name = _CLASSES[settings.kind].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    # Only bedrock needs image bytes; the others pass an https URL on to the provider.
+    extra = {"fetcher": ImageFetcher(fetch or FetchPolicy())} if settings.kind == "bedrock" else {}
     try:
-        provider: Provider = cls(settings)
+        provider: Provider = cls(settings, **extra)
     except (TokenwireError, ValueError) as exc:
         raise ConfigError(f"providers[{index}] ({settings.name}): {exc}") from None
     return provider

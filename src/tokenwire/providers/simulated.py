@@ -5,6 +5,8 @@ The same prompt and options always give the same deltas. Per-request options
 between deltas, default 20), `fail_after` (raise a provider error after that
 many deltas), `stall_after` (stop sending, without ending, after that many).
 A request's `stop` strings end the answer at the first word equal to one of them.
+It sees images: an answer to a request with images begins by saying what it got
+(`[images: image/png 1234 bytes, https://...] `), so that demos and tests can tell.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tokenwire.core.provider import (
     ProviderRequest,
     Usage,
     estimate_tokens,
+    images_of,
 )
 from tokenwire.protocol.errors import ProviderError
 from tokenwire.providers.options import configured_options, request_options
@@ -112,6 +115,7 @@ class SimulatedProvider:
         rng = random.Random(_seed(request, options))
         finish: FinishReason = "length" if count < options.tokens else "stop"
         sent = 0
+        seen = _seen(request)
         for index in range(count):
             if options.fail_after is not None and index >= options.fail_after:
                 raise ProviderError(f"simulated failure after {options.fail_after} deltas")
@@ -125,7 +129,7 @@ class SimulatedProvider:
                 finish = "stop"  # a stop string ends the answer; it is not sent
                 break
             sent += 1
-            yield word if index == 0 else " " + word
+            yield seen + word if index == 0 else " " + word
         yield Usage(
             prompt_tokens=estimate_tokens(request.prompt_text),
             completion_tokens=sent,
@@ -154,6 +158,18 @@ class SimulatedProvider:
     def _parse(self, options: Mapping[str, Any]) -> SimulatedOptions:
         merged = {**self._defaults.model_dump(exclude_unset=True), **options}
         return request_options(SimulatedOptions, merged)
+
+
+def _seen(request: ProviderRequest) -> str:
+    """What the answer says it saw: each image's type and size, or its URL."""
+    images = images_of(request.messages)
+    if not images:
+        return ""
+    seen = [
+        f"{image.media_type} {image.size} bytes" if image.data is not None else str(image.url)
+        for image in images
+    ]
+    return f"[images: {', '.join(seen)}] "
 
 
 def _seed(request: ProviderRequest, options: SimulatedOptions) -> int:

@@ -7,6 +7,8 @@ through, and whose estimated cost fits `config.cost_limit`, is ranked by the
 strategy; the core tries them in that order, falling back down the list while no
 text has reached the client. A provider with `auto` off is never a candidate nor
 a fallback: when every other one is out, the request is refused, not answered by it.
+A request with images (in its new turns or its history) goes only to providers that
+see them (`vision`); one forced on a provider that does not is `unsupported_feature`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tokenwire.core.provider import estimate_tokens
+from tokenwire.core.provider import estimate_tokens, images_of
 from tokenwire.core.route import Candidate, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
 from tokenwire.protocol.errors import (
     CostLimitExceeded,
     InvalidRequest,
     ProviderUnavailable,
+    UnsupportedFeature,
     excerpt,
 )
 from tokenwire.protocol.messages import RoutingStrategy
@@ -89,6 +92,10 @@ class StrategyRouter:
             raise CostLimitExceeded(
                 f"provider {name} may cost ${cost:.6f} for this request, over the limit ${limit:g}"
             )
+        if _has_images(spec) and not slot.profile.vision:
+            raise UnsupportedFeature(
+                f"provider {name} does not see images; name one that does or use auto"
+            )
         return Candidate(slot, 0.0, "forced by config.provider")
 
     def _budget(self, spec: RequestSpec) -> tuple[int, int]:
@@ -100,9 +107,14 @@ class StrategyRouter:
         options = []
         closed_out: dict[str, float] = {}
         budget = self._budget(spec)
+        needs_vision = _has_images(spec)
+        blind = 0
         for name, slot in self._slots.items():
             if not slot.profile.auto:
                 continue  # reachable by name only, never a stand-in for the others
+            if needs_vision and not slot.profile.vision:
+                blind += 1
+                continue
             health = self._health[name]
             if not health.available:
                 closed_out[name] = health.retry_in
@@ -121,6 +133,10 @@ class StrategyRouter:
                     load=load,
                     is_default=name == self._policy.default_provider,
                 )
+            )
+        if not closed_out and not options and blind:
+            raise UnsupportedFeature(
+                "the request has images and no provider that routing may choose sees them"
             )
         if not closed_out and not options:
             known = ", ".join(sorted(self._slots))
@@ -160,3 +176,7 @@ class StrategyRouter:
         return strategies.intelligent(
             options, spec.routing.speed_priority, spec.routing.reliability_priority
         )
+
+
+def _has_images(spec: RequestSpec) -> bool:
+    return bool(images_of(spec.conversation))

@@ -19,13 +19,15 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
+from tokenwire.core.images import ImageBounds
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
 from tokenwire.protocol.errors import (
     BudgetExceeded,
+    ImageLimitExceeded,
     InvalidRequest,
     PromptTooLong,
     RequestRateLimited,
@@ -43,6 +45,7 @@ DAY_SECONDS = 86_400.0
 @dataclass(frozen=True, slots=True)
 class LimitPolicy:
     max_prompt_chars: int = 200_000
+    images: ImageBounds = field(default_factory=ImageBounds)
     max_tokens_cap: int = 0
     max_streams_per_user: int = 64
     requests_per_minute_per_user: int = 0
@@ -129,7 +132,13 @@ class Quotas:
         try:
             spec = self._bounded(spec)
             self._check_rates(spec.user_id)
-        except (PromptTooLong, InvalidRequest, TooManyStreams, TooManyConnections) as exc:
+        except (
+            PromptTooLong,
+            ImageLimitExceeded,
+            InvalidRequest,
+            TooManyStreams,
+            TooManyConnections,
+        ) as exc:
             audit("limit hit", user=spec.user_id, reason=exc.error_type, client=spec.client)
             raise
         self._streams.setdefault(spec.user_id, set()).add(_slot_of(spec))
@@ -171,6 +180,7 @@ class Quotas:
             raise PromptTooLong(
                 f"the prompt is {chars} characters; at most {policy.max_prompt_chars}"
             )
+        policy.images.check(spec.messages)
         if self.running(spec.user_id) >= policy.max_streams_per_user:
             raise TooManyStreams(f"at most {policy.max_streams_per_user} streams at once per user")
         cap = policy.max_tokens_cap

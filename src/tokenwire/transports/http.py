@@ -140,8 +140,8 @@ async def streaming_sessions(request: Request) -> JSONResponse:
 
 
 async def providers(request: Request) -> JSONResponse:
-    """Each provider's name, kind, model, whether routing may choose it, and live health;
-    never a key."""
+    """Each provider's name, kind, model, whether routing may choose it, whether it sees
+    images, and live health; never a key."""
     gateway = _gateway(request)
     describe = request.app.state.describe_health
     return JSONResponse(
@@ -152,6 +152,7 @@ async def providers(request: Request) -> JSONResponse:
                     "kind": slot.provider.kind,
                     "model": slot.provider.model,
                     "auto": slot.profile.auto,
+                    "vision": slot.profile.vision,
                     "health": describe(name) if describe is not None else None,
                 }
                 for name, slot in gateway.slots.items()

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from tokenwire.core.deadlines import Deadlines
-from tokenwire.core.provider import Message
+from tokenwire.core.images import image_from_url, turn_of_parts
+from tokenwire.core.provider import Message, Part, TextPart
 from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
-from tokenwire.protocol.messages import AiRequest
+from tokenwire.protocol.errors import InvalidRequest
+from tokenwire.protocol.messages import AiRequest, ChatMessage, ImageRef, TextContent
 
 
 def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -> RequestSpec:
-    turns = [Message(role=m.role, content=m.content) for m in message.messages or ()]
-    if message.prompt is not None:
-        turns.append(Message(role="user", content=message.prompt))
+    """The request's turns in order; `InvalidRequest` for an image that is not one."""
+    try:
+        turns = [_turn(m, f"messages.{i}.content") for i, m in enumerate(message.messages or ())]
+        if message.prompt is not None:
+            turns.append(Message(role="user", content=message.prompt))
+        if message.images:
+            turns = _with_images(turns, message.images)
+    except InvalidRequest as exc:
+        exc.request_id = message.request_id
+        raise
     config = message.config
     return RequestSpec(
         user_id=user_id,
@@ -45,3 +54,26 @@ def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -
         origin=origin,
         prompt_length=len(message.prompt) if message.prompt is not None else None,
     )
+
+
+def _turn(message: ChatMessage, where: str) -> Message:
+    if isinstance(message.content, str):
+        return Message(role=message.role, content=message.content)
+    parts: list[Part] = []
+    for i, part in enumerate(message.content):
+        if isinstance(part, TextContent):
+            parts.append(TextPart(part.text))
+        else:
+            parts.append(image_from_url(part.url, f"{where}.{i}", part.detail))
+    return turn_of_parts(message.role, tuple(parts), where)
+
+
+def _with_images(turns: list[Message], images: list[ImageRef]) -> list[Message]:
+    """`images` after the text of the last user turn (the prompt, where there is one)."""
+    at = max(i for i, turn in enumerate(turns) if turn.role == "user")
+    turn = turns[at]
+    added = tuple(
+        image_from_url(image.url, f"images.{i}", image.detail) for i, image in enumerate(images)
+    )
+    turns[at] = Message.of_parts(turn.role, (*turn.content_parts(), *added))
+    return turns

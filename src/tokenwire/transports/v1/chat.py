@@ -23,7 +23,9 @@ from starlette.responses import JSONResponse, Response
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.provider import Message
+from tokenwire.core.images import image_from_url, turn_of_parts
+from tokenwire.core.provider import Message, Part
+from tokenwire.core.provider import TextPart as CoreTextPart
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity, StopSequence, StopSequences
@@ -68,9 +70,22 @@ class TextPart(_Body):
     text: Text
 
 
+class ImageURL(_Body):
+    url: Annotated[str, Field(min_length=1)]
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | Annotated[list[TextPart], Field(max_length=1000)]
+    content: Text | Annotated[list[ContentPart], Field(max_length=1000)]
     name: Annotated[str, Field(max_length=256)] | None = None
 
 
@@ -162,7 +177,7 @@ def _spec(
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return RequestSpec(
         user_id=user,
-        messages=tuple(_message(m) for m in body.messages),
+        messages=tuple(_message(m, f"messages.{i}.content") for i, m in enumerate(body.messages)),
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         generation=Generation(
             max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -176,13 +191,18 @@ def _spec(
     )
 
 
-def _message(message: ChatMessageIn) -> Message:
-    if isinstance(message.content, str):
-        content = message.content
-    else:
-        content = "".join(part.text for part in message.content)
+def _message(message: ChatMessageIn, where: str) -> Message:
     role = "system" if message.role == "developer" else message.role
-    return Message(role=role, content=content)
+    if isinstance(message.content, str):
+        return Message(role=role, content=message.content)
+    parts: list[Part] = []
+    for i, part in enumerate(message.content):
+        if isinstance(part, TextPart):
+            parts.append(CoreTextPart(part.text))
+        else:
+            url = part.image_url
+            parts.append(image_from_url(url.url, f"{where}.{i}.image_url.url", url.detail))
+    return turn_of_parts(role, tuple(parts), where)
 
 
 def _completion(log: EventLog, end: dict[str, Any], text: str) -> dict[str, Any]:

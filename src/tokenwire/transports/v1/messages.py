@@ -27,7 +27,8 @@ from starlette.responses import JSONResponse, Response
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.provider import Message, estimate_tokens
+from tokenwire.core.images import image_from_base64, image_from_url, turn_of_parts
+from tokenwire.core.provider import Message, Part, TextPart, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity, StopSequences
@@ -77,9 +78,28 @@ class TextBlockParam(_Body):
 TextBlocks = Annotated[list[TextBlockParam], Field(max_length=1000)]
 
 
+class Base64Source(_Body):
+    type: Literal["base64"]
+    media_type: str
+    data: Annotated[str, Field(min_length=1)]
+
+
+class URLSource(_Body):
+    type: Literal["url"]
+    url: Annotated[str, Field(min_length=1)]
+
+
+class ImageBlockParam(_Body):
+    type: Literal["image"]
+    source: Annotated[Base64Source | URLSource, Field(discriminator="type")]
+
+
+ContentBlock = Annotated[TextBlockParam | ImageBlockParam, Field(discriminator="type")]
+
+
 class MessageParam(_Body):
     role: Literal["user", "assistant"]
-    content: Text | TextBlocks
+    content: Text | Annotated[list[ContentBlock], Field(max_length=1000)]
 
 
 class MessageMetadata(_Body):
@@ -188,7 +208,7 @@ def _turns(
 ) -> tuple[Message, ...]:
     text = _text(system) if system is not None else ""
     turns = [Message(role="system", content=text)] if text else []
-    turns += [Message(role=m.role, content=_text(m.content)) for m in messages]
+    turns += [_turn(m, f"messages.{i}.content") for i, m in enumerate(messages)]
     return tuple(turns)
 
 
@@ -211,6 +231,21 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlin
 
 def _text(content: str | list[TextBlockParam]) -> str:
     return content if isinstance(content, str) else "".join(block.text for block in content)
+
+
+def _turn(message: MessageParam, where: str) -> Message:
+    if isinstance(message.content, str):
+        return Message(role=message.role, content=message.content)
+    parts: list[Part] = []
+    for i, block in enumerate(message.content):
+        if isinstance(block, TextBlockParam):
+            parts.append(TextPart(block.text))
+        elif isinstance(block.source, Base64Source):
+            source = block.source
+            parts.append(image_from_base64(source.media_type, source.data, f"{where}.{i}.source"))
+        else:
+            parts.append(image_from_url(block.source.url, f"{where}.{i}.source.url"))
+    return turn_of_parts(message.role, tuple(parts), where)
 
 
 def _stop_reason(end: dict[str, Any]) -> StopReason:

@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.provider import Message
+from tokenwire.core.images import image_from_url, turn_of_parts
+from tokenwire.core.provider import Message, Part, Role, TextPart
 from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
@@ -70,10 +71,31 @@ class InputText(_Body):
     annotations: list[Any] | None = None
 
 
+class InputImage(_Body):
+    type: Literal["input_image"]
+    image_url: Annotated[str, Field(min_length=1)] | None = None
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @model_validator(mode="after")
+    def _by_url(self) -> InputImage:
+        if self.file_id is not None:
+            raise ValueError(
+                "file_id is not supported here (tokenwire keeps no files): "
+                "send the image as image_url, a data URL or an https URL"
+            )
+        if self.image_url is None:
+            raise ValueError("image_url is required (a data URL or an https URL)")
+        return self
+
+
+InputPart = Annotated[InputText | InputImage, Field(discriminator="type")]
+
+
 class InputMessage(_Body):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: Text | Annotated[list[InputText], Field(max_length=1000)]
+    content: Text | Annotated[list[InputPart], Field(max_length=1000)]
 
 
 class ResponseCreateRequest(_Body):
@@ -286,12 +308,12 @@ def _messages(body: ResponseCreateRequest) -> tuple[Message, ...]:
     if isinstance(body.input, str):
         turns.append(Message(role="user", content=body.input))
         return tuple(turns)
-    for item in body.input:
-        content = (
-            item.content if isinstance(item.content, str) else "".join(p.text for p in item.content)
-        )
+    for i, item in enumerate(body.input):
         role = "system" if item.role == "developer" else item.role
-        turns.append(Message(role=role, content=content))
+        if isinstance(item.content, str):
+            turns.append(Message(role=role, content=item.content))
+        else:
+            turns.append(_turn(role, item.content, f"input.{i}.content"))
     return tuple(turns)
 
 
@@ -307,11 +329,20 @@ def _input_items(body: ResponseCreateRequest) -> list[dict[str, Any]]:
             kind = "output_text" if message.role == "assistant" else "input_text"
             parts = [{"type": kind, "text": content}]
         else:
-            parts = [part.model_dump(exclude_none=True) for part in content]
+            parts = [_listed(part) for part in content]
         if message.role == "assistant":
             parts = [{"annotations": [], **part} for part in parts]
         items.append(_item(message.role, parts))
     return items
+
+
+def _listed(part: InputText | InputImage) -> dict[str, Any]:
+    listed = part.model_dump(exclude_none=True)
+    # A data URL's bytes are not kept for the listing: each retained response would
+    # hold up to `max_image_request_bytes` more, outside every bound on images.
+    if isinstance(part, InputImage) and (part.image_url or "").startswith("data:"):
+        listed["image_url"] = None
+    return listed
 
 
 def _item(role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -322,6 +353,17 @@ def _item(role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
         "status": "completed",
         "content": content,
     }
+
+
+def _turn(role: Role, content: list[InputText | InputImage], where: str) -> Message:
+    parts: list[Part] = []
+    for i, part in enumerate(content):
+        if isinstance(part, InputText):
+            parts.append(TextPart(part.text))
+        else:
+            assert part.image_url is not None  # the model's validator saw to it
+            parts.append(image_from_url(part.image_url, f"{where}.{i}.image_url", part.detail))
+    return turn_of_parts(role, tuple(parts), where)
 
 
 def _params(body: ResponseCreateRequest) -> dict[str, Any]:
