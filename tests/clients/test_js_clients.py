@@ -17,7 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.node import check, passed, run_checks
+from tests.clients.seeing import (
+    DESCRIPTION,
+    PNG_DATA_URL,
+    PNG_SOURCE,
+    Seeing,
+    anthropic_image_sources,
+    openai_image_urls,
+)
+from tests.support.node import check, failed, passed, run_checks
 from tests.support.providers import WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server
 from tests.support.waiting import AT_ONCE, eventually
@@ -142,3 +150,77 @@ async def test_openai_node_cancels_a_background_response() -> None:
         "last": "response.cancelled",
     }
     assert counted["cancelled"] == 1
+
+
+# -- what issue 22 mends: fields, endpoints and images the SDKs send -------------------
+
+
+async def test_the_ai_sdk_responses_model_may_send_user() -> None:
+    provider = WatchedProvider("simulated", tokens=TOKENS, delay_ms=1)
+    async with serving(provider) as server:
+        answered = passed(await check("ai_sdk.mjs", server.url, "simulated", "responses_user"))
+    assert answered["text"]
+    assert answered["finishReason"] == "stop"
+
+
+async def test_openai_node_retrieves_a_model_by_its_id() -> None:
+    async with running_server() as server:
+        found = passed(await check("openai_node.mjs", server.url, "simulated", "models_retrieve"))
+    assert found["id"] == "simulated"
+    assert found["object"] == "model"
+
+
+async def test_openai_node_lists_the_input_items_of_a_response() -> None:
+    provider = WatchedProvider("simulated", tokens=TOKENS, delay_ms=1)
+    async with serving(provider) as server:
+        listed = passed(await check("openai_node.mjs", server.url, "simulated", "input_items"))
+    [item] = listed["items"]
+    assert item["type"] == "message"
+    assert item["role"] == "user"
+    assert item["content"] == [{"type": "input_text", "text": "hello there"}]
+
+
+async def test_openai_node_deletes_a_stored_response() -> None:
+    provider = WatchedProvider("simulated", tokens=TOKENS, delay_ms=1)
+    async with serving(provider) as server:
+        deleted = passed(
+            await check("openai_node.mjs", server.url, "simulated", "responses_delete")
+        )
+    assert deleted == {"deleted": True, "afterwards": "NotFoundError", "status": 404}
+
+
+async def test_anthropic_sdk_counting_tokens_on_a_provider_that_cannot_is_a_bad_request() -> None:
+    async with running_server() as server:
+        refused = failed(await check("anthropic_sdk.mjs", server.url, "simulated", "count_tokens"))
+    assert refused["name"] == "BadRequestError"
+    assert refused["status"] == 400
+    body = refused["body"]
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"]
+
+
+# Which provider each client's image goes to, and how that provider's upstream sees it.
+IMAGE_ROUTES = {
+    "openai-node chat": ("oa", openai_image_urls, [PNG_DATA_URL]),
+    "openai-node responses": ("oa", openai_image_urls, [PNG_DATA_URL]),
+    "anthropic-sdk messages": ("an", anthropic_image_sources, [PNG_SOURCE]),
+    "ai-sdk openai chat": ("oa", openai_image_urls, [PNG_DATA_URL]),
+    "ai-sdk openai responses": ("oa", openai_image_urls, [PNG_DATA_URL]),
+    "ai-sdk openai-compatible": ("oa", openai_image_urls, [PNG_DATA_URL]),
+    "ai-sdk anthropic": ("an", anthropic_image_sources, [PNG_SOURCE]),
+}
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+async def test_an_image_that_a_client_sends_reaches_a_provider_that_sees(
+    name: str, seeing: Seeing
+) -> None:
+    client = CLIENTS[name]
+    provider, image_of, expected = IMAGE_ROUTES[name]
+    answered = passed(
+        await check(client.script, seeing.server.url, provider, f"{client.prefix}_image")
+    )
+    exchange = await seeing.upstreams[provider].exchange(0)
+    assert answered["text"] == DESCRIPTION
+    assert image_of(exchange.json()) == expected
