@@ -368,7 +368,10 @@ async def test_a_body_that_is_not_utf8_is_a_400_naming_the_byte(path: str) -> No
     ("content", "expected"),
     [
         (5, "messages[0].content: must be a string or a list"),
-        ([{"type": "txt", "text": "x"}], "messages[0].content[0].type: expected 'text'"),
+        (
+            [{"type": "txt", "text": "x"}],
+            "messages[0].content[0].type: expected 'text' or 'image_url'",
+        ),
         ([{"type": "text"}], "messages[0].content[0].text: required"),
     ],
 )

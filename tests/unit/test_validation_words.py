@@ -99,7 +99,7 @@ def test_the_websocket_names_fields_the_same_way() -> None:
     frame = {"type": "ai_request", "messages": [{"role": "user", "content": 5}]}
     with pytest.raises(InvalidRequest) as caught:
         parse_message_object(frame)
-    assert caught.value.message == "messages[0].content: expected a string"
+    assert caught.value.message == "messages[0].content: must be a string or a list"
 
 
 def test_the_websocket_s_blank_prompt_names_the_prompt() -> None:
