@@ -17,11 +17,24 @@ Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True, slots=True)
+class TextPart:
+    """One block of a turn's text, kept as a block for the providers that take blocks."""
+
+    text: str
+    cache_control: Mapping[str, Any] | None = None
+    """Anthropic's prompt-caching breakpoint on this block, as the client sent it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One turn of a conversation, in no dialect's format."""
 
     role: Role
     content: str
+    """The turn's whole text: what prompt lengths, trimming and estimates count."""
+    parts: tuple[TextPart, ...] = ()
+    """The same text as the blocks the client sent, where it sent blocks that a provider
+    may keep (the Messages dialect's); empty: `content` is one block."""
 
 
 FinishReason = Literal["stop", "length"]
@@ -37,6 +50,8 @@ class Usage:
     """True where the upstream reported no usage and these are tokenwire's own counts."""
     finish_reason: FinishReason = "stop"
     """"length" when the answer stopped at its token budget, else "stop"."""
+    stop_sequence: str | None = None
+    """Which of the request's `stop` strings ended the answer, where one did."""
 
     @property
     def total_tokens(self) -> int:
@@ -63,6 +78,13 @@ class ProviderRequest:
     stop: tuple[str, ...] = ()
     """Strings that end the answer where they would appear (not included)."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Per-request options: each one the provider cannot honour refuses the request."""
+    hints: Mapping[str, Any] = field(default_factory=dict)
+    """Options that change no answer (an end-user id, a service tier, a caching key):
+    passed on by the providers whose options name them, dropped by the others."""
+    option_names: Mapping[str, str] = field(default_factory=dict)
+    """What the client called each option (a dialect's field name), for refusals;
+    an option not named here is `config.options.<key>`."""
 
     @property
     def prompt_text(self) -> str:

@@ -26,7 +26,7 @@ from tokenwire.core.provider import (
     estimate_tokens,
 )
 from tokenwire.protocol.errors import ProviderError
-from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
 
 _WORDS = [
@@ -112,6 +112,7 @@ class SimulatedProvider:
         rng = random.Random(_seed(request, options))
         finish: FinishReason = "length" if count < options.tokens else "stop"
         sent = 0
+        stop_sequence: str | None = None
         for index in range(count):
             if options.fail_after is not None and index >= options.fail_after:
                 raise ProviderError(f"simulated failure after {options.fail_after} deltas")
@@ -123,6 +124,7 @@ class SimulatedProvider:
             word = rng.choice(_WORDS)
             if word in request.stop:
                 finish = "stop"  # a stop string ends the answer; it is not sent
+                stop_sequence = word
                 break
             sent += 1
             yield word if index == 0 else " " + word
@@ -130,6 +132,7 @@ class SimulatedProvider:
             prompt_tokens=estimate_tokens(request.prompt_text),
             completion_tokens=sent,
             finish_reason=finish,
+            stop_sequence=stop_sequence,
         )
 
     async def aclose(self) -> None:
@@ -141,19 +144,18 @@ class SimulatedProvider:
         try:
             key = frozenset(request.options.items())
         except TypeError:  # an unhashable value: wrong anyway, let validation say how
-            return self._parse(request.options)
+            return self._parse(request)
         # Asked three times per request (validate, expected_deltas, stream): parse once.
         parsed = self._recent.get(key)
         if parsed is None:
-            parsed = self._parse(request.options)
+            parsed = self._parse(request)
             if len(self._recent) >= 256:
                 self._recent.clear()
             self._recent[key] = parsed
         return parsed
 
-    def _parse(self, options: Mapping[str, Any]) -> SimulatedOptions:
-        merged = {**self._defaults.model_dump(exclude_unset=True), **options}
-        return request_options(SimulatedOptions, merged)
+    def _parse(self, request: ProviderRequest) -> SimulatedOptions:
+        return merged_options(self._defaults, SimulatedOptions, request, self)
 
 
 def _seed(request: ProviderRequest, options: SimulatedOptions) -> int:

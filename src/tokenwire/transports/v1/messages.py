@@ -7,7 +7,9 @@ without one): `message_start`, `content_block_start`, `ping`, one
 (the stop reason and the usage), `message_stop`. An error after the stream
 started is one `event: error` with Anthropic's error body (the SDK raises on
 it), and the stream ends there. `model` names a provider, or is `auto` for the
-router's pick. `top_k` is refused: no provider here takes it.
+router's pick. Every official request field is taken, ignored (named in
+`tokenwire-ignored-fields`) or refused with why: see `fields.py`. Text blocks stay
+blocks, with their `cache_control`, for the providers that take blocks.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.provider import Message, estimate_tokens
+from tokenwire.core.provider import Message, Role, TextPart, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
+from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity, StopSequences
 from tokenwire.transports.identity import user_of, with_client
@@ -35,6 +38,7 @@ from tokenwire.transports.v1.errors import (
     anthropic_error_body,
     documented,
 )
+from tokenwire.transports.v1.fields import STRUCTURED_LATER, Fields, refuse, refuse_tools
 from tokenwire.transports.v1.route import AnthropicRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -65,9 +69,19 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+Label = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class CacheControl(_Body):
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class TextBlockParam(_Body):
     type: Literal["text"]
     text: Text
+    cache_control: CacheControl | None = None
+    citations: list[Any] | None = None
 
 
 TextBlocks = Annotated[list[TextBlockParam], Field(max_length=1000)]
@@ -82,6 +96,17 @@ class MessageMetadata(_Body):
     user_id: Annotated[str, Field(max_length=256)] | None = None
 
 
+class Thinking(_Body):
+    type: Literal["enabled", "adaptive", "disabled", "between_tools"]
+    budget_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    display: Label | None = None
+
+
+class OutputConfig(_Body):
+    effort: Label | None = None
+    format: dict[str, Any] | None = None
+
+
 class MessagesRequest(_Body):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
@@ -91,14 +116,24 @@ class MessagesRequest(_Body):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop_sequences: StopSequences | None = None
     stream: bool = False
+    # Provider options: honoured by the chosen provider, or refused naming it.
+    top_k: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    thinking: Thinking | None = None
+    inference_geo: Label | None = None
+    output_config: OutputConfig | None = None
+    # Hints: passed on where the provider takes them (anthropic), else dropped.
     metadata: MessageMetadata | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_top_k(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "top_k" in data:
-            raise ValueError("top_k is not supported here; use temperature or top_p")
-        return data
+    cache_control: CacheControl | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
+    speed: Literal["standard", "fast"] | None = None
+    # Meaning nothing here: accepted, and named in the tokenwire-ignored-fields header.
+    diagnostics: dict[str, Any] | None = None
+    user_profile_id: Label | None = None
+    workspace_id: Label | None = None
+    # What tokenwire does not offer (yet): refused, saying why.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    container: Any = None
 
 
 class TextBlock(BaseModel):
@@ -133,7 +168,11 @@ class AnthropicMessage(BaseModel):
 )
 async def create_message(request: Request, body: MessagesRequest) -> Response:
     gateway = gateway_of(request)
-    spec = with_client(_spec(gateway, body, user_of(request), deadlines_of(request)), request)
+    _check_content(body)
+    fields = _fields(body)
+    spec = with_client(
+        _spec(gateway, body, fields, user_of(request), deadlines_of(request)), request
+    )
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as Anthropic does.
@@ -145,22 +184,79 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
         return EventStreamResponse(
             _events(gateway, log, feed, input_tokens),
             media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **fields.headers},
             close_timeout=close_timeout_of(request),
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)
     if end.get("status") != "completed":
         return anthropic_error(failure_of(end, error))
-    return JSONResponse(
-        _message_object(log.key.request_id, end, text), headers=usage_headers(end.get("usage"))
-    )
+    headers = {**usage_headers(end.get("usage")), **fields.headers}
+    return JSONResponse(_message_object(log.key.request_id, end, text), headers=headers)
 
 
-def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlines) -> RequestSpec:
-    system = _text(body.system) if body.system is not None else ""
-    messages = [Message(role="system", content=system)] if system else []
-    messages += [Message(role=m.role, content=_text(m.content)) for m in body.messages]
+def _check_content(body: MessagesRequest) -> None:
+    """Empty text is refused as Anthropic refuses it, in Anthropic's words."""
+    if isinstance(body.system, list):
+        _check_blocks(body.system, "system")
+    last = len(body.messages) - 1
+    for index, message in enumerate(body.messages):
+        if isinstance(message.content, list):
+            _check_blocks(message.content, "messages")
+        # Only a final assistant turn (a prefill the answer continues) may be empty.
+        if not message.content and not (index == last and message.role == "assistant"):
+            raise InvalidRequest(
+                "messages: all messages must have non-empty content except for the"
+                " optional final assistant message"
+            )
+
+
+def _check_blocks(blocks: list[TextBlockParam], where: str) -> None:
+    for block in blocks:
+        if not block.text:
+            raise InvalidRequest(f"{where}: text content blocks must be non-empty")
+        if not block.text.strip():
+            raise InvalidRequest(f"{where}: text content blocks must contain non-whitespace text")
+        if block.citations:
+            raise refuse(f"{where}: citations", "citations are not offered")
+
+
+def _fields(body: MessagesRequest) -> Fields:
+    """The body's fields beyond the plain call: passed on, ignored, or refused (why)."""
+    refuse_tools(body.tools, body.tool_choice)
+    output = body.output_config or OutputConfig()
+    if output.format is not None:
+        raise refuse("output_config.format", STRUCTURED_LATER)
+    if body.container is not None:
+        raise refuse("container", "code execution containers are not offered")
+    fields = Fields()
+    fields.option("top_k", body.top_k)
+    # Disabled thinking is what every answer has without it: it asks for nothing.
+    thinking = body.thinking
+    if thinking is not None and thinking.type != "disabled":
+        fields.option("thinking", thinking.model_dump(exclude_none=True))
+    fields.option("inference_geo", body.inference_geo)
+    if output.effort is not None:
+        fields.option("output_config", {"effort": output.effort}, "output_config.effort")
+    for key in ("metadata", "cache_control"):
+        value = getattr(body, key)
+        fields.hint(key, None if value is None else value.model_dump(exclude_none=True))
+    fields.hint("service_tier", body.service_tier)
+    fields.hint("speed", body.speed)
+    for key in ("diagnostics", "user_profile_id", "workspace_id"):
+        fields.ignore(key, getattr(body, key))
+    return fields
+
+
+def _spec(
+    gateway: Gateway,
+    body: MessagesRequest,
+    fields: Fields,
+    user: str,
+    deadlines: Deadlines,
+) -> RequestSpec:
+    messages = [_message("system", body.system)] if body.system else []
+    messages += [_message(m.role, m.content) for m in body.messages]
     return RequestSpec(
         user_id=user,
         messages=tuple(messages),
@@ -170,6 +266,9 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlin
             temperature=body.temperature,
             top_p=body.top_p,
             stop=tuple(body.stop_sequences or ()),
+            options=fields.options,
+            hints=fields.hints,
+            option_names=fields.names,
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
@@ -177,14 +276,31 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlin
     )
 
 
-def _text(content: str | list[TextBlockParam]) -> str:
-    return content if isinstance(content, str) else "".join(block.text for block in content)
+def _message(role: Role, content: str | list[TextBlockParam]) -> Message:
+    """A turn; blocks stay blocks (with their cache_control) for providers that take them."""
+    if isinstance(content, str):
+        return Message(role=role, content=content)
+    parts = tuple(
+        TextPart(
+            block.text,
+            None if block.cache_control is None else block.cache_control.model_dump(
+                exclude_none=True
+            ),
+        )
+        for block in content
+    )
+    return Message(role=role, content="".join(part.text for part in parts), parts=parts)
 
 
 def _stop_reason(end: dict[str, Any]) -> StopReason:
-    # The core tells an answer cut at its budget ("length") from any other end ("stop"),
-    # not whether a stop sequence was what ended it.
-    return "max_tokens" if end.get("finish_reason") == "length" else "end_turn"
+    if end.get("finish_reason") == "length":
+        return "max_tokens"
+    return "stop_sequence" if end.get("stop_sequence") is not None else "end_turn"
+
+
+def _stop_sequence(end: dict[str, Any]) -> str | None:
+    value = end.get("stop_sequence")
+    return value if isinstance(value, str) else None
 
 
 def _usage(end: dict[str, Any]) -> MessageUsage:
@@ -202,6 +318,7 @@ def _message_object(message_id: str, end: dict[str, Any], text: str) -> dict[str
         model=str(end.get("provider_used", "")),
         content=[TextBlock(text=text)],
         stop_reason=_stop_reason(end),
+        stop_sequence=_stop_sequence(end),
         usage=_usage(end),
     ).model_dump()
 
@@ -272,7 +389,10 @@ def _ending(end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
         _event(
             "message_delta",
             {
-                "delta": {"stop_reason": _stop_reason(end), "stop_sequence": None},
+                "delta": {
+                    "stop_reason": _stop_reason(end),
+                    "stop_sequence": _stop_sequence(end),
+                },
                 "usage": {
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
