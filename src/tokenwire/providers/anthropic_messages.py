@@ -196,10 +196,10 @@ class _Answer:
 
 
 def _message(message: Message) -> MessageParam:
-    role: Literal["user", "assistant"] = "assistant" if message.role == "assistant" else "user"
-    if message.parts:
-        return {"role": role, "content": _blocks(message)}
-    return {"role": role, "content": message.content}
+    content: str | list[TextBlockParam] = _blocks(message) if message.parts else message.content
+    if message.role == "assistant":
+        return {"role": "assistant", "content": content}
+    return {"role": "user", "content": content}
 
 
 def _system(messages: tuple[Message, ...]) -> str | list[TextBlockParam]:

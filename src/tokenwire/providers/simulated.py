@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -283,9 +283,9 @@ def _message(role: Role, content: str | list[TextBlockParam]) -> Message:
     parts = tuple(
         TextPart(
             block.text,
-            None if block.cache_control is None else block.cache_control.model_dump(
-                exclude_none=True
-            ),
+            None
+            if block.cache_control is None
+            else block.cache_control.model_dump(exclude_none=True),
         )
         for block in content
     )
