@@ -62,7 +62,7 @@ class RequestOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    top_k: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     stop_sequences: Annotated[list[str], Field(min_length=1)] | None = None
     thinking: dict[str, Any] | None = None
     inference_geo: Annotated[str, Field(min_length=1, max_length=64)] | None = None
