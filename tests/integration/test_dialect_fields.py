@@ -404,3 +404,17 @@ async def test_an_anthropic_upstream_s_stop_sequence_reaches_the_client_streamin
     assert sent["stop_sequences"] == ["3"]
     assert final.stop_reason == "stop_sequence"
     assert final.stop_sequence == "3"
+
+
+async def test_a_hint_in_another_kind_s_vocabulary_is_dropped_not_sent() -> None:
+    # Anthropic's service tiers are not OpenAI's: "standard_only" would be a 400 there.
+    async with serving("openai") as (upstream, server):
+        upstream.reply = openai_answer(["Hello"], 3, 1)
+        async with anthropic_client(server) as client:
+            answer = await client.messages.create(
+                model="openai", max_tokens=10, messages=HI, service_tier="standard_only"
+            )
+        sent = (await upstream.exchange()).json()
+
+    assert answer.content[0].text == "Hello"  # type: ignore[union-attr]
+    assert "service_tier" not in sent
