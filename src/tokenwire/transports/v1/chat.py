@@ -39,10 +39,12 @@ from tokenwire.transports.v1.errors import (
 )
 from tokenwire.transports.v1.fields import (
     STRUCTURED_LATER,
+    TOOLS_LATER,
     Fields,
-    refuse,
-    refuse_present,
-    refuse_tools,
+    Label,
+    TextFormat,
+    refusing,
+    text_only,
 )
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
@@ -90,7 +92,7 @@ class StreamOptions(_Body):
 
 
 Penalty = Annotated[float, Field(ge=-2, le=2)]
-Label = Annotated[str, Field(min_length=1, max_length=512)]
+NO_AUDIO = "audio output is not offered: answers are text"
 
 
 class ChatCompletionRequest(_Body):
@@ -125,17 +127,17 @@ class ChatCompletionRequest(_Body):
     prediction: dict[str, Any] | None = None
     prompt_cache_retention: Label | None = None
     prompt_cache_options: dict[str, Any] | None = None
-    # Honoured as asked where they ask for text; refused where they ask for more.
-    modalities: list[Literal["text", "audio"]] | None = None
-    response_format: dict[str, Any] | None = None
+    # Taken where they ask for text, what every answer is; refused where they ask for more.
+    modalities: Annotated[None, refusing(NO_AUDIO, ["text"])] = None
+    response_format: Annotated[TextFormat | None, text_only(STRUCTURED_LATER)] = None
     # What tokenwire does not offer (yet): refused, saying why.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    audio: dict[str, Any] | None = None
-    web_search_options: dict[str, Any] | None = None
-    moderation: Any = None
+    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    functions: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    function_call: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    audio: Annotated[None, refusing(NO_AUDIO)] = None
+    web_search_options: Annotated[None, refusing("web search is not offered")] = None
+    moderation: Annotated[None, refusing("moderation is not offered")] = None
 
 
 class AssistantMessage(BaseModel):
@@ -226,21 +228,7 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest) 
 
 
 def _fields(body: ChatCompletionRequest) -> Fields:
-    """The body's fields beyond the plain call: passed on, ignored, or refused (why)."""
-    refuse_tools(body.tools, body.tool_choice)
-    refuse_tools(body.functions, body.function_call, tools_name="functions")
-    if body.response_format is not None and body.response_format.get("type") != "text":
-        raise refuse("response_format", STRUCTURED_LATER)
-    if body.modalities is not None and "audio" in body.modalities:
-        raise refuse("modalities", "audio output is not offered: answers are text")
-    refuse_present(
-        body.model_dump(include={"audio", "web_search_options", "moderation"}),
-        {
-            "audio": "audio output is not offered: answers are text",
-            "web_search_options": "web search is not offered",
-            "moderation": "moderation is not offered",
-        },
-    )
+    """The body's fields beyond the plain call: options, hints, and what is ignored."""
     fields = Fields()
     for key in _OPTIONS:
         fields.option(key, getattr(body, key))

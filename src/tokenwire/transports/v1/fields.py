@@ -12,16 +12,18 @@ A key that no official API defines is refused by the body model itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from tokenwire.protocol.errors import InvalidRequest
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 IGNORED_FIELDS = "tokenwire-ignored-fields"
 
 TOOLS_LATER = "tool calls are not supported yet"
 STRUCTURED_LATER = "structured output is not supported yet"
+
+Label = Annotated[str, Field(min_length=1, max_length=512)]
+"""A short word or id a field takes (an effort, a tier, an end-user id)."""
 
 
 @dataclass
@@ -52,23 +54,32 @@ class Fields:
         return {IGNORED_FIELDS: ", ".join(self.ignored)} if self.ignored else {}
 
 
-def refuse(name: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"{name}: {why}")
+def refusing(why: str, *asks_nothing: Any) -> BeforeValidator:
+    """For a field that asks for what tokenwire does not offer, typed `None`: null, or
+    a value that asks for nothing (an empty tool list), is taken; anything else is
+    refused saying why. The OpenAPI document shows such a field as null only."""
+
+    def check(value: Any) -> None:
+        if value is None or value in asks_nothing:
+            return None
+        raise ValueError(why)
+
+    return BeforeValidator(check)
 
 
-def refuse_tools(tools: Any, tool_choice: Any, *, tools_name: str = "tools") -> None:
-    """Tools are the next issue's; until then a request that offers any is refused.
+def text_only(why: str) -> BeforeValidator:
+    """For a format field typed `TextFormat`: `{"type": "text"}` is what every answer
+    is; any other format is refused saying why."""
 
-    An empty list, and a choice of "none" or "auto" with no tools, ask for nothing.
-    """
-    if tools:
-        raise refuse(tools_name, TOOLS_LATER)
-    if tool_choice is not None and tool_choice not in ("none", "auto"):
-        raise refuse("tool_choice", TOOLS_LATER)
+    def check(value: Any) -> Any:
+        if value is None or value == {"type": "text"}:
+            return value
+        raise ValueError(why)
+
+    return BeforeValidator(check)
 
 
-def refuse_present(body: Mapping[str, Any], reasons: Mapping[str, str]) -> None:
-    """Refuse the first field of `reasons` that the body sets (to anything but null)."""
-    for name, why in reasons.items():
-        if body.get(name) is not None:
-            raise refuse(name, why)
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]

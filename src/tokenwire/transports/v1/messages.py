@@ -38,7 +38,7 @@ from tokenwire.transports.v1.errors import (
     anthropic_error_body,
     documented,
 )
-from tokenwire.transports.v1.fields import STRUCTURED_LATER, Fields, refuse, refuse_tools
+from tokenwire.transports.v1.fields import STRUCTURED_LATER, TOOLS_LATER, Fields, Label, refusing
 from tokenwire.transports.v1.route import AnthropicRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -69,9 +69,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-Label = Annotated[str, Field(min_length=1, max_length=256)]
-
-
 class CacheControl(_Body):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] | None = None
@@ -81,7 +78,7 @@ class TextBlockParam(_Body):
     type: Literal["text"]
     text: Text
     cache_control: CacheControl | None = None
-    citations: list[Any] | None = None
+    citations: Annotated[None, refusing("citations are not offered", [])] = None
 
 
 TextBlocks = Annotated[list[TextBlockParam], Field(max_length=1000)]
@@ -104,7 +101,7 @@ class Thinking(_Body):
 
 class OutputConfig(_Body):
     effort: Label | None = None
-    format: dict[str, Any] | None = None
+    format: Annotated[None, refusing(STRUCTURED_LATER)] = None
 
 
 class MessagesRequest(_Body):
@@ -131,9 +128,9 @@ class MessagesRequest(_Body):
     user_profile_id: Label | None = None
     workspace_id: Label | None = None
     # What tokenwire does not offer (yet): refused, saying why.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    container: Any = None
+    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    tool_choice: Annotated[None, refusing(TOOLS_LATER, {"type": "none"}, {"type": "auto"})] = None
+    container: Annotated[None, refusing("code execution containers are not offered")] = None
 
 
 class TextBlock(BaseModel):
@@ -217,18 +214,11 @@ def _check_blocks(blocks: list[TextBlockParam], where: str) -> None:
             raise InvalidRequest(f"{where}: text content blocks must be non-empty")
         if not block.text.strip():
             raise InvalidRequest(f"{where}: text content blocks must contain non-whitespace text")
-        if block.citations:
-            raise refuse(f"{where}: citations", "citations are not offered")
 
 
 def _fields(body: MessagesRequest) -> Fields:
-    """The body's fields beyond the plain call: passed on, ignored, or refused (why)."""
-    refuse_tools(body.tools, body.tool_choice)
+    """The body's fields beyond the plain call: options, hints, and what is ignored."""
     output = body.output_config or OutputConfig()
-    if output.format is not None:
-        raise refuse("output_config.format", STRUCTURED_LATER)
-    if body.container is not None:
-        raise refuse("container", "code execution containers are not offered")
     fields = Fields()
     fields.option("top_k", body.top_k)
     # Disabled thinking is what every answer has without it: it asks for nothing.

@@ -36,10 +36,12 @@ from tokenwire.transports.v1.errors import (
 )
 from tokenwire.transports.v1.fields import (
     STRUCTURED_LATER,
+    TOOLS_LATER,
     Fields,
-    refuse,
-    refuse_present,
-    refuse_tools,
+    Label,
+    TextFormat,
+    refusing,
+    text_only,
 )
 from tokenwire.transports.v1.response_events import ResponseStream, replayed
 from tokenwire.transports.v1.route import OpenAIRoute
@@ -80,12 +82,8 @@ class InputMessage(_Body):
     content: Text | Annotated[list[InputText], Field(max_length=1000)]
 
 
-Label = Annotated[str, Field(min_length=1, max_length=512)]
-
-
 class TextConfig(_Body):
-    # {"type": "text"} is what every answer is; any other format is refused for now.
-    format: dict[str, Any] | None = None
+    format: Annotated[TextFormat | None, text_only(STRUCTURED_LATER)] = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -129,14 +127,16 @@ class ResponseCreateRequest(_Body):
     prompt_cache_options: dict[str, Any] | None = None
     background_options: dict[str, Any] | None = None
     # What tokenwire does not offer (yet): refused, saying why.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    conversation: Any = None
-    prompt: Any = None
-    context_management: Any = None
-    moderation: Any = None
-    access_programs: Any = None
-    image: Any = None
+    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    conversation: Annotated[
+        None, refusing("conversations are not offered: continue with previous_response_id")
+    ] = None
+    prompt: Annotated[None, refusing("prompt templates are not offered: send the input")] = None
+    context_management: Annotated[None, refusing("context management is not offered")] = None
+    moderation: Annotated[None, refusing("moderation is not offered")] = None
+    access_programs: Annotated[None, refusing("access programs are not offered")] = None
+    image: Annotated[None, refusing("image generation is not offered")] = None
 
 
 class ResponseObject(BaseModel):
@@ -270,12 +270,8 @@ def _check_input(body: ResponseCreateRequest) -> None:
 
 
 def _fields(body: ResponseCreateRequest) -> Fields:
-    """The body's fields beyond the plain call: passed on, ignored, or refused (why)."""
-    refuse_tools(body.tools, body.tool_choice)
+    """The body's fields beyond the plain call: options, hints, and what is ignored."""
     text = body.text or TextConfig()
-    if text.format is not None and text.format.get("type") != "text":
-        raise refuse("text.format", STRUCTURED_LATER)
-    refuse_present(body.model_dump(include=set(_REFUSED)), _REFUSED)
     fields = Fields()
     fields.option("verbosity", text.verbosity, "text.verbosity")
     reasoning = body.reasoning or Reasoning()
@@ -289,14 +285,6 @@ def _fields(body: ResponseCreateRequest) -> Fields:
     return fields
 
 
-_REFUSED = {
-    "conversation": "conversations are not offered: continue with previous_response_id",
-    "prompt": "prompt templates are not offered: send the input",
-    "context_management": "context management is not offered",
-    "moderation": "moderation is not offered",
-    "access_programs": "access programs are not offered",
-    "image": "image generation is not offered",
-}
 _IGNORED = (
     "include",
     "truncation",
