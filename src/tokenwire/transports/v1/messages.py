@@ -69,6 +69,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# What Anthropic refuses in its own words (`_check_content`), documented in the schema
+# but checked by hand: a final assistant turn may be empty, and the words are Anthropic's.
+BlockText = Annotated[Text, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
+TurnText = Annotated[Text, Field(json_schema_extra={"minLength": 1})]
+
+
 class CacheControl(_Body):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] | None = None
@@ -76,17 +82,19 @@ class CacheControl(_Body):
 
 class TextBlockParam(_Body):
     type: Literal["text"]
-    text: Text
+    text: BlockText
     cache_control: CacheControl | None = None
     citations: Annotated[None, refusing("citations are not offered", [])] = None
 
 
-TextBlocks = Annotated[list[TextBlockParam], Field(max_length=1000)]
+TextBlocks = Annotated[
+    list[TextBlockParam], Field(max_length=1000, json_schema_extra={"minItems": 1})
+]
 
 
 class MessageParam(_Body):
     role: Literal["user", "assistant"]
-    content: Text | TextBlocks
+    content: TurnText | TextBlocks
 
 
 class MessageMetadata(_Body):
