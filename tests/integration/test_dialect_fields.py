@@ -16,7 +16,7 @@ import pytest
 
 from tests.fakes.anthropic_upstream import anthropic_answer, message_frames
 from tests.fakes.openai_upstream import Reply, ScriptedUpstream, openai_answer
-from tests.support.server import RunningServer, running_server, simulated_settings
+from tests.support.server import RunningServer, running_server, simulated_settings, ws_client
 from tokenwire.settings import load_settings
 
 HI = [{"role": "user", "content": "hi"}]
@@ -419,3 +419,14 @@ async def test_a_hint_in_another_kind_s_vocabulary_is_dropped_not_sent() -> None
 
     assert answer.content[0].text == "Hello"  # type: ignore[union-attr]
     assert "service_tier" not in sent
+
+
+async def test_the_websocket_stream_end_names_the_stop_sequence_that_ended_the_answer() -> None:
+    words = ["stream", "token", "answer", "model"]  # as in the Messages test above
+    async with running_server(simulated_settings()) as server, ws_client(server) as client:
+        stopped = (await client.ask("hi", config={"stop": words}))[-1]["data"]
+        plain = (await client.ask("hi"))[-1]["data"]
+
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["stop_sequence"] in words
+    assert "stop_sequence" not in plain
