@@ -32,6 +32,7 @@ def message_frames(
     *,
     model: str = "m",
     stop_reason: str = "end_turn",
+    stop_sequence: str | None = None,
 ) -> list[bytes]:
     """A whole streamed answer, ending with `message_stop`."""
     message: dict[str, Any] = {
@@ -75,7 +76,7 @@ def message_frames(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                 "usage": {"output_tokens": output_tokens},
             },
         ),

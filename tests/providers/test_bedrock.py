@@ -120,8 +120,8 @@ def test_the_documented_request_options_are_accepted(provider: BedrockProvider) 
 def test_an_unknown_request_option_is_an_invalid_request_naming_the_key(
     provider: BedrockProvider,
 ) -> None:
-    with pytest.raises(InvalidRequest, match="top_k"):
-        provider.validate(_request(options={"top_k": 5}))
+    with pytest.raises(InvalidRequest, match="top_n"):
+        provider.validate(_request(options={"top_n": 5}))
 
 
 def test_a_request_option_of_the_wrong_type_is_an_invalid_request(
@@ -189,6 +189,16 @@ async def test_inference_settings_come_from_the_request_over_provider_defaults(
         "topP": 0.9,
         "stopSequences": ["END"],
     }
+
+
+async def test_top_k_goes_in_the_additional_model_request_fields(
+    fake: FakeBedrock, provider: BedrockProvider
+) -> None:
+    await _collect(provider, _request(options={"top_k": 5}))
+
+    body = fake.requests[0].body
+    assert body["additionalModelRequestFields"] == {"top_k": 5}
+    assert "topK" not in body.get("inferenceConfig", {})
 
 
 async def test_a_request_model_overrides_the_configured_model(

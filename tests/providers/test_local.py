@@ -548,3 +548,58 @@ async def test_count_tokens_counts_the_turn_markup_of_the_gemma_format() -> None
         await gemma.aclose()
     assert isinstance(usage, Usage)
     assert counted == usage.prompt_tokens
+
+
+# -- the dialects' fields -------------------------------------------------------------
+
+
+def from_dialect(prompt: str, max_tokens: int = 16, **options: Any) -> ProviderRequest:
+    """A request as an HTTP dialect builds it: its fields named as the client sent them."""
+    return ProviderRequest(
+        messages=(Message(role="user", content=prompt),),
+        max_tokens=max_tokens,
+        options=options,
+        option_names={key: key for key in options},
+    )
+
+
+def test_a_dialect_field_it_cannot_honour_is_refused_naming_field_and_provider(
+    provider: LocalProvider,
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        provider.validate(from_dialect("hi", logit_bias={"1": 5}))
+    assert str(refused.value) == "logit_bias: provider 'local' (kind local) cannot honour it"
+
+
+def test_a_dialect_seed_out_of_llama_cpp_s_range_is_refused_under_its_own_name(
+    provider: LocalProvider,
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"^seed: Input should be less than 4294967296"):
+        provider.validate(from_dialect("hi", seed=2**40))
+
+
+async def test_frequency_and_presence_penalties_change_the_answer(
+    provider: LocalProvider,
+) -> None:
+    prompt = "List the days of the week, then list them again, and again."
+    plain = text_of(await collect(provider, from_dialect(prompt, 48)))
+    penalised = text_of(
+        await collect(
+            provider, from_dialect(prompt, 48, frequency_penalty=2.0, presence_penalty=2.0)
+        )
+    )
+    assert plain
+    assert penalised != plain
+
+
+async def test_a_stop_string_that_ended_the_answer_is_reported(provider: LocalProvider) -> None:
+    answer = text_of(await collect(provider, ask(LONG_ANSWER, 32)))
+    words = answer.split()
+    assert len(words) > 3, answer
+    stop = words[2]
+
+    events = await collect(provider, ask(LONG_ANSWER, 32, stop=[stop]))
+    usage = events[-1]
+    assert isinstance(usage, Usage)
+    assert usage.stop_sequence == stop
+    assert text_of(events) == answer[: answer.index(stop)].rstrip()

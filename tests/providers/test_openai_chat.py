@@ -127,7 +127,8 @@ def test_unknown_provider_options_fail_start_up() -> None:
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ({"logit_bias": {}}, "logit_bias"),
+        ({"best_of": 2}, "best_of"),
+        ({"logit_bias": {"50256": 101}}, "logit_bias"),
         ({"top_p": "0.5"}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"seed": True}, "seed"),

@@ -270,6 +270,8 @@ class StreamRun:
         }
         if status is StreamStatus.COMPLETED:
             end["finish_reason"] = usage.finish_reason
+            if usage.stop_sequence is not None:
+                end["stop_sequence"] = usage.stop_sequence
         if status is StreamStatus.CANCELLED:
             end["reason"] = self.cancel_reason
         elif error is not None:

@@ -23,7 +23,11 @@ Detail = Literal["auto", "low", "high"]
 
 @dataclass(frozen=True, slots=True)
 class TextPart:
+    """One block of a turn's text, kept as a block for the providers that take blocks."""
+
     text: str
+    cache_control: Mapping[str, Any] | None = None
+    """Anthropic's prompt-caching breakpoint on this block, as the client sent it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +68,10 @@ class Message:
 
     @classmethod
     def of_parts(cls, role: Role, parts: tuple[Part, ...]) -> Message:
-        """A turn from its parts in order; a turn of text parts only is plain text."""
+        """A turn from its parts in order; a turn of plain text parts only is plain text
+        (blocks that carry a `cache_control` stay blocks)."""
         text = "".join(p.text for p in parts if isinstance(p, TextPart))
-        if all(isinstance(p, TextPart) for p in parts):
+        if all(isinstance(p, TextPart) and p.cache_control is None for p in parts):
             return cls(role=role, content=text)
         return cls(role=role, content=text, parts=parts)
 
@@ -96,6 +101,8 @@ class Usage:
     """True where the upstream reported no usage and these are tokenwire's own counts."""
     finish_reason: FinishReason = "stop"
     """"length" when the answer stopped at its token budget, else "stop"."""
+    stop_sequence: str | None = None
+    """Which of the request's `stop` strings ended the answer, where one did."""
 
     @property
     def total_tokens(self) -> int:
@@ -122,6 +129,13 @@ class ProviderRequest:
     stop: tuple[str, ...] = ()
     """Strings that end the answer where they would appear (not included)."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Per-request options: each one the provider cannot honour refuses the request."""
+    hints: Mapping[str, Any] = field(default_factory=dict)
+    """Options that change no answer (an end-user id, a service tier, a caching key):
+    passed on by the providers whose options name them, dropped by the others."""
+    option_names: Mapping[str, str] = field(default_factory=dict)
+    """What the client called each option (a dialect's field name), for refusals;
+    an option not named here is `config.options.<key>`."""
 
     @property
     def prompt_text(self) -> str:

@@ -63,6 +63,8 @@ class ProviderSlot:
             top_p=generation.top_p,
             stop=generation.stop,
             options=generation.options,
+            hints=generation.hints,
+            option_names=generation.option_names,
         )
 
 

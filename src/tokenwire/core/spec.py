@@ -43,6 +43,11 @@ class Generation:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    """The provider's per-request options (WebSocket `config.options`, a dialect's fields)."""
+    hints: Mapping[str, Any] = field(default_factory=dict)
+    """Options that change no answer: passed on where the provider takes them, else dropped."""
+    option_names: Mapping[str, str] = field(default_factory=dict)
+    """A dialect's name for each option it set, so that a refusal names the client's field."""
 
 
 @dataclass(frozen=True, slots=True)

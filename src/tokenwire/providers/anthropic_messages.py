@@ -2,9 +2,15 @@
 
 System messages become the `system` parameter. `max_tokens`, which Anthropic
 requires, comes from the request, else the provider's `options.max_tokens`, else
-1024. Request options (`config.options`), all optional: `top_p` (0-1), `top_k`
-(a positive integer), `stop_sequences` (a list of strings); the provider's
-`options` table may set defaults for these and for `temperature`.
+1024. Request options (`config.options`, or the Messages fields of the same
+names), all optional: `top_p` (0-1), `top_k` (a positive integer),
+`stop_sequences` (a list of strings), `thinking`, `inference_geo`,
+`output_config` (its `effort`), and the
+hints `cache_control`, `service_tier`, `speed` and `metadata`, sent on
+unchanged; the provider's `options` table may set defaults for these and for
+`temperature`. System and message text sent as blocks stays blocks, each with its
+`cache_control`. Thinking blocks that come back are not relayed: tokenwire's
+events carry the answer's text.
 
 SDK 2.14 has no `temperature`, `top_p` or `top_k` argument on `messages.create`;
 they go in the body through `extra_body`. The SDK ends a stream silently when the
@@ -16,11 +22,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import anthropic
 import httpx2
 from anthropic.types import (
+    CacheControlEphemeralParam,
     ImageBlockParam,
     MessageParam,
     RawMessageStreamEvent,
@@ -60,6 +67,26 @@ class RequestOptions(BaseModel):
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     stop_sequences: Annotated[list[str], Field(min_length=1)] | None = None
+    thinking: dict[str, Any] | None = None
+    inference_geo: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    output_config: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
+    speed: Literal["standard", "fast"] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+# Sent as they are, in the body.
+_PASSED = (
+    "top_k",
+    "thinking",
+    "inference_geo",
+    "output_config",
+    "cache_control",
+    "service_tier",
+    "speed",
+    "metadata",
+)
 
 
 class ProviderOptions(RequestOptions):
@@ -97,7 +124,7 @@ class AnthropicProvider:
         return None  # ready once built: clients connect on first use
 
     def validate(self, request: ProviderRequest) -> None:
-        request_options(RequestOptions, request.options)
+        request_options(RequestOptions, request, self)
         if request.temperature is not None and request.temperature > 1:
             raise InvalidRequest("config.temperature: anthropic takes 0 to 1")
         if all(m.role == "system" for m in request.messages):
@@ -107,8 +134,7 @@ class AnthropicProvider:
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        options = merged_options(self._defaults, RequestOptions, request.options)
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        options = merged_options(self._defaults, RequestOptions, request, self)
         answer = _Answer()
         try:
             # Leaving this block by any path (end, error, aclose, cancel) closes the response.
@@ -116,7 +142,7 @@ class AnthropicProvider:
                 model=request.model or self._model,
                 max_tokens=request.max_tokens or options.max_tokens or DEFAULT_MAX_TOKENS,
                 messages=[_message(m) for m in request.messages if m.role != "system"],
-                system=system or anthropic.omit,
+                system=_system(request.messages) or anthropic.omit,
                 stop_sequences=list(request.stop) or options.stop_sequences or anthropic.omit,
                 stream=True,
                 extra_body=_sampling(request, options),
@@ -154,6 +180,7 @@ class _Answer:
         self.input_tokens: int | None = None
         self.output_tokens = 0
         self.finish_reason: FinishReason = "stop"
+        self.stop_sequence: str | None = None
 
     def read(self, event: RawMessageStreamEvent) -> str:
         if event.type == "content_block_delta":
@@ -168,6 +195,7 @@ class _Answer:
                 self.input_tokens = event.usage.input_tokens
             if event.delta.stop_reason == "max_tokens":
                 self.finish_reason = "length"
+            self.stop_sequence = event.delta.stop_sequence
         elif event.type == "message_stop":
             self.stopped = True
         return ""
@@ -175,21 +203,48 @@ class _Answer:
     def usage(self) -> Usage:
         if not self.stopped or self.input_tokens is None:
             raise ProviderError(f"{END_MARKER_MISSING} (no message_stop): the answer is cut short")
-        return Usage(self.input_tokens, self.output_tokens, finish_reason=self.finish_reason)
+        return Usage(
+            self.input_tokens,
+            self.output_tokens,
+            finish_reason=self.finish_reason,
+            stop_sequence=self.stop_sequence,
+        )
 
 
 def _message(message: Message) -> MessageParam:
+    content: str | list[TextBlockParam | ImageBlockParam] = (
+        _blocks(message) if message.parts else message.content
+    )
     if message.role == "assistant":
-        return {"role": "assistant", "content": message.content}
-    if message.parts:
-        return {"role": "user", "content": [_block(p) for p in message.parts]}
-    return {"role": "user", "content": message.content}
+        return {"role": "assistant", "content": content}
+    return {"role": "user", "content": content}
+
+
+def _system(messages: tuple[Message, ...]) -> str | list[TextBlockParam]:
+    """The system turns as one string, or as blocks where any was sent as blocks."""
+    system = [m for m in messages if m.role == "system"]
+    if any(m.parts for m in system):
+        return [
+            _text_block(p) for m in system for p in m.content_parts() if isinstance(p, TextPart)
+        ]
+    return "\n\n".join(m.content for m in system)
+
+
+def _blocks(message: Message) -> list[TextBlockParam | ImageBlockParam]:
+    return [_block(part) for part in message.content_parts()]
+
+
+def _text_block(part: TextPart) -> TextBlockParam:
+    block: TextBlockParam = {"type": "text", "text": part.text}
+    if part.cache_control is not None:
+        block["cache_control"] = cast(CacheControlEphemeralParam, dict(part.cache_control))
+    return block
 
 
 def _block(part: Part) -> TextBlockParam | ImageBlockParam:
     """A text or image part as a Messages content block (an image by base64 or URL)."""
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text}
+        return _text_block(part)
     if part.data is None:
         assert part.url is not None
         return {"type": "image", "source": {"type": "url", "url": part.url}}
@@ -201,10 +256,11 @@ def _block(part: Part) -> TextBlockParam | ImageBlockParam:
 
 
 def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, Any] | None:
-    """The sampling parameters the SDK has no arguments for, to go in the body."""
+    """Sampling the SDK has no arguments for, and the options sent as they are: the body's."""
     temperature = options.temperature if request.temperature is None else request.temperature
     top_p = options.top_p if request.top_p is None else request.top_p
-    body = {"temperature": temperature, "top_p": top_p, "top_k": options.top_k}
+    body = {"temperature": temperature, "top_p": top_p}
+    body.update(options.model_dump(include=set(_PASSED)))
     return {k: v for k, v in body.items() if v is not None} or None
 
 

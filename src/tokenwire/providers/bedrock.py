@@ -10,7 +10,10 @@ for bedrock.
 Provider options (`[[providers]] options`): `region` (default "us-east-1"),
 `profile` (a named AWS profile), defaults for `max_tokens`, `temperature`,
 `top_p`, and `connect_timeout` / `read_timeout` in seconds (5 and 60).
-Request options (`config.options`): `top_p`, `stop_sequences`.
+Request options (`config.options`, or the dialects' fields of the same names):
+`top_p`, `stop_sequences`, and `top_k`, which Converse has no field for: it goes in
+`additionalModelRequestFields`, where Anthropic's models on Bedrock read it (a model
+that takes no `top_k` refuses the request). Any other option is refused.
 
 Converse takes images only as bytes: an image given by https URL is fetched by
 tokenwire first (`providers/images.py`, within the `[limits]` image bounds).
@@ -96,6 +99,7 @@ class BedrockRequestOptions(BaseModel):
 
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = None
+    top_k: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class BedrockProvider:
@@ -134,7 +138,7 @@ class BedrockProvider:
         return None  # ready once built: clients connect on first use
 
     def validate(self, request: ProviderRequest) -> None:
-        request_options(BedrockRequestOptions, request.options)
+        request_options(BedrockRequestOptions, request, self)
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         return None
@@ -213,7 +217,7 @@ class BedrockProvider:
             return self._client
 
     def _converse_arguments(self, request: ProviderRequest) -> dict[str, Any]:
-        options = request_options(BedrockRequestOptions, request.options)
+        options = request_options(BedrockRequestOptions, request, self)
         arguments: dict[str, Any] = {
             "modelId": request.model or self._model,
             "messages": _conversation(request.messages),
@@ -241,6 +245,8 @@ class BedrockProvider:
             inference["stopSequences"] = stop
         if inference:
             arguments["inferenceConfig"] = inference
+        if options.top_k is not None:
+            arguments["additionalModelRequestFields"] = {"top_k": options.top_k}
         return arguments
 
 

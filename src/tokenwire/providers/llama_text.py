@@ -73,6 +73,8 @@ class AnswerText:
         self._started = False
         self._held = ""
         self.stopped = False
+        self.stopped_by: str | None = None
+        """The stop sequence that ended the answer, where one did."""
 
     def push(self, piece: bytes) -> str:
         return self._feed(self._decoder.decode(piece))
@@ -92,11 +94,12 @@ class AnswerText:
             text = text.lstrip()
         self._started = self._started or bool(text)
         held = self._held + text
-        found = [i for i in (held.find(s) for s in self._stops) if i >= 0]
+        found = [(i, s) for i, s in ((held.find(s), s) for s in self._stops) if i >= 0]
         if found:
+            at, self.stopped_by = min(found, key=lambda hit: hit[0])
             self.stopped = True
             self._held = ""
-            answer = held[: min(found)]
+            answer = held[:at]
             return answer.rstrip() if self._strip else answer
         cut = len(held) - _partial_stop(held, self._stops)
         if self._strip:

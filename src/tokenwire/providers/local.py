@@ -6,7 +6,9 @@ By default this is the Gemma 3 270M that ships as a Python package (see
 but one, divided by `parallelism`: see `cpus.py`), `parallelism` (generations at once, one model
 instance each; 1), `temperature` (0), `max_tokens` (256), `prompt_format`,
 `extra_buffers` (false), and the defaults of the per-request options `stop`,
-`top_p`, `top_k`, `repeat_penalty` and `seed`.
+`top_p`, `top_k`, `repeat_penalty`, `frequency_penalty`, `presence_penalty` and
+`seed` (which the dialects' fields of those names set too; any other option is
+refused, as a model here cannot honour it).
 
 `prompt_format` "qa" (the default) writes the conversation as "Question: ... /
 Answer:" lines, which a base model such as the packaged one continues with an
@@ -87,6 +89,8 @@ class SamplingOptions(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     top_k: Annotated[int, Field(ge=0, le=1_000_000)] = 40
     repeat_penalty: Annotated[float, Field(gt=0, le=5)] = 1.1
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
 
 
@@ -252,7 +256,7 @@ class LocalProvider:
         if request.model is not None and request.model != self._model:
             raise InvalidRequest(f"provider {self._name} serves only model {self._model!r}")
         defaults, sampling = self._options, self._sampling
-        sampling = merged_options(sampling, SamplingOptions, request.options)
+        sampling = merged_options(sampling, SamplingOptions, request, self)
         given = {"top_p": request.top_p, "stop": list(request.stop) or None}
         first_class = {name: value for name, value in given.items() if value is not None}
         if first_class:
@@ -366,6 +370,8 @@ def generate(
         top_k=sampling.top_k,
         top_p=sampling.top_p,
         repeat_penalty=sampling.repeat_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        presence_penalty=sampling.presence_penalty,
     )
     try:
         for token in tokens:
@@ -381,7 +387,14 @@ def generate(
         tokens.close()
     emit(answer.finish())
     finish: FinishReason = "length" if count >= budget and not answer.stopped else "stop"
-    return Usage(prompt_tokens=len(prompt), completion_tokens=count, finish_reason=finish)
+    # The prompt format's own stops end a turn; only the request's are its stop sequences.
+    matched = answer.stopped_by if answer.stopped_by in sampling.stop else None
+    return Usage(
+        prompt_tokens=len(prompt),
+        completion_tokens=count,
+        finish_reason=finish,
+        stop_sequence=matched,
+    )
 
 
 def token_bytes(vocab: Any, token: int) -> bytes:

@@ -1,9 +1,14 @@
 """Any OpenAI-compatible Chat Completions endpoint, through the official `openai` SDK.
 
-Request options (`config.options`), all optional: `top_p` (0-1), `stop` (a string or
-up to 4 strings), `seed` (integer), `presence_penalty` and `frequency_penalty`
-(-2 to 2). The provider's `options` table may set defaults for these and for
-`temperature` and `max_tokens`; request values win.
+Request options (`config.options`, or the Chat Completions and Responses fields
+of the same names), all optional and sent on unchanged: `top_p` (0-1), `stop` (a
+string or up to 4 strings), `seed` (integer), `presence_penalty` and
+`frequency_penalty` (-2 to 2), `logit_bias` (token id to -100..100), `logprobs`,
+`top_logprobs` (0-20), `reasoning_effort`, `verbosity`, and the hints
+`service_tier`, `user`, `safety_identifier` and `prompt_cache_key`. The
+provider's `options` table may set defaults for these and for `temperature` and
+`max_tokens`; request values win. Log probabilities that come back are not
+relayed: tokenwire's events carry text.
 
 The SDK ends a stream silently when the connection drops before `data: [DONE]`
 and hides `[DONE]` itself, so completeness is judged from what arrived: a choice
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Mapping
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import openai
 from openai.types.chat import (
@@ -54,6 +59,7 @@ from tokenwire.settings import ProviderSettings
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+Label = Annotated[str, Field(min_length=1, max_length=512)]
 _T = TypeVar("_T")
 
 
@@ -65,6 +71,32 @@ class RequestOptions(BaseModel):
     seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    reasoning_effort: Label | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    user: Label | None = None
+    safety_identifier: Label | None = None
+    prompt_cache_key: Label | None = None
+
+
+# Sent as they are: the fields of `RequestOptions` that Chat Completions names alike.
+_PASSED = (
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+    "verbosity",
+    "service_tier",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+)
 
 
 class ProviderOptions(RequestOptions):
@@ -100,13 +132,13 @@ class OpenAIProvider:
         return None  # ready once built: clients connect on first use
 
     def validate(self, request: ProviderRequest) -> None:
-        request_options(RequestOptions, request.options)
+        request_options(RequestOptions, request, self)
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         return None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        options = merged_options(self._defaults, RequestOptions, request.options)
+        options = merged_options(self._defaults, RequestOptions, request, self)
         answer = _Answer()
         try:
             # Leaving this block by any path (end, error, aclose, cancel) closes the response.
@@ -121,9 +153,7 @@ class OpenAIProvider:
                 ),
                 top_p=_given(options.top_p if request.top_p is None else request.top_p),
                 stop=_given(list(request.stop) if request.stop else options.stop),
-                seed=_given(options.seed),
-                presence_penalty=_given(options.presence_penalty),
-                frequency_penalty=_given(options.frequency_penalty),
+                extra_body=_passed(options),
             ) as chunks:
                 async for chunk in chunks:
                     text = answer.read(chunk)
@@ -202,6 +232,12 @@ def _part(part: Part) -> ChatCompletionContentPartParam:
     if part.detail is not None:
         image["detail"] = part.detail
     return {"type": "image_url", "image_url": image}
+
+
+def _passed(options: RequestOptions) -> dict[str, Any] | None:
+    """The options sent on unchanged, in the body: only those set."""
+    body = options.model_dump(include=set(_PASSED), exclude_none=True)
+    return body or None
 
 
 def _given(value: _T | None) -> _T | openai.Omit:

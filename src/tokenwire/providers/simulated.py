@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +29,7 @@ from tokenwire.core.provider import (
     images_of,
 )
 from tokenwire.protocol.errors import ProviderError
-from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
 
 _WORDS = [
@@ -116,6 +116,7 @@ class SimulatedProvider:
         finish: FinishReason = "length" if count < options.tokens else "stop"
         sent = 0
         seen = _seen(request)
+        stop_sequence: str | None = None
         for index in range(count):
             if options.fail_after is not None and index >= options.fail_after:
                 raise ProviderError(f"simulated failure after {options.fail_after} deltas")
@@ -127,6 +128,7 @@ class SimulatedProvider:
             word = rng.choice(_WORDS)
             if word in request.stop:
                 finish = "stop"  # a stop string ends the answer; it is not sent
+                stop_sequence = word
                 break
             sent += 1
             yield seen + word if index == 0 else " " + word
@@ -134,6 +136,7 @@ class SimulatedProvider:
             prompt_tokens=estimate_tokens(request.prompt_text),
             completion_tokens=sent,
             finish_reason=finish,
+            stop_sequence=stop_sequence,
         )
 
     async def aclose(self) -> None:
@@ -145,19 +148,18 @@ class SimulatedProvider:
         try:
             key = frozenset(request.options.items())
         except TypeError:  # an unhashable value: wrong anyway, let validation say how
-            return self._parse(request.options)
+            return self._parse(request)
         # Asked three times per request (validate, expected_deltas, stream): parse once.
         parsed = self._recent.get(key)
         if parsed is None:
-            parsed = self._parse(request.options)
+            parsed = self._parse(request)
             if len(self._recent) >= 256:
                 self._recent.clear()
             self._recent[key] = parsed
         return parsed
 
-    def _parse(self, options: Mapping[str, Any]) -> SimulatedOptions:
-        merged = {**self._defaults.model_dump(exclude_unset=True), **options}
-        return request_options(SimulatedOptions, merged)
+    def _parse(self, request: ProviderRequest) -> SimulatedOptions:
+        return merged_options(self._defaults, SimulatedOptions, request, self)
 
 
 def _seen(request: ProviderRequest) -> str:

@@ -7,7 +7,9 @@ The wire format is OpenAI's: a `chat.completion` object, or with `stream: true`
 tokenwire estimated says so (`usage.estimated`, and the `tokenwire-usage-estimated`
 header on a whole answer). An error after the stream started is one
 `data: {"error": ...}` event (the SDK raises on it), without `[DONE]`. `model`
-names a provider, or is `auto` for the router's pick.
+names a provider, or is `auto` for the router's pick. Every official request
+field is taken, ignored (named in `tokenwire-ignored-fields`) or refused with
+why: see `fields.py`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ from tokenwire.transports.v1.errors import (
     documented,
     openai_error,
     openai_error_body,
+)
+from tokenwire.transports.v1.fields import (
+    STRUCTURED_LATER,
+    TOOLS_LATER,
+    Fields,
+    Label,
+    TextFormat,
+    refusing,
+    text_only,
 )
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
@@ -91,6 +102,11 @@ class ChatMessageIn(_Body):
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # no obfuscation padding is sent either way
+
+
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+NO_AUDIO = "audio output is not offered: answers are text"
 
 
 class ChatCompletionRequest(_Body):
@@ -104,9 +120,38 @@ class ChatCompletionRequest(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
+    # Provider options: honoured by the chosen provider, or refused naming it.
+    seed: int | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    reasoning_effort: Label | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    # Hints: passed on where the provider takes them (openai), else dropped.
     user: Annotated[str, Field(max_length=256)] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    safety_identifier: Label | None = None
+    prompt_cache_key: Label | None = None
+    # Meaning nothing here: accepted, and named in the tokenwire-ignored-fields header.
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     store: bool | None = None
+    parallel_tool_calls: bool | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_cache_retention: Label | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    # Taken where they ask for text, what every answer is; refused where they ask for more.
+    modalities: Annotated[None, refusing(NO_AUDIO, ["text"])] = None
+    response_format: Annotated[TextFormat | None, text_only(STRUCTURED_LATER)] = None
+    # What tokenwire does not offer (yet): refused, saying why.
+    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    functions: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    function_call: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    audio: Annotated[None, refusing(NO_AUDIO)] = None
+    web_search_options: Annotated[None, refusing("web search is not offered")] = None
+    moderation: Annotated[None, refusing("moderation is not offered")] = None
 
 
 class AssistantMessage(BaseModel):
@@ -149,7 +194,10 @@ class ChatCompletion(BaseModel):
 )
 async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
     gateway = gateway_of(request)
-    spec = with_client(_spec(gateway, body, user_of(request), deadlines_of(request)), request)
+    fields = _fields(body)
+    spec = with_client(
+        _spec(gateway, body, fields, user_of(request), deadlines_of(request)), request
+    )
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as OpenAI does.
@@ -161,18 +209,57 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest) 
         return EventStreamResponse(
             _chunks(gateway, log, feed, include_usage),
             media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **fields.headers},
             close_timeout=close_timeout_of(request),
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)
     if end.get("status") != "completed":
         return openai_error(failure_of(end, error))
-    return JSONResponse(_completion(log, end, text), headers=usage_headers(end.get("usage")))
+    headers = {**usage_headers(end.get("usage")), **fields.headers}
+    return JSONResponse(_completion(log, end, text), headers=headers)
+
+
+def _fields(body: ChatCompletionRequest) -> Fields:
+    """The body's fields beyond the plain call: options, hints, and what is ignored."""
+    fields = Fields()
+    for key in _OPTIONS:
+        fields.option(key, getattr(body, key))
+    if body.logprobs is False:  # the default, asking for nothing
+        fields.options.pop("logprobs", None)
+    for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key"):
+        fields.hint(key, getattr(body, key))
+    for key in _IGNORED:
+        fields.ignore(key, getattr(body, key))
+    return fields
+
+
+_OPTIONS = (
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+    "verbosity",
+)
+_IGNORED = (
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "prediction",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+)
 
 
 def _spec(
-    gateway: Gateway, body: ChatCompletionRequest, user: str, deadlines: Deadlines
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    fields: Fields,
+    user: str,
+    deadlines: Deadlines,
 ) -> RequestSpec:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return RequestSpec(
@@ -184,6 +271,9 @@ def _spec(
             temperature=body.temperature,
             top_p=body.top_p,
             stop=stop,
+            options=fields.options,
+            hints=fields.hints,
+            option_names=fields.names,
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),

@@ -7,7 +7,10 @@ without one): `message_start`, `content_block_start`, `ping`, one
 (the stop reason and the usage), `message_stop`. An error after the stream
 started is one `event: error` with Anthropic's error body (the SDK raises on
 it), and the stream ends there. `model` names a provider, or is `auto` for the
-router's pick. `top_k` is refused: no provider here takes it.
+router's pick. Every official request field is taken, ignored (named in
+`tokenwire-ignored-fields`) or refused with why: see `fields.py`. Text blocks stay
+blocks, with their `cache_control`, for the providers that take blocks; image blocks
+(base64 or URL) reach the providers that see.
 
 `count_tokens` counts exactly or not at all: the provider a request would go to
 counts it (the `anthropic` kind asks the API's own endpoint, the `local` kind its
@@ -21,15 +24,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.images import image_from_base64, image_from_url, turn_of_parts
-from tokenwire.core.provider import Message, Part, TextPart, estimate_tokens
+from tokenwire.core.provider import Message, Part, Role, TextPart, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
+from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity, StopSequences
 from tokenwire.transports.identity import user_of, with_client
@@ -40,6 +44,7 @@ from tokenwire.transports.v1.errors import (
     anthropic_error_body,
     documented,
 )
+from tokenwire.transports.v1.fields import STRUCTURED_LATER, TOOLS_LATER, Fields, Label, refusing
 from tokenwire.transports.v1.route import AnthropicRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -70,12 +75,27 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# What Anthropic refuses in its own words (`_check_content`), documented in the schema
+# but checked by hand: a final assistant turn may be empty, and the words are Anthropic's.
+BlockText = Annotated[Text, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
+TurnText = Annotated[Text, Field(json_schema_extra={"minLength": 1})]
+
+
+class CacheControl(_Body):
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class TextBlockParam(_Body):
     type: Literal["text"]
-    text: Text
+    text: BlockText
+    cache_control: CacheControl | None = None
+    citations: Annotated[None, refusing("citations are not offered", [])] = None
 
 
-TextBlocks = Annotated[list[TextBlockParam], Field(max_length=1000)]
+TextBlocks = Annotated[
+    list[TextBlockParam], Field(max_length=1000, json_schema_extra={"minItems": 1})
+]
 
 
 class Base64Source(_Body):
@@ -99,11 +119,25 @@ ContentBlock = Annotated[TextBlockParam | ImageBlockParam, Field(discriminator="
 
 class MessageParam(_Body):
     role: Literal["user", "assistant"]
-    content: Text | Annotated[list[ContentBlock], Field(max_length=1000)]
+    content: (
+        TurnText
+        | Annotated[list[ContentBlock], Field(max_length=1000, json_schema_extra={"minItems": 1})]
+    )
 
 
 class MessageMetadata(_Body):
     user_id: Annotated[str, Field(max_length=256)] | None = None
+
+
+class Thinking(_Body):
+    type: Literal["enabled", "adaptive", "disabled", "between_tools"]
+    budget_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    display: Label | None = None
+
+
+class OutputConfig(_Body):
+    effort: Label | None = None
+    format: Annotated[None, refusing(STRUCTURED_LATER)] = None
 
 
 class MessagesRequest(_Body):
@@ -115,14 +149,24 @@ class MessagesRequest(_Body):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop_sequences: StopSequences | None = None
     stream: bool = False
+    # Provider options: honoured by the chosen provider, or refused naming it.
+    top_k: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    thinking: Thinking | None = None
+    inference_geo: Label | None = None
+    output_config: OutputConfig | None = None
+    # Hints: passed on where the provider takes them (anthropic), else dropped.
     metadata: MessageMetadata | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_top_k(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "top_k" in data:
-            raise ValueError("top_k is not supported here; use temperature or top_p")
-        return data
+    cache_control: CacheControl | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
+    speed: Literal["standard", "fast"] | None = None
+    # Meaning nothing here: accepted, and named in the tokenwire-ignored-fields header.
+    diagnostics: dict[str, Any] | None = None
+    user_profile_id: Label | None = None
+    workspace_id: Label | None = None
+    # What tokenwire does not offer (yet): refused, saying why.
+    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    tool_choice: Annotated[None, refusing(TOOLS_LATER, {"type": "none"}, {"type": "auto"})] = None
+    container: Annotated[None, refusing("code execution containers are not offered")] = None
 
 
 class CountTokensRequest(_Body):
@@ -167,7 +211,11 @@ class AnthropicMessage(BaseModel):
 )
 async def create_message(request: Request, body: MessagesRequest) -> Response:
     gateway = gateway_of(request)
-    spec = with_client(_spec(gateway, body, user_of(request), deadlines_of(request)), request)
+    _check_content(body)
+    fields = _fields(body)
+    spec = with_client(
+        _spec(gateway, body, fields, user_of(request), deadlines_of(request)), request
+    )
     log, feed = await start(gateway, spec)
     if body.stream:
         # A request that fails before any text answers an HTTP error, as Anthropic does.
@@ -179,16 +227,15 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
         return EventStreamResponse(
             _events(gateway, log, feed, input_tokens),
             media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **fields.headers},
             close_timeout=close_timeout_of(request),
         )
     async with cancelled_on_hangup(request, gateway, log.key):
         text, end, error = await whole(feed)
     if end.get("status") != "completed":
         return anthropic_error(failure_of(end, error))
-    return JSONResponse(
-        _message_object(log.key.request_id, end, text), headers=usage_headers(end.get("usage"))
-    )
+    headers = {**usage_headers(end.get("usage")), **fields.headers}
+    return JSONResponse(_message_object(log.key.request_id, end, text), headers=headers)
 
 
 @router.post("/v1/messages/count_tokens", response_model=TokenCount)
@@ -206,13 +253,66 @@ async def count_message_tokens(request: Request, body: CountTokensRequest) -> To
 def _turns(
     system: str | list[TextBlockParam] | None, messages: list[MessageParam]
 ) -> tuple[Message, ...]:
-    text = _text(system) if system is not None else ""
-    turns = [Message(role="system", content=text)] if text else []
+    turns = [_message("system", system)] if system else []
     turns += [_turn(m, f"messages.{i}.content") for i, m in enumerate(messages)]
     return tuple(turns)
 
 
-def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlines) -> RequestSpec:
+def _check_content(body: MessagesRequest) -> None:
+    """Empty text is refused as Anthropic refuses it, in Anthropic's words."""
+    if isinstance(body.system, list):
+        _check_blocks(body.system, "system")
+    last = len(body.messages) - 1
+    for index, message in enumerate(body.messages):
+        if isinstance(message.content, list):
+            _check_blocks(message.content, "messages")
+        # Only a final assistant turn (a prefill the answer continues) may be empty.
+        if not message.content and not (index == last and message.role == "assistant"):
+            raise InvalidRequest(
+                "messages: all messages must have non-empty content except for the"
+                " optional final assistant message"
+            )
+
+
+def _check_blocks(blocks: list[TextBlockParam] | list[ContentBlock], where: str) -> None:
+    for block in blocks:
+        if not isinstance(block, TextBlockParam):
+            continue
+        if not block.text:
+            raise InvalidRequest(f"{where}: text content blocks must be non-empty")
+        if not block.text.strip():
+            raise InvalidRequest(f"{where}: text content blocks must contain non-whitespace text")
+
+
+def _fields(body: MessagesRequest) -> Fields:
+    """The body's fields beyond the plain call: options, hints, and what is ignored."""
+    output = body.output_config or OutputConfig()
+    fields = Fields()
+    fields.option("top_k", body.top_k)
+    # Disabled thinking is what every answer has without it: it asks for nothing.
+    thinking = body.thinking
+    if thinking is not None and thinking.type != "disabled":
+        fields.option("thinking", thinking.model_dump(exclude_none=True))
+    fields.option("inference_geo", body.inference_geo)
+    if output.effort is not None:
+        fields.option("output_config", {"effort": output.effort}, "output_config.effort")
+    for key in ("metadata", "cache_control"):
+        value = getattr(body, key)
+        fields.hint(key, None if value is None else value.model_dump(exclude_none=True))
+    fields.hint("service_tier", body.service_tier)
+    fields.hint("speed", body.speed)
+    for key in ("diagnostics", "user_profile_id", "workspace_id"):
+        fields.ignore(key, getattr(body, key))
+    return fields
+
+
+def _spec(
+    gateway: Gateway,
+    body: MessagesRequest,
+    fields: Fields,
+    user: str,
+    deadlines: Deadlines,
+) -> RequestSpec:
     return RequestSpec(
         user_id=user,
         messages=_turns(body.system, body.messages),
@@ -222,6 +322,9 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlin
             temperature=body.temperature,
             top_p=body.top_p,
             stop=tuple(body.stop_sequences or ()),
+            options=fields.options,
+            hints=fields.hints,
+            option_names=fields.names,
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
@@ -229,8 +332,17 @@ def _spec(gateway: Gateway, body: MessagesRequest, user: str, deadlines: Deadlin
     )
 
 
-def _text(content: str | list[TextBlockParam]) -> str:
-    return content if isinstance(content, str) else "".join(block.text for block in content)
+def _message(role: Role, content: str | list[TextBlockParam]) -> Message:
+    """A turn; blocks stay blocks (with their cache_control) for providers that take them."""
+    if isinstance(content, str):
+        return Message(role=role, content=content)
+    parts = tuple(_text_part(block) for block in content)
+    return Message(role=role, content="".join(part.text for part in parts), parts=parts)
+
+
+def _text_part(block: TextBlockParam) -> TextPart:
+    cache = block.cache_control
+    return TextPart(block.text, None if cache is None else cache.model_dump(exclude_none=True))
 
 
 def _turn(message: MessageParam, where: str) -> Message:
@@ -239,7 +351,7 @@ def _turn(message: MessageParam, where: str) -> Message:
     parts: list[Part] = []
     for i, block in enumerate(message.content):
         if isinstance(block, TextBlockParam):
-            parts.append(TextPart(block.text))
+            parts.append(_text_part(block))
         elif isinstance(block.source, Base64Source):
             source = block.source
             parts.append(image_from_base64(source.media_type, source.data, f"{where}.{i}.source"))
@@ -249,9 +361,14 @@ def _turn(message: MessageParam, where: str) -> Message:
 
 
 def _stop_reason(end: dict[str, Any]) -> StopReason:
-    # The core tells an answer cut at its budget ("length") from any other end ("stop"),
-    # not whether a stop sequence was what ended it.
-    return "max_tokens" if end.get("finish_reason") == "length" else "end_turn"
+    if end.get("finish_reason") == "length":
+        return "max_tokens"
+    return "stop_sequence" if end.get("stop_sequence") is not None else "end_turn"
+
+
+def _stop_sequence(end: dict[str, Any]) -> str | None:
+    value = end.get("stop_sequence")
+    return value if isinstance(value, str) else None
 
 
 def _usage(end: dict[str, Any]) -> MessageUsage:
@@ -269,6 +386,7 @@ def _message_object(message_id: str, end: dict[str, Any], text: str) -> dict[str
         model=str(end.get("provider_used", "")),
         content=[TextBlock(text=text)],
         stop_reason=_stop_reason(end),
+        stop_sequence=_stop_sequence(end),
         usage=_usage(end),
     ).model_dump()
 
@@ -339,7 +457,10 @@ def _ending(end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
         _event(
             "message_delta",
             {
-                "delta": {"stop_reason": _stop_reason(end), "stop_sequence": None},
+                "delta": {
+                    "stop_reason": _stop_reason(end),
+                    "stop_sequence": _stop_sequence(end),
+                },
                 "usage": {
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,

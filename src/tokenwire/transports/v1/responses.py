@@ -14,7 +14,7 @@ can be deleted, which cancels it first if it still runs.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -37,6 +37,15 @@ from tokenwire.transports.v1.errors import (
     documented,
     openai_error,
     openai_error_body,
+)
+from tokenwire.transports.v1.fields import (
+    STRUCTURED_LATER,
+    TOOLS_LATER,
+    Fields,
+    Label,
+    TextFormat,
+    refusing,
+    text_only,
 )
 from tokenwire.transports.v1.response_events import ResponseStream, replayed
 from tokenwire.transports.v1.route import OpenAIRoute
@@ -98,6 +107,19 @@ class InputMessage(_Body):
     content: Text | Annotated[list[InputPart], Field(max_length=1000)]
 
 
+class TextConfig(_Body):
+    format: Annotated[TextFormat | None, text_only(STRUCTURED_LATER)] = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class Reasoning(_Body):
+    effort: Label | None = None
+    summary: Label | None = None
+    generate_summary: Label | None = None
+    context: Label | None = None
+    mode: Label | None = None
+
+
 class ResponseCreateRequest(_Body):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     input: Text | Annotated[list[InputMessage], Field(min_length=1, max_length=10_000)]
@@ -110,6 +132,36 @@ class ResponseCreateRequest(_Body):
     store: bool = True
     previous_response_id: Annotated[str, Field(min_length=1, max_length=160)] | None = None
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
+    # `text.format` text is the answer as it is; `text.verbosity` and `reasoning.effort`
+    # are provider options, honoured by the chosen provider or refused naming it.
+    text: TextConfig | None = None
+    reasoning: Reasoning | None = None
+    # Hints: passed on where the provider takes them (openai), else dropped.
+    user: Label | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    safety_identifier: Label | None = None
+    prompt_cache_key: Label | None = None
+    # Meaning nothing here: accepted, and named in the tokenwire-ignored-fields header.
+    include: list[Label] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: Annotated[int, Field(ge=0)] | None = None
+    stream_options: dict[str, Any] | None = None
+    prompt_cache_retention: Label | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    background_options: dict[str, Any] | None = None
+    # What tokenwire does not offer (yet): refused, saying why.
+    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
+    tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    conversation: Annotated[
+        None, refusing("conversations are not offered: continue with previous_response_id")
+    ] = None
+    prompt: Annotated[None, refusing("prompt templates are not offered: send the input")] = None
+    context_management: Annotated[None, refusing("context management is not offered")] = None
+    moderation: Annotated[None, refusing("moderation is not offered")] = None
+    access_programs: Annotated[None, refusing("access programs are not offered")] = None
+    image: Annotated[None, refusing("image generation is not offered")] = None
 
 
 class ResponseObject(BaseModel):
@@ -164,15 +216,18 @@ class InputItemList(BaseModel):
 async def create_response(request: Request, body: ResponseCreateRequest) -> Response:
     gateway = gateway_of(request)
     user = user_of(request)
+    _check_input(body)
+    fields = _fields(body)
     if body.previous_response_id is not None:
-        await _check_previous(gateway, RequestKey(user, body.previous_response_id))
-    spec = with_client(_spec(gateway, body, user, deadlines_of(request)), request)
+        await _check_previous(gateway, user, body.previous_response_id)
+    spec = with_client(_spec(gateway, body, fields, user, deadlines_of(request)), request)
     log = await gateway.start(spec)
     log.annotations["responses"] = _params(body)
     log.annotations["responses_input"] = _input_items(body)
     stream = ResponseStream(log)
     if body.background and not body.stream:
-        return JSONResponse(stream.response())  # it runs on; GET it, or stream it, later
+        # It runs on; GET it, or stream it, later.
+        return JSONResponse(stream.response(), headers=fields.headers)
     feed = Feed()
     log.subscribe(feed)
     if body.stream:
@@ -180,7 +235,7 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
         return EventStreamResponse(
             events,
             media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            headers={**SSE_HEADERS, **fields.headers},
             close_timeout=close_timeout_of(request),
         )
     async with cancelled_on_hangup(request, gateway, log.key):
@@ -194,7 +249,7 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
                 end = record.data
     if stream.status in ("failed", "cancelled"):
         return openai_error(failure_of(end, error))
-    return _whole(stream.response())
+    return _whole(stream.response(), fields.headers)
 
 
 @router.get(
@@ -276,13 +331,56 @@ async def list_input_items(
 # -- internals ----------------------------------------------------------------
 
 
-def _whole(response: dict[str, Any]) -> JSONResponse:
+def _whole(response: dict[str, Any], headers: Mapping[str, str] | None = None) -> JSONResponse:
     """A Response object as one JSON body, saying whether its usage was estimated."""
-    return JSONResponse(response, headers=usage_headers(response["usage"]))
+    return JSONResponse(response, headers={**usage_headers(response["usage"]), **(headers or {})})
+
+
+def _check_input(body: ResponseCreateRequest) -> None:
+    """An input with nothing to answer is refused, as an empty prompt is on the WebSocket."""
+    if isinstance(body.input, str):
+        if not body.input.strip():
+            raise InvalidRequest("input: must contain more than whitespace")
+        return
+    if not any(_has_content(item.content) for item in body.input):
+        raise InvalidRequest("input: at least one message must contain more than whitespace")
+
+
+def _fields(body: ResponseCreateRequest) -> Fields:
+    """The body's fields beyond the plain call: options, hints, and what is ignored."""
+    text = body.text or TextConfig()
+    fields = Fields()
+    fields.option("verbosity", text.verbosity, "text.verbosity")
+    reasoning = body.reasoning or Reasoning()
+    fields.option("reasoning_effort", reasoning.effort, "reasoning.effort")
+    for key in ("summary", "generate_summary", "context", "mode"):
+        fields.ignore(f"reasoning.{key}", getattr(reasoning, key))
+    for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key"):
+        fields.hint(key, getattr(body, key))
+    for key in _IGNORED:
+        fields.ignore(key, getattr(body, key))
+    return fields
+
+
+_IGNORED = (
+    "include",
+    "truncation",
+    "top_logprobs",
+    "parallel_tool_calls",
+    "max_tool_calls",
+    "stream_options",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "background_options",
+)
 
 
 def _spec(
-    gateway: Gateway, body: ResponseCreateRequest, user: str, deadlines: Deadlines
+    gateway: Gateway,
+    body: ResponseCreateRequest,
+    fields: Fields,
+    user: str,
+    deadlines: Deadlines,
 ) -> RequestSpec:
     request_id = f"resp_{uuid.uuid4().hex}"
     return RequestSpec(
@@ -293,7 +391,12 @@ def _spec(
         conversation_id=request_id if body.store else None,
         history_from=body.previous_response_id,
         generation=Generation(
-            max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p
+            max_tokens=body.max_output_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            options=fields.options,
+            hints=fields.hints,
+            option_names=fields.names,
         ),
         routing=routing_for(gateway, body.model),
         delivery=Delivery(granularity=Granularity.TOKEN, progress_every=0),
@@ -366,6 +469,19 @@ def _turn(role: Role, content: list[InputText | InputImage], where: str) -> Mess
     return turn_of_parts(role, tuple(parts), where)
 
 
+def _text(content: str | list[InputText | InputImage]) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content if isinstance(part, InputText))
+
+
+def _has_content(content: str | list[InputText | InputImage]) -> bool:
+    """More than whitespace, or an image to look at."""
+    if not isinstance(content, str) and any(isinstance(p, InputImage) for p in content):
+        return True
+    return bool(_text(content).strip())
+
+
 def _params(body: ResponseCreateRequest) -> dict[str, Any]:
     """What the Response object repeats of its request (kept with the log)."""
     return body.model_dump(
@@ -391,11 +507,14 @@ def _key(request: Request, response_id: str) -> RequestKey:
 
 async def _stored(gateway: Gateway, key: RequestKey) -> EventLog:
     """The user's response, if it exists, was stored and is not deleted; else
-    `unknown_request` (404)."""
+    `unknown_request` (404).
+
+    The id is the client's input and is never echoed: the client knows what it sent.
+    """
     log = await gateway.logs.get(key)
     params = log.annotations.get("responses") if log is not None else None
     if log is None or params is None or not params.get("store", True) or params.get("deleted"):
-        raise UnknownRequest(f"no response with id {key.request_id!r}")
+        raise UnknownRequest("no response with that id")
     return log
 
 
@@ -410,10 +529,15 @@ async def _stopped(gateway: Gateway, log: EventLog, reason: str = "cancelled by 
         pass
 
 
-async def _check_previous(gateway: Gateway, key: RequestKey) -> None:
-    log = await _stored(gateway, key)
+async def _check_previous(gateway: Gateway, user: str, response_id: str) -> None:
+    if valid_request_id(response_id) is None:
+        raise UnknownRequest("previous_response_id: no response with that id")
+    try:
+        log = await _stored(gateway, RequestKey(user, response_id))
+    except UnknownRequest:
+        raise UnknownRequest("previous_response_id: no response with that id") from None
     if not log.finished:
-        raise InvalidRequest(f"previous_response_id: {key.request_id} is still in progress")
+        raise InvalidRequest("previous_response_id: that response is still in progress")
 
 
 async def _events(

@@ -1,0 +1,85 @@
+"""What the dialects do with the official APIs' request fields beyond the plain call.
+
+Each field a dialect's body model declares is one of four things (docs/http-apis.md
+lists every one): the core's own (messages, limits, sampling every provider
+takes); a provider option, which the chosen provider honours or refuses by name
+(providers/options.py); a hint that changes no answer (an end-user id, a service
+tier), passed on where the provider takes it and dropped elsewhere; or a field
+that means nothing here, accepted and named in the `tokenwire-ignored-fields`
+header. A field asking for what tokenwire does not offer is refused with why.
+A key that no official API defines is refused by the body model itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+IGNORED_FIELDS = "tokenwire-ignored-fields"
+
+TOOLS_LATER = "tool calls are not supported yet"
+STRUCTURED_LATER = "structured output is not supported yet"
+
+Label = Annotated[str, Field(min_length=1, max_length=512)]
+"""A short word or id a field takes (an effort, a tier, an end-user id)."""
+
+
+@dataclass
+class Fields:
+    """A body's fields sorted for the core: options, hints, and what was ignored."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    hints: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    def option(self, key: str, value: Any, name: str | None = None) -> None:
+        """An option the chosen provider must honour (`key` in the provider kinds' terms)."""
+        if value is not None:
+            self.options[key] = value
+            self.names[key] = name or key
+
+    def hint(self, key: str, value: Any) -> None:
+        if value is not None:
+            self.hints[key] = value
+
+    def ignore(self, name: str, value: Any) -> None:
+        if value is not None:
+            self.ignored.append(name)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {IGNORED_FIELDS: ", ".join(self.ignored)} if self.ignored else {}
+
+
+def refusing(why: str, *asks_nothing: Any) -> BeforeValidator:
+    """For a field that asks for what tokenwire does not offer, typed `None`: null, or
+    a value that asks for nothing (an empty tool list), is taken; anything else is
+    refused saying why. The OpenAPI document shows such a field as null only."""
+
+    def check(value: Any) -> None:
+        if value is None or value in asks_nothing:
+            return None
+        raise ValueError(why)
+
+    return BeforeValidator(check)
+
+
+def text_only(why: str) -> BeforeValidator:
+    """For a format field typed `TextFormat`: `{"type": "text"}` is what every answer
+    is; any other format is refused saying why."""
+
+    def check(value: Any) -> Any:
+        if value is None or value == {"type": "text"}:
+            return value
+        raise ValueError(why)
+
+    return BeforeValidator(check)
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
