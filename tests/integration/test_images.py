@@ -103,7 +103,7 @@ async def test_chat_completions_names_a_bad_data_url() -> None:
                 ],
             )
 
-    assert "messages.1.content.1.image_url.url: the image data is not valid base64" in str(
+    assert "messages[1].content[1].image_url.url: the image data is not valid base64" in str(
         caught.value
     )
 
@@ -205,7 +205,7 @@ async def test_messages_refuses_a_declared_type_that_the_bytes_are_not() -> None
                 ],
             )
 
-    assert "messages.0.content.0.source: the image data is not image/jpeg" in str(caught.value)
+    assert "messages[0].content[0].source: the image data is not image/jpeg" in str(caught.value)
 
 
 # -- the WebSocket -------------------------------------------------------------------
@@ -264,7 +264,7 @@ async def test_ws_refuses_plain_http_images_naming_where() -> None:
     assert error["event_type"] == "error"
     assert error["data"]["error_type"] == "invalid_request"
     assert error["data"]["request_id"] == "r1"
-    assert error["data"]["error"].startswith("images.1: an image is a data: URL")
+    assert error["data"]["error"].startswith("images[1]: an image is a data: URL")
 
 
 async def test_ws_refuses_a_forced_blind_provider_with_unsupported_feature() -> None:

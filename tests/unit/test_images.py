@@ -67,9 +67,9 @@ def test_an_https_url_is_kept_as_a_url() -> None:
 )
 def test_what_is_not_an_image_is_invalid_request_naming_where(url: str, problem: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        image_from_url(url, "messages.0.content.2")
+        image_from_url(url, "messages[0].content[2]")
 
-    assert caught.value.message.startswith("messages.0.content.2")
+    assert caught.value.message.startswith("messages[0].content[2]")
     assert problem in caught.value.message
 
 
@@ -88,7 +88,7 @@ def test_images_go_in_user_turns_only() -> None:
     image = ImagePart(url="https://example.com/a.png")
 
     with pytest.raises(InvalidRequest, match="images go in user messages only"):
-        turn_of_parts("assistant", (TextPart("see"), image), "messages.1.content")
+        turn_of_parts("assistant", (TextPart("see"), image), "messages[1].content")
 
 
 def test_a_turn_of_text_parts_only_is_plain_text() -> None:

@@ -4,7 +4,7 @@ Every dialect reads its own image shape and calls these, so that one rule holds 
 every transport: an image is PNG, JPEG, GIF or WebP, given inline (a data URL or
 base64, decoded here, its bytes checked to be of the type it claims) or as an https
 URL (plain http is refused: tokenwire and the providers fetch only over TLS).
-Errors are `InvalidRequest` naming where the image was (`messages.0.content.1`).
+Errors are `InvalidRequest` naming where the image was (`messages[0].content[1]`).
 `ImageBounds` holds the bounds on count and size: the admission checks a request's
 new turns against them, and a conversation's kept turns are fitted to them.
 """

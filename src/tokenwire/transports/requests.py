@@ -13,7 +13,7 @@ from tokenwire.protocol.messages import AiRequest, ChatMessage, ImageRef, TextCo
 def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -> RequestSpec:
     """The request's turns in order; `InvalidRequest` for an image that is not one."""
     try:
-        turns = [_turn(m, f"messages.{i}.content") for i, m in enumerate(message.messages or ())]
+        turns = [_turn(m, f"messages[{i}].content") for i, m in enumerate(message.messages or ())]
         if message.prompt is not None:
             turns.append(Message(role="user", content=message.prompt))
         if message.images:
@@ -64,7 +64,7 @@ def _turn(message: ChatMessage, where: str) -> Message:
         if isinstance(part, TextContent):
             parts.append(TextPart(part.text))
         else:
-            parts.append(image_from_url(part.url, f"{where}.{i}", part.detail))
+            parts.append(image_from_url(part.url, f"{where}[{i}]", part.detail))
     return turn_of_parts(message.role, tuple(parts), where)
 
 
@@ -73,7 +73,7 @@ def _with_images(turns: list[Message], images: list[ImageRef]) -> list[Message]:
     at = max(i for i, turn in enumerate(turns) if turn.role == "user")
     turn = turns[at]
     added = tuple(
-        image_from_url(image.url, f"images.{i}", image.detail) for i, image in enumerate(images)
+        image_from_url(image.url, f"images[{i}]", image.detail) for i, image in enumerate(images)
     )
     turns[at] = Message.of_parts(turn.role, (*turn.content_parts(), *added))
     return turns

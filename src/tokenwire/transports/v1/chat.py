@@ -53,6 +53,7 @@ from tokenwire.transports.v1.running import (
     SSE_HEADERS,
     STREAM_RESPONSE,
     Feed,
+    ImageUrl,
     Text,
     cancel_quietly,
     cancelled_on_hangup,
@@ -82,7 +83,7 @@ class TextPart(_Body):
 
 
 class ImageURL(_Body):
-    url: Annotated[str, Field(min_length=1)]
+    url: ImageUrl
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -264,7 +265,7 @@ def _spec(
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return RequestSpec(
         user_id=user,
-        messages=tuple(_message(m, f"messages.{i}.content") for i, m in enumerate(body.messages)),
+        messages=tuple(_message(m, f"messages[{i}].content") for i, m in enumerate(body.messages)),
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         generation=Generation(
             max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -291,7 +292,7 @@ def _message(message: ChatMessageIn, where: str) -> Message:
             parts.append(CoreTextPart(part.text))
         else:
             url = part.image_url
-            parts.append(image_from_url(url.url, f"{where}.{i}.image_url.url", url.detail))
+            parts.append(image_from_url(url.url, f"{where}[{i}].image_url.url", url.detail))
     return turn_of_parts(role, tuple(parts), where)
 
 

@@ -50,6 +50,8 @@ from tokenwire.transports.v1.running import (
     SSE_HEADERS,
     STREAM_RESPONSE,
     Feed,
+    ImageMediaType,
+    ImageUrl,
     Text,
     cancel_quietly,
     cancelled_on_hangup,
@@ -100,13 +102,13 @@ TextBlocks = Annotated[
 
 class Base64Source(_Body):
     type: Literal["base64"]
-    media_type: str
+    media_type: ImageMediaType
     data: Annotated[str, Field(min_length=1)]
 
 
 class URLSource(_Body):
     type: Literal["url"]
-    url: Annotated[str, Field(min_length=1)]
+    url: ImageUrl
 
 
 class ImageBlockParam(_Body):
@@ -254,7 +256,7 @@ def _turns(
     system: str | list[TextBlockParam] | None, messages: list[MessageParam]
 ) -> tuple[Message, ...]:
     turns = [_message("system", system)] if system else []
-    turns += [_turn(m, f"messages.{i}.content") for i, m in enumerate(messages)]
+    turns += [_turn(m, f"messages[{i}].content") for i, m in enumerate(messages)]
     return tuple(turns)
 
 
@@ -354,9 +356,9 @@ def _turn(message: MessageParam, where: str) -> Message:
             parts.append(_text_part(block))
         elif isinstance(block.source, Base64Source):
             source = block.source
-            parts.append(image_from_base64(source.media_type, source.data, f"{where}.{i}.source"))
+            parts.append(image_from_base64(source.media_type, source.data, f"{where}[{i}].source"))
         else:
-            parts.append(image_from_url(block.source.url, f"{where}.{i}.source.url"))
+            parts.append(image_from_url(block.source.url, f"{where}[{i}].source.url"))
     return turn_of_parts(message.role, tuple(parts), where)
 
 

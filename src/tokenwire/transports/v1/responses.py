@@ -53,6 +53,7 @@ from tokenwire.transports.v1.running import (
     SSE_HEADERS,
     STREAM_RESPONSE,
     Feed,
+    ImageUrl,
     Text,
     cancel_quietly,
     cancelled_on_hangup,
@@ -82,7 +83,7 @@ class InputText(_Body):
 
 class InputImage(_Body):
     type: Literal["input_image"]
-    image_url: Annotated[str, Field(min_length=1)] | None = None
+    image_url: ImageUrl | None = None
     file_id: str | None = None
     detail: Literal["auto", "low", "high"] | None = None
 
@@ -416,7 +417,7 @@ def _messages(body: ResponseCreateRequest) -> tuple[Message, ...]:
         if isinstance(item.content, str):
             turns.append(Message(role=role, content=item.content))
         else:
-            turns.append(_turn(role, item.content, f"input.{i}.content"))
+            turns.append(_turn(role, item.content, f"input[{i}].content"))
     return tuple(turns)
 
 
@@ -465,7 +466,7 @@ def _turn(role: Role, content: list[InputText | InputImage], where: str) -> Mess
             parts.append(TextPart(part.text))
         else:
             assert part.image_url is not None  # the model's validator saw to it
-            parts.append(image_from_url(part.image_url, f"{where}.{i}.image_url", part.detail))
+            parts.append(image_from_url(part.image_url, f"{where}[{i}].image_url", part.detail))
     return turn_of_parts(role, tuple(parts), where)
 
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from tokenwire.core.deadlines import Deadlines, check_deadline
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
+from tokenwire.core.provider import MEDIA_TYPES
 from tokenwire.core.spec import RequestKey, RequestSpec, Routing
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -46,6 +47,16 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}
 }
 Text = Annotated[str, Field(max_length=10_000_000)]
+# An image's URL and media type as the OpenAPI document states them, for clients and
+# fuzzers; core/images.py makes the real checks, and says what is wrong in words.
+ImageUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        json_schema_extra={"pattern": "^([Dd][Aa][Tt][Aa]:|[Hh][Tt][Tt][Pp][Ss]://[^/?#]+)"},
+    ),
+]
+ImageMediaType = Annotated[str, Field(json_schema_extra={"enum": list(MEDIA_TYPES)})]
 
 
 class Feed:
