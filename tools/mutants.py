@@ -38,7 +38,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # What the scratch copy leaves out: environments, caches, version control.
 NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "*.egg-info"
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "node_modules",  # the JavaScript clients: no mutant's tests run them
 )
 
 
@@ -61,6 +68,10 @@ EVENTLOG = "tests/unit/test_eventlog.py"
 ROUTER = "tests/unit/test_router.py"
 ROUTING = "tests/integration/test_routing.py"
 DEADLINES = "tests/unit/test_deadlines.py"
+FINISHED = "tests/integration/test_finished_streams.py"
+IMAGES = "tests/integration/test_images.py"
+FIELDS = "tests/integration/test_dialect_fields.py"
+ENDPOINTS = "tests/integration/test_v1_endpoints.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -356,6 +367,67 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             f"{DEADLINES}::test_a_provider_s_own_timeout_shortens_both_of_its_waits_but_never_lengthens_them",
         ),
+    ),
+    # -- issue 22: what real clients and hostile ones send --------------------------
+    Mutant(
+        "sse-reattach-at-end-streams",
+        "transports/sse.py",
+        "if log.finished and after >= log.last_seq:",
+        "if log.finished and after > log.last_seq:",
+        "an SSE re-attach at a finished stream's end gets heartbeats instead of 204",
+        (f"{FINISHED}::test_an_sse_re_attach_with_nothing_left_is_204_and_holds_no_slot",),
+    ),
+    Mutant(
+        "absent-follower-forgotten",
+        "core/gateway.py",
+        "return bool(self.followers or self.absent)",
+        "return bool(self.followers)",
+        "a device that reloaded no longer counts: the other's 1000 close cancels its stream",
+        (
+            f"{FINISHED}::test_a_device_that_reloads_keeps_the_stream_when_the_other_then_closes_with_1000",
+        ),
+    ),
+    Mutant(
+        "head-one-field-too-many",
+        "transports/request_head.py",
+        "if self._lines - 1 > self._max_fields:",
+        "if self._lines - 2 > self._max_fields:",
+        "a head of 101 header fields is served",
+        (
+            "tests/unit/test_request_head.py::test_a_hundred_fields_pass_and_a_hundred_and_first_is_too_many",
+        ),
+    ),
+    Mutant(
+        "vision-not-routed",
+        "routing/router.py",
+        "if needs_vision and not slot.profile.vision:",
+        "if needs_vision and not slot.profile.auto:",
+        "auto sends a request with images to a provider that cannot see",
+        (f"{IMAGES}::test_auto_with_no_sighted_provider_is_unsupported_feature",),
+    ),
+    Mutant(
+        "ignored-field-unnamed",
+        "transports/v1/fields.py",
+        "            self.ignored.append(name)",
+        "            pass",
+        "fields accepted and ignored are not named in tokenwire-ignored-fields",
+        (f"{FIELDS}::test_ignored_fields_are_named_in_a_header_streaming_or_not",),
+    ),
+    Mutant(
+        "cache-control-dropped",
+        "transports/v1/messages.py",
+        "None if cache is None else cache.model_dump(exclude_none=True)",
+        "None",
+        "a Messages text block loses its cache_control on the way to Anthropic",
+        (f"{FIELDS}::test_messages_fields_and_cache_control_blocks_reach_an_anthropic_upstream",),
+    ),
+    Mutant(
+        "v1-body-utf8-replaced",
+        "transports/v1/route.py",
+        'return body.decode("utf-8")',
+        'return body.decode("utf-8", "replace")',
+        "a /v1 body of invalid UTF-8 is read with replacement characters instead of refused",
+        (f"{ENDPOINTS}::test_a_body_that_is_not_utf8_is_a_400_naming_the_byte",),
     ),
 )
 
