@@ -262,7 +262,7 @@ async def test_count_tokens_elsewhere_says_the_provider_cannot_count() -> None:
             await client.messages.count_tokens(model="simulated", messages=HI)  # type: ignore[arg-type]
     error = caught.value.body["error"]
     assert error["type"] == "invalid_request_error"
-    assert error["message"] == "provider simulated (simulated) cannot count tokens exactly"
+    assert error["message"] == "provider 'simulated' (kind simulated) cannot count tokens exactly"
 
 
 async def test_count_tokens_of_an_unknown_model_is_not_found() -> None:

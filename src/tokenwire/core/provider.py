@@ -195,7 +195,7 @@ async def count_tokens(provider: Provider, request: ProviderRequest) -> int:
     if not isinstance(provider, TokenCounter):
         # An estimate would be worse than a refusal: callers budget by this number.
         raise UnsupportedFeature(
-            f"provider {provider.name} ({provider.kind}) cannot count tokens exactly"
+            f"provider '{provider.name}' (kind {provider.kind}) cannot count tokens exactly"
         )
     return await provider.count_tokens(request)
 
