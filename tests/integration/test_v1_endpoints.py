@@ -4,6 +4,7 @@ counting tokens, and unknown paths, methods and bodies answered in the dialect's
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from tests.fakes.anthropic_upstream import (
     fake_token_count,
     messages_api,
 )
+from tests.fakes.image_server import PNG
 from tests.fakes.openai_upstream import ScriptedUpstream
 from tests.support.providers import WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server, simulated_settings
@@ -156,6 +158,25 @@ async def test_a_string_input_is_one_user_item() -> None:
     assert item.role == "user"  # type: ignore[union-attr]
     assert item.content[0].type == "input_text"  # type: ignore[union-attr]
     assert item.content[0].text == "Hello there"  # type: ignore[union-attr]
+
+
+async def test_an_image_item_is_listed_by_url_and_a_data_url_without_its_bytes() -> None:
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    https = "https://images.example/cat.png"
+    content = [
+        {"type": "input_text", "text": "compare"},
+        {"type": "input_image", "image_url": data_url, "detail": "low"},
+        {"type": "input_image", "image_url": https},
+    ]
+    async with served() as server, openai_sdk(server) as client:
+        response = await client.responses.create(
+            model="simulated", input=[{"role": "user", "content": content}]
+        )
+        [item] = (await client.responses.input_items.list(response.id)).data
+    text, inline, linked = item.content  # type: ignore[union-attr]
+    assert text.text == "compare"
+    assert (inline.type, inline.image_url, inline.detail) == ("input_image", None, "low")
+    assert (linked.type, linked.image_url) == ("input_image", https)
 
 
 async def test_delete_forgets_a_response() -> None:
