@@ -29,6 +29,7 @@ from tokenwire.core.deadlines import Timeouts
 from tokenwire.core.provider import Usage, estimate_tokens
 from tokenwire.core.route import AttemptObserver, AttemptOutcome, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
+from tokenwire.core.tools import ToolCallDelta, ToolCallEnd
 from tokenwire.protocol.errors import (
     CostLimitExceeded,
     ProviderBusy,
@@ -198,6 +199,8 @@ class Attempts:
                     if isinstance(item, Usage):
                         self.usage = item
                         continue
+                    if isinstance(item, ToolCallDelta | ToolCallEnd):
+                        raise ProviderError(f"provider {slot.name} called a tool: not relayed yet")
                     if not item:
                         continue
                     # SDKs hand out buffered deltas without suspending. If the loop has not

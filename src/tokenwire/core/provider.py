@@ -13,9 +13,19 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from tokenwire.core.tools import (
+    ResponseFormat,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallPart,
+    ToolChoice,
+    ToolResultPart,
+    ToolSpec,
+)
 from tokenwire.protocol.errors import UnsupportedFeature
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+"""A "tool" turn holds the results (`ToolResultPart`) of the assistant's calls before it."""
 MediaType = Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
 MEDIA_TYPES: tuple[MediaType, ...] = ("image/png", "image/jpeg", "image/gif", "image/webp")
 Detail = Literal["auto", "low", "high"]
@@ -49,8 +59,9 @@ class ImagePart:
         return len(self.data) if self.data is not None else 0
 
 
-Part = TextPart | ImagePart
-"""A piece of a message's content, in order. Tool calls and results will be parts too."""
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart
+"""A piece of a message's content, in order: text and images (user turns), text and tool
+calls (assistant turns), tool results (tool turns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,14 @@ class Message:
     def images(self) -> tuple[ImagePart, ...]:
         return tuple(p for p in self.parts if isinstance(p, ImagePart))
 
+    @property
+    def tool_calls(self) -> tuple[ToolCallPart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, ToolCallPart))
+
+    @property
+    def tool_results(self) -> tuple[ToolResultPart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, ToolResultPart))
+
     def content_parts(self) -> tuple[Part, ...]:
         """The turn in order: its parts, or its text as one part."""
         return self.parts or ((TextPart(self.content),) if self.content else ())
@@ -88,7 +107,7 @@ def images_of(messages: tuple[Message, ...]) -> tuple[ImagePart, ...]:
     return tuple(image for message in messages for image in message.images)
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +119,8 @@ class Usage:
     estimated: bool = False
     """True where the upstream reported no usage and these are tokenwire's own counts."""
     finish_reason: FinishReason = "stop"
-    """"length" when the answer stopped at its token budget, else "stop"."""
+    """"length" when the answer stopped at its token budget, "tool_calls" when it ended
+    by calling tools, else "stop"."""
     stop_sequence: str | None = None
     """Which of the request's `stop` strings ended the answer, where one did."""
 
@@ -136,6 +156,12 @@ class ProviderRequest:
     option_names: Mapping[str, str] = field(default_factory=dict)
     """What the client called each option (a dialect's field name), for refusals;
     an option not named here is `config.options.<key>`."""
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    """None: the provider's default ("auto" when there are tools)."""
+    parallel_tool_calls: bool | None = None
+    """None: the provider's default; False: at most one call per answer."""
+    response_format: ResponseFormat | None = None
 
     @property
     def prompt_text(self) -> str:
@@ -146,7 +172,9 @@ class ProviderRequest:
         return any(m.parts and m.images for m in self.messages)
 
 
-ProviderEvent = str | Usage
+ProviderEvent = str | Usage | ToolCallDelta | ToolCallEnd
+"""Text deltas and tool-call news, then one `Usage`. Room is left here for reasoning
+deltas (thinking, reasoning summaries) as a type of their own, not as text."""
 
 
 class Provider(Protocol):

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.provider import Message
+from tokenwire.core.tools import ResponseFormat, ToolChoice, ToolSpec
 from tokenwire.protocol.messages import Granularity, RoutingStrategy
 
 
@@ -42,6 +43,10 @@ class Generation:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     """The provider's per-request options (WebSocket `config.options`, a dialect's fields)."""
     hints: Mapping[str, Any] = field(default_factory=dict)

@@ -20,9 +20,16 @@ class EventType(StrEnum):
     ERROR = "error"
     STREAM_END = "stream_end"
     CONNECTION_STATUS = "connection_status"
+    # An answer's tool calls (CONTRACT.md "Tool calls and structured output").
+    TOOL_CALL_START = "tool_call_start"
+    TOOL_CALL_DELTA = "tool_call_delta"
+    TOOL_CALL_END = "tool_call_end"
 
 
 TEXT_EVENTS = frozenset({EventType.TOKEN, EventType.CHUNK})
+TOOL_CALL_EVENTS = frozenset(
+    {EventType.TOOL_CALL_START, EventType.TOOL_CALL_DELTA, EventType.TOOL_CALL_END}
+)
 
 
 class StreamStatus(StrEnum):

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
     FinishReason,
+    ImagePart,
     Message,
     Part,
     ProviderEvent,
@@ -245,6 +246,7 @@ def _block(part: Part) -> TextBlockParam | ImageBlockParam:
     """A text or image part as a Messages content block (an image by base64 or URL)."""
     if isinstance(part, TextPart):
         return _text_block(part)
+    assert isinstance(part, ImagePart), "tool parts are not rendered here yet"
     if part.data is None:
         assert part.url is not None
         return {"type": "image", "source": {"type": "url", "url": part.url}}

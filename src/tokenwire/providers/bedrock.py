@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
     FinishReason,
+    ImagePart,
     Message,
     Part,
     ProviderEvent,
@@ -269,6 +270,7 @@ def _block(part: Part) -> dict[str, Any]:
     """A text or image content block; an image's bytes were fetched before (`stream`)."""
     if isinstance(part, TextPart):
         return {"text": part.text}
+    assert isinstance(part, ImagePart), "tool parts are not rendered here yet"
     assert part.data is not None
     assert part.media_type is not None
     return {

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
     FinishReason,
+    ImagePart,
     Message,
     Part,
     ProviderEvent,
@@ -228,6 +229,7 @@ def _part(part: Part) -> ChatCompletionContentPartParam:
     """A text or image part as Chat Completions takes it (an image by URL or data URL)."""
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
+    assert isinstance(part, ImagePart), "tool parts are not rendered here yet"
     image: ImageURL = {"url": data_url(part)}
     if part.detail is not None:
         image["detail"] = part.detail
