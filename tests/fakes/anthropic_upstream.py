@@ -75,10 +75,13 @@ def block_frames(index: int, block: Block) -> list[bytes]:
 
 
 def blocks_frames(
-    blocks: Sequence[Block], output_tokens: int = 9, *, stop_reason: str = "tool_use"
+    blocks: Sequence[Block], output_tokens: int = 9, *, stop_reason: str | None = None
 ) -> list[bytes]:
-    """A whole streamed answer of these blocks, ending with `message_stop`."""
-    whole = message_frames([], 5, output_tokens, stop_reason=stop_reason)
+    """A whole streamed answer of these blocks, ending with `message_stop`; its stop
+    reason is `tool_use` where it calls a tool, else `end_turn`, unless given."""
+    calls = any(block.tool is not None for block in blocks)
+    reason = stop_reason or ("tool_use" if calls else "end_turn")
+    whole = message_frames([], 5, output_tokens, stop_reason=reason)
     frames = whole[:1]
     for index, block in enumerate(blocks):
         frames += block_frames(index, block)

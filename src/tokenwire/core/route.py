@@ -65,6 +65,10 @@ class ProviderSlot:
             options=generation.options,
             hints=generation.hints,
             option_names=generation.option_names,
+            tools=generation.tools,
+            tool_choice=generation.tool_choice,
+            parallel_tool_calls=generation.parallel_tool_calls,
+            response_format=generation.response_format,
         )
 
 

@@ -347,6 +347,8 @@ def _spec(
     choice, parallel = tool_choice(body.tool_choice)
     if isinstance(choice, NamedTool) and choice.name not in {t.name for t in tools}:
         raise InvalidRequest(f"tool_choice.name: no tool named {choice.name!r} in tools")
+    if choice == "required" and not tools:
+        raise InvalidRequest("tool_choice: 'any' needs tools to choose from")
     return RequestSpec(
         user_id=user,
         messages=_turns(body.system, body.messages),

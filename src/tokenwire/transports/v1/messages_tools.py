@@ -17,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenwire.core.provider import Message, Part
 from tokenwire.core.tools import NamedTool, ToolCallPart, ToolChoice, ToolResultPart, ToolSpec
 from tokenwire.protocol.errors import InvalidRequest
+from tokenwire.transports.v1.fields import refusing
 from tokenwire.transports.v1.running import Text
+
+NO_TOOLSETS = "toolsets are not offered"
+# A call's caller as the SDK may send it back: {"type": "direct"} asks for nothing.
+Caller = Annotated[None, refusing("programmatic tool calling is not offered", {"type": "direct"})]
 
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ToolUseId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")]
@@ -78,6 +83,8 @@ class ToolUseBlockParam(Body):
     name: ToolName
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    caller: Caller = None
+    toolset_name: Annotated[None, refusing(NO_TOOLSETS)] = None
 
 
 class ResultText(Body):
@@ -94,6 +101,7 @@ class ToolResultBlockParam(Body):
     content: Text | Annotated[list[ResultText], Field(max_length=1000)] | None = None
     is_error: bool | None = None
     cache_control: CacheControl | None = None
+    toolset_name: Annotated[None, refusing(NO_TOOLSETS)] = None
 
 
 class ToolUseBlock(BaseModel):
