@@ -217,9 +217,12 @@ async def test_a_call_made_by_one_provider_is_answered_on_another(
     }
 
 
-def history_of(result_id: str, *, answered: bool = True) -> list[Any]:
-    call = {"type": "tool_use", "id": "call_a1", "name": "get_weather", "input": {"city": "Oslo"}}
-    turns: list[Any] = [*ASK, {"role": "assistant", "content": [call]}]
+def history_of(result_id: str, *, answered: bool = True, calls: int = 1) -> list[Any]:
+    made = [
+        {"type": "tool_use", "id": f"call_a{n}", "name": "get_weather", "input": {"city": "Oslo"}}
+        for n in range(1, calls + 1)
+    ]
+    turns: list[Any] = [*ASK, {"role": "assistant", "content": made}]
     if answered:
         result = {"type": "tool_result", "tool_use_id": result_id, "content": "x"}
         turns.append({"role": "user", "content": [result]})
@@ -234,8 +237,9 @@ def history_of(result_id: str, *, answered: bool = True) -> list[Any]:
         (history_of("call_zz"), "messages[2].content"),
         (history_of("call_a1", answered=False), "messages[1].content"),
         (history_of("call_a1")[:2], "messages[1].content"),
+        (history_of("call_a1", calls=2), "immediately after: call_a2"),
     ],
-    ids=["an unknown id", "a call without its result", "a call at the end"],
+    ids=["an unknown id", "a call without its result", "a call at the end", "one of two"],
 )
 async def test_results_that_do_not_answer_the_calls_before_are_a_400_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, messages: list[Any], named: str
