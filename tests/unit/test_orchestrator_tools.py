@@ -20,7 +20,7 @@ from tokenwire.core.hydration import compacted
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.core.spec import RequestKey
 from tokenwire.core.tools import ToolCallDelta, ToolCallEnd, ToolCallPart, ToolResultPart
-from tokenwire.protocol.errors import ProviderError
+from tokenwire.protocol.errors import InvalidRequest, ProviderError
 from tokenwire.protocol.events import EventType
 from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.settings import ProviderSettings
@@ -293,3 +293,25 @@ def test_compact_hydration_keeps_tool_events_and_merges_the_text_on_each_side() 
         (" and then", 2),
     ]
     assert [r.data for r in held[1:4]] == [r.data for r in log.records(4) if r.seq <= 7]
+
+
+async def test_a_simulated_failure_mid_call_ends_in_an_error_without_the_call() -> None:
+    run, inbox = make_run(simulated(), options=scripted_calls(WEATHER, fail_after=3))
+
+    outcome = await run.run()
+
+    assert len(inbox.of("tool_call_delta")) == 3  # the three deltas sent before the failure
+    assert inbox.of("tool_call_end") == []
+    assert inbox.of("stream_end")[0]["status"] == "error"
+    assert "simulated failure after 3 deltas" in inbox.of("error")[0]["error"]
+    assert outcome.tool_calls == ()
+
+
+def test_a_scripted_call_with_a_name_no_tool_may_have_is_refused() -> None:
+    provider = simulated()
+    bad = {"tool_calls": [{"name": "get weather!", "arguments": {}}]}
+
+    with pytest.raises(InvalidRequest, match=re.escape("config.options.tool_calls[0].name")):
+        provider.validate(
+            ProviderRequest(messages=(Message(role="user", content="hi"),), options=bad)
+        )
