@@ -4,6 +4,7 @@ simulated provider's scripted calls."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from tests.fakes.anthropic_upstream import (
     text_block,
     tool_block,
 )
-from tests.fakes.openai_upstream import ScriptedUpstream
+from tests.fakes.openai_upstream import Reply, ScriptedUpstream
 from tests.support.server import RunningServer, running_server, simulated_settings
 
 KEY_ENV = "TOKENWIRE_TEST_ANTHROPIC_KEY"
@@ -266,3 +267,35 @@ async def test_a_tool_choice_naming_no_offered_tool_is_a_400(
                 tools=[WEATHER],
                 tool_choice={"type": "tool", "name": "get_time"},
             )
+
+
+async def test_an_answer_that_starts_with_a_call_streams_the_call_before_the_answer_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The upstream sends the call's start and a fragment, then falls silent.
+    frames = blocks_answer([tool_block("toolu_01", "get_weather", '{"city"', ': "Oslo"}')]).frames
+    stalled = Reply(frames=frames, cut_after=4, then="stall")
+    async with served(monkeypatch, stalled) as (server, _, _):
+        body = {"model": "claude", "max_tokens": 100, "messages": ASK, "tools": [WEATHER]}
+        seen: list[dict[str, Any]] = []
+        # A bound that turns a hang (the call held back until the end) into a failure.
+        async with (
+            asyncio.timeout(20),
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("POST", server.url + "/v1/messages", json={**body, "stream": True}) as got,
+        ):
+            async for line in got.aiter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line.removeprefix("data: ")))
+                if any(e["type"] == "content_block_delta" for e in seen):
+                    break
+
+    assert [e["type"] for e in seen] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+    ]
+    assert seen[1]["content_block"]["type"] == "tool_use"
+    assert seen[1]["content_block"]["id"].startswith("call_")
+    assert seen[1]["index"] == 0
