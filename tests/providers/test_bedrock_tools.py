@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
 import pytest
 
 from tests.fakes import bedrock_eventstream as es
 from tests.fakes.bedrock_server import FakeBedrock, Reply
+from tests.support.server import running_server, simulated_settings
 from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, TextPart, Usage
 from tokenwire.core.tools import (
     NamedTool,
@@ -252,3 +255,67 @@ async def test_a_stream_cut_in_the_middle_of_the_arguments_is_an_error(
 
     with pytest.raises(ProviderError):
         await ask(provider)
+
+
+# -- through the Messages dialect ----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def messages_client(fake: FakeBedrock) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The anthropic SDK on a server of `br` (the fake Bedrock) and `sim` (one call)."""
+    scripted = {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}
+    providers = [
+        {"name": "br", "kind": "bedrock", "model": "anthropic.claude-test", "base_url": fake.url},
+        {"name": "sim", "kind": "simulated", "options": {"delay_ms": 0, **scripted}},
+    ]
+    async with running_server(simulated_settings(providers=providers)) as server:
+        client = anthropic.AsyncAnthropic(base_url=server.url, api_key="unused", max_retries=0)
+        async with client:
+            yield client
+
+
+async def test_a_bedrock_call_reaches_the_sdk_as_a_tool_use_block(fake: FakeBedrock) -> None:
+    fake.script(answer(es.tool_use(0, "tooluse_a", "get_weather", '{"city":', ' "Oslo"}')))
+
+    async with messages_client(fake) as client:
+        tool = {"name": "get_weather", "input_schema": dict(WEATHER.parameters)}
+        async with client.messages.stream(
+            model="br", max_tokens=100, messages=[{"role": "user", "content": "hi"}], tools=[tool]
+        ) as stream:
+            final = await stream.get_final_message()
+
+    [call] = final.content
+    assert call.type == "tool_use"
+    assert (call.name, call.input) == ("get_weather", {"city": "Oslo"})
+    assert call.id.startswith("call_")
+    assert final.stop_reason == "tool_use"
+
+
+async def test_a_call_made_elsewhere_is_answered_on_bedrock_without_tools(
+    fake: FakeBedrock,
+) -> None:
+    fake.script(answer(text(0, "Rainy."), reason="end_turn"))
+
+    async with messages_client(fake) as client:
+        ask: list[Any] = [{"role": "user", "content": "weather in Oslo?"}]
+        tool = {"name": "get_weather", "input_schema": dict(WEATHER.parameters)}
+        called = await client.messages.create(
+            model="sim", max_tokens=100, messages=ask, tools=[tool]
+        )
+        [call] = called.content
+        assert call.type == "tool_use"
+        result = {"type": "tool_result", "tool_use_id": call.id, "content": "4 C"}
+        history = [
+            *ask,
+            {"role": "assistant", "content": called.content},
+            {"role": "user", "content": [result]},
+        ]
+        answer_ = await client.messages.create(model="br", max_tokens=100, messages=history)
+
+    assert answer_.content[0].type == "text"
+    assert answer_.content[0].text == "Rainy."
+    sent = fake.requests[0].body
+    assert sent["messages"][1]["content"] == [
+        {"toolUse": {"toolUseId": call.id, "name": "get_weather", "input": {"city": "Oslo"}}}
+    ]
+    assert "toolConfig" in sent
