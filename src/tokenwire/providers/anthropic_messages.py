@@ -58,8 +58,6 @@ from tokenwire.core.provider import (
 )
 from tokenwire.core.tools import (
     NamedTool,
-    ToolCallDelta,
-    ToolCallEnd,
     ToolCallPart,
     ToolResultPart,
     ToolSpec,
@@ -72,6 +70,7 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.providers.images import base64_text
 from tokenwire.providers.options import configured_options, merged_options, request_options
+from tokenwire.providers.tool_blocks import CallBlocks
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
 
@@ -203,23 +202,19 @@ class _Answer:
         self.output_tokens = 0
         self.finish_reason: FinishReason = "stop"
         self.stop_sequence: str | None = None
-        # The input JSON so far of each tool_use block, by block index.
-        self.calls: dict[int, str] = {}
-        self.broken_call = False
+        self.calls = CallBlocks()
 
     def read(self, event: RawMessageStreamEvent) -> list[ProviderEvent]:
         if event.type == "content_block_delta":
             if event.delta.type == "text_delta":
                 return [event.delta.text] if event.delta.text else []
-            if event.delta.type == "input_json_delta" and event.index in self.calls:
-                self.calls[event.index] += event.delta.partial_json
-                return [ToolCallDelta(event.index, arguments=event.delta.partial_json)]
+            if event.delta.type == "input_json_delta":
+                return self.calls.fragment(event.index, event.delta.partial_json)
         elif event.type == "content_block_start" and event.content_block.type == "tool_use":
             block = event.content_block
-            self.calls[event.index] = ""
-            return [ToolCallDelta(event.index, upstream_id=block.id, name=block.name)]
+            return self.calls.start(event.index, block.id, block.name)
         elif event.type == "content_block_stop" and event.index in self.calls:
-            return self._call_end(event.index)
+            return self.calls.stop(event.index)
         elif event.type == "message_start":
             self.input_tokens = event.message.usage.input_tokens
             self.output_tokens = event.message.usage.output_tokens
@@ -233,24 +228,8 @@ class _Answer:
             self.stopped = True
         return []
 
-    def _call_end(self, index: int) -> list[ProviderEvent]:
-        """The call's end, or nothing where its input is not a JSON object (reported
-        once the stop reason says why). A call of no input sends no fragment: `{}`."""
-        if not self.calls[index]:
-            self.calls[index] = "{}"
-            return [ToolCallDelta(index, arguments="{}"), ToolCallEnd(index)]
-        try:
-            whole = json.loads(self.calls[index])
-        except json.JSONDecodeError:
-            whole = None
-        if isinstance(whole, dict):
-            return [ToolCallEnd(index)]
-        self.broken_call = True
-        return []
-
     def _stopping(self, reason: str | None, stop_sequence: str | None) -> None:
-        if self.broken_call and reason == "max_tokens":
-            raise ProviderError("the answer reached max_tokens in the middle of a tool call")
+        self.calls.check_stop_reason(reason)
         if reason == "max_tokens":
             self.finish_reason = "length"
         elif reason == "tool_use":
@@ -260,8 +239,7 @@ class _Answer:
     def usage(self) -> Usage:
         if not self.stopped or self.input_tokens is None:
             raise ProviderError(f"{END_MARKER_MISSING} (no message_stop): the answer is cut short")
-        if self.broken_call:
-            raise ProviderError("upstream ended a tool call whose input is not a JSON object")
+        self.calls.check_whole()
         return Usage(
             self.input_tokens,
             self.output_tokens,

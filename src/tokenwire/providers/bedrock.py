@@ -70,8 +70,6 @@ from tokenwire.core.provider import (
 )
 from tokenwire.core.tools import (
     NamedTool,
-    ToolCallDelta,
-    ToolCallEnd,
     ToolCallPart,
     ToolResultPart,
     ToolSpec,
@@ -86,6 +84,7 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.providers.images import FetchPolicy, ImageFetcher
 from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.tool_blocks import CallBlocks
 from tokenwire.providers.upstream import END_MARKER_MISSING, retry_after
 from tokenwire.settings import ProviderSettings
 
@@ -256,9 +255,7 @@ class _Answer:
         self.finish: FinishReason = "stop"
         self.usage_seen: Usage | None = None
         self.produced: list[str] = []
-        # The input JSON so far of each toolUse block, by block index.
-        self.calls: dict[int, str] = {}
-        self.broken_call = False
+        self.calls = CallBlocks()
 
     def read(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
         if "contentBlockDelta" in event:
@@ -268,14 +265,11 @@ class _Answer:
             call = start.get("start", {}).get("toolUse")
             if call is not None:
                 index = int(start.get("contentBlockIndex", 0))
-                self.calls[index] = ""
-                return [
-                    ToolCallDelta(index, upstream_id=call.get("toolUseId"), name=call.get("name"))
-                ]
+                return self.calls.start(index, call.get("toolUseId"), call.get("name"))
         elif "contentBlockStop" in event:
             index = int(event["contentBlockStop"].get("contentBlockIndex", 0))
             if index in self.calls:
-                return self._call_end(index)
+                return self.calls.stop(index)
         elif "messageStop" in event:
             self._stopping(event["messageStop"].get("stopReason"))
         elif "metadata" in event:
@@ -290,26 +284,10 @@ class _Answer:
             return [str(text)]
         index = int(block.get("contentBlockIndex", 0))
         fragment = delta.get("toolUse", {}).get("input")
-        if isinstance(fragment, str) and index in self.calls:
-            self.calls[index] += fragment
-            self.produced.append(fragment)
-            return [ToolCallDelta(index, arguments=fragment)]
-        return []
-
-    def _call_end(self, index: int) -> list[ProviderEvent]:
-        """The call's end, or nothing where its input is not a JSON object (reported
-        once the stop reason says why). A call of no input may send none: `{}`."""
-        if not self.calls[index]:
-            self.calls[index] = "{}"
-            return [ToolCallDelta(index, arguments="{}"), ToolCallEnd(index)]
-        try:
-            whole = json.loads(self.calls[index])
-        except json.JSONDecodeError:
-            whole = None
-        if isinstance(whole, dict):
-            return [ToolCallEnd(index)]
-        self.broken_call = True
-        return []
+        if not isinstance(fragment, str):
+            return []
+        self.produced.append(fragment)
+        return self.calls.fragment(index, fragment)
 
     def _stopping(self, reason: str | None) -> None:
         self.stopped = True
@@ -317,8 +295,7 @@ class _Answer:
             raise ProviderError(
                 "bedrock: the model made a malformed tool call (malformed_tool_use)"
             )
-        if self.broken_call and reason == "max_tokens":
-            raise ProviderError("the answer reached max_tokens in the middle of a tool call")
+        self.calls.check_stop_reason(reason)
         if reason == "max_tokens":
             self.finish = "length"
         elif reason == "tool_use":
@@ -327,8 +304,7 @@ class _Answer:
     def usage(self, request: ProviderRequest, max_tokens: int | None) -> Usage:
         if not self.stopped:
             raise ProviderError(END_MARKER_MISSING)
-        if self.broken_call:
-            raise ProviderError("upstream ended a tool call whose input is not a JSON object")
+        self.calls.check_whole()
         usage = self.usage_seen or Usage(
             prompt_tokens=estimate_tokens(request.prompt_text),
             completion_tokens=estimated_completion_tokens(
