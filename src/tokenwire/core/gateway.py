@@ -389,7 +389,7 @@ class Gateway:
         spec = run.spec
         assert spec.conversation_id is not None
         # Only finished calls are in the outcome: one cut short is never kept.
-        answer = answer_turn(run.answer_text, getattr(outcome, "tool_calls", ()))
+        answer = answer_turn(run.answer_text, outcome.tool_calls)
         # Continued from another conversation: that one's turns start this one.
         earlier = spec.history if spec.history_from is not None else ()
         try:
