@@ -3,6 +3,8 @@ results come, trimming drops a call with its results, and only finished calls ar
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tokenwire.backends.memory import MemoryConversationStore
@@ -11,9 +13,12 @@ from tokenwire.core.conversations import (
     answer_turn,
     check_results,
     pending_calls,
+    turn_as_json,
+    turn_from_json,
     turn_tokens,
+    with_pending_exchange,
 )
-from tokenwire.core.provider import Message, TextPart
+from tokenwire.core.provider import ImagePart, Message, TextPart
 from tokenwire.core.tools import ToolCallPart, ToolResultPart
 from tokenwire.protocol.errors import InvalidRequest
 
@@ -121,3 +126,30 @@ async def test_the_memory_store_keeps_calls_pending_across_lookups() -> None:
     history = await store.history("ada", "c1")
     assert pending_calls(history) == (WEATHER, TIME)
     assert await store.history("bob", "c1") == ()
+
+
+def test_results_keep_the_exchange_of_their_calls_where_the_bounds_would_cut_it() -> None:
+    history = (user("hi"), answer_turn("hello", []), *asked_weather())
+    assert with_pending_exchange(history, ()) == asked_weather()
+    assert with_pending_exchange(history, history[2:]) == history[2:]
+    answered = (*asked_weather(), results(("call_a1", "1"), ("call_b2", "2")))
+    assert with_pending_exchange(answered, ()) == ()
+
+
+def test_turns_survive_json_as_a_shared_store_would_keep_them() -> None:
+    image = ImagePart(media_type="image/png", data=b"\x89PNG\r\n\x1a\n", detail="low")
+    turns = (
+        Message(role="system", content="Be brief."),
+        Message.of_parts("user", (TextPart("what is", {"type": "ephemeral"}), image)),
+        Message.of_parts("user", (TextPart("and"), ImagePart(url="https://x.example/a.png"))),
+        *asked_weather(),
+        Message(
+            role="tool",
+            content="",
+            parts=(ToolResultPart("call_a1", "18 C"), ToolResultPart("call_b2", "?", True)),
+        ),
+    )
+    kept = [json.loads(json.dumps(turn_as_json(turn))) for turn in turns]
+    assert tuple(turn_from_json(data) for data in kept) == turns
+    with pytest.raises(ValueError, match="not a role"):
+        turn_from_json({**kept[0], "role": "robot"})

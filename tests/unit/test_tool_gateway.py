@@ -4,6 +4,8 @@ with each call followed by its result, and the results join the conversation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.support.providers import WatchedProvider
@@ -11,9 +13,10 @@ from tests.support.recording import Inbox
 from tests.support.server import simulated_settings
 from tests.support.waiting import eventually
 from tokenwire.app import gateway_for
+from tokenwire.backends.memory import MemoryConversationStore
 from tokenwire.core.conversations import answer_turn, pending_calls
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.provider import Message
+from tokenwire.core.provider import ImagePart, Message, TextPart
 from tokenwire.core.route import ProviderProfile, ProviderSlot
 from tokenwire.core.spec import Generation, RequestSpec
 from tokenwire.core.tools import Capabilities, ToolCallPart, ToolResultPart, ToolSpec
@@ -24,9 +27,11 @@ WEATHER = ToolCallPart("call_a1", "get_weather", '{"city": "Paris"}')
 CALLER = Capabilities(tools=True, parallel_tool_calls=True, vision=True)
 
 
-def gateway(provider: WatchedProvider) -> Gateway:
+def gateway(provider: WatchedProvider, **limits: Any) -> Gateway:
     slots = {provider.name: ProviderSlot(provider, ProviderProfile(capabilities=CALLER))}
-    settings = simulated_settings(providers=[{"name": provider.name, "kind": "simulated"}])
+    settings = simulated_settings(
+        providers=[{"name": provider.name, "kind": "simulated"}], limits=limits
+    )
     return gateway_for(settings, slots)
 
 
@@ -89,3 +94,20 @@ async def test_the_results_reach_the_provider_after_their_call_and_join_the_conv
     kept = await gw.conversations.history("ada", "c1")
     assert [m.role for m in kept] == ["user", "assistant", "tool", "assistant"]
     assert pending_calls(kept) == ()
+
+
+async def test_results_reach_the_provider_with_their_call_even_where_image_bounds_cut_history() -> (
+    None
+):
+    # No image fits in a request any more: the history would give up its every turn,
+    # but the results cannot go without the call they answer. (A store that kept the
+    # turns whole: this one keeps no image bound of its own.)
+    provider = WatchedProvider("caller")
+    gw = gateway(provider, max_images_per_request=0)
+    gw.conversations = MemoryConversationStore(max_tokens=4096)
+    image = ImagePart(media_type="image/png", data=b"\x89PNG\r\n\x1a\n")
+    question = Message.of_parts("user", (TextPart("Weather where this is?"), image))
+    await gw.conversations.extend("ada", "c1", (question, answer_turn("", [WEATHER])))
+    await gw.start(request(results(("call_a1", "18 C")), request_id="r1"))
+    await finished(gw)
+    assert [m.role for m in provider.requests[-1].messages] == ["user", "assistant", "tool"]

@@ -12,13 +12,22 @@ together, so that no history holds one without the other.
 
 from __future__ import annotations
 
+import base64
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, get_args
 
 from tokenwire.core.images import ImageBounds
-from tokenwire.core.provider import Message, TextPart, estimate_tokens, images_of
-from tokenwire.core.tools import ToolCallPart
+from tokenwire.core.provider import (
+    ImagePart,
+    Message,
+    Part,
+    Role,
+    TextPart,
+    estimate_tokens,
+    images_of,
+)
+from tokenwire.core.tools import ToolCallPart, ToolResultPart
 from tokenwire.protocol.errors import InvalidRequest, excerpt
 
 
@@ -65,7 +74,8 @@ class Conversation:
 
 
 class ConversationStore(Protocol):
-    """Where conversations live (a backend); asynchronous so that a shared store fits."""
+    """Where conversations live (a backend); asynchronous so that a shared store fits.
+    A store outside this process keeps turns as `turn_as_json` gives them."""
 
     async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
         """The turns kept so far; empty for a conversation not (or no longer) kept."""
@@ -124,5 +134,76 @@ def check_results(history: Sequence[Message], new: Sequence[Message], conversati
         raise InvalidRequest(f"tool_results: missing the results of {_listed(missing)}")
 
 
+def with_pending_exchange(
+    history: tuple[Message, ...], fitted: tuple[Message, ...]
+) -> tuple[Message, ...]:
+    """`fitted` (the newest turns of `history` that fit a request's bounds), or, where it
+    lost the pending calls that the request answers, the exchange that made them: results
+    are never sent without their calls."""
+    if fitted or not pending_calls(history):
+        return fitted
+    users = [i for i, message in enumerate(history) if message.role == "user"]
+    return history[users[-1] if users else len(history) - 1 :]
+
+
 def _listed(calls: Sequence[ToolCallPart]) -> str:
     return ", ".join(f"{call.id} ({call.name})" for call in calls)
+
+
+def turn_as_json(message: Message) -> dict[str, Any]:
+    """A turn as JSON values (what a shared store such as Redis keeps), calls and results
+    included; `turn_from_json` gives it back equal."""
+    return {
+        "role": message.role,
+        "content": message.content,
+        "parts": [_part_as_json(part) for part in message.parts],
+    }
+
+
+def turn_from_json(data: Mapping[str, Any]) -> Message:
+    role = data["role"]
+    if role not in get_args(Role):
+        raise ValueError(f"not a role: {role!r}")
+    parts = tuple(_part_from_json(part) for part in data["parts"])
+    return Message(role=role, content=str(data["content"]), parts=parts)
+
+
+def _part_as_json(part: Part) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text, "cache_control": part.cache_control}
+    if isinstance(part, ToolCallPart):
+        return {"type": "tool_call", "id": part.id, "name": part.name, "arguments": part.arguments}
+    if isinstance(part, ToolResultPart):
+        return {
+            "type": "tool_result",
+            "tool_call_id": part.tool_call_id,
+            "content": part.content,
+            "is_error": part.is_error,
+        }
+    data = base64.b64encode(part.data).decode("ascii") if part.data is not None else None
+    return {
+        "type": "image",
+        "media_type": part.media_type,
+        "data": data,
+        "url": part.url,
+        "detail": part.detail,
+    }
+
+
+def _part_from_json(data: Mapping[str, Any]) -> Part:
+    kind = data["type"]
+    if kind == "text":
+        return TextPart(data["text"], data["cache_control"])
+    if kind == "tool_call":
+        return ToolCallPart(data["id"], data["name"], data["arguments"])
+    if kind == "tool_result":
+        return ToolResultPart(data["tool_call_id"], data["content"], data["is_error"])
+    if kind == "image":
+        raw = data["data"]
+        return ImagePart(
+            media_type=data["media_type"],
+            data=base64.b64decode(raw) if raw is not None else None,
+            url=data["url"],
+            detail=data["detail"],
+        )
+    raise ValueError(f"not a part type: {kind!r}")

@@ -18,7 +18,12 @@ from typing import Any
 import structlog
 
 from tokenwire.core.admission import Admission, AdmitAll
-from tokenwire.core.conversations import ConversationStore, answer_turn, check_results
+from tokenwire.core.conversations import (
+    ConversationStore,
+    answer_turn,
+    check_results,
+    with_pending_exchange,
+)
 from tokenwire.core.eventlog import EventLog, LogStore, Subscriber
 from tokenwire.core.hydration import compacted
 from tokenwire.core.images import ImageBounds
@@ -340,7 +345,8 @@ class Gateway:
         if source is not None:
             history = await self.conversations.history(spec.user_id, source)
             check_results(history, spec.messages, source)
-            history = self.config.images.fitted_history(history, spec.messages)
+            fitted = self.config.images.fitted_history(history, spec.messages)
+            history = with_pending_exchange(history, fitted)
             spec = replace(spec, history=history)
         route = self.router.choose(spec)
         route.slot.provider.validate(route.slot.provider_request(spec))
