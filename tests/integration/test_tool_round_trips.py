@@ -195,3 +195,18 @@ def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
         if "event" in lines and "data" in lines:
             events.append({"event": lines["event"], "data": json.loads(lines["data"])["data"]})
     return events
+
+
+async def test_results_count_towards_the_prompt_length_limit() -> None:
+    bounded = settings().model_copy(
+        update={"limits": settings().limits.model_copy(update={"max_prompt_chars": 100})}
+    )
+    async with running_server(bounded) as server, ws_client(server) as client:
+        await client.send(ask("q1"))
+        calls = (await client.until_end("q1"))[-1]["data"]["tool_calls"]
+        long = answer(calls, "q2")
+        long["tool_results"][0]["content"] = "x" * 101
+        await client.send(long)
+        refused = await client.recv()
+    assert refused["data"]["error_type"] == "prompt_too_long"
+    assert refused["data"]["error"].startswith("the prompt is 1")
