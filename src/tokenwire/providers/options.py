@@ -91,7 +91,7 @@ def merged_options(
     if not given:
         return defaults
     parsed = _validated(model, given, request.option_names)
-    # The parsed values themselves: a dump would turn nested models into plain dicts.
+    # The parsed values themselves, not a dump: a dump would turn nested models to dicts.
     return defaults.model_copy(
         update={key: getattr(parsed, key) for key in parsed.model_fields_set}
     )
