@@ -299,3 +299,17 @@ async def test_an_answer_that_starts_with_a_call_streams_the_call_before_the_ans
     assert seen[1]["content_block"]["type"] == "tool_use"
     assert seen[1]["content_block"]["id"].startswith("call_")
     assert seen[1]["index"] == 0
+
+
+async def test_tools_forced_on_a_provider_that_calls_none_are_a_400_before_any_answer() -> None:
+    providers = [{"name": "plain", "kind": "simulated", "tools": False, "options": {"delay_ms": 0}}]
+    async with running_server(simulated_settings(providers=providers)) as server:
+        body = {"model": "plain", "max_tokens": 10, "messages": ASK, "tools": [WEATHER]}
+        async with httpx.AsyncClient(timeout=30) as http:
+            whole = await http.post(server.url + "/v1/messages", json=body)
+            streamed = await http.post(server.url + "/v1/messages", json={**body, "stream": True})
+
+    for response in (whole, streamed):
+        assert response.status_code == 400
+        assert response.json()["type"] == "error"
+        assert "tool" in response.json()["error"]["message"]
