@@ -58,6 +58,8 @@ from tokenwire.core.provider import (
     estimate_tokens,
     estimated_completion_tokens,
 )
+from tokenwire.core.structured import schema_of
+from tokenwire.core.tools import ResponseFormat
 from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderAuthError,
@@ -65,6 +67,7 @@ from tokenwire.protocol.errors import (
     RateLimited,
     RequestTimeout,
     TokenwireError,
+    UnsupportedFeature,
 )
 from tokenwire.providers.images import FetchPolicy, ImageFetcher
 from tokenwire.providers.options import configured_options, request_options
@@ -140,6 +143,11 @@ class BedrockProvider:
 
     def validate(self, request: ProviderRequest) -> None:
         request_options(BedrockRequestOptions, request, self)
+        if request.response_format is not None and request.tools:
+            raise UnsupportedFeature(
+                f"provider '{self.name}' (kind bedrock) gives structured output through a "
+                "forced tool, which cannot go with the request's own tools"
+            )
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         return None
@@ -161,7 +169,7 @@ class BedrockProvider:
             with _upstream_errors(self._options.read_timeout):
                 async for event in events:
                     if "contentBlockDelta" in event:
-                        text = event["contentBlockDelta"].get("delta", {}).get("text")
+                        text = _answer_text(event["contentBlockDelta"].get("delta", {}), request)
                         if text:
                             produced.append(text)
                             yield text
@@ -169,6 +177,7 @@ class BedrockProvider:
                         stopped = True
                         if event["messageStop"].get("stopReason") == "max_tokens":
                             finish = "length"
+                        # The forced tool's use is the answer's end, not a call (stop).
                     elif "metadata" in event:
                         usage = _usage(event["metadata"])
         finally:
@@ -248,7 +257,34 @@ class BedrockProvider:
             arguments["inferenceConfig"] = inference
         if options.top_k is not None:
             arguments["additionalModelRequestFields"] = {"top_k": options.top_k}
+        if request.response_format is not None:
+            arguments["toolConfig"] = _forced_tool(request.response_format)
         return arguments
+
+
+FORMAT_TOOL = "answer"
+"""The tool that structured output is forced through: its input is the answer."""
+
+
+def _forced_tool(fmt: ResponseFormat) -> dict[str, Any]:
+    """Structured output as Converse can force it: one tool whose input schema is the
+    answer's, chosen by `toolChoice`; the model's input to it is the JSON answer."""
+    spec = {
+        "name": FORMAT_TOOL,
+        "description": "Give the answer as this tool's input.",
+        "inputSchema": {"json": dict(schema_of(fmt))},
+    }
+    return {"tools": [{"toolSpec": spec}], "toolChoice": {"tool": {"name": FORMAT_TOOL}}}
+
+
+def _answer_text(delta: Mapping[str, Any], request: ProviderRequest) -> str | None:
+    """A delta's text: its text, or, for structured output, the forced tool's input
+    fragments, re-emitted as the text they are."""
+    if request.response_format is not None and "toolUse" in delta:
+        fragment = delta["toolUse"].get("input")
+        return fragment if isinstance(fragment, str) else None
+    text = delta.get("text")
+    return text if isinstance(text, str) else None
 
 
 def _conversation(messages: tuple[Message, ...]) -> list[dict[str, Any]]:

@@ -7,6 +7,10 @@ many deltas), `stall_after` (stop sending, without ending, after that many).
 A request's `stop` strings end the answer at the first word equal to one of them.
 It sees images: an answer to a request with images begins by saying what it got
 (`[images: image/png 1234 bytes, https://...] `), so that demos and tests can tell.
+Asked for structured output, it answers example JSON for the schema
+(providers/example_json.py) in deltas of a few characters (`max_tokens` cuts them
+as it cuts words); `ignore_format: true` makes it answer words anyway, which is how
+tests see an answer that misses its schema.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from tokenwire.core.provider import (
     estimate_tokens,
     images_of,
 )
+from tokenwire.core.structured import schema_of
+from tokenwire.core.tools import ResponseFormat
 from tokenwire.protocol.errors import ProviderError
+from tokenwire.providers.example_json import example
 from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
 
@@ -68,6 +75,10 @@ _WORDS = [
 ]
 
 
+STRUCTURED_DELTA_CHARS = 6
+"""A structured answer's characters per delta: a few, like a model's tokens."""
+
+
 class SimulatedOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -75,6 +86,7 @@ class SimulatedOptions(BaseModel):
     delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
     fail_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     stall_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    ignore_format: bool = False
 
 
 class SimulatedProvider:
@@ -102,12 +114,18 @@ class SimulatedProvider:
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         options = self._options(request)
+        if request.response_format is not None and not options.ignore_format:
+            return None
         if request.max_tokens is not None:
             return min(options.tokens, request.max_tokens)
         return options.tokens
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
         options = self._options(request)
+        if request.response_format is not None and not options.ignore_format:
+            async for event in _structured(request, request.response_format, options):
+                yield event
+            return
         count = options.tokens
         if request.max_tokens is not None:
             count = min(count, request.max_tokens)
@@ -160,6 +178,27 @@ class SimulatedProvider:
 
     def _parse(self, request: ProviderRequest) -> SimulatedOptions:
         return merged_options(self._defaults, SimulatedOptions, request, self)
+
+
+async def _structured(
+    request: ProviderRequest, fmt: ResponseFormat, options: SimulatedOptions
+) -> AsyncGenerator[ProviderEvent, None]:
+    """Example JSON for the format's schema, a few characters a delta, within max_tokens."""
+    text = json.dumps(example(schema_of(fmt)))
+    pieces = [
+        text[i : i + STRUCTURED_DELTA_CHARS] for i in range(0, len(text), STRUCTURED_DELTA_CHARS)
+    ]
+    limit = request.max_tokens if request.max_tokens is not None else len(pieces)
+    for index, piece in enumerate(pieces[:limit]):
+        if options.fail_after is not None and index >= options.fail_after:
+            raise ProviderError(f"simulated failure after {options.fail_after} deltas")
+        await asyncio.sleep(options.delay_ms / 1000)
+        yield piece
+    yield Usage(
+        prompt_tokens=estimate_tokens(request.prompt_text),
+        completion_tokens=min(limit, len(pieces)),
+        finish_reason="length" if limit < len(pieces) else "stop",
+    )
 
 
 def _seen(request: ProviderRequest) -> str:

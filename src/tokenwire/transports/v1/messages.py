@@ -33,8 +33,10 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.images import image_from_base64, image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part, Role, TextPart, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
+from tokenwire.core.structured import from_anthropic
 from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
+from tokenwire.protocol.formats import AnthropicJsonSchema
 from tokenwire.protocol.messages import Granularity, StopSequences
 from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
@@ -44,7 +46,7 @@ from tokenwire.transports.v1.errors import (
     anthropic_error_body,
     documented,
 )
-from tokenwire.transports.v1.fields import STRUCTURED_LATER, TOOLS_LATER, Fields, Label, refusing
+from tokenwire.transports.v1.fields import TOOLS_LATER, Fields, Label, refusing
 from tokenwire.transports.v1.route import AnthropicRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -139,7 +141,7 @@ class Thinking(_Body):
 
 class OutputConfig(_Body):
     effort: Label | None = None
-    format: Annotated[None, refusing(STRUCTURED_LATER)] = None
+    format: AnthropicJsonSchema | None = None
 
 
 class MessagesRequest(_Body):
@@ -324,6 +326,9 @@ def _spec(
             temperature=body.temperature,
             top_p=body.top_p,
             stop=tuple(body.stop_sequences or ()),
+            response_format=from_anthropic(
+                body.output_config.format if body.output_config else None, "output_config.format"
+            ),
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,
