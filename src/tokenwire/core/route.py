@@ -62,6 +62,7 @@ class ProviderSlot:
             temperature=generation.temperature,
             top_p=generation.top_p,
             stop=generation.stop,
+            response_format=generation.response_format,
             options=generation.options,
             hints=generation.hints,
             option_names=generation.option_names,
