@@ -124,7 +124,8 @@ def test_an_answer_that_misses_its_schema_says_how(text: str, error: str) -> Non
     verdict = judge(FMT, text, cut=False)
 
     assert not verdict.valid
-    assert verdict.error is not None and verdict.error.startswith(error)
+    assert verdict.error is not None
+    assert verdict.error.startswith(error)
 
 
 def test_an_answer_cut_at_max_tokens_is_never_valid_even_if_it_parses() -> None:
