@@ -219,9 +219,9 @@ async def test_bedrock_forced_tool_reaches_a_websocket_client_as_text(fake: Fake
             "options": {"region": "us-east-1"},
         }
     ]
-    async with running_server(load_settings(None, {"providers": providers})) as server:
-        async with ws_client(server) as client:
-            frames = await client.ask("a city", config={"response_format": OPENAI_SHAPE})
+    settings = load_settings(None, {"providers": providers})
+    async with running_server(settings) as server, ws_client(server) as client:
+        frames = await client.ask("a city", config={"response_format": OPENAI_SHAPE})
 
     assert json.loads("".join(f["data"]["chunk"] for f in of_type(frames, "chunk"))) == {
         "city": "Paris"
