@@ -182,6 +182,8 @@ async def test_responses_parse_gives_the_pydantic_model() -> None:
         )
 
     assert isinstance(response.output_parsed, City)
+    assert response.text.format is not None
+    assert response.text.format.type == "json_schema"
 
 
 async def test_responses_refuses_a_bad_schema_naming_text_format() -> None:
@@ -197,6 +199,49 @@ async def test_responses_refuses_a_bad_schema_naming_text_format() -> None:
 
     assert response.status_code == 400
     assert response.json()["error"]["message"].startswith("text.format.schema.type: not a valid")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "cut"),
+    [
+        (
+            "/v1/chat/completions",
+            {"max_tokens": 2, "response_format": CITY_FORMAT},
+            "choices",
+            "length",
+        ),
+        (
+            "/v1/responses",
+            {
+                "max_output_tokens": 2,
+                "text": {"format": {**CITY_FORMAT["json_schema"], "type": "json_schema"}},
+            },
+            "status",
+            "incomplete",
+        ),
+        (
+            "/v1/messages",
+            {"max_tokens": 2, "output_config": {"format": {"type": "json_schema", "schema": CITY}}},
+            "stop_reason",
+            "max_tokens",
+        ),
+    ],
+)
+async def test_dialects_keep_the_length_signal_of_a_cut_structured_answer(
+    path: str, body: dict[str, Any], field: str, cut: str
+) -> None:
+    prompt = (
+        {"input": "a city"}
+        if path == "/v1/responses"
+        else {"messages": [{"role": "user", "content": "a city"}]}
+    )
+    async with running_server(settings()) as server, httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(server.url + path, json={"model": "simulated", **prompt, **body})
+
+    answer = response.json()
+    assert response.status_code == 200
+    got = answer["choices"][0]["finish_reason"] if field == "choices" else answer[field]
+    assert got == cut
 
 
 async def test_messages_output_config_format_answers_json_ending_end_turn() -> None:

@@ -53,6 +53,7 @@ def test_a_valid_schema_becomes_the_cores_format() -> None:
     ("schema", "expected"),
     [
         ([1, 2], f"{WHERE}: must be a JSON object (a JSON Schema)"),
+        ({"type": "string"}, f"{WHERE}.type: must be 'object': the answer is a JSON object"),
         ({"type": "nothing"}, f"{WHERE}.type: not a valid JSON Schema: "),
         (
             {"properties": {"age": {"minimum": "ten"}}},
@@ -147,6 +148,14 @@ def test_json_object_takes_any_object() -> None:
 
 def test_the_example_for_a_schema_meets_it() -> None:
     assert judge(FMT, json.dumps(example(PERSON)), cut=False).valid
+
+
+def test_the_example_for_a_schema_without_a_type_is_an_object() -> None:
+    untyped = {"unknown-keyword": [1, {}], "title": "anything"}
+
+    assert judge(
+        ResponseFormat("json_schema", schema=untyped), json.dumps(example(untyped)), cut=False
+    ).valid
 
 
 # -- the local model's grammar -------------------------------------------------------

@@ -103,7 +103,7 @@ def _plain_or_object(fmt: JsonObjectFormat | TextFormat | None) -> ResponseForma
 
 def check_schema(schema: Any, where: str) -> None:
     """Raise `InvalidRequest` naming `where` unless `schema` is a JSON object of bounded
-    size and depth that is a valid JSON Schema."""
+    size and depth that is a valid JSON Schema of an object (what every answer is)."""
     if not isinstance(schema, Mapping):
         raise InvalidRequest(f"{where}: must be a JSON object (a JSON Schema)")
     # Depth first: it is checked without recursion, and it bounds the encoder's.
@@ -119,6 +119,10 @@ def check_schema(schema: Any, where: str) -> None:
         raise InvalidRequest(
             f"{where}{path}: not a valid JSON Schema: {_short(exc.message)}"
         ) from None
+    kind = schema.get("type", "object")
+    if kind != "object" and not (isinstance(kind, list) and "object" in kind):
+        # An answer is a JSON object (as OpenAI's and Anthropic's APIs require too).
+        raise InvalidRequest(f"{where}.type: must be 'object': the answer is a JSON object")
 
 
 def schema_of(fmt: ResponseFormat) -> Mapping[str, Any]:

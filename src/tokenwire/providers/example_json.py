@@ -37,9 +37,14 @@ def example(
         for part in schema["allOf"]:
             merged.update(_resolved(part, root))
         return example(merged, root, depth + 1)
-    kind = schema.get("type", "object" if "properties" in schema else "string")
+    untyped = "object" if depth == 0 or "properties" in schema else "string"
+    kind = schema.get("type", untyped)
     if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
+        kind = (
+            "object"
+            if depth == 0 and "object" in kind
+            else next((k for k in kind if k != "null"), "null")
+        )
     return _of_type(str(kind), schema, root, depth)
 
 

@@ -491,7 +491,9 @@ def _params(body: ResponseCreateRequest) -> dict[str, Any]:
             "store",
             "previous_response_id",
             "metadata",
-        }
+            "text",
+        },
+        by_alias=True,  # a format's `schema`, as the client wrote it
     )
 
 
