@@ -36,7 +36,7 @@ class City(BaseModel):
 
 
 CITY = City.model_json_schema()
-CITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+CITY_FORMAT: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
 
 
 def settings() -> Any:
@@ -182,6 +182,7 @@ async def test_responses_parse_gives_the_pydantic_model() -> None:
         )
 
     assert isinstance(response.output_parsed, City)
+    assert response.text is not None
     assert response.text.format is not None
     assert response.text.format.type == "json_schema"
 
@@ -251,7 +252,7 @@ async def test_messages_output_config_format_answers_json_ending_end_turn() -> N
             model="simulated",
             max_tokens=200,
             messages=[{"role": "user", "content": "a city"}],
-            extra_body={"output_config": {"format": {"type": "json_schema", "schema": CITY}}},
+            output_config={"format": {"type": "json_schema", "schema": CITY}},
         )
 
     assert message.stop_reason == "end_turn"

@@ -28,7 +28,7 @@ SCHEMA: dict[str, Any] = {
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
 }
-OPENAI_SHAPE = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}
+OPENAI_SHAPE: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}
 ANSWER = ['{"city":', ' "Paris"}']
 
 
@@ -77,12 +77,7 @@ async def test_anthropic_receives_output_config_format_beside_the_clients_effort
             model="anthropic",
             max_tokens=50,
             messages=[{"role": "user", "content": "a city"}],
-            extra_body={
-                "output_config": {
-                    "effort": "low",
-                    "format": {"type": "json_schema", "schema": SCHEMA},
-                }
-            },
+            output_config={"effort": "low", "format": {"type": "json_schema", "schema": SCHEMA}},
         )
         body = (await upstream.exchange()).json()
 
