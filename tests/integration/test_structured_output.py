@@ -36,7 +36,10 @@ class City(BaseModel):
 
 
 CITY = City.model_json_schema()
-CITY_FORMAT: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+CITY_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {"name": "city", "schema": CITY},
+}
 
 
 def settings() -> Any:

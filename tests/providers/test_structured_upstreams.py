@@ -28,7 +28,10 @@ SCHEMA: dict[str, Any] = {
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
 }
-OPENAI_SHAPE: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}
+OPENAI_SHAPE: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {"name": "city", "schema": SCHEMA},
+}
 ANSWER = ['{"city":', ' "Paris"}']
 
 
