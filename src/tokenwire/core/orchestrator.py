@@ -23,10 +23,12 @@ from tokenwire.core.provider import Usage, estimate_tokens, estimated_completion
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
+from tokenwire.core.structured import Verdict, judge
 from tokenwire.core.tool_calls import CallEnded, CallStarted, ToolCallEvent
 from tokenwire.core.tools import ToolCallPart
 from tokenwire.protocol.errors import (
     InternalError,
+    InvalidOutput,
     TokenwireError,
     error_payload,
 )
@@ -94,7 +96,10 @@ class StreamRun:
         self.started = time.monotonic()
         self.ttft: float | None = None
         self.usage: Usage | None = None
-        self.answer_parts: list[str] | None = [] if spec.conversation_id else None
+        # The answer's text is kept for its conversation, and to judge structured output.
+        keep = spec.conversation_id is not None or spec.generation.response_format is not None
+        self.answer_parts: list[str] | None = [] if keep else None
+        self.verdict: Verdict | None = None
         self._coalescer = Coalescer(tuning.chunk_max_chars, tuning.chunk_flush_seconds)
         self._flush_timer: asyncio.TimerHandle | None = None
         self._progress_every = (
@@ -193,6 +198,21 @@ class StreamRun:
 
     async def _pump(self) -> None:
         await self._attempts.run(self.spec.deadlines.over(self._tuning.timeouts))
+        self._judge()
+
+    def _judge(self) -> None:
+        """Check a whole structured answer. One cut by max_tokens ends as it is, reported
+        invalid in `stream_end` (its `finish_reason` already says `length`); a finished one
+        that misses its schema ends as `invalid_output`, so that no transport or dialect
+        can pass it off as a valid answer."""
+        fmt = self.spec.generation.response_format
+        usage = self._attempts.usage
+        if fmt is None or (usage is not None and usage.finish_reason == "tool_calls"):
+            return
+        cut = usage is not None and usage.finish_reason == "length"
+        self.verdict = judge(fmt, self.answer_text, cut)
+        if not self.verdict.valid and not cut:
+            raise InvalidOutput(self.verdict.error or "the answer does not meet its format")
 
     def _on_text(self, item: str, slot: ProviderSlot) -> None:
         """One delta from the provider: coalesced into chunks, or sent as a token."""
@@ -300,6 +320,8 @@ class StreamRun:
         calls = self.tool_calls if status is StreamStatus.COMPLETED else ()
         if status is StreamStatus.COMPLETED:
             end["finish_reason"] = usage.finish_reason
+            if self.verdict is not None:
+                end["structured"] = self.verdict.as_dict()
             if usage.stop_sequence is not None:
                 end["stop_sequence"] = usage.stop_sequence
             if calls:

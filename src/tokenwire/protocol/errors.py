@@ -147,6 +147,15 @@ class UpstreamRejected(ProviderError):
     counts_against_provider = False
 
 
+class InvalidOutput(ProviderError):
+    """A whole answer that does not meet the structured output the request asked for
+    (core/structured.py): reported as such, never passed off as valid."""
+
+    error_type = "invalid_output"
+    retryable = False
+    counts_against_provider = False
+
+
 class ProviderAuthError(ProviderError):
     error_type = "provider_auth_error"
     retryable = False

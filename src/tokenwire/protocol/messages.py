@@ -33,6 +33,7 @@ from tokenwire.protocol.errors import (
     UnknownMessageType,
     excerpt,
 )
+from tokenwire.protocol.formats import OpenAIFormat
 from tokenwire.protocol.preferences import Preferences
 from tokenwire.protocol.validation_words import problem, settled
 
@@ -190,6 +191,8 @@ class RequestConfig(_Strict):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: StopSequence | StopSequences | None = None
+    # Structured output, in OpenAI's shape (protocol/formats.py).
+    response_format: OpenAIFormat | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 

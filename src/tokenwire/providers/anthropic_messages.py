@@ -56,8 +56,10 @@ from tokenwire.core.provider import (
     TextPart,
     Usage,
 )
+from tokenwire.core.structured import schema_of
 from tokenwire.core.tools import (
     NamedTool,
+    ResponseFormat,
     ToolCallPart,
     ToolResultPart,
     ToolSpec,
@@ -389,9 +391,17 @@ def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, A
     """Sampling the SDK has no arguments for, and the options sent as they are: the body's."""
     temperature = options.temperature if request.temperature is None else request.temperature
     top_p = options.top_p if request.top_p is None else request.top_p
-    body = {"temperature": temperature, "top_p": top_p}
+    body: dict[str, Any] = {"temperature": temperature, "top_p": top_p}
     body.update(options.model_dump(include=set(_PASSED)))
+    if request.response_format is not None:
+        body["output_config"] = _output_config(options.output_config, request.response_format)
     return {k: v for k, v in body.items() if v is not None} or None
+
+
+def _output_config(given: dict[str, Any] | None, fmt: ResponseFormat) -> dict[str, Any]:
+    """Structured output in Anthropic's own terms (`output_config.format`), beside an
+    `effort` the client may have set; `json_object` is a schema of any object."""
+    return {**(given or {}), "format": {"type": "json_schema", "schema": dict(schema_of(fmt))}}
 
 
 def upstream_error(exc: Exception, api_key: str | None) -> TokenwireError:

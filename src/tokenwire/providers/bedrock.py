@@ -68,8 +68,10 @@ from tokenwire.core.provider import (
     estimate_tokens,
     estimated_completion_tokens,
 )
+from tokenwire.core.structured import schema_of
 from tokenwire.core.tools import (
     NamedTool,
+    ResponseFormat,
     ToolCallPart,
     ToolResultPart,
     ToolSpec,
@@ -81,6 +83,7 @@ from tokenwire.protocol.errors import (
     RateLimited,
     RequestTimeout,
     TokenwireError,
+    UnsupportedFeature,
 )
 from tokenwire.providers.images import FetchPolicy, ImageFetcher
 from tokenwire.providers.options import configured_options, request_options
@@ -157,6 +160,11 @@ class BedrockProvider:
 
     def validate(self, request: ProviderRequest) -> None:
         request_options(BedrockRequestOptions, request, self)
+        if request.response_format is not None and request.tools:
+            raise UnsupportedFeature(
+                f"provider '{self.name}' (kind bedrock) gives structured output through a "
+                "forced tool, which cannot go with the request's own tools"
+            )
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         return None
@@ -170,7 +178,7 @@ class BedrockProvider:
         with _upstream_errors(self._options.read_timeout):
             response = await client.converse_stream(**arguments)
         events = response["stream"]
-        answer = _Answer()
+        answer = _Answer(structured=request.response_format is not None)
         try:
             with _upstream_errors(self._options.read_timeout):
                 async for event in events:
@@ -241,7 +249,11 @@ class BedrockProvider:
             arguments["inferenceConfig"] = inference
         if options.top_k is not None:
             arguments["additionalModelRequestFields"] = {"top_k": options.top_k}
-        tool_config = _tool_config(request)
+        tool_config = (
+            _forced_tool(request.response_format)
+            if request.response_format is not None
+            else _tool_config(request)
+        )
         if tool_config:
             arguments["toolConfig"] = tool_config
         return arguments
@@ -250,7 +262,10 @@ class BedrockProvider:
 class _Answer:
     """What has arrived of one ConverseStream answer, and whether it is whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, structured: bool = False) -> None:
+        # Structured output comes through a forced tool: its input is the answer's text,
+        # and its use is the answer's end (stop), not a call.
+        self.structured = structured
         self.stopped = False
         self.finish: FinishReason = "stop"
         self.usage_seen: Usage | None = None
@@ -260,6 +275,8 @@ class _Answer:
     def read(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
         if "contentBlockDelta" in event:
             return self._delta(event["contentBlockDelta"])
+        if self.structured:
+            return self._structured(event)
         if "contentBlockStart" in event:
             start = event["contentBlockStart"]
             call = start.get("start", {}).get("toolUse")
@@ -272,6 +289,23 @@ class _Answer:
                 return self.calls.stop(index)
         elif "messageStop" in event:
             self._stopping(event["messageStop"].get("stopReason"))
+        elif "metadata" in event:
+            self.usage_seen = _usage(event["metadata"])
+        return []
+
+    def _structured(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
+        if "contentBlockDelta" in event:
+            delta = event["contentBlockDelta"].get("delta", {})
+            text = delta.get("toolUse", {}).get("input") if "toolUse" in delta else None
+            if not isinstance(text, str):
+                text = delta.get("text")
+            if isinstance(text, str) and text:
+                self.produced.append(text)
+                return [text]
+        elif "messageStop" in event:
+            self.stopped = True
+            if event["messageStop"].get("stopReason") == "max_tokens":
+                self.finish = "length"
         elif "metadata" in event:
             self.usage_seen = _usage(event["metadata"])
         return []
@@ -339,6 +373,21 @@ def _tool_choice(choice: NamedTool | str) -> dict[str, Any]:
     if isinstance(choice, NamedTool):
         return {"tool": {"name": choice.name}}
     return {"any": {}} if choice == "required" else {"auto": {}}
+
+
+FORMAT_TOOL = "answer"
+"""The tool that structured output is forced through: its input is the answer."""
+
+
+def _forced_tool(fmt: ResponseFormat) -> dict[str, Any]:
+    """Structured output as Converse can force it: one tool whose input schema is the
+    answer's, chosen by `toolChoice`; the model's input to it is the JSON answer."""
+    spec = {
+        "name": FORMAT_TOOL,
+        "description": "Give the answer as this tool's input.",
+        "inputSchema": {"json": dict(schema_of(fmt))},
+    }
+    return {"tools": [{"toolSpec": spec}], "toolChoice": {"tool": {"name": FORMAT_TOOL}}}
 
 
 def _conversation(messages: tuple[Message, ...]) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ from tokenwire.providers.llama_text import (
     prompt_segments,
     tokenize_prompt,
 )
+from tokenwire.providers.local_grammar import grammar_for
 from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
 
@@ -118,6 +119,8 @@ class Generation:
     max_tokens: int
     temperature: float
     sampling: SamplingOptions
+    grammar: Any = None
+    """A `LlamaGrammar` the answer must follow (structured output), or None."""
 
 
 _Item = str | Usage | Exception | None
@@ -275,6 +278,7 @@ class LocalProvider:
             max_tokens=request.max_tokens or defaults.max_tokens,
             temperature=defaults.temperature if temperature is None else temperature,
             sampling=sampling,
+            grammar=grammar_for(request.response_format) if request.response_format else None,
         )
 
     async def _ready(self) -> None:
@@ -379,6 +383,7 @@ def generate(
         repeat_penalty=sampling.repeat_penalty,
         frequency_penalty=sampling.frequency_penalty,
         presence_penalty=sampling.presence_penalty,
+        grammar=generation.grammar,
     )
     try:
         for token in tokens:

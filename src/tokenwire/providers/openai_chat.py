@@ -33,6 +33,8 @@ from openai.types.chat import (
 )
 from openai.types.chat.chat_completion_content_part_image_param import ImageURL
 from openai.types.completion_usage import CompletionUsage
+from openai.types.shared_params import ResponseFormatJSONObject, ResponseFormatJSONSchema
+from openai.types.shared_params.response_format_json_schema import JSONSchema
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
@@ -47,6 +49,7 @@ from tokenwire.core.provider import (
     estimate_tokens,
     estimated_completion_tokens,
 )
+from tokenwire.core.tools import ResponseFormat
 from tokenwire.protocol.errors import (
     ProviderError,
     RequestTimeout,
@@ -154,6 +157,7 @@ class OpenAIProvider:
                 ),
                 top_p=_given(options.top_p if request.top_p is None else request.top_p),
                 stop=_given(list(request.stop) if request.stop else options.stop),
+                response_format=_given(_response_format(request.response_format)),
                 extra_body=_passed(options),
             ) as chunks:
                 async for chunk in chunks:
@@ -234,6 +238,18 @@ def _part(part: Part) -> ChatCompletionContentPartParam:
     if part.detail is not None:
         image["detail"] = part.detail
     return {"type": "image_url", "image_url": image}
+
+
+def _response_format(
+    fmt: ResponseFormat | None,
+) -> ResponseFormatJSONSchema | ResponseFormatJSONObject | None:
+    """Structured output in OpenAI's own terms: sent as asked."""
+    if fmt is None or fmt.type == "json_object":
+        return None if fmt is None else {"type": "json_object"}
+    schema: JSONSchema = {"name": fmt.name or "answer", "schema": dict(fmt.schema or {})}
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
 
 
 def _passed(options: RequestOptions) -> dict[str, Any] | None:

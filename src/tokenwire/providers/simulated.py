@@ -7,6 +7,10 @@ many deltas), `stall_after` (stop sending, without ending, after that many).
 A request's `stop` strings end the answer at the first word equal to one of them.
 It sees images: an answer to a request with images begins by saying what it got
 (`[images: image/png 1234 bytes, https://...] `), so that demos and tests can tell.
+Asked for structured output, it answers example JSON for the schema
+(providers/example_json.py) in deltas of a few characters (`max_tokens` cuts them
+as it cuts words); `ignore_format: true` makes it answer words anyway, which is how
+tests see an answer that misses its schema.
 
 It scripts tool calls: with `tool_calls: [{"name": ..., "arguments": {...}}]` the
 answer is `text_before` (if any, word by word), then those calls, their
@@ -38,8 +42,10 @@ from tokenwire.core.provider import (
     estimate_tokens,
     images_of,
 )
-from tokenwire.core.tools import ToolCallDelta, ToolCallEnd
+from tokenwire.core.structured import schema_of
+from tokenwire.core.tools import ResponseFormat, ToolCallDelta, ToolCallEnd
 from tokenwire.protocol.errors import ProviderError
+from tokenwire.providers.example_json import example
 from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
 
@@ -79,6 +85,10 @@ _WORDS = [
 ]
 
 
+STRUCTURED_DELTA_CHARS = 6
+"""A structured answer's characters per delta: a few, like a model's tokens."""
+
+
 class ScriptedCall(BaseModel):
     """A tool call the simulated answer makes."""
 
@@ -102,6 +112,7 @@ class SimulatedOptions(BaseModel):
     delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
     fail_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     stall_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    ignore_format: bool = False
     tool_calls: Annotated[list[ScriptedCall], Field(min_length=1, max_length=128)] | None = None
     text_before: Annotated[str, Field(max_length=100_000)] = ""
     """Text before the scripted calls, sent a word at a time."""
@@ -137,6 +148,8 @@ class SimulatedProvider:
         script = _script(request, options)
         if script is not None:
             return sum(isinstance(item, str) for item in script)
+        if request.response_format is not None and not options.ignore_format:
+            return None
         if request.max_tokens is not None:
             return min(options.tokens, request.max_tokens)
         return options.tokens
@@ -147,6 +160,10 @@ class SimulatedProvider:
         if script is not None:
             async for item in _play(script, request, options):
                 yield item
+            return
+        if request.response_format is not None and not options.ignore_format:
+            async for event in _structured(request, request.response_format, options):
+                yield event
             return
         count = options.tokens
         if request.max_tokens is not None:
@@ -200,6 +217,27 @@ class SimulatedProvider:
 
     def _parse(self, request: ProviderRequest) -> SimulatedOptions:
         return merged_options(self._defaults, SimulatedOptions, request, self)
+
+
+async def _structured(
+    request: ProviderRequest, fmt: ResponseFormat, options: SimulatedOptions
+) -> AsyncGenerator[ProviderEvent, None]:
+    """Example JSON for the format's schema, a few characters a delta, within max_tokens."""
+    text = json.dumps(example(schema_of(fmt)))
+    pieces = [
+        text[i : i + STRUCTURED_DELTA_CHARS] for i in range(0, len(text), STRUCTURED_DELTA_CHARS)
+    ]
+    limit = request.max_tokens if request.max_tokens is not None else len(pieces)
+    for index, piece in enumerate(pieces[:limit]):
+        if options.fail_after is not None and index >= options.fail_after:
+            raise ProviderError(f"simulated failure after {options.fail_after} deltas")
+        await asyncio.sleep(options.delay_ms / 1000)
+        yield piece
+    yield Usage(
+        prompt_tokens=estimate_tokens(request.prompt_text),
+        completion_tokens=min(limit, len(pieces)),
+        finish_reason="length" if limit < len(pieces) else "stop",
+    )
 
 
 def _seen(request: ProviderRequest) -> str:

@@ -6,6 +6,7 @@ from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.images import image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part, TextPart
 from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
+from tokenwire.core.structured import from_openai
 from tokenwire.core.tools import NamedTool, ToolChoice, ToolResultPart, ToolSpec
 from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.messages import (
@@ -29,6 +30,7 @@ def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -
             turns.append(Message(role="user", content=message.prompt))
         if message.images:
             turns = _with_images(turns, message.images)
+        response_format = from_openai(message.config.response_format, "config.response_format")
     except InvalidRequest as exc:
         exc.request_id = message.request_id
         raise
@@ -44,6 +46,7 @@ def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -
             temperature=config.temperature,
             top_p=config.top_p,
             stop=(config.stop,) if isinstance(config.stop, str) else tuple(config.stop or ()),
+            response_format=response_format,
             tools=tuple(
                 ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
                 for t in message.tools or ()

@@ -29,7 +29,9 @@ from tokenwire.core.images import image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part
 from tokenwire.core.provider import TextPart as CoreTextPart
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
+from tokenwire.core.structured import from_openai
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
+from tokenwire.protocol.formats import OpenAIFormat
 from tokenwire.protocol.messages import Granularity, StopSequence, StopSequences
 from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
@@ -39,15 +41,7 @@ from tokenwire.transports.v1.errors import (
     openai_error,
     openai_error_body,
 )
-from tokenwire.transports.v1.fields import (
-    STRUCTURED_LATER,
-    TOOLS_LATER,
-    Fields,
-    Label,
-    TextFormat,
-    refusing,
-    text_only,
-)
+from tokenwire.transports.v1.fields import TOOLS_LATER, Fields, Label, refusing
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -144,7 +138,7 @@ class ChatCompletionRequest(_Body):
     prompt_cache_options: dict[str, Any] | None = None
     # Taken where they ask for text, what every answer is; refused where they ask for more.
     modalities: Annotated[None, refusing(NO_AUDIO, ["text"])] = None
-    response_format: Annotated[TextFormat | None, text_only(STRUCTURED_LATER)] = None
+    response_format: OpenAIFormat | None = None
     # What tokenwire does not offer (yet): refused, saying why.
     tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
     tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
@@ -272,6 +266,7 @@ def _spec(
             temperature=body.temperature,
             top_p=body.top_p,
             stop=stop,
+            response_format=from_openai(body.response_format, "response_format"),
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,

@@ -13,14 +13,13 @@ A key that no official API defines is refused by the body model itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, Field
 
 IGNORED_FIELDS = "tokenwire-ignored-fields"
 
 TOOLS_LATER = "tool calls are not supported yet"
-STRUCTURED_LATER = "structured output is not supported yet"
 
 Label = Annotated[str, Field(min_length=1, max_length=512)]
 """A short word or id a field takes (an effort, a tier, an end-user id)."""
@@ -65,21 +64,3 @@ def refusing(why: str, *asks_nothing: Any) -> BeforeValidator:
         raise ValueError(why)
 
     return BeforeValidator(check)
-
-
-def text_only(why: str) -> BeforeValidator:
-    """For a format field typed `TextFormat`: `{"type": "text"}` is what every answer
-    is; any other format is refused saying why."""
-
-    def check(value: Any) -> Any:
-        if value is None or value == {"type": "text"}:
-            return value
-        raise ValueError(why)
-
-    return BeforeValidator(check)
-
-
-class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["text"]

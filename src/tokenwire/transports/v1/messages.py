@@ -40,9 +40,11 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.images import image_from_base64, image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part, Role, TextPart, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
+from tokenwire.core.structured import from_anthropic
 from tokenwire.core.tools import NamedTool, ToolResultPart
 from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
+from tokenwire.protocol.formats import AnthropicJsonSchema
 from tokenwire.protocol.messages import Granularity, StopSequences
 from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
@@ -52,7 +54,7 @@ from tokenwire.transports.v1.errors import (
     anthropic_error_body,
     documented,
 )
-from tokenwire.transports.v1.fields import STRUCTURED_LATER, Fields, Label, refusing
+from tokenwire.transports.v1.fields import Fields, Label, refusing
 from tokenwire.transports.v1.messages_tools import (
     Body,
     CacheControl,
@@ -158,7 +160,7 @@ class Thinking(_Body):
 
 class OutputConfig(_Body):
     effort: Label | None = None
-    format: Annotated[None, refusing(STRUCTURED_LATER)] = None
+    format: AnthropicJsonSchema | None = None
 
 
 class MessagesRequest(_Body):
@@ -361,6 +363,9 @@ def _spec(
             tools=tools,
             tool_choice=choice,
             parallel_tool_calls=parallel,
+            response_format=from_anthropic(
+                body.output_config.format if body.output_config else None, "output_config.format"
+            ),
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,

@@ -88,7 +88,7 @@ class ResponseStream:
             "store": params.get("store", True),
             "temperature": params.get("temperature"),
             "top_p": params.get("top_p"),
-            "text": {"format": {"type": "text"}},
+            "text": {"format": (params.get("text") or {}).get("format") or {"type": "text"}},
             "tool_choice": "auto",
             "tools": [],
             "truncation": "disabled",

@@ -27,8 +27,10 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.images import image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part, Role, TextPart
 from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
+from tokenwire.core.structured import from_responses
 from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
+from tokenwire.protocol.formats import ResponsesFormat
 from tokenwire.protocol.messages import Granularity, valid_request_id
 from tokenwire.transports.identity import user_of, with_client
 from tokenwire.transports.streaming import EventStreamResponse, close_timeout_of
@@ -38,15 +40,7 @@ from tokenwire.transports.v1.errors import (
     openai_error,
     openai_error_body,
 )
-from tokenwire.transports.v1.fields import (
-    STRUCTURED_LATER,
-    TOOLS_LATER,
-    Fields,
-    Label,
-    TextFormat,
-    refusing,
-    text_only,
-)
+from tokenwire.transports.v1.fields import TOOLS_LATER, Fields, Label, refusing
 from tokenwire.transports.v1.response_events import ResponseStream, replayed
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
@@ -109,7 +103,7 @@ class InputMessage(_Body):
 
 
 class TextConfig(_Body):
-    format: Annotated[TextFormat | None, text_only(STRUCTURED_LATER)] = None
+    format: ResponsesFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -395,6 +389,7 @@ def _spec(
             max_tokens=body.max_output_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
+            response_format=from_responses(body.text.format if body.text else None, "text.format"),
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,
@@ -496,7 +491,9 @@ def _params(body: ResponseCreateRequest) -> dict[str, Any]:
             "store",
             "previous_response_id",
             "metadata",
-        }
+            "text",
+        },
+        by_alias=True,  # a format's `schema`, as the client wrote it
     )
 
 
