@@ -273,10 +273,10 @@ class _Answer:
         self.calls = CallBlocks()
 
     def read(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
-        if "contentBlockDelta" in event:
-            return self._delta(event["contentBlockDelta"])
         if self.structured:
             return self._structured(event)
+        if "contentBlockDelta" in event:
+            return self._delta(event["contentBlockDelta"])
         if "contentBlockStart" in event:
             start = event["contentBlockStart"]
             call = start.get("start", {}).get("toolUse")
