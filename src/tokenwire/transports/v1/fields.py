@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 IGNORED_FIELDS = "tokenwire-ignored-fields"
 
 TOOLS_LATER = "tool calls are not supported yet"
+LEGACY_FUNCTIONS = "the deprecated functions and function_call fields are not taken: use tools"
 STRUCTURED_LATER = "structured output is not supported yet"
 
 Label = Annotated[str, Field(min_length=1, max_length=512)]
