@@ -5,6 +5,7 @@ fake OpenAI upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from tests.fakes.openai_upstream import (
     openai_answer,
 )
 from tests.support.server import RunningServer, running_server
+from tests.support.waiting import AT_ONCE
 from tokenwire.settings import load_settings
 
 WEATHER = {
@@ -158,6 +160,23 @@ async def test_a_calls_id_type_and_name_come_in_its_first_fragment_only() -> Non
     assert json.loads(by_index[1]) == ROME
     assert len(rest) > 2  # the arguments came in fragments, not whole
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_calls_stream_while_the_answer_is_still_running() -> None:
+    # The answer stalls after its first call's fragments: they must reach the client
+    # all the same (a call with no text before it opens the HTTP stream).
+    async with serving(caller(stall_after=3)) as (server, _), httpx.AsyncClient() as http:
+        body = {"model": "caller", "messages": ASK, "tools": [WEATHER], "stream": True}
+        async with (
+            asyncio.timeout(AT_ONCE),
+            http.stream("POST", server.url + "/v1/chat/completions", json=body) as response,
+        ):
+            async for line in response.aiter_lines():
+                if '"tool_calls"' in line:
+                    break
+
+    first = json.loads(line[6:])["choices"][0]["delta"]["tool_calls"][0]
+    assert (first["index"], first["function"]["name"]) == (0, "get_weather")
 
 
 async def test_a_whole_answer_has_message_tool_calls_and_null_content() -> None:

@@ -151,8 +151,8 @@ class ToolCall(_Body):
 
 class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    # Null only in an assistant message that calls tools.
-    content: Text | Annotated[list[ContentPart], Field(max_length=1000)] | None
+    # Null (or absent) only in an assistant message that calls tools.
+    content: Text | Annotated[list[ContentPart], Field(max_length=1000)] | None = None
     name: Annotated[str, Field(max_length=256)] | None = None
     tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
     tool_call_id: CallId | None = None
