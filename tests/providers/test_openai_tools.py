@@ -123,10 +123,12 @@ async def test_a_tool_mode_goes_upstream_as_its_word(
 async def test_without_tools_no_tool_field_is_sent(
     provider: OpenAIProvider, upstream: ScriptedUpstream
 ) -> None:
-    # OpenAI refuses parallel_tool_calls in a request without tools.
+    # OpenAI refuses tool_choice and parallel_tool_calls in a request without tools.
     upstream.reply = openai_answer(["ok"], 1, 1)
 
-    [_ async for _ in provider.stream(ProviderRequest(HELLO, parallel_tool_calls=True))]
+    request = ProviderRequest(HELLO, tool_choice="auto", parallel_tool_calls=True)
+
+    [_ async for _ in provider.stream(request)]
 
     body = (await upstream.exchange()).json()
     assert not {"tools", "tool_choice", "parallel_tool_calls"} & body.keys()

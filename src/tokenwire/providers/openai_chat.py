@@ -19,8 +19,8 @@ that finished without one ends with a local estimate, `Usage(estimated=True)`.
 SDK retries are off: a failed stream is the core's to handle, not to repeat here.
 
 Tool calls: the request's tools go as function tools (`strict` where set), with
-`tool_choice` and, only when there are tools (OpenAI refuses it otherwise),
-`parallel_tool_calls`. History renders an assistant turn's calls as `tool_calls`
+`tool_choice` and `parallel_tool_calls`, those two only when there are tools
+(OpenAI refuses them otherwise). History renders an assistant turn's calls as `tool_calls`
 (content null when the turn has no text) and each result as its own `role: "tool"`
 message; Chat Completions has no error flag, so a result with `is_error` is sent
 as `Error: ` followed by its content. Streamed `delta.tool_calls` fragments are
@@ -184,7 +184,7 @@ class OpenAIProvider:
                 top_p=_given(options.top_p if request.top_p is None else request.top_p),
                 stop=_given(list(request.stop) if request.stop else options.stop),
                 tools=_given([_tool(t) for t in request.tools] or None),
-                tool_choice=_given(_tool_choice(request.tool_choice)),
+                tool_choice=_given(_tool_choice(request.tool_choice) if request.tools else None),
                 parallel_tool_calls=_given(request.parallel_tool_calls if request.tools else None),
                 extra_body=_passed(options),
             ) as chunks:
