@@ -231,6 +231,26 @@ async def test_calls_from_an_upstream_starting_at_index_one_reach_the_sdk_from_z
     assert call.id != "up_1"
 
 
+async def test_a_client_that_leaves_during_a_call_closes_the_upstream() -> None:
+    async with ScriptedUpstream() as upstream:
+        frames = delta_frames(
+            [calls(call_fragment(0, id="up_1", name="get_weather", arguments='{"city":'))]
+        )
+        upstream.reply = Reply(frames=frames, cut_after=2, then="stall")
+        async with serving(openai_provider(upstream)) as (server, _), httpx.AsyncClient() as http:
+            body = {"model": "oa", "messages": ASK, "tools": [WEATHER], "stream": True}
+            async with (
+                asyncio.timeout(AT_ONCE),
+                http.stream("POST", server.url + "/v1/chat/completions", json=body) as response,
+            ):
+                async for line in response.aiter_lines():
+                    if '"tool_calls"' in line:
+                        break
+            exchange = await upstream.exchange()
+            async with asyncio.timeout(AT_ONCE):
+                await exchange.client_closed.wait()
+
+
 # -- the request side ---------------------------------------------------------------
 
 
