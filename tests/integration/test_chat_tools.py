@@ -348,6 +348,14 @@ CALLING = {"role": "assistant", "content": None, "tool_calls": [CALL]}
         (
             [
                 *ASK,
+                CALLING,
+                {"role": "tool", "tool_call_id": "call_1", "content": "x", "tool_calls": [CALL]},
+            ],
+            "messages[2].tool_calls: only an assistant message",
+        ),
+        (
+            [
+                *ASK,
                 {
                     "role": "assistant",
                     "content": None,

@@ -392,6 +392,8 @@ def _conversation(messages: list[ChatMessageIn]) -> tuple[Message, ...]:
 
 
 def _result(message: ChatMessageIn, pending: dict[str, str], where: str) -> ToolResultPart:
+    if message.tool_calls is not None:
+        raise InvalidRequest(f"{where}.tool_calls: only an assistant message calls tools")
     if message.tool_call_id is None:
         raise InvalidRequest(f"{where}.tool_call_id: required in a tool message")
     if pending.pop(message.tool_call_id, None) is None:
