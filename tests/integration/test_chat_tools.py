@@ -399,3 +399,27 @@ async def test_malformed_tool_fields_are_a_400_naming_them(
     body = {"model": "caller", "messages": ASK, field: value}
 
     assert field in await refusal(plain, body)
+
+
+async def test_tools_forced_on_a_provider_that_calls_none_are_a_400_unsupported_feature() -> None:
+    async with serving({**PLAIN, "name": "mute", "tools": False}) as (_, client):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model="mute",
+                messages=ASK,  # type: ignore[arg-type]
+                tools=[WEATHER],  # type: ignore[list-item]
+            )
+
+    assert refused.value.code == "unsupported_feature"
+
+
+async def test_auto_routes_a_request_with_tools_to_a_provider_that_calls_them() -> None:
+    async with serving({**PLAIN, "name": "mute", "tools": False}, caller()) as (_, client):
+        completion = await client.chat.completions.create(
+            model="auto",
+            messages=ASK,  # type: ignore[arg-type]
+            tools=[WEATHER],  # type: ignore[list-item]
+        )
+
+    assert completion.model == "caller"
+    assert completion.choices[0].finish_reason == "tool_calls"
