@@ -35,7 +35,7 @@ from tokenwire.protocol.errors import (
     error_for,
     excerpt,
 )
-from tokenwire.protocol.events import TEXT_EVENTS, TOOL_CALL_EVENTS, EventType
+from tokenwire.protocol.events import TEXT_EVENTS, EventType
 
 CLIENT_LEFT = "client went away"
 USAGE_ESTIMATED = "tokenwire-usage-estimated"
@@ -90,12 +90,11 @@ class Feed:
 
     async def until_answer(self) -> dict[str, Any] | None:
         """Read ahead to the answer's first text or tool call, or its end: the end's data
-        if the request ended before any of them, else None. Lets a dialect answer an HTTP
-        error status for a request that failed before anything was streamed, as the real
-        APIs do."""
+        if the request ended before any, else None. Lets a dialect answer an HTTP error
+        status for a request that failed before anything was streamed, as the real APIs do."""
         async for record in self._live():
             self._peeked.append(record)
-            if record.event_type in TEXT_EVENTS or record.event_type in TOOL_CALL_EVENTS:
+            if record.event_type in TEXT_EVENTS or record.event_type is EventType.TOOL_CALL_START:
                 return None
             if record.event_type is EventType.STREAM_END:
                 return record.data
