@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test lint typecheck browser clients-js mutants conformance conformance-suite bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck browser clients-js litellm mutants conformance conformance-suite bench bench-security bench-compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,20 @@ $(CLIENTS_JS)/node_modules/.installed: $(CLIENTS_JS)/package.json
 	touch $@
 
 test: clients-js
+
+# LiteLLM's proxy, a third-party upstream in the tool-call tests, in a venv of its own:
+# its pins (openai, httpx, uvicorn) differ from tokenwire's. FACTS.md: 1.108.7 is the
+# newest whose proxy extra installs here.
+LITELLM_VENV := .venv-litellm
+
+litellm: $(LITELLM_VENV)/.installed
+
+$(LITELLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.108.7'
+	touch $@
+
+test: litellm
 
 # The black-box suite of the wire contract is kept outside this repository.
 CONFORMANCE ?= ../shared/conformance

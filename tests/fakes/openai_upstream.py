@@ -331,3 +331,73 @@ def openai_error(
         headers={"content-type": "application/json", **(headers or {})},
         body=json.dumps(body).encode(),
     )
+
+
+# -- tool calls, as OpenAI streams them, and as other servers do --------------
+
+
+def call_fragment(
+    index: int,
+    *,
+    id: str | None = None,
+    name: str | None = None,
+    arguments: str | None = "",
+    bare: bool = False,
+) -> dict[str, Any]:
+    """One entry of a chunk's `delta.tool_calls`. OpenAI sends `id`, `type` and `name`
+    in a call's first fragment only; other servers repeat them (`id=`, `name=` on every
+    fragment), send the name late, or `arguments: null` (`arguments=None`). `bare`
+    leaves `function` out altogether (a fragment that only names the call's id)."""
+    call: dict[str, Any] = {"index": index}
+    if id is not None:
+        call["id"] = id
+        call["type"] = "function"
+    if not bare:
+        function: dict[str, Any] = {"arguments": arguments}
+        if name is not None:
+            function["name"] = name
+        call["function"] = function
+    return call
+
+
+def calls(*fragments: dict[str, Any]) -> dict[str, Any]:
+    """A delta that carries these call fragments (several in one chunk: interleaved)."""
+    return {"tool_calls": list(fragments)}
+
+
+def delta_frames(
+    deltas: Sequence[dict[str, Any]],
+    *,
+    finish_reason: str | None = "tool_calls",
+    usage: tuple[int, int] | None = (9, 5),
+    model: str = "m",
+    done: bool = True,
+) -> list[bytes]:
+    """A streamed answer made of these deltas (`{"content": ...}`, `calls(...)`), as
+    OpenAI frames them: the role first (content null: OpenAI's first chunk of a tool
+    answer), each delta, the finish, the usage chunk, `[DONE]`. Without a
+    `finish_reason` the stream is cut after the deltas (no finish, usage or [DONE])."""
+    frames = [
+        _chunk(model, [_choice({"role": "assistant", "content": None, "refusal": None})], None)
+    ]
+    frames += [_chunk(model, [_choice(delta)], None) for delta in deltas]
+    if finish_reason is None:
+        return frames
+    frames.append(_chunk(model, [_choice({}, finish_reason)], None))
+    if usage is not None:
+        prompt, completion = usage
+        counts = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        frames.append(_chunk(model, [], counts))
+    if done:
+        frames.append(b"data: [DONE]\n\n")
+    return frames
+
+
+def error_frame(message: str, error_type: str = "server_error") -> bytes:
+    """An error event in the middle of a stream, as OpenAI sends one."""
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -206,8 +206,8 @@ async def test_an_option_the_chosen_provider_cannot_honour_is_refused_naming_bot
     [
         (
             "/v1/chat/completions",
-            {"tools": [{"type": "function", "function": {"name": "f"}}]},
-            "tools: tool calls are not supported yet",
+            {"functions": [{"name": "f"}]},
+            "functions: the deprecated functions and function_call fields are not taken: use tools",
         ),
         (
             "/v1/chat/completions",
@@ -256,7 +256,11 @@ async def test_a_key_no_official_api_defines_stays_an_unknown_key() -> None:
 
 
 async def test_ignored_fields_are_named_in_a_header_streaming_or_not() -> None:
-    fields = {"store": True, "metadata": {"a": "b"}, "parallel_tool_calls": False}
+    fields = {
+        "store": True,
+        "metadata": {"a": "b"},
+        "prediction": {"type": "content", "content": "x"},
+    }
     async with running_server(simulated_settings()) as server, openai_client(server) as client:
         whole = await client.chat.completions.with_raw_response.create(
             model="simulated", messages=HI, max_tokens=2, **fields
@@ -269,8 +273,8 @@ async def test_ignored_fields_are_named_in_a_header_streaming_or_not() -> None:
         plain = await client.chat.completions.with_raw_response.create(
             model="simulated", messages=HI, max_tokens=2
         )
-    assert whole.headers[IGNORED] == "metadata, store, parallel_tool_calls"
-    assert streamed_header == "metadata, store, parallel_tool_calls"
+    assert whole.headers[IGNORED] == "metadata, store, prediction"
+    assert streamed_header == "metadata, store, prediction"
     assert IGNORED not in plain.headers
 
 

@@ -17,6 +17,21 @@ This provider always asks for the usage chunk and reports it exactly when it com
 some compatible servers (llama-cpp-python's, for one) never send it, so an answer
 that finished without one ends with a local estimate, `Usage(estimated=True)`.
 SDK retries are off: a failed stream is the core's to handle, not to repeat here.
+
+Tool calls: the request's tools go as function tools (`strict` where set), with
+`tool_choice` and `parallel_tool_calls`, those two only when there are tools
+(OpenAI refuses them otherwise). History renders an assistant turn's calls as `tool_calls`
+(content null when the turn has no text) and each result as its own `role: "tool"`
+message; Chat Completions has no error flag, so a result with `is_error` is sent
+as `Error: ` followed by its content. Streamed `delta.tool_calls` fragments are
+keyed by the upstream's `index` (servers repeat ids and names on every fragment,
+send a name late, `arguments: null`, or start at index 1: the core's assembler
+takes all of that); a fragment whose id differs from the one its index already
+had starts a new call (servers that put parallel calls all at index 0). Every
+call ends (`ToolCallEnd`) at the choice's `finish_reason`, except `length`: a call
+cut by the token budget is not final, and the answer ends as `length`. An answer
+that called tools ends as `tool_calls`, whatever finish reason the server names
+for it (some send `stop`).
 """
 
 from __future__ import annotations
@@ -30,10 +45,18 @@ from openai.types.chat import (
     ChatCompletionChunk,
     ChatCompletionContentPartParam,
     ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
+    ChatCompletionToolChoiceOptionParam,
+    ChatCompletionToolParam,
 )
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from openai.types.chat.chat_completion_content_part_image_param import ImageURL
 from openai.types.completion_usage import CompletionUsage
-from openai.types.shared_params import ResponseFormatJSONObject, ResponseFormatJSONSchema
+from openai.types.shared_params import (
+    FunctionDefinition,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+)
 from openai.types.shared_params.response_format_json_schema import JSONSchema
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +72,16 @@ from tokenwire.core.provider import (
     estimate_tokens,
     estimated_completion_tokens,
 )
-from tokenwire.core.tools import ResponseFormat
+from tokenwire.core.tools import (
+    NamedTool,
+    ResponseFormat,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallPart,
+    ToolChoice,
+    ToolResultPart,
+    ToolSpec,
+)
 from tokenwire.protocol.errors import (
     ProviderError,
     RequestTimeout,
@@ -148,7 +180,7 @@ class OpenAIProvider:
             # Leaving this block by any path (end, error, aclose, cancel) closes the response.
             async with await self._client.chat.completions.create(
                 model=request.model or self._model,
-                messages=[_message(m) for m in request.messages],
+                messages=_messages(request.messages),
                 stream=True,
                 stream_options={"include_usage": True},
                 max_tokens=_given(request.max_tokens or options.max_tokens),
@@ -158,12 +190,14 @@ class OpenAIProvider:
                 top_p=_given(options.top_p if request.top_p is None else request.top_p),
                 stop=_given(list(request.stop) if request.stop else options.stop),
                 response_format=_given(_response_format(request.response_format)),
+                tools=_given([_tool(t) for t in request.tools] or None),
+                tool_choice=_given(_tool_choice(request.tool_choice) if request.tools else None),
+                parallel_tool_calls=_given(request.parallel_tool_calls if request.tools else None),
                 extra_body=_passed(options),
             ) as chunks:
                 async for chunk in chunks:
-                    text = answer.read(chunk)
-                    if text:
-                        yield text
+                    for event in answer.read(chunk):
+                        yield event
         except (openai.APIError, json.JSONDecodeError) as exc:
             raise upstream_error(exc, self._settings.api_key()) from None
         yield answer.usage(request.prompt_text, request.max_tokens or options.max_tokens)
@@ -180,23 +214,34 @@ class _Answer:
         self.finish_reason: FinishReason = "stop"
         self.reported: CompletionUsage | None = None
         self.text: list[str] = []
+        self.calls = _Calls()
 
-    def read(self, chunk: ChatCompletionChunk) -> str:
+    def read(self, chunk: ChatCompletionChunk) -> list[ProviderEvent]:
+        """The events one chunk brings: text, call fragments, and at the finish the ends."""
         if chunk.usage is not None:
             self.reported = chunk.usage
-        text = ""
+        events: list[ProviderEvent] = []
         for choice in chunk.choices:
             if choice.index != 0:
                 continue
-            if choice.finish_reason is not None:
-                self.finished = True
-                if choice.finish_reason == "length":
-                    self.finish_reason = "length"
             if choice.delta is not None and choice.delta.content:
-                text += choice.delta.content
-        if text:
-            self.text.append(text)
-        return text
+                self.text.append(choice.delta.content)
+                events.append(choice.delta.content)
+            if choice.delta is not None and choice.delta.tool_calls:
+                events += [self.calls.fragment(call) for call in choice.delta.tool_calls]
+            if choice.finish_reason is not None and not self.finished:
+                events += self._finish(choice.finish_reason)
+        return events
+
+    def _finish(self, reason: str) -> list[ProviderEvent]:
+        self.finished = True
+        if reason == "length":
+            # Arguments cut by the token budget are not final: no call ends.
+            self.finish_reason = "length"
+            return []
+        if self.calls.keys:
+            self.finish_reason = "tool_calls"
+        return [ToolCallEnd(key) for key in self.calls.keys]
 
     def usage(self, prompt_text: str, max_tokens: int | None) -> Usage:
         """The upstream's usage, else an estimate; `ProviderError` if the answer is cut short."""
@@ -219,21 +264,110 @@ class _Answer:
         )
 
 
+class _Calls:
+    """The calls of one answer, by the key their fragments go under."""
+
+    def __init__(self) -> None:
+        self.keys: list[str | int] = []
+        self._current: dict[int, str | int] = {}  # upstream index -> key of its latest call
+        self._ids: dict[str | int, str] = {}  # key -> the upstream id it came with
+
+    def fragment(self, call: ChoiceDeltaToolCall) -> ToolCallDelta:
+        key = self._key(call.index, call.id)
+        function = call.function
+        return ToolCallDelta(
+            key=key,
+            upstream_id=call.id,
+            name=function.name if function is not None else None,
+            arguments=(function.arguments or "") if function is not None else "",
+        )
+
+    def _key(self, index: int, upstream_id: str | None) -> str | int:
+        key = self._current.get(index)
+        if key is None:
+            key = index
+        elif upstream_id and self._ids.get(key, upstream_id) != upstream_id:
+            # Another id at an index already in use: a new call, not more of the last.
+            key = f"{index}:{upstream_id}"
+        else:
+            return key
+        self._current[index] = key
+        self.keys.append(key)
+        if upstream_id:
+            self._ids[key] = upstream_id
+        return key
+
+
 def _message(message: Message) -> ChatCompletionMessageParam:
     if message.role == "system":
         return {"role": "system", "content": message.content}
     if message.role == "assistant":
-        return {"role": "assistant", "content": message.content}
+        return _assistant(message)
     if message.parts:
-        return {"role": "user", "content": [_part(p) for p in message.parts]}
+        return {"role": "user", "content": [_part(p) for p in message.parts if _is_content(p)]}
     return {"role": "user", "content": message.content}
+
+
+def _messages(messages: tuple[Message, ...]) -> list[ChatCompletionMessageParam]:
+    """The conversation as Chat Completions takes it: a tool turn becomes one `tool`
+    message per result."""
+    rendered: list[ChatCompletionMessageParam] = []
+    for message in messages:
+        if message.role == "tool":
+            rendered += [_tool_result(r) for r in message.tool_results]
+        else:
+            rendered.append(_message(message))
+    return rendered
+
+
+def _assistant(message: Message) -> ChatCompletionMessageParam:
+    calls = message.tool_calls
+    if not calls:
+        return {"role": "assistant", "content": message.content}
+    return {
+        "role": "assistant",
+        "content": message.content or None,
+        "tool_calls": [_call(c) for c in calls],
+    }
+
+
+def _call(call: ToolCallPart) -> ChatCompletionMessageToolCallParam:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def _tool_result(result: ToolResultPart) -> ChatCompletionMessageParam:
+    content = f"Error: {result.content}" if result.is_error else result.content
+    return {"role": "tool", "tool_call_id": result.tool_call_id, "content": content}
+
+
+def _tool(spec: ToolSpec) -> ChatCompletionToolParam:
+    function: FunctionDefinition = {"name": spec.name, "parameters": dict(spec.parameters)}
+    if spec.description:
+        function["description"] = spec.description
+    if spec.strict is not None:
+        function["strict"] = spec.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice | None) -> ChatCompletionToolChoiceOptionParam | None:
+    if isinstance(choice, NamedTool):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
+
+
+def _is_content(part: Part) -> bool:
+    return isinstance(part, (TextPart, ImagePart))
 
 
 def _part(part: Part) -> ChatCompletionContentPartParam:
     """A text or image part as Chat Completions takes it (an image by URL or data URL)."""
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
-    assert isinstance(part, ImagePart), "tool parts are not rendered here yet"
+    assert isinstance(part, ImagePart), "only text and images are a user turn's content"
     image: ImageURL = {"url": data_url(part)}
     if part.detail is not None:
         image["detail"] = part.detail

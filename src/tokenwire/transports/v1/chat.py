@@ -2,7 +2,7 @@
 
 The wire format is OpenAI's: a `chat.completion` object, or with `stream: true`
 `chat.completion.chunk` events with one id, the role in the first delta, a
-`finish_reason` of `stop` or `length`, the usage chunk when
+`finish_reason` of `stop`, `length` or `tool_calls`, the usage chunk when
 `stream_options.include_usage` asks for it, and `data: [DONE]`. Usage that
 tokenwire estimated says so (`usage.estimated`, and the `tokenwire-usage-estimated`
 header on a whole answer). An error after the stream started is one
@@ -10,10 +10,18 @@ header on a whole answer). An error after the stream started is one
 names a provider, or is `auto` for the router's pick. Every official request
 field is taken, ignored (named in `tokenwire-ignored-fields`) or refused with
 why: see `fields.py`.
+
+Tool calls: `tools`, `tool_choice` and `parallel_tool_calls` go to the core; the
+dialect is stateless, so the history comes whole with each request: an assistant
+message's `tool_calls` must be answered, each exactly once, by the `role: "tool"`
+messages right after it. Calls stream as `delta.tool_calls` entries with the
+answer's dense index, `id`, `type` and `name` in a call's first fragment only,
+`arguments` fragments after; a whole answer has them in `message.tool_calls`.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -30,6 +38,15 @@ from tokenwire.core.provider import Message, Part
 from tokenwire.core.provider import TextPart as CoreTextPart
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
 from tokenwire.core.structured import from_openai
+from tokenwire.core.tools import (
+    NamedTool,
+    ToolCallPart,
+    ToolChoice,
+    ToolMode,
+    ToolResultPart,
+    ToolSpec,
+)
+from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.formats import OpenAIFormat
 from tokenwire.protocol.messages import Granularity, StopSequence, StopSequences
@@ -41,7 +58,12 @@ from tokenwire.transports.v1.errors import (
     openai_error,
     openai_error_body,
 )
-from tokenwire.transports.v1.fields import TOOLS_LATER, Fields, Label, refusing
+from tokenwire.transports.v1.fields import (
+    LEGACY_FUNCTIONS,
+    Fields,
+    Label,
+    refusing,
+)
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -89,10 +111,50 @@ class ImagePart(_Body):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+CallId = Annotated[str, Field(min_length=1, max_length=128)]
+Arguments = Annotated[str, Field(max_length=1_000_000)]
+
+
+class FunctionDefinition(_Body):
+    name: ToolName
+    description: Annotated[str, Field(max_length=100_000)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Body):
+    name: ToolName
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(_Body):
+    name: ToolName
+    arguments: Arguments
+
+
+class ToolCall(_Body):
+    id: CallId
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessageIn(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | Annotated[list[ContentPart], Field(max_length=1000)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Null (or absent) only in an assistant message that calls tools.
+    content: Text | Annotated[list[ContentPart], Field(max_length=1000)] | None = None
     name: Annotated[str, Field(max_length=256)] | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
+    tool_call_id: CallId | None = None
 
 
 class StreamOptions(_Body):
@@ -132,33 +194,45 @@ class ChatCompletionRequest(_Body):
     # Meaning nothing here: accepted, and named in the tokenwire-ignored-fields header.
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     store: bool | None = None
-    parallel_tool_calls: bool | None = None
     prediction: dict[str, Any] | None = None
     prompt_cache_retention: Label | None = None
     prompt_cache_options: dict[str, Any] | None = None
     # Taken where they ask for text, what every answer is; refused where they ask for more.
     modalities: Annotated[None, refusing(NO_AUDIO, ["text"])] = None
     response_format: OpenAIFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # What tokenwire does not offer (yet): refused, saying why.
-    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
-    tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
-    functions: Annotated[None, refusing(TOOLS_LATER, [])] = None
-    function_call: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    functions: Annotated[None, refusing(LEGACY_FUNCTIONS, [])] = None
+    function_call: Annotated[None, refusing(LEGACY_FUNCTIONS, "none", "auto")] = None
     audio: Annotated[None, refusing(NO_AUDIO)] = None
     web_search_options: Annotated[None, refusing("web search is not offered")] = None
     moderation: Annotated[None, refusing("moderation is not offered")] = None
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class CalledTool(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[CalledTool] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: None = None
 
 
@@ -242,7 +316,6 @@ _OPTIONS = (
 _IGNORED = (
     "metadata",
     "store",
-    "parallel_tool_calls",
     "prediction",
     "prompt_cache_retention",
     "prompt_cache_options",
@@ -259,7 +332,7 @@ def _spec(
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return RequestSpec(
         user_id=user,
-        messages=tuple(_message(m, f"messages[{i}].content") for i, m in enumerate(body.messages)),
+        messages=_conversation(body.messages),
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         generation=Generation(
             max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -267,6 +340,9 @@ def _spec(
             top_p=body.top_p,
             stop=stop,
             response_format=from_openai(body.response_format, "response_format"),
+            tools=tuple(_tool(t) for t in body.tools or ()),
+            tool_choice=_tool_choice(body.tool_choice),
+            parallel_tool_calls=body.parallel_tool_calls,
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,
@@ -277,29 +353,136 @@ def _spec(
     )
 
 
+def _tool(tool: Tool) -> ToolSpec:
+    function = tool.function
+    return ToolSpec(
+        name=function.name,
+        description=function.description or "",
+        parameters=function.parameters if function.parameters is not None else {"type": "object"},
+        strict=function.strict,
+    )
+
+
+def _tool_choice(choice: ToolMode | NamedToolChoice | None) -> ToolChoice | None:
+    return NamedTool(choice.function.name) if isinstance(choice, NamedToolChoice) else choice
+
+
+def _conversation(messages: list[ChatMessageIn]) -> tuple[Message, ...]:
+    """The request's messages as turns: the `tool` messages after an assistant's calls
+    become one tool turn, which must answer each of those calls exactly once."""
+    turns: list[Message] = []
+    pending: dict[str, str] = {}  # call id -> where it was made, until answered
+    results: list[ToolResultPart] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if message.role == "tool":
+            results.append(_result(message, pending, where))
+            continue
+        if results:
+            turns.append(Message.of_parts("tool", tuple(results)))
+            results = []
+        _no_call_unanswered(pending, where)
+        turn = _message(message, where)
+        pending = {call.id: f"{where}.tool_calls" for call in turn.tool_calls}
+        turns.append(turn)
+    if results:
+        turns.append(Message.of_parts("tool", tuple(results)))
+    _no_call_unanswered(pending, "messages")
+    return tuple(turns)
+
+
+def _result(message: ChatMessageIn, pending: dict[str, str], where: str) -> ToolResultPart:
+    if message.tool_calls is not None:
+        raise InvalidRequest(f"{where}.tool_calls: only an assistant message calls tools")
+    if message.tool_call_id is None:
+        raise InvalidRequest(f"{where}.tool_call_id: required in a tool message")
+    if pending.pop(message.tool_call_id, None) is None:
+        raise InvalidRequest(
+            f"{where}.tool_call_id: answers no call of the assistant message before it "
+            "(or one already answered)"
+        )
+    content = message.content
+    if isinstance(content, str):
+        return ToolResultPart(message.tool_call_id, content)
+    if content is None or not all(isinstance(part, TextPart) for part in content):
+        raise InvalidRequest(f"{where}.content: a tool message's content is text")
+    text = "".join(part.text for part in content if isinstance(part, TextPart))
+    return ToolResultPart(message.tool_call_id, text)
+
+
+def _no_call_unanswered(pending: dict[str, str], where: str) -> None:
+    if pending:
+        made = next(iter(pending.values()))
+        raise InvalidRequest(
+            f"{made}: call '{next(iter(pending))}' has no tool message answering it "
+            f"(before {where})"
+        )
+
+
 def _message(message: ChatMessageIn, where: str) -> Message:
     role = "system" if message.role == "developer" else message.role
+    assert role != "tool"  # tool messages are results, taken by _conversation
+    if message.tool_call_id is not None:
+        raise InvalidRequest(f"{where}.tool_call_id: only a tool message has one")
+    calls = _calls(message, where)
+    if message.content is None:
+        if not calls:
+            raise InvalidRequest(f"{where}.content: required unless the message calls tools")
+        return Message.of_parts(role, calls)
     if isinstance(message.content, str):
-        return Message(role=role, content=message.content)
+        text = (CoreTextPart(message.content),) if message.content else ()
+        return Message.of_parts(role, (*text, *calls)) if calls else Message(role, message.content)
     parts: list[Part] = []
     for i, part in enumerate(message.content):
         if isinstance(part, TextPart):
             parts.append(CoreTextPart(part.text))
         else:
             url = part.image_url
-            parts.append(image_from_url(url.url, f"{where}[{i}].image_url.url", url.detail))
-    return turn_of_parts(role, tuple(parts), where)
+            parts.append(image_from_url(url.url, f"{where}.content[{i}].image_url.url", url.detail))
+    return turn_of_parts(role, (*parts, *calls), f"{where}.content")
+
+
+def _calls(message: ChatMessageIn, where: str) -> tuple[ToolCallPart, ...]:
+    if message.tool_calls is None:
+        return ()
+    if message.role != "assistant":
+        raise InvalidRequest(f"{where}.tool_calls: only an assistant message calls tools")
+    seen: set[str] = set()
+    calls = []
+    for j, call in enumerate(message.tool_calls):
+        at = f"{where}.tool_calls[{j}]"
+        if call.id in seen:
+            raise InvalidRequest(f"{at}.id: the same id twice in one message")
+        seen.add(call.id)
+        if not _is_object(call.function.arguments):
+            raise InvalidRequest(f"{at}.function.arguments: not a JSON object")
+        calls.append(ToolCallPart(call.id, call.function.name, call.function.arguments))
+    return tuple(calls)
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _completion(log: EventLog, end: dict[str, Any], text: str) -> dict[str, Any]:
     usage = end.get("usage") or {}
+    called = [
+        CalledTool(id=c["id"], function=CalledFunction(name=c["name"], arguments=c["arguments"]))
+        for c in end.get("tool_calls") or ()
+    ]
     return ChatCompletion(
         id=log.key.request_id,
         created=int(log.created_at),
         model=str(end.get("provider_used", "")),
         choices=[
             Choice(
-                message=AssistantMessage(content=text),
+                # As OpenAI answers: content null for a turn of calls only.
+                message=AssistantMessage(
+                    content=text if text or not called else None, tool_calls=called or None
+                ),
                 finish_reason=end.get("finish_reason", "stop"),
             )
         ],
@@ -356,6 +539,8 @@ async def _chunks(
             elif kind in TEXT_EVENTS:
                 text = record.data.get("token", record.data.get("chunk", ""))
                 yield _chunk(log, model, {"content": text})
+            elif kind in _CALL_EVENTS:
+                yield _chunk(log, model, {"tool_calls": [_call_fragment(kind, record.data)]})
             elif kind is EventType.ERROR:
                 error = record.data
             elif kind is EventType.STREAM_END:
@@ -364,6 +549,19 @@ async def _chunks(
     finally:
         if not feed.ended:
             cancel_quietly(gateway, log.key)
+
+
+# A call's end adds nothing on this wire: its arguments were all streamed.
+_CALL_EVENTS = frozenset({EventType.TOOL_CALL_START, EventType.TOOL_CALL_DELTA})
+
+
+def _call_fragment(kind: EventType, data: dict[str, Any]) -> dict[str, Any]:
+    """A `delta.tool_calls` entry: id, type and name in the call's first fragment only,
+    as OpenAI sends them (clients that concatenate names would otherwise repeat them)."""
+    if kind is EventType.TOOL_CALL_START:
+        function = {"name": data["name"], "arguments": ""}
+        return {"index": data["index"], "id": data["id"], "type": "function", "function": function}
+    return {"index": data["index"], "function": {"arguments": data["arguments"]}}
 
 
 async def _ending(
