@@ -284,3 +284,17 @@ def test_resuming_after_any_event_gives_exactly_the_rest(cut: int) -> None:
     rest = [e for e in events_of(log) if e["sequence_number"] > cut]
 
     assert whole[: cut + 1] + rest == whole
+
+
+def test_the_end_s_arguments_are_the_call_s_even_without_fragments() -> None:
+    # A call with no arguments may send no fragment; its end still says "{}".
+    log = a_log()
+    start(log, 0, CALL_A, "now")
+    end(log, 0, CALL_A, "now", "{}")
+    finish(log)
+
+    events = events_of(log)
+
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert done[0]["arguments"] == "{}"
+    assert read_by_the_sdk(events).output[0].arguments == "{}"

@@ -58,7 +58,12 @@ class _Message:
     status: str = "in_progress"
 
     def part(self) -> dict[str, Any]:
-        return {"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": []}
+        return {
+            "type": "output_text",
+            "text": "".join(self.text),
+            "annotations": [],
+            "logprobs": [],
+        }
 
     def item(self) -> dict[str, Any]:
         done = self.status != "in_progress"
