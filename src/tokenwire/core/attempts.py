@@ -5,12 +5,14 @@ attempt waits for a place under the provider's concurrency limit (in a bounded
 queue, for at most the queue timeout: then `provider_busy`), streams the answer
 into the run, and fails if the provider sends no first text within the
 first-token deadline or falls silent between texts for longer than the silence
-deadline (core/deadlines.py). Before any text has reached the client, a
+deadline (core/deadlines.py). Tool-call news counts as output as text does: it
+meets the first-token deadline, re-arms the silence one, and once a tool event
+has reached the run there is no retry nor fallback. Before any output has reached the client, a
 retryable failure (5xx, a dropped connection, 429) is retried on the same
 provider with jittered exponential backoff (honouring `retry_after`; not when
 that asks for more than `max_retry_wait_seconds`, and never past the deadline),
 then the next candidate takes over; a first-token timeout goes to the next
-candidate at once. After text has gone out, a failure ends the stream. Every
+candidate at once. After output has gone out, a failure ends the stream. Every
 attempt is reported to the `AttemptObserver`, which is how the router learns
 the providers' health.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import random
 import time
@@ -29,7 +32,8 @@ from tokenwire.core.deadlines import Timeouts
 from tokenwire.core.provider import Usage, estimate_tokens
 from tokenwire.core.route import AttemptObserver, AttemptOutcome, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
-from tokenwire.core.tools import ToolCallDelta, ToolCallEnd
+from tokenwire.core.tool_calls import ToolCallAssembler, ToolCallEvent
+from tokenwire.core.tools import ToolCallDelta, ToolCallEnd, ToolCallPart
 from tokenwire.protocol.errors import (
     CostLimitExceeded,
     ProviderBusy,
@@ -52,8 +56,9 @@ class AttemptPolicy:
     """Requests that may wait for one provider's capacity; more are `provider_busy` at once."""
 
 
-# What the run does with each piece of text, and with the news of a fallback.
+# What the run does with each piece of text, each tool-call event, and the news of a fallback.
 TextSink = Callable[[str, ProviderSlot], None]
+ToolSink = Callable[[ToolCallEvent], None]
 FallbackSink = Callable[[ProviderSlot, TokenwireError, ProviderSlot], None]
 
 
@@ -66,6 +71,7 @@ class Attempts:
         observer: AttemptObserver,
         on_text: TextSink,
         on_fallback: FallbackSink,
+        on_tool: ToolSink,
     ) -> None:
         self._spec = spec
         self._route = route
@@ -73,10 +79,15 @@ class Attempts:
         self._observer = observer
         self._on_text = on_text
         self._on_fallback = on_fallback
+        self._on_tool = on_tool
         self.slot = route.slot
         """The provider answering (or last tried)."""
         self.deltas = 0
         """Text deltas that reached the run, over all attempts."""
+        self.tool_events = 0
+        """Tool-call events that reached the run, over all attempts."""
+        self.tool_calls: tuple[ToolCallPart, ...] = ()
+        """The finished calls of the answer that completed."""
         self.usage: Usage | None = None
         self.cancelled_by_client = False
         self._loop_turned = True
@@ -109,7 +120,7 @@ class Attempts:
                 return
             except (ProviderError, RequestTimeout) as failure:
                 last = index == len(candidates) - 1
-                if self.deltas or self._route.forced or last:
+                if self.output_sent or self._route.forced or last:
                     raise
                 self._on_fallback(slot, failure, candidates[index + 1])
 
@@ -121,7 +132,7 @@ class Attempts:
                 await self._attempt(slot)
                 return
             except ProviderError as failure:
-                if self.deltas or not failure.retryable or retry >= self._policy.max_retries:
+                if self.output_sent or not failure.retryable or retry >= self._policy.max_retries:
                     raise
                 pause = self._backoff(retry, failure)
                 if pause > self._policy.max_retry_wait_seconds or self._too_late(pause):
@@ -166,6 +177,11 @@ class Attempts:
                     slot.name, outcome, self.deltas - deltas_before, streaming
                 )
 
+    @property
+    def output_sent(self) -> bool:
+        """Has any of the answer (text or a tool event) reached the run?"""
+        return bool(self.deltas or self.tool_events)
+
     def _out_of_time(self) -> bool:
         return self._whole is not None and self._whole.expired()
 
@@ -191,16 +207,17 @@ class Attempts:
         first_at: float | None = None
         loop = asyncio.get_running_loop()
         on_text = self._on_text
-        # Armed for the first text; every text re-arms it for the silence that may follow.
+        calls = ToolCallAssembler()
+        usage: Usage | None = None
+        # Armed for the first output; every delta (text or a call's) re-arms it for the
+        # silence that may follow.
         quiet = asyncio.timeout(first_token)
         try:
             async with contextlib.aclosing(slot.provider.stream(request)) as events, quiet:
                 async for item in events:
                     if isinstance(item, Usage):
-                        self.usage = item
+                        usage = item
                         continue
-                    if isinstance(item, ToolCallDelta | ToolCallEnd):
-                        raise ProviderError(f"provider {slot.name} called a tool: not relayed yet")
                     if not item:
                         continue
                     # SDKs hand out buffered deltas without suspending. If the loop has not
@@ -212,13 +229,17 @@ class Attempts:
                     if first_at is None:
                         first_at = time.monotonic()
                         self._observer.first_text(slot.name, first_at - began)
-                    self.deltas += 1
-                    on_text(item, slot)
+                    if isinstance(item, str):
+                        self.deltas += 1
+                        on_text(item, slot)
+                    else:
+                        self._relay_call(item, calls)
                     if limited:
                         self._check_cost(slot)
                     quiet.reschedule(loop.time() + silence)
                     self._loop_turned = False
                     loop.call_soon(self._note_loop_turn)
+            self.usage = self._settled(usage, calls)
         except TimeoutError:
             if not quiet.expired():
                 raise
@@ -232,13 +253,26 @@ class Attempts:
             ) from None
         return first_at
 
+    def _relay_call(self, item: ToolCallDelta | ToolCallEnd, calls: ToolCallAssembler) -> None:
+        for event in calls.feed(item):
+            self.tool_events += 1
+            self._on_tool(event)
+
+    def _settled(self, usage: Usage | None, calls: ToolCallAssembler) -> Usage | None:
+        """The answer's usage once its calls are known to be complete: an answer that
+        called tools ended for that reason, whatever its provider calls it."""
+        self.tool_calls = calls.finish()
+        if usage is not None and self.tool_calls and usage.finish_reason != "tool_calls":
+            return dataclasses.replace(usage, finish_reason="tool_calls")
+        return usage
+
     def _note_loop_turn(self) -> None:
         self._loop_turned = True
 
     def _check_cost(self, slot: ProviderSlot) -> None:
         limit = self._spec.routing.cost_limit
         assert limit is not None
-        so_far = slot.cost_usd(Usage(self._prompt_tokens, self.deltas))
+        so_far = slot.cost_usd(Usage(self._prompt_tokens, self.deltas + self.tool_events))
         if so_far > limit:
             raise CostLimitExceeded(
                 f"the answer reached the cost limit ${limit:g} (about ${so_far:.6f} so far)"

@@ -6,31 +6,45 @@ event, whose `seq` is that of the last text event it stands for and whose
 own records, except that progress is given only as its latest; all in `seq`
 order. `seq` only increases, so the client's `last_seq` stays valid for the
 live events that follow.
+
+Tool-call events are never compacted; text on either side of one is merged
+separately (text, then calls, then text merges into two chunks), so that the
+merged events keep the order in which the answer was written.
 """
 
 from __future__ import annotations
 
 from tokenwire.core.eventlog import EventLog, Record
-from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
+from tokenwire.protocol.events import TEXT_EVENTS, TOOL_CALL_EVENTS, EventType, encode_json
 
 
 def compacted(log: EventLog, after_seq: int) -> list[Record]:
     """The held records after `after_seq`, text merged; `NotRecovered` if some were dropped."""
     records = list(log.records(after_seq))
-    texts = [r for r in records if r.event_type in TEXT_EVENTS]
     progress = [r.seq for r in records if r.event_type is EventType.PROGRESS]
     latest_progress = progress[-1] if progress else None
-    merged = _merge(log, texts) if texts else None
+    merged = {m.seq: m for m in (_merge(log, run) for run in _text_runs(records))}
     out: list[Record] = []
     for record in records:
         if record.event_type in TEXT_EVENTS:
-            if merged is not None and record.seq == merged.seq:
-                out.append(merged)
+            if record.seq in merged:
+                out.append(merged[record.seq])
             continue
         if record.event_type is EventType.PROGRESS and record.seq != latest_progress:
             continue
         out.append(record)
     return out
+
+
+def _text_runs(records: list[Record]) -> list[list[Record]]:
+    """The text records, in runs that tool-call events separate."""
+    runs: list[list[Record]] = [[]]
+    for record in records:
+        if record.event_type in TEXT_EVENTS:
+            runs[-1].append(record)
+        elif record.event_type in TOOL_CALL_EVENTS and runs[-1]:
+            runs.append([])
+    return [run for run in runs if run]
 
 
 def _merge(log: EventLog, texts: list[Record]) -> Record:

@@ -1,8 +1,8 @@
 """One request, start to end: provider stream in, events out into the request's log.
 
 The run writes stream_start, typing on, metadata, text (chunks or tokens) with
-progress, then on any outcome: an error event if it failed, typing off and
-exactly one stream_end. It knows nothing about sockets.
+progress and tool-call events, then on any outcome: an error event if it failed,
+typing off and exactly one stream_end. It knows nothing about sockets.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from tokenwire.core.provider import Usage, estimate_tokens, estimated_completion
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
+from tokenwire.core.tool_calls import CallEnded, CallStarted, ToolCallEvent
+from tokenwire.core.tools import ToolCallPart
 from tokenwire.protocol.errors import (
     InternalError,
     TokenwireError,
@@ -86,6 +88,7 @@ class StreamRun:
             observer or NoObserver(),
             self._on_text,
             self._on_fallback,
+            self._on_tool,
         )
         self.cancel_reason: str | None = None
         self.started = time.monotonic()
@@ -154,6 +157,11 @@ class StreamRun:
     def answer_text(self) -> str:
         return "".join(self.answer_parts or ())
 
+    @property
+    def tool_calls(self) -> tuple[ToolCallPart, ...]:
+        """The calls of an answer that completed, by index (none otherwise)."""
+        return self._attempts.tool_calls
+
     # -- phases ---------------------------------------------------------------
 
     def _emit_opening(self) -> None:
@@ -203,6 +211,27 @@ class StreamRun:
             self._emit_text(chunk)
         elif self._flush_timer is None and self._coalescer.due_at is not None:
             self._start_flush_timer(self._coalescer.due_at - now)
+
+    def _on_tool(self, event: ToolCallEvent) -> None:
+        """One tool-call event: after the text that came before it, in its own frame."""
+        if self.ttft is None:
+            self.ttft = time.monotonic() - self.started
+        if isinstance(event, CallStarted):
+            self._stop_flush_timer()
+            self._flush_held_text()
+            data = {"index": event.index, "id": event.id, "name": event.name}
+            self.log.append(EventType.TOOL_CALL_START, data)
+        elif isinstance(event, CallEnded):
+            data = {
+                "index": event.index,
+                "id": event.id,
+                "name": event.name,
+                "arguments": event.arguments,
+            }
+            self.log.append(EventType.TOOL_CALL_END, data)
+        else:
+            data = {"index": event.index, "arguments": event.arguments}
+            self.log.append(EventType.TOOL_CALL_DELTA, data)
 
     def _on_fallback(
         self, failed: ProviderSlot, error: TokenwireError, next_slot: ProviderSlot
@@ -268,31 +297,44 @@ class StreamRun:
             "usage": usage.as_dict(),
             "cost_usd": cost,
         }
+        calls = self.tool_calls if status is StreamStatus.COMPLETED else ()
         if status is StreamStatus.COMPLETED:
             end["finish_reason"] = usage.finish_reason
             if usage.stop_sequence is not None:
                 end["stop_sequence"] = usage.stop_sequence
+            if calls:
+                end["tool_calls"] = [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls
+                ]
         if status is StreamStatus.CANCELLED:
             end["reason"] = self.cancel_reason
         elif error is not None:
             end["error_type"] = error.error_type
         self.log.append(EventType.STREAM_END, end)
         self.usage = usage
-        return self._outcome(status, usage, cost)
+        return self._outcome(status, usage, cost, calls)
 
     def _estimated_usage(self) -> Usage:
         """Usage where the provider reported none: what reached us, and the prompt only if
         the upstream evidently took it (some text came back). A request that failed before
         any text (a refused connection, a DNS failure) costs nothing."""
-        if not self._deltas:
+        if not self._deltas and not self._attempts.tool_events:
             return Usage(prompt_tokens=0, completion_tokens=0, estimated=True)
         prompt = "".join(m.content for m in self.spec.conversation)
+        calls = "".join(call.name + call.arguments for call in self.tool_calls)
         answer = estimated_completion_tokens(self._deltas, self.spec.generation.max_tokens)
+        answer += estimate_tokens(calls)
         return Usage(
             prompt_tokens=estimate_tokens(prompt), completion_tokens=answer, estimated=True
         )
 
-    def _outcome(self, status: StreamStatus, usage: Usage | None, cost: float) -> StreamOutcome:
+    def _outcome(
+        self,
+        status: StreamStatus,
+        usage: Usage | None,
+        cost: float,
+        tool_calls: tuple[ToolCallPart, ...] = (),
+    ) -> StreamOutcome:
         return StreamOutcome(
             provider=self._attempts.slot.name,
             status=status,
@@ -303,6 +345,7 @@ class StreamRun:
             usage=usage,
             cost_usd=cost,
             user_id=self.spec.user_id,
+            tool_calls=tool_calls,
         )
 
     # -- text -----------------------------------------------------------------

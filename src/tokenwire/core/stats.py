@@ -8,6 +8,7 @@ from typing import Any
 
 from tokenwire.core.provider import Usage
 from tokenwire.core.sessions import SessionRegistry
+from tokenwire.core.tools import ToolCallPart
 from tokenwire.protocol.events import StreamStatus
 
 
@@ -66,6 +67,8 @@ class StreamOutcome:
     usage: Usage | None
     cost_usd: float
     user_id: str = ""
+    tool_calls: tuple[ToolCallPart, ...] = ()
+    """The calls of an answer that completed with them (for its conversation)."""
 
 
 class StreamingStats:

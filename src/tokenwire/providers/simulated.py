@@ -7,6 +7,16 @@ many deltas), `stall_after` (stop sending, without ending, after that many).
 A request's `stop` strings end the answer at the first word equal to one of them.
 It sees images: an answer to a request with images begins by saying what it got
 (`[images: image/png 1234 bytes, https://...] `), so that demos and tests can tell.
+
+It scripts tool calls: with `tool_calls: [{"name": ..., "arguments": {...}}]` the
+answer is `text_before` (if any, word by word), then those calls, their
+arguments' JSON sent `fragment_chars` characters at a time, one call after the
+other or, with `interleave`, their fragments taking turns; it ends with finish
+reason "tool_calls". `arguments` given as a string is sent verbatim, valid JSON
+or not (to show what a malformed call does). A conversation whose last turn
+holds tool results is answered with text that echoes them (`results: ...`), so
+that a round trip ends. `fail_after` and `stall_after` count a call's
+fragments as deltas.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +38,7 @@ from tokenwire.core.provider import (
     estimate_tokens,
     images_of,
 )
+from tokenwire.core.tools import ToolCallDelta, ToolCallEnd
 from tokenwire.protocol.errors import ProviderError
 from tokenwire.providers.options import configured_options, merged_options
 from tokenwire.settings import ProviderSettings
@@ -68,6 +79,22 @@ _WORDS = [
 ]
 
 
+class ScriptedCall(BaseModel):
+    """A tool call the simulated answer makes."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    arguments: dict[str, Any] | Annotated[str, Field(max_length=1 << 20)] = Field(
+        default_factory=dict
+    )
+
+    def arguments_text(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments, ensure_ascii=False)
+
+
 class SimulatedOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -75,6 +102,11 @@ class SimulatedOptions(BaseModel):
     delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
     fail_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     stall_after: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    tool_calls: Annotated[list[ScriptedCall], Field(min_length=1, max_length=128)] | None = None
+    text_before: Annotated[str, Field(max_length=100_000)] = ""
+    """Text before the scripted calls, sent a word at a time."""
+    fragment_chars: Annotated[int, Field(ge=1, le=1 << 20)] = 8
+    interleave: bool = False
 
 
 class SimulatedProvider:
@@ -102,12 +134,20 @@ class SimulatedProvider:
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:
         options = self._options(request)
+        script = _script(request, options)
+        if script is not None:
+            return sum(isinstance(item, str) for item in script)
         if request.max_tokens is not None:
             return min(options.tokens, request.max_tokens)
         return options.tokens
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
         options = self._options(request)
+        script = _script(request, options)
+        if script is not None:
+            async for item in _play(script, request, options):
+                yield item
+            return
         count = options.tokens
         if request.max_tokens is not None:
             count = min(count, request.max_tokens)
@@ -172,6 +212,69 @@ def _seen(request: ProviderRequest) -> str:
         for image in images
     ]
     return f"[images: {', '.join(seen)}] "
+
+
+def _script(request: ProviderRequest, options: SimulatedOptions) -> list[ProviderEvent] | None:
+    """The scripted answer's deltas: an echo of tool results, or text then tool calls;
+    None for the ordinary answer of random words."""
+    last = request.messages[-1] if request.messages else None
+    if last is not None and last.tool_results:
+        echo = "; ".join(("error: " if r.is_error else "") + r.content for r in last.tool_results)
+        return list(_words(f"results: {echo}"))
+    if options.tool_calls is None:
+        return None
+    script: list[ProviderEvent] = list(_words(options.text_before))
+    script.extend(_calls(options))
+    return script
+
+
+def _words(text: str) -> Iterator[str]:
+    """`text` in word-sized deltas (each but the first with its leading space)."""
+    for number, word in enumerate(text.split()):
+        yield word if number == 0 else " " + word
+
+
+def _calls(options: SimulatedOptions) -> list[ProviderEvent]:
+    """Each call as an upstream with indexes would send it: the name on its first
+    fragment, the arguments in `fragment_chars` pieces, an end after its last."""
+    assert options.tool_calls is not None
+    size = options.fragment_chars
+    queues: list[list[ProviderEvent]] = []
+    for index, call in enumerate(options.tool_calls):
+        text = call.arguments_text()
+        pieces = [text[at : at + size] for at in range(0, len(text), size)] or [""]
+        queue: list[ProviderEvent] = [
+            ToolCallDelta(index, upstream_id=f"sim_{index}", name=call.name, arguments=pieces[0])
+        ]
+        queue.extend(ToolCallDelta(index, arguments=piece) for piece in pieces[1:])
+        queue.append(ToolCallEnd(index))
+        queues.append(queue)
+    if not options.interleave:
+        return [item for queue in queues for item in queue]
+    # Fragments take turns, one from each call still going.
+    longest = max(len(queue) for queue in queues)
+    return [queue[turn] for turn in range(longest) for queue in queues if turn < len(queue)]
+
+
+async def _play(
+    script: list[ProviderEvent], request: ProviderRequest, options: SimulatedOptions
+) -> AsyncGenerator[ProviderEvent, None]:
+    delay = options.delay_ms / 1000
+    sent = 0
+    for index, item in enumerate(script):
+        if options.fail_after is not None and index >= options.fail_after:
+            raise ProviderError(f"simulated failure after {options.fail_after} deltas")
+        if options.stall_after is not None and index >= options.stall_after:
+            await asyncio.Event().wait()
+        await asyncio.sleep(delay)
+        sent += isinstance(item, str)
+        yield item
+    calls = any(isinstance(item, ToolCallEnd) for item in script)
+    yield Usage(
+        prompt_tokens=estimate_tokens(request.prompt_text),
+        completion_tokens=sent + sum(isinstance(i, ToolCallDelta) for i in script),
+        finish_reason="tool_calls" if calls else "stop",
+    )
 
 
 def _seed(request: ProviderRequest, options: SimulatedOptions) -> int:
