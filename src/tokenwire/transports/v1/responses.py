@@ -1,7 +1,9 @@
 """OpenAI Responses: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`,
 `.../cancel` and `.../input_items`.
 
-Text in and out. A foreground response ends with its client, as OpenAI's does;
+Text and images in; text and function calls out (`function_call` items, answered
+by `function_call_output` input items: response_input.py says how items become
+turns). A foreground response ends with its client, as OpenAI's does;
 a `background` one runs on after its client leaves, is kept for the log
 retention time, and can be re-attached with `GET /v1/responses/{id}?stream=true
 &starting_after=N` (every event after sequence number N, then live), for every
