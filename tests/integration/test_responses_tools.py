@@ -177,3 +177,47 @@ async def test_a_background_response_resumes_exactly_in_the_middle_of_a_call() -
         e.delta for e in seen + rest if e.type == "response.function_call_arguments.delta"
     )
     assert arguments == "".join(json.dumps(call["arguments"]) for call in CALLS)
+
+
+async def test_a_round_trip_with_previous_response_id_answers_its_calls() -> None:
+    provider = caller()
+    async with sdk(provider) as (_, client):
+        first = await client.responses.create(
+            model="tooly", input="Weather in Paris?", tools=[WEATHER_TOOL, TIME_TOOL]
+        )
+        calls = [item for item in first.output if item.type == "function_call"]
+        second = await client.responses.create(
+            model="tooly",
+            previous_response_id=first.id,
+            instructions="Be brief.",
+            input=[
+                {"type": "function_call_output", "call_id": c.call_id, "output": f"{c.name} ok"}
+                for c in calls
+            ],
+            tools=[WEATHER_TOOL, TIME_TOOL],
+        )
+        sent = provider.requests[-1].messages
+
+    assert [m.role for m in sent] == ["user", "assistant", "tool", "system"]
+    assert sent[1].content == "Let me check."
+    assert [c.id for c in sent[1].tool_calls] == [c.call_id for c in calls]
+    assert [r.tool_call_id for r in sent[2].tool_results] == [c.call_id for c in calls]
+    assert second.output_text == "results: get_weather ok; get_time ok"
+    assert second.previous_response_id == first.id
+
+
+async def test_continuing_a_response_that_called_tools_needs_their_outputs() -> None:
+    async with sdk(caller()) as (_, client):
+        first = await client.responses.create(
+            model="tooly", input="Weather in Paris?", tools=[WEATHER_TOOL]
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.responses.create(
+                model="tooly", previous_response_id=first.id, input="Never mind."
+            )
+
+    call_ids = [item.call_id for item in first.output if item.type == "function_call"]
+    assert refused.value.message.endswith(
+        "input: comes before the function_call_output of "
+        + ", ".join(f"{c} (made by previous_response_id)" for c in call_ids)
+    )

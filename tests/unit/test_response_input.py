@@ -173,6 +173,11 @@ def test_a_call_of_the_previous_response_left_unanswered_is_refused() -> None:
     )
 
 
+def test_a_plain_string_input_cannot_leave_the_previous_calls_unanswered() -> None:
+    with pytest.raises(InvalidRequest, match=r"^input: comes before the function_call_output"):
+        turns_of("Never mind.", None, {CALL_A: "get_weather"})
+
+
 def test_a_call_without_its_output_is_refused_naming_it() -> None:
     assert problem([{"role": "user", "content": "Paris?"}, a_call()]) == (
         f"input: no function_call_output for {CALL_A} (made at input[1])"

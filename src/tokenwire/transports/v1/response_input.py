@@ -159,10 +159,7 @@ def turns_of(
     """The conversation's new turns. `calls_before`: the calls (id to name) of the
     response this one continues, which the first items must answer. The instructions
     come after those answers, so that the results follow their calls."""
-    if isinstance(items, str):
-        turns = [Message(role="user", content=items)]
-    else:
-        turns = _Turns(calls_before).of(items)
+    turns = _Turns(calls_before).of(items)
     answers = next((i for i, turn in enumerate(turns) if turn.role != "tool"), len(turns))
     system = [Message(role="system", content=instructions)] if instructions else []
     return (*turns[:answers], *system, *turns[answers:])
@@ -177,8 +174,12 @@ class _Turns:
         """The calls still waiting for their output, and where each was made."""
         self._seen = set(calls_before)
 
-    def of(self, items: list[InputMessage | FunctionCall | FunctionCallOutput]) -> list[Message]:
-        for i, item in enumerate(items):
+    def of(
+        self, items: str | list[InputMessage | FunctionCall | FunctionCallOutput]
+    ) -> list[Message]:
+        if isinstance(items, str):
+            self._message(InputMessage(role="user", content=items), "input")
+        for i, item in enumerate(() if isinstance(items, str) else items):
             where = f"input[{i}]"
             if isinstance(item, FunctionCall):
                 self._call(item, where)
