@@ -92,6 +92,7 @@ mutants: dev
 
 bench: install
 	$(BIN)/python bench/ws_load.py --clients 1 100 1000
+	$(BIN)/python bench/tool_calls.py
 
 # What authentication and limit checks cost per call and per request.
 bench-security: install

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage
@@ -91,13 +91,17 @@ class TroubledProvider(WatchedProvider):
 
 
 class Scripted:
-    """A provider that plays a script of (delay, delta) steps and records its closing."""
+    """A provider that plays a script of (delay, event) steps and records its closing:
+    text deltas, or tool-call news (`ToolCallDelta`, `ToolCallEnd`)."""
 
     kind = "scripted"
     model = "script-1"
 
     def __init__(
-        self, steps: list[tuple[float, str]], usage: Usage | None = None, name: str = "scripted"
+        self,
+        steps: Sequence[tuple[float, ProviderEvent]],
+        usage: Usage | None = None,
+        name: str = "scripted",
     ) -> None:
         self.name = name
         self.steps = steps

@@ -5,13 +5,13 @@ attempt waits for a place under the provider's concurrency limit (in a bounded
 queue, for at most the queue timeout: then `provider_busy`), streams the answer
 into the run, and fails if the provider sends no first text within the
 first-token deadline or falls silent between texts for longer than the silence
-deadline (core/deadlines.py). Tool-call news counts as output as text does: it
-meets the first-token deadline, re-arms the silence one, and once a tool event
-has reached the run there is no retry nor fallback. Before any output has reached the client, a
-retryable failure (5xx, a dropped connection, 429) is retried on the same
-provider with jittered exponential backoff (honouring `retry_after`; not when
-that asks for more than `max_retry_wait_seconds`, and never past the deadline),
-then the next candidate takes over; a first-token timeout goes to the next
+deadline (core/deadlines.py). Tool-call news counts as output as text does:
+it meets the first-token deadline and re-arms the silence one. Before any
+output (text or a tool event) has reached the client, a retryable failure
+(5xx, a dropped connection, 429) is retried on the same provider with jittered
+exponential backoff (honouring `retry_after`; not when that asks for more than
+`max_retry_wait_seconds`, and never past the deadline), then the next
+candidate takes over; a first-token timeout goes to the next
 candidate at once. After output has gone out, a failure ends the stream. Every
 attempt is reported to the `AttemptObserver`, which is how the router learns
 the providers' health.
@@ -200,7 +200,7 @@ class Attempts:
         return first_token, silence
 
     async def _stream(self, slot: ProviderSlot, began: float) -> float | None:
-        """Feed one provider's answer to the run; when its first text came, if it did."""
+        """Feed one provider's answer to the run; when its first output came, if it did."""
         first_token, silence = self._waits(slot)
         limited = self._spec.routing.cost_limit is not None
         request = slot.provider_request(self._spec)

@@ -91,7 +91,10 @@ def merged_options(
     if not given:
         return defaults
     parsed = _validated(model, given, request.option_names)
-    return defaults.model_copy(update=parsed.model_dump(exclude_unset=True))
+    # The parsed values themselves, not a dump: a dump would turn nested models to dicts.
+    return defaults.model_copy(
+        update={key: getattr(parsed, key) for key in parsed.model_fields_set}
+    )
 
 
 def _validated(
