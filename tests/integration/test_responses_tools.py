@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.providers import WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server
+from tests.support.waiting import eventually
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -221,3 +222,25 @@ async def test_continuing_a_response_that_called_tools_needs_their_outputs() -> 
         "input: comes before the function_call_output of "
         + ", ".join(f"{c} (made by previous_response_id)" for c in call_ids)
     )
+
+
+async def test_a_background_response_cancelled_mid_call_ends_the_call_incomplete() -> None:
+    # Stalls after the text and two fragments of the first call's arguments.
+    provider = caller(text_before="", fragment_chars=3, stall_after=2)
+    async with sdk(provider) as (server, client):
+        started = await client.responses.create(
+            model="tooly", input="Paris?", tools=[WEATHER_TOOL], background=True
+        )
+        await eventually(lambda: provider.deltas_sent == 2, 5)
+        cancelled = await client.responses.cancel(started.id)
+        events = [e async for e in await client.responses.retrieve(started.id, stream=True)]
+        await eventually(lambda: server.gateway.running == 0, 5)
+
+    assert cancelled.status == "cancelled"
+    assert [(o.type, o.status) for o in cancelled.output] == [("function_call", "incomplete")]
+    assert [e.type for e in events[-3:]] == [
+        "response.function_call_arguments.delta",
+        "response.output_item.done",
+        "response.cancelled",
+    ]
+    assert "response.function_call_arguments.done" not in [e.type for e in events]
