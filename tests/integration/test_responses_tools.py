@@ -244,3 +244,36 @@ async def test_a_background_response_cancelled_mid_call_ends_the_call_incomplete
         "response.cancelled",
     ]
     assert "response.function_call_arguments.done" not in [e.type for e in events]
+
+
+async def test_an_item_reference_brings_back_the_text_of_a_stored_response() -> None:
+    # As the AI SDK sends the model's earlier text when the responses are stored.
+    provider = caller()
+    async with sdk(provider) as (_, client):
+        first = await client.responses.create(model="tooly", input="Paris?", tools=[WEATHER_TOOL])
+        text, *calls = first.output
+        answers = [
+            {"type": "function_call_output", "call_id": c.call_id, "output": "ok"}  # type: ignore[union-attr]
+            for c in calls
+        ]
+        await client.responses.create(
+            model="tooly",
+            input=[
+                {"role": "user", "content": "Paris?"},
+                {"type": "item_reference", "id": text.id},  # type: ignore[typeddict-item]
+                *calls,  # type: ignore[list-item]
+                *answers,
+            ],
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.responses.create(
+                model="tooly", input=[{"type": "item_reference", "id": "msg_" + "0" * 32}]
+            )
+        sent = provider.requests[-1].messages
+
+    assert [m.role for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1].content == "Let me check."
+    assert len(sent[1].tool_calls) == 2
+    assert refused.value.message.endswith(
+        "input[0].id: no message of a stored response has this id"
+    )

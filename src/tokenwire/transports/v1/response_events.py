@@ -48,6 +48,14 @@ def function_call_item_id(call_id: str) -> str:
     return FUNCTION_CALL_ITEM_PREFIX + call_id.removeprefix(CALL_ID_PREFIX)
 
 
+def response_of_message(item_id: str) -> str | None:
+    """The id of the response whose output holds the message item `item_id`, read
+    from the id itself (`msg_<hex>`, `msg_<hex>_<index>` of `resp_<hex>`)."""
+    if not item_id.startswith("msg_"):
+        return None
+    return "resp_" + item_id.removeprefix("msg_").split("_")[0]
+
+
 @dataclass
 class _Message:
     """An output message item: one output_text part."""

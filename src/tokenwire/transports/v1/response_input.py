@@ -123,6 +123,14 @@ class FunctionCallOutput(Body):
         return "".join(part.text for part in self.output)
 
 
+class ItemReference(Body):
+    """An item of a stored response, by its id (the AI SDK sends the model's earlier
+    text so); resolved to that item before the input makes turns."""
+
+    type: Literal["item_reference"]
+    id: ItemId
+
+
 def typed_items(items: Any) -> Any:
     """`input` with each message item's `type`, which a client may leave out (OpenAI's
     easy input message); for the body's validator before the items are told apart."""
@@ -134,11 +142,16 @@ def typed_items(items: Any) -> Any:
     return items
 
 
-InputItem = Annotated[InputMessage | FunctionCall | FunctionCallOutput, Field(discriminator="type")]
+InputItem = Annotated[
+    InputMessage | FunctionCall | FunctionCallOutput | ItemReference,
+    Field(discriminator="type"),
+]
+Item = InputMessage | FunctionCall | FunctionCallOutput
+"""An input item as it makes turns: references resolved."""
 Input = Text | Annotated[list[InputItem], Field(min_length=1, max_length=10_000)]
 
 
-def check_input(items: str | list[InputMessage | FunctionCall | FunctionCallOutput]) -> None:
+def check_input(items: str | list[Item]) -> None:
     """An input with nothing to answer is refused, as an empty prompt is on the WebSocket."""
     if isinstance(items, str):
         if not items.strip():
@@ -152,7 +165,7 @@ def check_input(items: str | list[InputMessage | FunctionCall | FunctionCallOutp
 
 
 def turns_of(
-    items: str | list[InputMessage | FunctionCall | FunctionCallOutput],
+    items: str | list[Item],
     instructions: str | None,
     calls_before: Mapping[str, str],
 ) -> tuple[Message, ...]:
@@ -174,9 +187,7 @@ class _Turns:
         """The calls still waiting for their output, and where each was made."""
         self._seen = set(calls_before)
 
-    def of(
-        self, items: str | list[InputMessage | FunctionCall | FunctionCallOutput]
-    ) -> list[Message]:
+    def of(self, items: str | list[Item]) -> list[Message]:
         if isinstance(items, str):
             self._message(InputMessage(role="user", content=items), "input")
         for i, item in enumerate(() if isinstance(items, str) else items):
@@ -250,7 +261,7 @@ def _parts(content: str | list[InputText | InputImage], where: str) -> tuple[Par
 
 
 def listed_items(
-    items: str | list[InputMessage | FunctionCall | FunctionCallOutput],
+    items: str | list[Item],
 ) -> list[dict[str, Any]]:
     """The request's input as the items `input_items` lists, each with its id."""
     if isinstance(items, str):
@@ -258,7 +269,7 @@ def listed_items(
     return [_listed(item) for item in items]
 
 
-def _listed(item: InputMessage | FunctionCall | FunctionCallOutput) -> dict[str, Any]:
+def _listed(item: Item) -> dict[str, Any]:
     if isinstance(item, FunctionCall):
         fallback = (
             function_call_item_id(item.call_id)

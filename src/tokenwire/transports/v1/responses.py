@@ -48,10 +48,18 @@ from tokenwire.transports.v1.fields import (
     refusing,
     text_only,
 )
-from tokenwire.transports.v1.response_events import ResponseStream, replayed
+from tokenwire.transports.v1.response_events import (
+    ResponseStream,
+    replayed,
+    response_of_message,
+)
 from tokenwire.transports.v1.response_input import (
     Body,
     Input,
+    InputItem,
+    InputMessage,
+    Item,
+    ItemReference,
     ToolName,
     check_input,
     listed_items,
@@ -257,16 +265,17 @@ class InputItemList(BaseModel):
 async def create_response(request: Request, body: ResponseCreateRequest) -> Response:
     gateway = gateway_of(request)
     user = user_of(request)
-    check_input(body.input)
+    items = await _resolved(gateway, user, body.input)
+    check_input(items)
     fields = _fields(body)
     calls_before: dict[str, str] = {}
     if body.previous_response_id is not None:
         calls_before = await _check_previous(gateway, user, body.previous_response_id)
-    messages = turns_of(body.input, body.instructions, calls_before)
+    messages = turns_of(items, body.instructions, calls_before)
     spec = _spec(gateway, body, messages, fields, user, deadlines_of(request))
     log = await gateway.start(with_client(spec, request))
     log.annotations["responses"] = _params(body)
-    log.annotations["responses_input"] = listed_items(body.input)
+    log.annotations["responses_input"] = listed_items(items)
     stream = ResponseStream(log)
     if body.background and not body.stream:
         # It runs on; GET it, or stream it, later.
@@ -491,6 +500,37 @@ async def _stopped(gateway: Gateway, log: EventLog, reason: str = "cancelled by 
     cancel_quietly(gateway, log.key, reason)
     async for _ in feed:  # until its stream_end
         pass
+
+
+async def _resolved(gateway: Gateway, user: str, items: str | list[InputItem]) -> str | list[Item]:
+    """The input with each `item_reference` replaced by the item it names."""
+    if isinstance(items, str):
+        return items
+    return [
+        await _referenced(gateway, user, item, f"input[{i}].id")
+        if isinstance(item, ItemReference)
+        else item
+        for i, item in enumerate(items)
+    ]
+
+
+async def _referenced(
+    gateway: Gateway, user: str, reference: ItemReference, where: str
+) -> InputMessage:
+    """A message item of one of the user's stored responses (the only items whose id
+    tells their response), as input."""
+    missing = InvalidRequest(f"{where}: no message of a stored response has this id")
+    response_id = response_of_message(reference.id)
+    if response_id is None or valid_request_id(response_id) is None:
+        raise missing
+    try:
+        log = await _stored(gateway, RequestKey(user, response_id))
+    except UnknownRequest:
+        raise missing from None
+    for item in replayed(log).response()["output"]:
+        if item["id"] == reference.id:
+            return InputMessage.model_validate(item)
+    raise missing
 
 
 async def _check_previous(gateway: Gateway, user: str, response_id: str) -> dict[str, str]:
