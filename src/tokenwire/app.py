@@ -63,7 +63,7 @@ def provider_profile(settings: ProviderSettings) -> ProviderProfile:
         silence_timeout=settings.timeout,
         strengths=tuple(settings.strengths),
         auto=settings.auto,
-        vision=settings.sees_images,
+        capabilities=settings.capabilities,
     )
 
 

@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
@@ -32,19 +33,25 @@ from tokenwire.config_errors import (
     nearest,
     variable,
 )
+from tokenwire.core.tools import Capabilities, StructuredOutput
 from tokenwire.protocol.messages import RoutingStrategy, Seconds
 from tokenwire.routing.classify import TaskType
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "local", "simulated"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "anthropic", "bedrock", "local", "simulated")
 
-# The packaged local model sees no images; the simulated one describes what it got.
-VISION_BY_KIND: dict[ProviderKind, bool] = {
-    "openai": True,
-    "anthropic": True,
-    "bedrock": True,
-    "local": False,
-    "simulated": True,
+_HOSTED = Capabilities(
+    tools=True, parallel_tool_calls=True, vision=True, structured_output="native"
+)
+# CONTRACT.md's defaults per kind. The packaged local model (a 270M base model) calls no
+# tools and sees no images, but follows a grammar; the simulated one scripts tool calls,
+# describes the images it got and answers JSON of a schema itself.
+CAPABILITIES_BY_KIND: dict[ProviderKind, Capabilities] = {
+    "openai": _HOSTED,
+    "anthropic": _HOSTED,
+    "bedrock": replace(_HOSTED, structured_output="tool"),
+    "local": Capabilities(structured_output="grammar"),
+    "simulated": _HOSTED,
 }
 
 Positive = Annotated[float, Field(gt=0)]
@@ -120,13 +127,35 @@ class ProviderSettings(_Table):
     # Whether routing may choose it (`model: "auto"`, no `config.provider`); false:
     # reachable only by name, as the stand-in that a bare `tokenwire serve` adds.
     auto: bool = True
-    # Whether it sees images; None: by kind (`VISION_BY_KIND`).
+    # Capabilities; each None: by kind (`CAPABILITIES_BY_KIND`). Whether it calls tools,
+    # several in one answer, sees images, and how it produces structured output.
+    tools: bool | None = None
+    parallel_tool_calls: bool | None = None
     vision: bool | None = None
+    structured_output: StructuredOutput | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
-    def sees_images(self) -> bool:
-        return VISION_BY_KIND[self.kind] if self.vision is None else self.vision
+    def capabilities(self) -> Capabilities:
+        """The kind's capabilities, with what this table says instead."""
+        by_kind = CAPABILITIES_BY_KIND[self.kind]
+        given = {
+            key: getattr(self, key)
+            for key in ("tools", "parallel_tool_calls", "vision", "structured_output")
+            if getattr(self, key) is not None
+        }
+        capabilities = replace(by_kind, **given)
+        # A provider that calls no tools calls none in parallel either.
+        return replace(
+            capabilities,
+            parallel_tool_calls=capabilities.parallel_tool_calls and capabilities.tools,
+        )
+
+    @model_validator(mode="after")
+    def _parallel_needs_tools(self) -> ProviderSettings:
+        if self.parallel_tool_calls and self.tools is False:
+            raise ValueError("parallel_tool_calls: true needs tools = true")
+        return self
 
     @field_validator("strengths")
     @classmethod

@@ -406,6 +406,12 @@ async def test_providers_endpoint_shows_health_and_never_a_key(monkeypatch: Any)
                 "model": "keyed-model",
                 "auto": True,
                 "vision": True,
+                "capabilities": {
+                    "tools": True,
+                    "parallel_tool_calls": True,
+                    "vision": True,
+                    "structured_output": "native",
+                },
                 "health": {
                     "state": "closed",
                     "ttft_ms": body["providers"][0]["health"]["ttft_ms"],

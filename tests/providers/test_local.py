@@ -28,6 +28,7 @@ from tokenwire.core.provider import (
     TextPart,
     Usage,
 )
+from tokenwire.core.tools import ToolCallPart, ToolResultPart, ToolSpec
 from tokenwire.protocol.errors import InvalidRequest, ProviderError, UnsupportedFeature
 from tokenwire.providers.gguf_package import (
     ModelFileError,
@@ -85,6 +86,24 @@ def test_a_request_with_an_image_is_refused_as_unsupported_feature(
     with pytest.raises(UnsupportedFeature, match="sees no images"):
         provider.validate(ProviderRequest((turn,)))
     provider.validate(ProviderRequest((Message(role="user", content="what is this?"),)))
+
+
+def test_a_request_with_tools_or_tool_history_is_refused_as_unsupported_feature(
+    provider: LocalProvider,
+) -> None:
+    question = Message(role="user", content="Weather in Paris?")
+    call = ToolCallPart("call_a1", "get_weather", '{"city": "Paris"}')
+    history = (
+        question,
+        Message(role="assistant", content="", parts=(call,)),
+        Message(role="tool", content="", parts=(ToolResultPart("call_a1", "18 C"),)),
+    )
+    for request in (
+        ProviderRequest((question,), tools=(ToolSpec("get_weather"),)),
+        ProviderRequest(history),
+    ):
+        with pytest.raises(UnsupportedFeature, match="does not call tools"):
+            provider.validate(request)
 
 
 @dataclass(frozen=True)

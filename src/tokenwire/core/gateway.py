@@ -18,12 +18,17 @@ from typing import Any
 import structlog
 
 from tokenwire.core.admission import Admission, AdmitAll
-from tokenwire.core.conversations import ConversationStore
+from tokenwire.core.conversations import (
+    ConversationStore,
+    answer_turn,
+    check_results,
+    with_pending_exchange,
+)
 from tokenwire.core.eventlog import EventLog, LogStore, Subscriber
 from tokenwire.core.hydration import compacted
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
-from tokenwire.core.provider import Message, count_tokens
+from tokenwire.core.provider import count_tokens
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.spec import RequestKey, RequestSpec
@@ -339,7 +344,9 @@ class Gateway:
         source = spec.history_from or spec.conversation_id
         if source is not None:
             history = await self.conversations.history(spec.user_id, source)
-            history = self.config.images.fitted_history(history, spec.messages)
+            check_results(history, spec.messages, source)
+            fitted = self.config.images.fitted_history(history, spec.messages)
+            history = with_pending_exchange(history, fitted)
             spec = replace(spec, history=history)
         route = self.router.choose(spec)
         route.slot.provider.validate(route.slot.provider_request(spec))
@@ -379,15 +386,16 @@ class Gateway:
         self.admission.release(run.spec, outcome)
         self._log_end(run, outcome)
         if outcome.status is StreamStatus.COMPLETED and run.spec.conversation_id is not None:
-            await self._remember_turn(run)
+            await self._remember_turn(run, outcome)
         await self.logs.finished(run.log)
         if run.interrupted:
             raise asyncio.CancelledError
 
-    async def _remember_turn(self, run: StreamRun) -> None:
+    async def _remember_turn(self, run: StreamRun, outcome: StreamOutcome) -> None:
         spec = run.spec
         assert spec.conversation_id is not None
-        answer = Message(role="assistant", content=run.answer_text)
+        # Only finished calls are in the outcome: one cut short is never kept.
+        answer = answer_turn(run.answer_text, outcome.tool_calls)
         # Continued from another conversation: that one's turns start this one.
         earlier = spec.history if spec.history_from is not None else ()
         try:

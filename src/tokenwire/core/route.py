@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from tokenwire.core.provider import Provider, ProviderRequest, Usage
 from tokenwire.core.spec import RequestSpec
+from tokenwire.core.tools import Capabilities
 from tokenwire.protocol.messages import RoutingStrategy
 
 
@@ -25,8 +26,12 @@ class ProviderProfile:
     strengths: tuple[str, ...] = field(default_factory=tuple)
     auto: bool = True
     """Whether routing may choose it; else it answers only when named (`config.provider`)."""
-    vision: bool = False
-    """Whether it sees images: a request with images is routed only to one that does."""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    """What it can do beyond text: a request that needs more is routed only to one that can."""
+
+    @property
+    def vision(self) -> bool:
+        return self.capabilities.vision
 
 
 class ProviderSlot:
@@ -55,6 +60,11 @@ class ProviderSlot:
 
     def provider_request(self, spec: RequestSpec) -> ProviderRequest:
         generation = spec.generation
+        parallel = generation.parallel_tool_calls
+        if generation.tools and not self.profile.capabilities.parallel_tool_calls:
+            # Routing may send a request that allows parallel calls to a provider that
+            # makes one at a time: it is told so, rather than left to its default.
+            parallel = False
         return ProviderRequest(
             messages=spec.conversation,
             model=generation.model,
@@ -65,6 +75,10 @@ class ProviderSlot:
             options=generation.options,
             hints=generation.hints,
             option_names=generation.option_names,
+            tools=generation.tools,
+            tool_choice=generation.tool_choice,
+            parallel_tool_calls=parallel,
+            response_format=generation.response_format,
         )
 
 

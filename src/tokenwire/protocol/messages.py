@@ -47,6 +47,14 @@ MAX_PROGRESS_EVERY = 1_000_000
 MAX_COST_LIMIT_USD = 1_000_000.0
 # A credential in an `authenticate` message (longer ones are refused by the auth module too).
 MAX_TOKEN_CHARS = 8 * 1024
+# Tools a request may offer, and the size of each (OpenAI allows 128 tools too).
+MAX_TOOLS = 128
+MAX_TOOL_DESCRIPTION_CHARS = 8 * 1024
+MAX_TOOL_PARAMETERS_BYTES = 64 * 1024
+MAX_TOOL_RESULTS = 128
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Call ids are tokenwire's own (`call_<hex>`); the bound only keeps hostile input short.
+TOOL_CALL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
 class RoutingStrategy(StrEnum):
@@ -116,6 +124,55 @@ class ChatMessage(_Strict):
         return "".join(p.text for p in self.content if isinstance(p, TextContent))
 
 
+def _tool_name(name: str) -> str:
+    if not re.fullmatch(TOOL_NAME_PATTERN, name):
+        raise ValueError("must be 1 to 64 letters, digits, '_' or '-'")
+    return name
+
+
+def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema for a call's arguments: an object schema, of bounded size."""
+    if schema.get("type") != "object":
+        raise ValueError('must be a JSON Schema of "type": "object"')
+    if "properties" in schema and not isinstance(schema["properties"], dict):
+        raise ValueError("properties: expected an object")
+    if "required" in schema and not (
+        isinstance(schema["required"], list) and all(isinstance(r, str) for r in schema["required"])
+    ):
+        raise ValueError("required: expected a list of strings")
+    if len(orjson.dumps(schema)) > MAX_TOOL_PARAMETERS_BYTES:
+        raise ValueError(f"is larger than {MAX_TOOL_PARAMETERS_BYTES} bytes as JSON")
+    return schema
+
+
+ToolName = Annotated[str, AfterValidator(_tool_name)]
+
+
+class ToolDefinition(_Strict):
+    """A tool the model may call; `parameters` describes its arguments."""
+
+    name: ToolName
+    description: Annotated[str, Field(max_length=MAX_TOOL_DESCRIPTION_CHARS)] = ""
+    parameters: Annotated[dict[str, Any], AfterValidator(_object_schema)] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class NamedToolChoice(_Strict):
+    name: ToolName
+
+
+ToolChoiceField = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+class ToolResult(_Strict):
+    """What a tool returned for one call of the conversation's last answer."""
+
+    tool_call_id: Annotated[str, Field(pattern=TOOL_CALL_ID_PATTERN)]
+    content: str
+    is_error: bool = False
+
+
 class RequestConfig(_Strict):
     # None: the server's `[routing] strategy`.
     routing_strategy: Annotated[RoutingStrategy, Field(strict=False)] | None = None
@@ -150,21 +207,57 @@ class AiRequest(_Strict):
     """Images for the prompt (after its text), or for the last user message without one."""
     conversation_id: RequestId | None = None
     request_id: RequestId | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoiceField | None = None
+    parallel_tool_calls: bool | None = None
+    tool_results: (
+        Annotated[list[ToolResult], Field(min_length=1, max_length=MAX_TOOL_RESULTS)] | None
+    ) = None
+    """The results of the calls of `conversation_id`'s last answer; `prompt` may then be
+    absent."""
     config: RequestConfig = Field(default_factory=RequestConfig)
     stream_config: StreamConfig = Field(default_factory=StreamConfig)
 
     @model_validator(mode="after")
     def _needs_something_to_answer(self) -> AiRequest:
-        if self.prompt is None and self.messages is None:
-            raise ValueError("a non-empty 'prompt' (or 'messages') is required")
-        if self.prompt is None and not any(m.text.strip() for m in self.messages or ()):
-            raise ValueError("messages: at least one must contain more than whitespace")
+        if self.tool_results is None:
+            if self.prompt is None and self.messages is None:
+                raise ValueError(
+                    "a non-empty 'prompt' (or 'messages', or 'tool_results') is required"
+                )
+            if self.prompt is None and not any(m.text.strip() for m in self.messages or ()):
+                raise ValueError("messages: at least one must contain more than whitespace")
         if (
             self.images
             and self.prompt is None
             and not any(m.role == "user" for m in self.messages or ())
         ):
             raise ValueError("images: need a 'prompt' or a user message to go with")
+        return self
+
+    @model_validator(mode="after")
+    def _tools_are_coherent(self) -> AiRequest:
+        names = [tool.name for tool in self.tools or ()]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"tools[{i}].name: {name!r} is offered twice")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.name not in names:
+            raise ValueError(f"tool_choice.name: {choice.name!r} is not one of 'tools'")
+        if choice == "required" and not names:
+            raise ValueError("tool_choice: 'required' needs 'tools'")
+        return self
+
+    @model_validator(mode="after")
+    def _results_answer_a_conversation(self) -> AiRequest:
+        if self.tool_results is None:
+            return self
+        if self.conversation_id is None:
+            raise ValueError("tool_results: need the 'conversation_id' whose calls they answer")
+        ids = [result.tool_call_id for result in self.tool_results]
+        for i, call_id in enumerate(ids):
+            if call_id in ids[:i]:
+                raise ValueError(f"tool_results[{i}].tool_call_id: {call_id!r} is answered twice")
         return self
 
 

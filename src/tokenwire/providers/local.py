@@ -196,6 +196,13 @@ class LocalProvider:
     def validate(self, request: ProviderRequest) -> None:
         if request.has_images:
             raise UnsupportedFeature(f"provider {self._name} (a local text model) sees no images")
+        if request.tools or any(m.tool_calls or m.tool_results for m in request.messages):
+            # The packaged 270M base model calls a tool for every prompt, and llama.cpp's
+            # function-calling handler neither streams "auto" nor renders results: refused.
+            raise UnsupportedFeature(
+                f"provider {self._name} (a local text model) does not call tools; "
+                "name one that does or use auto"
+            )
         self._generation(request)
 
     def expected_deltas(self, request: ProviderRequest) -> int | None:

@@ -7,18 +7,22 @@ through, and whose estimated cost fits `config.cost_limit`, is ranked by the
 strategy; the core tries them in that order, falling back down the list while no
 text has reached the client. A provider with `auto` off is never a candidate nor
 a fallback: when every other one is out, the request is refused, not answered by it.
-A request with images (in its new turns or its history) goes only to providers that
-see them (`vision`); one forced on a provider that does not is `unsupported_feature`.
+A request goes only to providers with the capabilities it needs: images (in its new
+turns or its history) need `vision`; tools, or calls and results in the history, need
+`tools`; a response format needs structured output. One forced on a provider that
+lacks one is `unsupported_feature` before it starts. A provider that calls tools only
+one at a time still takes a request that allows parallel calls (it is told not to).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tokenwire.core.provider import estimate_tokens, images_of
 from tokenwire.core.route import Candidate, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
+from tokenwire.core.tools import Capabilities
 from tokenwire.protocol.errors import (
     CostLimitExceeded,
     InvalidRequest,
@@ -92,9 +96,10 @@ class StrategyRouter:
             raise CostLimitExceeded(
                 f"provider {name} may cost ${cost:.6f} for this request, over the limit ${limit:g}"
             )
-        if _has_images(spec) and not slot.profile.vision:
+        lacking = _lacking(slot, _needs(spec))
+        if lacking is not None:
             raise UnsupportedFeature(
-                f"provider {name} does not see images; name one that does or use auto"
+                f"provider {name} {lacking.lacks}; name one that does or use auto"
             )
         return Candidate(slot, 0.0, "forced by config.provider")
 
@@ -107,13 +112,14 @@ class StrategyRouter:
         options = []
         closed_out: dict[str, float] = {}
         budget = self._budget(spec)
-        needs_vision = _has_images(spec)
-        blind = 0
+        needs = _needs(spec)
+        unable: list[_Need] = []
         for name, slot in self._slots.items():
             if not slot.profile.auto:
                 continue  # reachable by name only, never a stand-in for the others
-            if needs_vision and not slot.profile.vision:
-                blind += 1
+            lacking = _lacking(slot, needs)
+            if lacking is not None:
+                unable.append(lacking)
                 continue
             health = self._health[name]
             if not health.available:
@@ -134,10 +140,8 @@ class StrategyRouter:
                     is_default=name == self._policy.default_provider,
                 )
             )
-        if not closed_out and not options and blind:
-            raise UnsupportedFeature(
-                "the request has images and no provider that routing may choose sees them"
-            )
+        if not closed_out and not options and unable:
+            raise UnsupportedFeature(unable[0].nobody)
         if not closed_out and not options:
             known = ", ".join(sorted(self._slots))
             raise InvalidRequest(
@@ -178,5 +182,46 @@ class StrategyRouter:
         )
 
 
-def _has_images(spec: RequestSpec) -> bool:
-    return bool(images_of(spec.conversation))
+@dataclass(frozen=True, slots=True)
+class _Need:
+    """A capability a request needs: whether a provider has it, and the words for it."""
+
+    has: Callable[[Capabilities], bool]
+    lacks: str
+    nobody: str
+
+
+_VISION = _Need(
+    lambda c: c.vision,
+    "does not see images",
+    "the request has images and no provider that routing may choose sees them",
+)
+_TOOLS = _Need(
+    lambda c: c.tools,
+    "does not call tools",
+    "the request has tools (or tool calls in its history) and no provider that routing "
+    "may choose calls tools",
+)
+_STRUCTURED = _Need(
+    lambda c: c.structured_output != "none",
+    "does not produce structured output",
+    "the request asks for a response format and no provider that routing may choose "
+    "produces structured output",
+)
+
+
+def _needs(spec: RequestSpec) -> tuple[_Need, ...]:
+    turns = spec.conversation
+    needs = []
+    if images_of(turns):
+        needs.append(_VISION)
+    if spec.generation.tools or any(m.tool_calls or m.tool_results for m in turns):
+        needs.append(_TOOLS)
+    if spec.generation.response_format is not None:
+        needs.append(_STRUCTURED)
+    return tuple(needs)
+
+
+def _lacking(slot: ProviderSlot, needs: tuple[_Need, ...]) -> _Need | None:
+    """The first of `needs` that the provider lacks, if any."""
+    return next((need for need in needs if not need.has(slot.profile.capabilities)), None)

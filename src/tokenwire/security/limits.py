@@ -175,7 +175,10 @@ class Quotas:
 
     def _bounded(self, spec: RequestSpec) -> RequestSpec:
         policy = self._policy
-        chars = sum(len(m.content) for m in spec.messages)
+        # A tool's results are shown to the model as much as a prompt is.
+        chars = sum(
+            len(m.content) + sum(len(r.content) for r in m.tool_results) for m in spec.messages
+        )
         if chars > policy.max_prompt_chars:
             raise PromptTooLong(
                 f"the prompt is {chars} characters; at most {policy.max_prompt_chars}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from html import escape
 from typing import Any
 
@@ -144,7 +145,7 @@ async def streaming_sessions(request: Request) -> JSONResponse:
 
 async def providers(request: Request) -> JSONResponse:
     """Each provider's name, kind, model, whether routing may choose it, whether it sees
-    images, and live health; never a key."""
+    images, its capabilities, and live health; never a key."""
     gateway = _gateway(request)
     describe = request.app.state.describe_health
     return JSONResponse(
@@ -156,6 +157,7 @@ async def providers(request: Request) -> JSONResponse:
                     "model": slot.provider.model,
                     "auto": slot.profile.auto,
                     "vision": slot.profile.vision,
+                    "capabilities": asdict(slot.profile.capabilities),
                     "health": describe(name) if describe is not None else None,
                 }
                 for name, slot in gateway.slots.items()

@@ -6,14 +6,25 @@ from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.images import image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part, TextPart
 from tokenwire.core.spec import Delivery, Generation, RequestSpec, Routing
+from tokenwire.core.tools import NamedTool, ToolChoice, ToolResultPart, ToolSpec
 from tokenwire.protocol.errors import InvalidRequest
-from tokenwire.protocol.messages import AiRequest, ChatMessage, ImageRef, TextContent
+from tokenwire.protocol.messages import (
+    AiRequest,
+    ChatMessage,
+    ImageRef,
+    NamedToolChoice,
+    TextContent,
+    ToolChoiceField,
+    ToolResult,
+)
 
 
 def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -> RequestSpec:
     """The request's turns in order; `InvalidRequest` for an image that is not one."""
     try:
-        turns = [_turn(m, f"messages[{i}].content") for i, m in enumerate(message.messages or ())]
+        # Results answer the conversation's last answer, so they come before new turns.
+        turns = [_results_turn(message.tool_results)] if message.tool_results else []
+        turns += [_turn(m, f"messages[{i}].content") for i, m in enumerate(message.messages or ())]
         if message.prompt is not None:
             turns.append(Message(role="user", content=message.prompt))
         if message.images:
@@ -33,6 +44,12 @@ def spec_from_ai_request(message: AiRequest, user_id: str, origin: str | None) -
             temperature=config.temperature,
             top_p=config.top_p,
             stop=(config.stop,) if isinstance(config.stop, str) else tuple(config.stop or ()),
+            tools=tuple(
+                ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
+                for t in message.tools or ()
+            ),
+            tool_choice=_tool_choice(message.tool_choice),
+            parallel_tool_calls=message.parallel_tool_calls,
             options=config.options,
         ),
         routing=Routing(
@@ -66,6 +83,17 @@ def _turn(message: ChatMessage, where: str) -> Message:
         else:
             parts.append(image_from_url(part.url, f"{where}[{i}]", part.detail))
     return turn_of_parts(message.role, tuple(parts), where)
+
+
+def _results_turn(results: list[ToolResult]) -> Message:
+    parts = tuple(ToolResultPart(r.tool_call_id, r.content, r.is_error) for r in results)
+    return Message(role="tool", content="", parts=parts)
+
+
+def _tool_choice(choice: ToolChoiceField | None) -> ToolChoice | None:
+    if isinstance(choice, NamedToolChoice):
+        return NamedTool(choice.name)
+    return choice
 
 
 def _with_images(turns: list[Message], images: list[ImageRef]) -> list[Message]:
