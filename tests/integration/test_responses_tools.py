@@ -16,6 +16,7 @@ import pytest
 from tests.support.providers import WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server
 from tests.support.waiting import eventually
+from tokenwire.core.tools import Capabilities
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -28,6 +29,7 @@ WEATHER_TOOL: Any = {
     },
 }
 TIME_TOOL: Any = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
+CALLER = Capabilities(tools=True, parallel_tool_calls=True, vision=True)
 CALLS = [
     {"name": "get_weather", "arguments": {"city": "Paris"}},
     {"name": "get_time", "arguments": {"zone": "Europe/Paris"}},
@@ -42,7 +44,7 @@ def caller(name: str = "tooly", **options: Any) -> WatchedProvider:
 
 @contextlib.asynccontextmanager
 async def sdk(*providers: Any) -> AsyncIterator[tuple[RunningServer, openai.AsyncOpenAI]]:
-    async with running_server(gateway=gateway_with(*providers)) as server:
+    async with running_server(gateway=gateway_with(*providers, capabilities=CALLER)) as server:
         client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         try:
             yield server, client
