@@ -279,3 +279,15 @@ async def test_an_item_reference_brings_back_the_text_of_a_stored_response() -> 
     assert refused.value.message.endswith(
         "input[0].id: no message of a stored response has this id"
     )
+
+
+async def test_tools_forced_on_a_provider_that_cannot_call_them_are_a_400() -> None:
+    plain = WatchedProvider("plain")
+    async with running_server(gateway=gateway_with(plain)) as server:
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.responses.create(model="plain", input="Paris?", tools=[WEATHER_TOOL])
+        await client.close()
+
+    assert refused.value.code == "unsupported_feature"
+    assert plain.requests == []
