@@ -79,6 +79,31 @@ def content_block_stop(index: int = 0) -> bytes:
     return event("contentBlockStop", {"contentBlockIndex": index})
 
 
+def tool_use_start(index: int, tool_use_id: str, name: str) -> bytes:
+    return event(
+        "contentBlockStart",
+        {
+            "contentBlockIndex": index,
+            "start": {"toolUse": {"toolUseId": tool_use_id, "name": name}},
+        },
+    )
+
+
+def tool_use_delta(index: int, fragment: str) -> bytes:
+    return event(
+        "contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": fragment}}}
+    )
+
+
+def tool_use(index: int, tool_use_id: str, name: str, *fragments: str) -> list[bytes]:
+    """A whole toolUse block: its start, its input fragments, its stop."""
+    return [
+        tool_use_start(index, tool_use_id, name),
+        *(tool_use_delta(index, fragment) for fragment in fragments),
+        content_block_stop(index),
+    ]
+
+
 def message_stop(reason: str = "end_turn") -> bytes:
     return event("messageStop", {"stopReason": reason})
 

@@ -5,7 +5,9 @@ lines, `x-amzn-ErrorType`, chunked event-stream bodies, a dropped or silent sock
 is exactly what goes over the wire, and so that the fake can record the moment
 the client closes its connection: that is how tests prove a cancel reaches upstream.
 
-Each test scripts the replies (`FakeBedrock.script`); the last one repeats.
+Each test scripts the replies (`FakeBedrock.script`); the last one repeats. As
+Bedrock does, the fake refuses (ValidationException) a request whose messages hold
+`toolUse` or `toolResult` blocks without a `toolConfig`.
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ class FakeBedrock:
                     break
                 self.requests.append(request)
                 self.request_arrived.set()
-                await self._reply(self._next_reply(), reader, writer, connection)
+                reply = _refusal(request.body) or self._next_reply()
+                await self._reply(reply, reader, writer, connection)
         except (ConnectionError, asyncio.IncompleteReadError):
             connection.mark_closed(by_client=True)
         finally:
@@ -213,6 +216,18 @@ async def running_fake_bedrock() -> AsyncIterator[FakeBedrock]:
         yield fake
     finally:
         await fake.stop()
+
+
+def _refusal(body: dict[str, Any]) -> Reply | None:
+    """Bedrock's answer to tool blocks in a request that defines no tools."""
+    blocks = [block for message in body.get("messages", []) for block in message["content"]]
+    if "toolConfig" in body or not any("toolUse" in b or "toolResult" in b for b in blocks):
+        return None
+    return Reply.error(
+        400,
+        "ValidationException",
+        "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+    )
 
 
 async def _watch_for_close(reader: asyncio.StreamReader, connection: Connection) -> None:

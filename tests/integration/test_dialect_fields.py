@@ -231,8 +231,8 @@ async def test_an_option_the_chosen_provider_cannot_honour_is_refused_naming_bot
         ),
         (
             "/v1/messages",
-            {"tool_choice": {"type": "any"}},
-            "tool_choice: tool calls are not supported yet",
+            {"container": "container_1"},
+            "container: code execution containers are not offered",
         ),
         (
             "/v1/messages",

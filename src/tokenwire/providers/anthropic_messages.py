@@ -12,6 +12,14 @@ unchanged; the provider's `options` table may set defaults for these and for
 `cache_control`. Thinking blocks that come back are not relayed: tokenwire's
 events carry the answer's text.
 
+Tools go as `tools` (`input_schema`) and `tool_choice` (`auto`, `any`, `tool`,
+`none`; `disable_parallel_tool_use` when parallel calls are off). An assistant turn's
+calls are `tool_use` blocks after its text, their ids tokenwire's own call ids; a
+tool turn is a user turn of `tool_result` blocks. A streamed `tool_use` block is one
+call, keyed by its block index: `input_json_delta` fragments, then its end at
+`content_block_stop` (input that is not a JSON object by then is an error, named
+`max_tokens` where the answer stopped there).
+
 SDK 2.14 has no `temperature`, `top_p` or `top_k` argument on `messages.create`;
 they go in the body through `extra_body`. The SDK ends a stream silently when the
 connection drops cleanly before `message_stop`, and lets transport errors met
@@ -28,22 +36,31 @@ import anthropic
 import httpx2
 from anthropic.types import (
     CacheControlEphemeralParam,
-    ImageBlockParam,
+    ContentBlockParam,
     MessageParam,
     RawMessageStreamEvent,
     TextBlockParam,
+    ToolChoiceParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlockParam,
 )
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
     FinishReason,
-    ImagePart,
     Message,
     Part,
     ProviderEvent,
     ProviderRequest,
     TextPart,
     Usage,
+)
+from tokenwire.core.tools import (
+    NamedTool,
+    ToolCallPart,
+    ToolResultPart,
+    ToolSpec,
 )
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -53,6 +70,7 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.providers.images import base64_text
 from tokenwire.providers.options import configured_options, merged_options, request_options
+from tokenwire.providers.tool_blocks import CallBlocks
 from tokenwire.providers.upstream import END_MARKER_MISSING, scrub, status_error
 from tokenwire.settings import ProviderSettings
 
@@ -142,16 +160,17 @@ class AnthropicProvider:
             async with await self._client.messages.create(
                 model=request.model or self._model,
                 max_tokens=request.max_tokens or options.max_tokens or DEFAULT_MAX_TOKENS,
-                messages=[_message(m) for m in request.messages if m.role != "system"],
+                messages=_messages(request.messages),
                 system=_system(request.messages) or anthropic.omit,
                 stop_sequences=list(request.stop) or options.stop_sequences or anthropic.omit,
+                tools=_tools(request) or anthropic.omit,
+                tool_choice=_tool_choice(request) or anthropic.omit,
                 stream=True,
                 extra_body=_sampling(request, options),
             ) as events:
                 async for event in events:
-                    text = answer.read(event)
-                    if text:
-                        yield text
+                    for news in answer.read(event):
+                        yield news
         except (anthropic.APIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
             raise upstream_error(exc, self._settings.api_key()) from None
         yield answer.usage()
@@ -162,8 +181,9 @@ class AnthropicProvider:
         try:
             counted = await self._client.messages.count_tokens(
                 model=request.model or self._model,
-                messages=[_message(m) for m in request.messages if m.role != "system"],
+                messages=_messages(request.messages),
                 system=system or anthropic.omit,
+                tools=_tools(request) or anthropic.omit,
             )
         except (anthropic.APIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
             raise upstream_error(exc, self._settings.api_key()) from None
@@ -182,28 +202,44 @@ class _Answer:
         self.output_tokens = 0
         self.finish_reason: FinishReason = "stop"
         self.stop_sequence: str | None = None
+        self.calls = CallBlocks()
 
-    def read(self, event: RawMessageStreamEvent) -> str:
+    def read(self, event: RawMessageStreamEvent) -> list[ProviderEvent]:
         if event.type == "content_block_delta":
-            return event.delta.text if event.delta.type == "text_delta" else ""
-        if event.type == "message_start":
+            if event.delta.type == "text_delta":
+                return [event.delta.text] if event.delta.text else []
+            if event.delta.type == "input_json_delta":
+                return self.calls.fragment(event.index, event.delta.partial_json)
+        elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+            block = event.content_block
+            return self.calls.start(event.index, block.id, block.name)
+        elif event.type == "content_block_stop" and event.index in self.calls:
+            return self.calls.stop(event.index)
+        elif event.type == "message_start":
             self.input_tokens = event.message.usage.input_tokens
             self.output_tokens = event.message.usage.output_tokens
         elif event.type == "message_delta":
+            self._stopping(event.delta.stop_reason, event.delta.stop_sequence)
             # Counts in message_delta are cumulative: the latest one is the total.
             self.output_tokens = event.usage.output_tokens
             if event.usage.input_tokens is not None:
                 self.input_tokens = event.usage.input_tokens
-            if event.delta.stop_reason == "max_tokens":
-                self.finish_reason = "length"
-            self.stop_sequence = event.delta.stop_sequence
         elif event.type == "message_stop":
             self.stopped = True
-        return ""
+        return []
+
+    def _stopping(self, reason: str | None, stop_sequence: str | None) -> None:
+        self.calls.check_stop_reason(reason)
+        if reason == "max_tokens":
+            self.finish_reason = "length"
+        elif reason == "tool_use":
+            self.finish_reason = "tool_calls"
+        self.stop_sequence = stop_sequence
 
     def usage(self) -> Usage:
         if not self.stopped or self.input_tokens is None:
             raise ProviderError(f"{END_MARKER_MISSING} (no message_stop): the answer is cut short")
+        self.calls.check_whole()
         return Usage(
             self.input_tokens,
             self.output_tokens,
@@ -212,10 +248,35 @@ class _Answer:
         )
 
 
-def _message(message: Message) -> MessageParam:
-    content: str | list[TextBlockParam | ImageBlockParam] = (
-        _blocks(message) if message.parts else message.content
+def _messages(messages: tuple[Message, ...]) -> list[MessageParam]:
+    """The turns after the system prompt; a tool turn is a user turn of results, and
+    joins the user turn after it (the results first, as the API wants them)."""
+    turns: list[MessageParam] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        turn = _message(message)
+        previous = turns[-1] if turns else None
+        if previous is not None and previous["role"] == "user" and _answers_tools(previous):
+            previous["content"] = [*_as_blocks(previous["content"]), *_as_blocks(turn["content"])]
+            continue
+        turns.append(turn)
+    return turns
+
+
+def _answers_tools(turn: MessageParam) -> bool:
+    content = turn["content"]
+    return not isinstance(content, str) and any(
+        isinstance(block, dict) and block.get("type") == "tool_result" for block in content
     )
+
+
+def _as_blocks(content: Any) -> list[Any]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
+def _message(message: Message) -> MessageParam:
+    content: str | list[ContentBlockParam] = _blocks(message) if message.parts else message.content
     if message.role == "assistant":
         return {"role": "assistant", "content": content}
     return {"role": "user", "content": content}
@@ -231,8 +292,13 @@ def _system(messages: tuple[Message, ...]) -> str | list[TextBlockParam]:
     return "\n\n".join(m.content for m in system)
 
 
-def _blocks(message: Message) -> list[TextBlockParam | ImageBlockParam]:
-    return [_block(part) for part in message.content_parts()]
+def _blocks(message: Message) -> list[ContentBlockParam]:
+    """The turn's blocks; an assistant's calls follow its text, as the API has them."""
+    parts = [p for p in message.content_parts() if not isinstance(p, ToolCallPart)]
+    if message.content and not any(isinstance(p, TextPart) for p in parts):
+        parts.insert(0, TextPart(message.content))  # a turn of calls whose text is `content`
+    blocks = [_block(p) for p in parts if not (isinstance(p, TextPart) and not p.text)]
+    return blocks + [_tool_use(call) for call in message.tool_calls]
 
 
 def _text_block(part: TextPart) -> TextBlockParam:
@@ -242,11 +308,14 @@ def _text_block(part: TextPart) -> TextBlockParam:
     return block
 
 
-def _block(part: Part) -> TextBlockParam | ImageBlockParam:
-    """A text or image part as a Messages content block (an image by base64 or URL)."""
+def _block(part: Part) -> ContentBlockParam:
+    """A part as a Messages content block (an image by base64 or URL)."""
     if isinstance(part, TextPart):
         return _text_block(part)
-    assert isinstance(part, ImagePart), "tool parts are not rendered here yet"
+    if isinstance(part, ToolCallPart):
+        return _tool_use(part)
+    if isinstance(part, ToolResultPart):
+        return _tool_result(part)
     if part.data is None:
         assert part.url is not None
         return {"type": "image", "source": {"type": "url", "url": part.url}}
@@ -255,6 +324,65 @@ def _block(part: Part) -> TextBlockParam | ImageBlockParam:
         "type": "image",
         "source": {"type": "base64", "media_type": part.media_type, "data": base64_text(part)},
     }
+
+
+def _tool_use(call: ToolCallPart) -> ToolUseBlockParam:
+    # Arguments are JSON text that parses to an object (the core checked at the call's end).
+    return {
+        "type": "tool_use",
+        "id": call.id,
+        "name": call.name,
+        "input": json.loads(call.arguments),
+    }
+
+
+def _tool_result(result: ToolResultPart) -> ToolResultBlockParam:
+    block: ToolResultBlockParam = {
+        "type": "tool_result",
+        "tool_use_id": result.tool_call_id,
+        "content": result.content,
+    }
+    if result.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _tools(request: ProviderRequest) -> list[ToolParam]:
+    """The request's tools; without any, the tools its history called (the API refuses
+    `tool_use` blocks without tools), which `_tool_choice` then forbids calling."""
+    if request.tools:
+        return [_tool(spec) for spec in request.tools]
+    called = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
+    return [_tool(ToolSpec(name)) for name in called]
+
+
+def _tool(spec: ToolSpec) -> ToolParam:
+    tool: ToolParam = {"name": spec.name, "input_schema": cast(Any, dict(spec.parameters))}
+    if spec.description:
+        tool["description"] = spec.description
+    return tool
+
+
+def _tool_choice(request: ProviderRequest) -> ToolChoiceParam | None:
+    """Anthropic's words for the choice; None where its default (auto, parallel) is meant."""
+    if not request.tools:
+        history = any(m.tool_calls for m in request.messages)
+        return {"type": "none"} if history else None
+    choice = request.tool_choice or "auto"
+    if choice == "none":
+        return {"type": "none"}
+    picked: ToolChoiceParam
+    if isinstance(choice, NamedTool):
+        picked = {"type": "tool", "name": choice.name}
+    elif choice == "required":
+        picked = {"type": "any"}
+    elif request.parallel_tool_calls is not False:
+        return None
+    else:
+        picked = {"type": "auto"}
+    if request.parallel_tool_calls is False:
+        picked["disable_parallel_tool_use"] = True
+    return picked
 
 
 def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, Any] | None:

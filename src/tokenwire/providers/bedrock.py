@@ -18,6 +18,16 @@ that takes no `top_k` refuses the request). Any other option is refused.
 Converse takes images only as bytes: an image given by https URL is fetched by
 tokenwire first (`providers/images.py`, within the `[limits]` image bounds).
 
+Tools go in `toolConfig` (`toolSpec` with `inputSchema.json`, and `toolChoice`:
+`auto`, `any`, `tool`). Converse has no choice of "none": such a request offers no
+tools, unless its history holds calls, which Bedrock refuses without a `toolConfig`;
+then the called tools are offered (with any-object schemas), as they are for a request
+of no tools whose history holds calls. Nor has it a switch for parallel calls.
+History: an assistant turn's calls are `toolUse` blocks after its text, a tool turn
+is a user turn of `toolResult` blocks (`status: error` for an error). A streamed
+`toolUse` block is one call keyed by its block index, ended at `contentBlockStop`;
+`malformed_tool_use` (a stop reason, or an exception) is an error.
+
 botocore's own retries are off: a retry would hide a failure behind seconds of
 silence, and the gateway decides what to do about failures.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Annotated, Any
 
@@ -48,7 +59,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.core.provider import (
     FinishReason,
-    ImagePart,
     Message,
     Part,
     ProviderEvent,
@@ -57,6 +67,12 @@ from tokenwire.core.provider import (
     Usage,
     estimate_tokens,
     estimated_completion_tokens,
+)
+from tokenwire.core.tools import (
+    NamedTool,
+    ToolCallPart,
+    ToolResultPart,
+    ToolSpec,
 )
 from tokenwire.protocol.errors import (
     InvalidRequest,
@@ -68,6 +84,7 @@ from tokenwire.protocol.errors import (
 )
 from tokenwire.providers.images import FetchPolicy, ImageFetcher
 from tokenwire.providers.options import configured_options, request_options
+from tokenwire.providers.tool_blocks import CallBlocks
 from tokenwire.providers.upstream import END_MARKER_MISSING, retry_after
 from tokenwire.settings import ProviderSettings
 
@@ -153,41 +170,17 @@ class BedrockProvider:
         with _upstream_errors(self._options.read_timeout):
             response = await client.converse_stream(**arguments)
         events = response["stream"]
-        stopped = False
-        finish: FinishReason = "stop"
-        usage: Usage | None = None
-        produced: list[str] = []
+        answer = _Answer()
         try:
             with _upstream_errors(self._options.read_timeout):
                 async for event in events:
-                    if "contentBlockDelta" in event:
-                        text = event["contentBlockDelta"].get("delta", {}).get("text")
-                        if text:
-                            produced.append(text)
-                            yield text
-                    elif "messageStop" in event:
-                        stopped = True
-                        if event["messageStop"].get("stopReason") == "max_tokens":
-                            finish = "length"
-                    elif "metadata" in event:
-                        usage = _usage(event["metadata"])
+                    for news in answer.read(event):
+                        yield news
         finally:
             # Closing the HTTP response drops the connection, which is what stops
             # Bedrock generating (and billing) on cancel, timeout or error.
             events.close()
-        if not stopped:
-            raise ProviderError(END_MARKER_MISSING)
-        if usage is None:
-            usage = Usage(
-                prompt_tokens=estimate_tokens(request.prompt_text),
-                completion_tokens=estimated_completion_tokens(
-                    len(produced),
-                    request.max_tokens or self._options.max_tokens,
-                    "".join(produced),
-                ),
-                estimated=True,
-            )
-        yield dataclasses.replace(usage, finish_reason=finish)
+        yield answer.usage(request, self._options.max_tokens)
 
     async def aclose(self) -> None:
         async with self._client_lock:
@@ -248,29 +241,147 @@ class BedrockProvider:
             arguments["inferenceConfig"] = inference
         if options.top_k is not None:
             arguments["additionalModelRequestFields"] = {"top_k": options.top_k}
+        tool_config = _tool_config(request)
+        if tool_config:
+            arguments["toolConfig"] = tool_config
         return arguments
 
 
+class _Answer:
+    """What has arrived of one ConverseStream answer, and whether it is whole."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.finish: FinishReason = "stop"
+        self.usage_seen: Usage | None = None
+        self.produced: list[str] = []
+        self.calls = CallBlocks()
+
+    def read(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
+        if "contentBlockDelta" in event:
+            return self._delta(event["contentBlockDelta"])
+        if "contentBlockStart" in event:
+            start = event["contentBlockStart"]
+            call = start.get("start", {}).get("toolUse")
+            if call is not None:
+                index = int(start.get("contentBlockIndex", 0))
+                return self.calls.start(index, call.get("toolUseId"), call.get("name"))
+        elif "contentBlockStop" in event:
+            index = int(event["contentBlockStop"].get("contentBlockIndex", 0))
+            if index in self.calls:
+                return self.calls.stop(index)
+        elif "messageStop" in event:
+            self._stopping(event["messageStop"].get("stopReason"))
+        elif "metadata" in event:
+            self.usage_seen = _usage(event["metadata"])
+        return []
+
+    def _delta(self, block: Mapping[str, Any]) -> list[ProviderEvent]:
+        delta = block.get("delta", {})
+        text = delta.get("text")
+        if text:
+            self.produced.append(text)
+            return [str(text)]
+        index = int(block.get("contentBlockIndex", 0))
+        fragment = delta.get("toolUse", {}).get("input")
+        if not isinstance(fragment, str):
+            return []
+        self.produced.append(fragment)
+        return self.calls.fragment(index, fragment)
+
+    def _stopping(self, reason: str | None) -> None:
+        self.stopped = True
+        if reason == "malformed_tool_use":
+            raise ProviderError(
+                "bedrock: the model made a malformed tool call (malformed_tool_use)"
+            )
+        self.calls.check_stop_reason(reason)
+        if reason == "max_tokens":
+            self.finish = "length"
+        elif reason == "tool_use":
+            self.finish = "tool_calls"
+
+    def usage(self, request: ProviderRequest, max_tokens: int | None) -> Usage:
+        if not self.stopped:
+            raise ProviderError(END_MARKER_MISSING)
+        self.calls.check_whole()
+        usage = self.usage_seen or Usage(
+            prompt_tokens=estimate_tokens(request.prompt_text),
+            completion_tokens=estimated_completion_tokens(
+                len(self.produced), request.max_tokens or max_tokens, "".join(self.produced)
+            ),
+            estimated=True,
+        )
+        return dataclasses.replace(usage, finish_reason=self.finish)
+
+
+def _tool_config(request: ProviderRequest) -> dict[str, Any] | None:
+    """The request's tools and choice; or, where it offers none (or forbids calls) and
+    its history holds calls, the called tools, since Bedrock refuses tool blocks
+    without a toolConfig."""
+    choice = request.tool_choice or "auto"
+    if request.tools and choice != "none":
+        return {"tools": [_tool(t) for t in request.tools], "toolChoice": _tool_choice(choice)}
+    called = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
+    if not called:
+        return None
+    return {"tools": [_tool(ToolSpec(name)) for name in called]}
+
+
+def _tool(spec: ToolSpec) -> dict[str, Any]:
+    tool: dict[str, Any] = {"name": spec.name, "inputSchema": {"json": dict(spec.parameters)}}
+    if spec.description:
+        tool["description"] = spec.description
+    return {"toolSpec": tool}
+
+
+def _tool_choice(choice: NamedTool | str) -> dict[str, Any]:
+    if isinstance(choice, NamedTool):
+        return {"tool": {"name": choice.name}}
+    return {"any": {}} if choice == "required" else {"auto": {}}
+
+
 def _conversation(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    """Converse wants alternating turns: consecutive turns of one role become one turn."""
+    """Converse wants alternating turns: consecutive turns of one role become one turn
+    (a tool turn is a user turn of results)."""
     turns: list[dict[str, Any]] = []
     for message in messages:
-        blocks = [_block(part) for part in message.content_parts()]
+        blocks = [_block(part) for part in _ordered(message)]
         blocks = [block for block in blocks if block.get("text") != ""]
-        if message.role == "system" or not blocks:
+        role = "user" if message.role == "tool" else message.role
+        if role == "system" or not blocks:
             continue
-        if turns and turns[-1]["role"] == message.role:
+        if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
-            turns.append({"role": message.role, "content": blocks})
+            turns.append({"role": role, "content": blocks})
     return turns
 
 
+def _ordered(message: Message) -> list[Part]:
+    """The turn's parts, an assistant's calls after its text, as Converse has them."""
+    parts = [p for p in message.content_parts() if not isinstance(p, ToolCallPart)]
+    if message.content and not any(isinstance(p, TextPart) for p in parts):
+        parts.insert(0, TextPart(message.content))  # a turn of calls whose text is `content`
+    return [*parts, *message.tool_calls]
+
+
 def _block(part: Part) -> dict[str, Any]:
-    """A text or image content block; an image's bytes were fetched before (`stream`)."""
+    """A content block; an image's bytes were fetched before (`stream`)."""
     if isinstance(part, TextPart):
         return {"text": part.text}
-    assert isinstance(part, ImagePart), "tool parts are not rendered here yet"
+    if isinstance(part, ToolCallPart):
+        # Arguments are JSON text that parses to an object (the core checked at the end).
+        call = {"toolUseId": part.id, "name": part.name, "input": json.loads(part.arguments)}
+        return {"toolUse": call}
+    if isinstance(part, ToolResultPart):
+        result: dict[str, Any] = {
+            "toolUseId": part.tool_call_id,
+            "content": [{"text": part.content}] if part.content else [],
+        }
+        if part.is_error:
+            result["status"] = "error"
+        return {"toolResult": result}
     assert part.data is not None
     assert part.media_type is not None
     return {

@@ -12,6 +12,13 @@ router's pick. Every official request field is taken, ignored (named in
 blocks, with their `cache_control`, for the providers that take blocks; image blocks
 (base64 or URL) reach the providers that see.
 
+Tools (`messages_tools.py`): `tools` and `tool_choice` are taken; assistant turns may
+hold `tool_use` blocks and user turns `tool_result` blocks, which must answer exactly
+the calls of the turn before. An answer's calls stream as Anthropic streams them: a
+text block is closed before each `tool_use` block (block indexes count every block),
+`content_block_start` carries the call's id and name with `input: {}`, its arguments
+arrive as `input_json_delta` deltas, and `stop_reason` is `tool_use`.
+
 `count_tokens` counts exactly or not at all: the provider a request would go to
 counts it (the `anthropic` kind asks the API's own endpoint, the `local` kind its
 tokenizer over the prompt it would evaluate); any other answers a 400 that says so.
@@ -24,7 +31,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
@@ -33,6 +40,7 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.images import image_from_base64, image_from_url, turn_of_parts
 from tokenwire.core.provider import Message, Part, Role, TextPart, estimate_tokens
 from tokenwire.core.spec import Delivery, Generation, RequestSpec
+from tokenwire.core.tools import NamedTool, ToolResultPart
 from tokenwire.protocol.errors import InvalidRequest
 from tokenwire.protocol.events import TEXT_EVENTS, EventType, encode_json
 from tokenwire.protocol.messages import Granularity, StopSequences
@@ -44,7 +52,23 @@ from tokenwire.transports.v1.errors import (
     anthropic_error_body,
     documented,
 )
-from tokenwire.transports.v1.fields import STRUCTURED_LATER, TOOLS_LATER, Fields, Label, refusing
+from tokenwire.transports.v1.fields import STRUCTURED_LATER, Fields, Label, refusing
+from tokenwire.transports.v1.messages_tools import (
+    Body,
+    CacheControl,
+    ToolChoiceParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlock,
+    ToolUseBlockParam,
+    call_part,
+    check_answers,
+    result_part,
+    split_results,
+    tool_choice,
+    tool_specs,
+    tool_use_blocks,
+)
 from tokenwire.transports.v1.route import AnthropicRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
@@ -70,22 +94,14 @@ router = APIRouter(
     responses=documented(AnthropicErrorBody),
 )
 
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+_Body = Body
 
 
 # What Anthropic refuses in its own words (`_check_content`), documented in the schema
 # but checked by hand: a final assistant turn may be empty, and the words are Anthropic's.
 BlockText = Annotated[Text, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]
 TurnText = Annotated[Text, Field(json_schema_extra={"minLength": 1})]
-
-
-class CacheControl(_Body):
-    type: Literal["ephemeral"]
-    ttl: Literal["5m", "1h"] | None = None
 
 
 class TextBlockParam(_Body):
@@ -116,7 +132,10 @@ class ImageBlockParam(_Body):
     source: Annotated[Base64Source | URLSource, Field(discriminator="type")]
 
 
-ContentBlock = Annotated[TextBlockParam | ImageBlockParam, Field(discriminator="type")]
+ContentBlock = Annotated[
+    TextBlockParam | ImageBlockParam | ToolUseBlockParam | ToolResultBlockParam,
+    Field(discriminator="type"),
+]
 
 
 class MessageParam(_Body):
@@ -165,9 +184,9 @@ class MessagesRequest(_Body):
     diagnostics: dict[str, Any] | None = None
     user_profile_id: Label | None = None
     workspace_id: Label | None = None
+    tools: Annotated[list[ToolParam], Field(max_length=1000)] | None = None
+    tool_choice: ToolChoiceParam | None = None
     # What tokenwire does not offer (yet): refused, saying why.
-    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
-    tool_choice: Annotated[None, refusing(TOOLS_LATER, {"type": "none"}, {"type": "auto"})] = None
     container: Annotated[None, refusing("code execution containers are not offered")] = None
 
 
@@ -175,6 +194,7 @@ class CountTokensRequest(_Body):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[MessageParam], Field(min_length=1, max_length=10_000)]
     system: Text | TextBlocks | None = None
+    tools: Annotated[list[ToolParam], Field(max_length=1000)] | None = None
 
 
 class TokenCount(BaseModel):
@@ -200,7 +220,7 @@ class AnthropicMessage(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextBlock]
+    content: list[TextBlock | ToolUseBlock]
     stop_reason: StopReason | None
     stop_sequence: str | None = None
     usage: MessageUsage
@@ -247,6 +267,7 @@ async def count_message_tokens(request: Request, body: CountTokensRequest) -> To
         user_id=user_of(request),
         messages=_turns(body.system, body.messages),
         routing=routing_for(gateway, body.model),
+        generation=Generation(tools=tool_specs(body.tools)),
     )
     _, tokens = await gateway.count_tokens(spec)
     return TokenCount(input_tokens=tokens)
@@ -255,9 +276,16 @@ async def count_message_tokens(request: Request, body: CountTokensRequest) -> To
 def _turns(
     system: str | list[TextBlockParam] | None, messages: list[MessageParam]
 ) -> tuple[Message, ...]:
-    turns = [_message("system", system)] if system else []
-    turns += [_turn(m, f"messages[{i}].content") for i, m in enumerate(messages)]
-    return tuple(turns)
+    """The conversation; a user turn's tool results become a tool turn before it."""
+    turns: list[Message] = []
+    where: list[str] = []
+    for i, message in enumerate(messages):
+        name = f"messages[{i}].content"
+        made = _turn(message, name)
+        turns += made
+        where += [name] * len(made)
+    check_answers(tuple(turns), where)
+    return ((_message("system", system),) if system else ()) + tuple(turns)
 
 
 def _check_content(body: MessagesRequest) -> None:
@@ -315,6 +343,12 @@ def _spec(
     user: str,
     deadlines: Deadlines,
 ) -> RequestSpec:
+    tools = tool_specs(body.tools)
+    choice, parallel = tool_choice(body.tool_choice)
+    if isinstance(choice, NamedTool) and choice.name not in {t.name for t in tools}:
+        raise InvalidRequest(f"tool_choice.name: no tool named {choice.name!r} in tools")
+    if choice == "required" and not tools:
+        raise InvalidRequest("tool_choice: 'any' needs tools to choose from")
     return RequestSpec(
         user_id=user,
         messages=_turns(body.system, body.messages),
@@ -324,6 +358,9 @@ def _spec(
             temperature=body.temperature,
             top_p=body.top_p,
             stop=tuple(body.stop_sequences or ()),
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=parallel,
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,
@@ -347,24 +384,36 @@ def _text_part(block: TextBlockParam) -> TextPart:
     return TextPart(block.text, None if cache is None else cache.model_dump(exclude_none=True))
 
 
-def _turn(message: MessageParam, where: str) -> Message:
+def _turn(message: MessageParam, where: str) -> list[Message]:
+    """The client's turn as the core's: a user turn's tool results come first, as a
+    tool turn of their own."""
     if isinstance(message.content, str):
-        return Message(role=message.role, content=message.content)
-    parts: list[Part] = []
-    for i, block in enumerate(message.content):
-        if isinstance(block, TextBlockParam):
-            parts.append(_text_part(block))
-        elif isinstance(block.source, Base64Source):
-            source = block.source
-            parts.append(image_from_base64(source.media_type, source.data, f"{where}[{i}].source"))
-        else:
-            parts.append(image_from_url(block.source.url, f"{where}[{i}].source.url"))
-    return turn_of_parts(message.role, tuple(parts), where)
+        return [Message(role=message.role, content=message.content)]
+    parts = [_part(message.role, block, f"{where}[{i}]") for i, block in enumerate(message.content)]
+    turns = split_results(message.role, parts)
+    rest = tuple(p for p in parts if not isinstance(p, ToolResultPart))
+    return [*turns, turn_of_parts(message.role, rest, where)] if rest else turns
+
+
+def _part(role: str, block: ContentBlock, where: str) -> Part:
+    if isinstance(block, TextBlockParam):
+        return _text_part(block)
+    if isinstance(block, ToolUseBlockParam | ToolResultBlockParam):
+        wanted = "assistant" if isinstance(block, ToolUseBlockParam) else "user"
+        if role != wanted:
+            raise InvalidRequest(f"{where}: {block.type} blocks go in {wanted} messages only")
+        return call_part(block) if isinstance(block, ToolUseBlockParam) else result_part(block)
+    if isinstance(block.source, Base64Source):
+        source = block.source
+        return image_from_base64(source.media_type, source.data, f"{where}.source")
+    return image_from_url(block.source.url, f"{where}.source.url")
 
 
 def _stop_reason(end: dict[str, Any]) -> StopReason:
     if end.get("finish_reason") == "length":
         return "max_tokens"
+    if end.get("finish_reason") == "tool_calls":
+        return "tool_use"
     return "stop_sequence" if end.get("stop_sequence") is not None else "end_turn"
 
 
@@ -383,10 +432,12 @@ def _usage(end: dict[str, Any]) -> MessageUsage:
 
 
 def _message_object(message_id: str, end: dict[str, Any], text: str) -> dict[str, Any]:
+    calls = tool_use_blocks(end.get("tool_calls"))
+    content: list[TextBlock | ToolUseBlock] = [TextBlock(text=text)] if text or not calls else []
     return AnthropicMessage(
         id=message_id,
         model=str(end.get("provider_used", "")),
-        content=[TextBlock(text=text)],
+        content=[*content, *calls],
         stop_reason=_stop_reason(end),
         stop_sequence=_stop_sequence(end),
         usage=_usage(end),
@@ -400,7 +451,7 @@ def _event(name: str, data: dict[str, Any]) -> str:
 async def _events(
     gateway: Gateway, log: EventLog, feed: Feed, input_tokens: int
 ) -> AsyncIterator[str]:
-    started = False
+    blocks = _Blocks()
     model = ""
     error: dict[str, Any] | None = None
     try:
@@ -409,30 +460,88 @@ async def _events(
             if kind is EventType.METADATA:
                 # Named once the answer starts: a fallback before it changes the provider.
                 model = str(record.data.get("recommended_provider", model))
-            elif kind in TEXT_EVENTS:
-                if not started:
-                    started = True
-                    for line in _opening(log, model, input_tokens):
-                        yield line
-                text = record.data.get("token", record.data.get("chunk", ""))
-                delta = {"type": "text_delta", "text": text}
-                yield _event("content_block_delta", {"index": 0, "delta": delta})
-            elif kind is EventType.ERROR:
+                continue
+            if kind is EventType.ERROR:
                 error = record.data
-            elif kind is EventType.STREAM_END:
-                if not started and record.data.get("status") == "completed":
-                    started = True
-                    for line in _opening(log, model, input_tokens):
-                        yield line
-                for line in _ending(record.data, error):
-                    yield line
+                continue
+            opening = kind in _ANSWER_EVENTS or (
+                kind is EventType.STREAM_END and record.data.get("status") == "completed"
+            )
+            if opening and not blocks.started:
+                blocks.started = True
+                yield _event("message_start", {"message": _opening(log, model, input_tokens)})
+            for line in blocks.lines(kind, record.data, error):
+                yield line
     finally:
         if not feed.ended:
             cancel_quietly(gateway, log.key)
 
 
-def _opening(log: EventLog, model: str, input_tokens: int) -> list[str]:
-    message: dict[str, Any] = {
+_ANSWER_EVENTS = {*TEXT_EVENTS, EventType.TOOL_CALL_START}
+
+
+class _Blocks:
+    """The answer's content blocks as Anthropic streams them: text in a text block,
+    closed before each tool_use block; indexes count every block."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.count = 0
+        self.text_open: int | None = None
+        self.calls: dict[int, int] = {}  # the answer's call index -> its block index
+
+    def lines(
+        self, kind: EventType, data: dict[str, Any], error: dict[str, Any] | None
+    ) -> list[str]:
+        if kind in TEXT_EVENTS:
+            lines = [] if self.text_open is not None else self._open({"type": "text", "text": ""})
+            self.text_open = self.count - 1
+            delta = {"type": "text_delta", "text": data.get("token", data.get("chunk", ""))}
+            return [
+                *lines,
+                _event("content_block_delta", {"index": self.text_open, "delta": delta}),
+            ]
+        if kind is EventType.TOOL_CALL_START:
+            block = {"type": "tool_use", "id": data["id"], "name": data["name"], "input": {}}
+            lines = self._close_text() + self._open(block)
+            self.calls[int(data["index"])] = self.count - 1
+            return lines
+        if kind is EventType.TOOL_CALL_DELTA:
+            delta = {"type": "input_json_delta", "partial_json": data["arguments"]}
+            index = self.calls[int(data["index"])]
+            return [_event("content_block_delta", {"index": index, "delta": delta})]
+        if kind is EventType.TOOL_CALL_END:
+            return [_event("content_block_stop", {"index": self.calls[int(data["index"])]})]
+        if kind is EventType.STREAM_END:
+            return self._end(data, error)
+        return []
+
+    def _open(self, block: dict[str, Any]) -> list[str]:
+        lines = [_event("content_block_start", {"index": self.count, "content_block": block})]
+        if self.count == 0:
+            lines.append(_event("ping", {}))  # where Anthropic sends its first ping
+        self.count += 1
+        return lines
+
+    def _close_text(self) -> list[str]:
+        if self.text_open is None:
+            return []
+        index, self.text_open = self.text_open, None
+        return [_event("content_block_stop", {"index": index})]
+
+    def _end(self, end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
+        if end.get("status") != "completed":
+            failure = failure_of(end, error)
+            return [f"event: error\ndata: {encode_json(anthropic_error_body(failure))}\n\n"]
+        # An answer of nothing still has its (empty) text block.
+        lines: list[str] = []
+        if self.count == 0:
+            lines, self.text_open = self._open({"type": "text", "text": ""}), 0
+        return [*lines, *self._close_text(), *_ending(end)]
+
+
+def _opening(log: EventLog, model: str, input_tokens: int) -> dict[str, Any]:
+    return {
         "id": log.key.request_id,
         "type": "message",
         "role": "assistant",
@@ -442,20 +551,11 @@ def _opening(log: EventLog, model: str, input_tokens: int) -> list[str]:
         "stop_sequence": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": 0},
     }
-    return [
-        _event("message_start", {"message": message}),
-        _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
-        _event("ping", {}),
-    ]
 
 
-def _ending(end: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
-    if end.get("status") != "completed":
-        failure = failure_of(end, error)
-        return [f"event: error\ndata: {encode_json(anthropic_error_body(failure))}\n\n"]
+def _ending(end: dict[str, Any]) -> list[str]:
     usage = _usage(end)
     return [
-        _event("content_block_stop", {"index": 0}),
         _event(
             "message_delta",
             {

@@ -89,12 +89,12 @@ class Feed:
         return self._iterate()
 
     async def until_answer(self) -> dict[str, Any] | None:
-        """Read ahead to the answer's first text, or its end: the end's data if the request
-        ended before any text, else None. Lets a dialect answer an HTTP error status for
-        a request that failed before anything was streamed, as the real APIs do."""
+        """Read ahead to the answer's first text or tool call, or its end: the end's data
+        if the request ended before any, else None. Lets a dialect answer an HTTP error
+        status for a request that failed before anything was streamed, as the real APIs do."""
         async for record in self._live():
             self._peeked.append(record)
-            if record.event_type in TEXT_EVENTS:
+            if record.event_type in TEXT_EVENTS or record.event_type is EventType.TOOL_CALL_START:
                 return None
             if record.event_type is EventType.STREAM_END:
                 return record.data
