@@ -29,6 +29,7 @@ from tests.support.node import check, failed, passed, run_checks
 from tests.support.providers import WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server
 from tests.support.waiting import AT_ONCE, eventually
+from tokenwire.core.tools import Capabilities
 
 TOKENS = 12
 """Deltas in each answer of the quick provider."""
@@ -224,3 +225,26 @@ async def test_an_image_that_a_client_sends_reaches_a_provider_that_sees(
     exchange = await seeing.upstreams[provider].exchange(0)
     assert answered["text"] == DESCRIPTION
     assert image_of(exchange.json()) == expected
+
+
+# -- issue 23: tool calls --------------------------------------------------------------
+
+
+async def test_the_ai_sdk_responses_model_runs_a_tool_round_trip() -> None:
+    # Text, then a call of the SDK's tool; the second step echoes the tool's result.
+    script = [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    provider = WatchedProvider("tooly", delay_ms=1, tool_calls=script, text_before="Checking.")
+    caller = Capabilities(tools=True, parallel_tool_calls=True)
+    async with running_server(gateway=gateway_with(provider, capabilities=caller)) as server:
+        ran = passed(await check("ai_sdk.mjs", server.url, "tooly", "responses_tools"))
+    first, second = ran["steps"]
+    assert first["finishReason"] == "tool-calls"
+    [call] = first["calls"]
+    assert call["id"].startswith("call_")
+    assert (call["name"], call["input"]) == ("get_weather", {"city": "Paris"})
+    assert first["results"] == ["18 C in Paris"]
+    assert second["finishReason"] == "stop"
+    assert ran["text"].endswith("results: 18 C in Paris")
+    sent = provider.requests[-1].messages
+    assert [m.role for m in sent] == ["user", "assistant", "tool"]
+    assert [c.id for c in sent[1].tool_calls] == [call["id"]]

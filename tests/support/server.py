@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tokenwire.app import build_app, build_gateway, gateway_for, uvicorn_config
 from tokenwire.cli import GracefulServer
 from tokenwire.core.gateway import Gateway
+from tokenwire.core.tools import Capabilities
 from tokenwire.settings import Settings, load_settings
 
 
@@ -118,8 +119,11 @@ def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any
     return [f for f in frames if f.get("event_type") == event_type]
 
 
-def gateway_with(*providers: Any, settings: Settings | None = None) -> Gateway:
-    """A gateway serving these provider objects (the first is the default)."""
+def gateway_with(
+    *providers: Any, settings: Settings | None = None, capabilities: Capabilities | None = None
+) -> Gateway:
+    """A gateway serving these provider objects (the first is the default), each with
+    `capabilities` (none beyond text unless given)."""
     from tokenwire.core.route import ProviderProfile, ProviderSlot
     from tokenwire.settings import ProviderSettings
 
@@ -131,5 +135,6 @@ def gateway_with(*providers: Any, settings: Settings | None = None) -> Gateway:
             "routing": settings.routing.model_copy(update={"default_provider": names[0]}),
         }
     )
-    slots = {p.name: ProviderSlot(p, ProviderProfile()) for p in providers}
+    profile = ProviderProfile(capabilities=capabilities or Capabilities())
+    slots = {p.name: ProviderSlot(p, profile) for p in providers}
     return gateway_for(settings, slots)

@@ -255,7 +255,9 @@ def _seen(request: ProviderRequest) -> str:
 def _script(request: ProviderRequest, options: SimulatedOptions) -> list[ProviderEvent] | None:
     """The scripted answer's deltas: an echo of tool results, or text then tool calls;
     None for the ordinary answer of random words."""
-    last = request.messages[-1] if request.messages else None
+    # System turns are instructions, not the conversation's latest step (a dialect may
+    # put them after the results they accompany).
+    last = next((m for m in reversed(request.messages) if m.role != "system"), None)
     if last is not None and last.tool_results:
         echo = "; ".join(("error: " if r.is_error else "") + r.content for r in last.tool_results)
         return list(_words(f"results: {echo}"))

@@ -4,7 +4,7 @@
 import { createAnthropic } from "@ai-sdk/anthropic";
 import { createOpenAI } from "@ai-sdk/openai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
-import { generateText, streamText } from "ai";
+import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai";
 
 import { main, PNG_BYTES, readThenAbort } from "./checks.mjs";
 
@@ -100,6 +100,42 @@ const checks = Object.assign(
         providerOptions: { openai: { user: "user-1234" } },
       });
       return { text: result.text, finishReason: result.finishReason };
+    },
+
+    // A tool round trip on the Responses model, streamed: the SDK runs the tool and sends
+    // its history (text, function_call, function_call_output) back for a second step.
+    async responses_tools({ baseUrl, model }) {
+      const getWeather = tool({
+        description: "The weather now in a city",
+        inputSchema: jsonSchema({
+          type: "object",
+          properties: { city: { type: "string" } },
+          required: ["city"],
+        }),
+        execute: async ({ city }) => `18 C in ${city}`,
+      });
+      const errors = [];
+      const result = streamText({
+        model: FLAVOURS.responses(baseUrl, model),
+        prompt: "Weather in Paris?",
+        tools: { get_weather: getWeather },
+        stopWhen: stepCountIs(2),
+        maxRetries: 0,
+        onError: ({ error }) => errors.push(error),
+      });
+      const kinds = [];
+      for await (const part of result.fullStream) kinds.push(part.type);
+      if (errors.length) throw errors[0];
+      const steps = await result.steps;
+      return {
+        text: await result.text,
+        kinds: [...new Set(kinds)],
+        steps: steps.map((step) => ({
+          finishReason: step.finishReason,
+          calls: step.toolCalls.map((c) => ({ id: c.toolCallId, name: c.toolName, input: c.input })),
+          results: step.toolResults.map((r) => r.output),
+        })),
+      };
     },
   },
 );

@@ -1,7 +1,9 @@
 """OpenAI Responses: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`,
 `.../cancel` and `.../input_items`.
 
-Text in and out. A foreground response ends with its client, as OpenAI's does;
+Text and images in; text and function calls out (`function_call` items, answered
+by `function_call_output` input items: response_input.py says how items become
+turns). A foreground response ends with its client, as OpenAI's does;
 a `background` one runs on after its client leaves, is kept for the log
 retention time, and can be re-attached with `GET /v1/responses/{id}?stream=true
 &starting_after=N` (every event after sequence number N, then live), for every
@@ -18,16 +20,16 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.images import image_from_url, turn_of_parts
-from tokenwire.core.provider import Message, Part, Role, TextPart
+from tokenwire.core.provider import Message
 from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
 from tokenwire.core.structured import from_responses
+from tokenwire.core.tools import NamedTool, ToolChoice, ToolSpec
 from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
 from tokenwire.protocol.formats import ResponsesFormat
@@ -40,14 +42,34 @@ from tokenwire.transports.v1.errors import (
     openai_error,
     openai_error_body,
 )
-from tokenwire.transports.v1.fields import TOOLS_LATER, Fields, Label, refusing
-from tokenwire.transports.v1.response_events import ResponseStream, replayed
+from tokenwire.transports.v1.fields import (
+    Fields,
+    Label,
+    refusing,
+)
+from tokenwire.transports.v1.response_events import (
+    ResponseStream,
+    replayed,
+    response_of_message,
+)
+from tokenwire.transports.v1.response_input import (
+    Body,
+    Input,
+    InputItem,
+    InputMessage,
+    Item,
+    ItemReference,
+    ToolName,
+    check_input,
+    listed_items,
+    turns_of,
+    typed_items,
+)
 from tokenwire.transports.v1.route import OpenAIRoute
 from tokenwire.transports.v1.running import (
     SSE_HEADERS,
     STREAM_RESPONSE,
     Feed,
-    ImageUrl,
     Text,
     cancel_quietly,
     cancelled_on_hangup,
@@ -58,6 +80,9 @@ from tokenwire.transports.v1.running import (
     usage_headers,
 )
 
+MAX_TOOLS = 128
+ONLY_FUNCTIONS = "only function tools are offered here (OpenAI's hosted tools are not)"
+
 router = APIRouter(
     route_class=OpenAIRoute,
     tags=["OpenAI Responses"],
@@ -65,49 +90,40 @@ router = APIRouter(
 )
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class FunctionTool(Body):
+    type: Literal["function"]
+    name: ToolName
+    description: Annotated[str, Field(max_length=100_000)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _an_object_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        if parameters is not None and parameters.get("type") != "object":
+            raise ValueError('must be a JSON Schema of type "object"')
+        return parameters
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=self.name,
+            description=self.description or "",
+            parameters=self.parameters or {"type": "object"},
+            strict=self.strict,
+        )
 
 
-class InputText(_Body):
-    type: Literal["input_text", "output_text"]
-    text: Text
-    annotations: list[Any] | None = None
+class FunctionChoice(Body):
+    type: Literal["function"]
+    name: ToolName
 
 
-class InputImage(_Body):
-    type: Literal["input_image"]
-    image_url: ImageUrl | None = None
-    file_id: str | None = None
-    detail: Literal["auto", "low", "high"] | None = None
-
-    @model_validator(mode="after")
-    def _by_url(self) -> InputImage:
-        if self.file_id is not None:
-            raise ValueError(
-                "file_id is not supported here (tokenwire keeps no files): "
-                "send the image as image_url, a data URL or an https URL"
-            )
-        if self.image_url is None:
-            raise ValueError("image_url is required (a data URL or an https URL)")
-        return self
-
-
-InputPart = Annotated[InputText | InputImage, Field(discriminator="type")]
-
-
-class InputMessage(_Body):
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: Text | Annotated[list[InputPart], Field(max_length=1000)]
-
-
-class TextConfig(_Body):
+class TextConfig(Body):
     format: ResponsesFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class Reasoning(_Body):
+class Reasoning(Body):
     effort: Label | None = None
     summary: Label | None = None
     generate_summary: Label | None = None
@@ -115,9 +131,9 @@ class Reasoning(_Body):
     mode: Label | None = None
 
 
-class ResponseCreateRequest(_Body):
+class ResponseCreateRequest(Body):
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    input: Text | Annotated[list[InputMessage], Field(min_length=1, max_length=10_000)]
+    input: Input
     instructions: Text | None = None
     max_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -140,15 +156,16 @@ class ResponseCreateRequest(_Body):
     include: list[Label] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    parallel_tool_calls: bool | None = None
     max_tool_calls: Annotated[int, Field(ge=0)] | None = None
     stream_options: dict[str, Any] | None = None
     prompt_cache_retention: Label | None = None
     prompt_cache_options: dict[str, Any] | None = None
     background_options: dict[str, Any] | None = None
-    # What tokenwire does not offer (yet): refused, saying why.
-    tools: Annotated[None, refusing(TOOLS_LATER, [])] = None
-    tool_choice: Annotated[None, refusing(TOOLS_LATER, "none", "auto")] = None
+    # Function tools; OpenAI's own tools (web search, files, MCP...) are refused.
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # What tokenwire does not offer: refused, saying why.
     conversation: Annotated[
         None, refusing("conversations are not offered: continue with previous_response_id")
     ] = None
@@ -158,9 +175,45 @@ class ResponseCreateRequest(_Body):
     access_programs: Annotated[None, refusing("access programs are not offered")] = None
     image: Annotated[None, refusing("image generation is not offered")] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _as_typed(cls, body: Any) -> Any:
+        """Message items typed; OpenAI's hosted tools refused by name, not as an unknown
+        shape."""
+        if not isinstance(body, dict):
+            return body
+        body = {**body, "input": typed_items(body.get("input"))} if "input" in body else body
+        for i, tool in enumerate(body.get("tools") or []):
+            if isinstance(tool, dict) and tool.get("type", "function") != "function":
+                raise ValueError(f"tools[{i}].type: {ONLY_FUNCTIONS}")
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type", "function") != "function":
+            raise ValueError(f"tool_choice.type: {ONLY_FUNCTIONS}")
+        return body
+
+    @model_validator(mode="after")
+    def _choice_among_tools(self) -> ResponseCreateRequest:
+        names = [tool.name for tool in self.tools or ()]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"tools[{i}].name: another tool has this name")
+        choice = self.tool_choice
+        if isinstance(choice, FunctionChoice) and choice.name not in names:
+            raise ValueError("tool_choice.name: no tool of this name in tools")
+        if choice == "required" and not names:
+            raise ValueError('tool_choice: "required" needs tools')
+        return self
+
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(tool.spec() for tool in self.tools or ())
+
+    def choice(self) -> ToolChoice | None:
+        choice = self.tool_choice
+        return NamedTool(choice.name) if isinstance(choice, FunctionChoice) else choice
+
 
 class ResponseObject(BaseModel):
-    """The Response object (the fields tokenwire fills; tools and reasoning are not offered)."""
+    """The Response object (the fields tokenwire fills; reasoning is not offered)."""
 
     id: str
     object: Literal["response"]
@@ -180,8 +233,8 @@ class ResponseObject(BaseModel):
     temperature: float | None
     top_p: float | None
     text: dict[str, Any]
-    tool_choice: str
-    tools: list[Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[dict[str, Any]]
     truncation: str
     usage: dict[str, Any] | None
     user: str | None
@@ -211,14 +264,17 @@ class InputItemList(BaseModel):
 async def create_response(request: Request, body: ResponseCreateRequest) -> Response:
     gateway = gateway_of(request)
     user = user_of(request)
-    _check_input(body)
+    items = await _resolved(gateway, user, body.input)
+    check_input(items)
     fields = _fields(body)
+    calls_before: dict[str, str] = {}
     if body.previous_response_id is not None:
-        await _check_previous(gateway, user, body.previous_response_id)
-    spec = with_client(_spec(gateway, body, fields, user, deadlines_of(request)), request)
-    log = await gateway.start(spec)
+        calls_before = await _check_previous(gateway, user, body.previous_response_id)
+    messages = turns_of(items, body.instructions, calls_before)
+    spec = _spec(gateway, body, messages, fields, user, deadlines_of(request))
+    log = await gateway.start(with_client(spec, request))
     log.annotations["responses"] = _params(body)
-    log.annotations["responses_input"] = _input_items(body)
+    log.annotations["responses_input"] = listed_items(items)
     stream = ResponseStream(log)
     if body.background and not body.stream:
         # It runs on; GET it, or stream it, later.
@@ -331,16 +387,6 @@ def _whole(response: dict[str, Any], headers: Mapping[str, str] | None = None) -
     return JSONResponse(response, headers={**usage_headers(response["usage"]), **(headers or {})})
 
 
-def _check_input(body: ResponseCreateRequest) -> None:
-    """An input with nothing to answer is refused, as an empty prompt is on the WebSocket."""
-    if isinstance(body.input, str):
-        if not body.input.strip():
-            raise InvalidRequest("input: must contain more than whitespace")
-        return
-    if not any(_has_content(item.content) for item in body.input):
-        raise InvalidRequest("input: at least one message must contain more than whitespace")
-
-
 def _fields(body: ResponseCreateRequest) -> Fields:
     """The body's fields beyond the plain call: options, hints, and what is ignored."""
     text = body.text or TextConfig()
@@ -361,7 +407,6 @@ _IGNORED = (
     "include",
     "truncation",
     "top_logprobs",
-    "parallel_tool_calls",
     "max_tool_calls",
     "stream_options",
     "prompt_cache_retention",
@@ -373,6 +418,7 @@ _IGNORED = (
 def _spec(
     gateway: Gateway,
     body: ResponseCreateRequest,
+    messages: tuple[Message, ...],
     fields: Fields,
     user: str,
     deadlines: Deadlines,
@@ -380,7 +426,7 @@ def _spec(
     request_id = f"resp_{uuid.uuid4().hex}"
     return RequestSpec(
         user_id=user,
-        messages=_messages(body),
+        messages=messages,
         request_id=request_id,
         # Kept as a conversation so that a later previous_response_id continues it.
         conversation_id=request_id if body.store else None,
@@ -390,6 +436,9 @@ def _spec(
             temperature=body.temperature,
             top_p=body.top_p,
             response_format=from_responses(body.text.format if body.text else None, "text.format"),
+            tools=body.tool_specs(),
+            tool_choice=body.choice(),
+            parallel_tool_calls=body.parallel_tool_calls,
             options=fields.options,
             hints=fields.hints,
             option_names=fields.names,
@@ -400,101 +449,29 @@ def _spec(
     )
 
 
-def _messages(body: ResponseCreateRequest) -> tuple[Message, ...]:
-    turns: list[Message] = []
-    if body.instructions:
-        turns.append(Message(role="system", content=body.instructions))
-    if isinstance(body.input, str):
-        turns.append(Message(role="user", content=body.input))
-        return tuple(turns)
-    for i, item in enumerate(body.input):
-        role = "system" if item.role == "developer" else item.role
-        if isinstance(item.content, str):
-            turns.append(Message(role=role, content=item.content))
-        else:
-            turns.append(_turn(role, item.content, f"input[{i}].content"))
-    return tuple(turns)
-
-
-def _input_items(body: ResponseCreateRequest) -> list[dict[str, Any]]:
-    """The request's input as the message items `input_items` lists, each with its id."""
-    if isinstance(body.input, str):
-        return [_item("user", [{"type": "input_text", "text": body.input}])]
-    items = []
-    for message in body.input:
-        content = message.content
-        parts: list[dict[str, Any]]
-        if isinstance(content, str):
-            kind = "output_text" if message.role == "assistant" else "input_text"
-            parts = [{"type": kind, "text": content}]
-        else:
-            parts = [_listed(part) for part in content]
-        if message.role == "assistant":
-            parts = [{"annotations": [], **part} for part in parts]
-        items.append(_item(message.role, parts))
-    return items
-
-
-def _listed(part: InputText | InputImage) -> dict[str, Any]:
-    listed = part.model_dump(exclude_none=True)
-    # A data URL's bytes are not kept for the listing: each retained response would
-    # hold up to `max_image_request_bytes` more, outside every bound on images.
-    if isinstance(part, InputImage) and (part.image_url or "").startswith("data:"):
-        listed["image_url"] = None
-    return listed
-
-
-def _item(role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": f"msg_{uuid.uuid4().hex}",
-        "type": "message",
-        "role": role,
-        "status": "completed",
-        "content": content,
-    }
-
-
-def _turn(role: Role, content: list[InputText | InputImage], where: str) -> Message:
-    parts: list[Part] = []
-    for i, part in enumerate(content):
-        if isinstance(part, InputText):
-            parts.append(TextPart(part.text))
-        else:
-            assert part.image_url is not None  # the model's validator saw to it
-            parts.append(image_from_url(part.image_url, f"{where}[{i}].image_url", part.detail))
-    return turn_of_parts(role, tuple(parts), where)
-
-
-def _text(content: str | list[InputText | InputImage]) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.text for part in content if isinstance(part, InputText))
-
-
-def _has_content(content: str | list[InputText | InputImage]) -> bool:
-    """More than whitespace, or an image to look at."""
-    if not isinstance(content, str) and any(isinstance(p, InputImage) for p in content):
-        return True
-    return bool(_text(content).strip())
-
-
 def _params(body: ResponseCreateRequest) -> dict[str, Any]:
     """What the Response object repeats of its request (kept with the log)."""
-    return body.model_dump(
-        include={
-            "model",
-            "instructions",
-            "max_output_tokens",
-            "temperature",
-            "top_p",
-            "background",
-            "store",
-            "previous_response_id",
-            "metadata",
-            "text",
-        },
-        by_alias=True,  # a format's `schema`, as the client wrote it
-    )
+    choice = body.tool_choice
+    return {
+        "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or ()],
+        "tool_choice": choice.model_dump() if isinstance(choice, FunctionChoice) else choice,
+        **body.model_dump(
+            include={
+                "model",
+                "instructions",
+                "max_output_tokens",
+                "temperature",
+                "top_p",
+                "background",
+                "store",
+                "previous_response_id",
+                "metadata",
+                "parallel_tool_calls",
+                "text",
+            },
+            by_alias=True,  # a format's `schema`, as the client wrote it
+        ),
+    }
 
 
 def _key(request: Request, response_id: str) -> RequestKey:
@@ -527,7 +504,39 @@ async def _stopped(gateway: Gateway, log: EventLog, reason: str = "cancelled by 
         pass
 
 
-async def _check_previous(gateway: Gateway, user: str, response_id: str) -> None:
+async def _resolved(gateway: Gateway, user: str, items: str | list[InputItem]) -> str | list[Item]:
+    """The input with each `item_reference` replaced by the item it names."""
+    if isinstance(items, str):
+        return items
+    return [
+        await _referenced(gateway, user, item, f"input[{i}].id")
+        if isinstance(item, ItemReference)
+        else item
+        for i, item in enumerate(items)
+    ]
+
+
+async def _referenced(
+    gateway: Gateway, user: str, reference: ItemReference, where: str
+) -> InputMessage:
+    """A message item of one of the user's stored responses (the only items whose id
+    tells their response), as input."""
+    missing = InvalidRequest(f"{where}: no message of a stored response has this id")
+    response_id = response_of_message(reference.id)
+    if response_id is None or valid_request_id(response_id) is None:
+        raise missing
+    try:
+        log = await _stored(gateway, RequestKey(user, response_id))
+    except UnknownRequest:
+        raise missing from None
+    for item in replayed(log).response()["output"]:
+        if item["id"] == reference.id:
+            return InputMessage.model_validate(item)
+    raise missing
+
+
+async def _check_previous(gateway: Gateway, user: str, response_id: str) -> dict[str, str]:
+    """The calls (id to name) the previous response ended with: this one answers them."""
     if valid_request_id(response_id) is None:
         raise UnknownRequest("previous_response_id: no response with that id")
     try:
@@ -536,6 +545,10 @@ async def _check_previous(gateway: Gateway, user: str, response_id: str) -> None
         raise UnknownRequest("previous_response_id: no response with that id") from None
     if not log.finished:
         raise InvalidRequest("previous_response_id: that response is still in progress")
+    end = next(log.records(log.last_seq - 1)).data  # its stream_end: always held
+    if end.get("status") != "completed" or end.get("finish_reason") != "tool_calls":
+        return {}
+    return {str(call["id"]): str(call["name"]) for call in end.get("tool_calls", ())}
 
 
 async def _events(
