@@ -19,7 +19,6 @@ from pydantic import BeforeValidator, Field
 
 IGNORED_FIELDS = "tokenwire-ignored-fields"
 
-TOOLS_LATER = "tool calls are not supported yet"
 LEGACY_FUNCTIONS = "the deprecated functions and function_call fields are not taken: use tools"
 
 Label = Annotated[str, Field(min_length=1, max_length=512)]
