@@ -72,6 +72,7 @@ FINISHED = "tests/integration/test_finished_streams.py"
 IMAGES = "tests/integration/test_images.py"
 FIELDS = "tests/integration/test_dialect_fields.py"
 ENDPOINTS = "tests/integration/test_v1_endpoints.py"
+TOOL_CALLS = "tests/unit/test_tool_calls.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -428,6 +429,56 @@ MUTANTS: tuple[Mutant, ...] = (
         'return body.decode("utf-8", "replace")',
         "a /v1 body of invalid UTF-8 is read with replacement characters instead of refused",
         (f"{ENDPOINTS}::test_a_body_that_is_not_utf8_is_a_400_naming_the_byte",),
+    ),
+    # -- issue 23: tool calls and structured output --------------------------------
+    Mutant(
+        "tool-arguments-any-json",
+        "core/tool_calls.py",
+        "    if not isinstance(value, dict):",
+        "    if value is None:",
+        "a call whose arguments are JSON but not an object is finalised as a call",
+        (f"{TOOL_CALLS}::test_arguments_that_are_not_a_json_object_are_an_error_not_a_call",),
+    ),
+    Mutant(
+        "chat-call-id-on-every-fragment",
+        "transports/v1/chat.py",
+        'return {"index": data["index"], "function": {"arguments": data["arguments"]}}',
+        'return {"index": data["index"], "id": "x", "function": {"arguments": data["arguments"]}}',
+        "Chat streams a call's id on every fragment (clients concatenate or restart calls)",
+        (
+            "tests/integration/test_chat_tools.py::test_a_calls_id_type_and_name_come_in_its_first_fragment_only",
+        ),
+    ),
+    Mutant(
+        "trim-keeps-orphan-results",
+        "core/conversations.py",
+        'while self._turns and self._turns[0][0].role == "tool":',
+        'while self._turns and self._turns[0][0].role == "nobody":',
+        "trimming drops a call but keeps its results, which then answer nothing",
+        (
+            "tests/unit/test_tool_conversations.py::test_trimming_drops_a_call_and_its_results_together",
+        ),
+    ),
+    Mutant(
+        "structured-miss-passes",
+        "core/orchestrator.py",
+        "if not self.verdict.valid and not cut:",
+        "if not self.verdict.valid and cut:",
+        "an answer that misses its schema completes as if valid",
+        (
+            "tests/integration/test_structured_output.py::test_websocket_answer_that_misses_its_schema_ends_as_invalid_output",
+        ),
+    ),
+    Mutant(
+        "bedrock-tool-use-is-stop",
+        "providers/bedrock.py",
+        '            self.finish = "tool_calls"',
+        '            self.finish = "stop"',
+        "a bedrock answer that called tools ends as a plain stop",
+        (
+            "tests/providers/test_bedrock_tools.py::test_parallel_calls_after_text_stream_as_deltas_keyed_by_block_index",
+            "tests/providers/test_bedrock_tools.py::test_a_bedrock_call_reaches_the_sdk_as_a_tool_use_block",
+        ),
     ),
 )
 
