@@ -131,16 +131,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "grace-doubled",
         "core/gateway.py",
-        "loop.call_later(grace, self._grace_over, key, running)",
-        "loop.call_later(grace * 2, self._grace_over, key, running)",
+        "loop.call_later(grace, self._grace_over, running, follower)",
+        "loop.call_later(grace * 2, self._grace_over, running, follower)",
         "a stream nobody re-attached to runs for twice the resume grace",
         (f"{GATEWAY}::test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_before",),
     ),
     Mutant(
         "grace-halved",
         "core/gateway.py",
-        "loop.call_later(grace, self._grace_over, key, running)",
-        "loop.call_later(grace / 2, self._grace_over, key, running)",
+        "loop.call_later(grace, self._grace_over, running, follower)",
+        "loop.call_later(grace / 2, self._grace_over, running, follower)",
         "a stream nobody re-attached to is cancelled before its resume grace ends",
         (f"{GATEWAY}::test_nobody_re_attaching_cancels_the_stream_when_the_grace_ends_not_before",),
     ),
@@ -161,13 +161,12 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{RESUME}::test_a_close_with_1001_leaves_the_stream_running_for_the_grace",),
     ),
     Mutant(
-        "reattach-keeps-grace",
+        "grace-over-forgets-others",
         "core/gateway.py",
-        "running.followers.add(follower)\n        running.stop_grace()\n",
-        "running.followers.add(follower)\n",
-        "a re-attach leaves the grace timer running: in_resume_grace stays counted, "
-        "a second loss is cut short",
-        (f"{GATEWAY}::test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_again",),
+        "    running.absent.pop(follower, None)\n        if not running.followed:",
+        "    running.absent.clear()\n        if not running.followed:",
+        "one lost device's grace ending forgets the others still in theirs",
+        (f"{GATEWAY}::test_each_lost_follower_keeps_the_stream_for_its_own_whole_grace",),
     ),
     Mutant(
         "sse-start-not-following",
@@ -188,8 +187,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sse-compact-ignored",
         "transports/sse.py",
-        'compact = request.query_params.get("compact") in ("1", "true")',
-        "compact = False",
+        '    if raw == "true":\n        return True\n',
+        '    if raw == "true":\n        return False\n',
         "an SSE re-attach ignores compact=true and replays every text event",
         (f"{RESUME}::test_an_sse_re_attach_with_compact_gets_the_text_so_far_as_one_chunk",),
     ),
@@ -244,8 +243,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "upstream-rejected-counts",
         "protocol/errors.py",
-        "    retryable = False\n    counts_against_provider = False",
-        "    retryable = False\n    counts_against_provider = True",
+        '401/403/429)."""\n\n    retryable = False\n    counts_against_provider = False',
+        '401/403/429)."""\n\n    retryable = False\n    counts_against_provider = True',
         "an upstream 4xx (other than 401/403/429) is taken for the provider being unwell",
         (f"{ROUTING}::test_requests_the_upstream_refuses_as_malformed_leave_its_circuit_closed",),
     ),
@@ -331,8 +330,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "previous-response-in-progress",
         "transports/v1/responses.py",
-        "    log = await _stored(gateway, key)\n    if not log.finished:\n",
-        '    log = await _stored(gateway, key)\n    if log.status == "in_progress":\n',
+        " from None\n    if not log.finished:\n",
+        " from None\n    if log.finished is None:\n",
         "previous_response_id accepts a response still in progress",
         (
             "tests/integration/test_openai_api.py::test_a_response_still_in_progress_cannot_be_continued_yet",
@@ -401,8 +400,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "vision-not-routed",
         "routing/router.py",
-        "if needs_vision and not slot.profile.vision:",
-        "if needs_vision and not slot.profile.auto:",
+        "    lambda c: c.vision,\n",
+        "    lambda c: True,\n",
         "auto sends a request with images to a provider that cannot see",
         (f"{IMAGES}::test_auto_with_no_sighted_provider_is_unsupported_feature",),
     ),

@@ -228,6 +228,25 @@ async def test_a_re_attach_ends_the_grace_and_a_second_loss_gets_a_whole_grace_a
     assert [e["status"] for e in ends(inbox)] == ["cancelled"]
 
 
+async def test_each_lost_follower_keeps_the_stream_for_its_own_whole_grace() -> None:
+    gateway = with_grace()
+    with LoopClock() as clock:
+        phone = gateway.open_session("ada", {})
+        log = await gateway.start(ask(request_id="r", options=SLOW), follower=phone)
+        tablet = gateway.open_session("ada", {})
+        await gateway.resume(log.key, Inbox(), log.last_seq, follower=tablet)
+        inbox = Inbox()
+        log.subscribe(inbox)
+        gateway.close_session(phone, "connection lost", lost=True)
+        await clock.advance(GRACE / 2)
+        gateway.close_session(tablet, "connection lost", lost=True)
+        await clock.advance(GRACE / 2 + 1)  # the phone's grace is over, not the tablet's
+        assert gateway.is_running(log.key)
+        await clock.advance(GRACE / 2)
+        await finished(gateway)
+    assert [e["status"] for e in ends(inbox)] == ["cancelled"]
+
+
 async def test_with_a_zero_grace_a_lost_connection_cancels_its_stream_at_once() -> None:
     gateway = with_grace(0)
     phone = gateway.open_session("ada", {})
