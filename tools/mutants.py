@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = shutil.ignore_patterns(
     ".git",
     ".venv",
+    ".venv-*",  # LiteLLM's own environment: no mutant's tests start its proxy
     "__pycache__",
     ".mypy_cache",
     ".pytest_cache",
