@@ -480,9 +480,11 @@ async def test_a_stream_started_over_sse_outlives_another_device_s_1000_close() 
 
 
 async def test_a_stream_re_attached_over_sse_outlives_another_device_s_1000_close() -> None:
-    async with server_with(resume_grace_seconds=10) as server, httpx.AsyncClient() as http:
+    # The lost starter counts as following only until its grace ends (3 s), well before
+    # the answer does (10 s): from then on only the SSE re-attach keeps the stream.
+    async with server_with(resume_grace_seconds=3) as server, httpx.AsyncClient() as http:
         async with raw_client(server, "?user_id=ada") as starter:
-            await starter.send(request("s1"))
+            await starter.send(request("s1", {"options": {"tokens": 1000, "delay_ms": 10}}))
             seen = await until(starter, at_token(5))
             starter.ws.transport.abort()  # lost: the stream waits for the grace
         frames: list[dict[str, Any]] = []
