@@ -60,6 +60,7 @@ from tokenwire.transports.v1.errors import (
 )
 from tokenwire.transports.v1.fields import (
     LEGACY_FUNCTIONS,
+    OPENAI_HINTS,
     Fields,
     Label,
     refusing,
@@ -296,7 +297,7 @@ def _fields(body: ChatCompletionRequest) -> Fields:
         fields.option(key, getattr(body, key))
     if body.logprobs is False:  # the default, asking for nothing
         fields.options.pop("logprobs", None)
-    for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key"):
+    for key in OPENAI_HINTS:
         fields.hint(key, getattr(body, key))
     for key in _IGNORED:
         fields.ignore(key, getattr(body, key))

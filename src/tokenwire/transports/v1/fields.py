@@ -19,6 +19,9 @@ from pydantic import BeforeValidator, Field
 
 IGNORED_FIELDS = "tokenwire-ignored-fields"
 
+# The hints both OpenAI dialects take: they change no answer, and the `openai` kind
+# passes them on.
+OPENAI_HINTS = ("user", "service_tier", "safety_identifier", "prompt_cache_key")
 LEGACY_FUNCTIONS = "the deprecated functions and function_call fields are not taken: use tools"
 
 Label = Annotated[str, Field(min_length=1, max_length=512)]

@@ -43,6 +43,7 @@ from tokenwire.transports.v1.errors import (
     openai_error_body,
 )
 from tokenwire.transports.v1.fields import (
+    OPENAI_HINTS,
     Fields,
     Label,
     refusing,
@@ -396,7 +397,7 @@ def _fields(body: ResponseCreateRequest) -> Fields:
     fields.option("reasoning_effort", reasoning.effort, "reasoning.effort")
     for key in ("summary", "generate_summary", "context", "mode"):
         fields.ignore(f"reasoning.{key}", getattr(reasoning, key))
-    for key in ("user", "service_tier", "safety_identifier", "prompt_cache_key"):
+    for key in OPENAI_HINTS:
         fields.hint(key, getattr(body, key))
     for key in _IGNORED:
         fields.ignore(key, getattr(body, key))
