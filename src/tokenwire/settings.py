@@ -241,7 +241,18 @@ class LimitsSettings(_Table):
 
 
 class RedisSettings(_Table):
+    # Unset: one process, everything in its memory. Set: logs, conversations, stored
+    # responses, per-user limits and cancels are shared by every node on this Redis.
     url: str | None = None
+    # Every key tokenwire writes starts with this (several deployments on one Redis).
+    key_prefix: str = "tokenwire:"
+    # A node renews its lease this often divided by 3; a node whose lease lapsed is dead,
+    # and the requests it ran end for their followers with `stream_interrupted`.
+    lease_seconds: Positive = 3.0
+    # How long one Redis command may take before the node counts Redis as lost.
+    socket_timeout_seconds: Positive = 2.0
+    # Reconnect backoff after Redis is lost: doubles from 0.1 s up to this.
+    reconnect_max_seconds: Positive = 5.0
 
 
 class LoggingSettings(_Table):

@@ -21,7 +21,7 @@ import orjson
 from orjson import JSONEncodeError, dumps
 
 from tokenwire.core.spec import RequestKey
-from tokenwire.protocol.errors import NotRecovered
+from tokenwire.protocol.errors import NotRecovered, TokenwireError
 from tokenwire.protocol.events import EventType, encode_json
 
 # What an event's envelope adds to its data, roughly, when counting a log's bytes.
@@ -69,6 +69,19 @@ class Subscriber(Protocol):
     def deliver(self, record: Record) -> None:
         """Take one record; must not block (buffer it and send it from elsewhere)."""
 
+    def lost(self, error: TokenwireError) -> None:
+        """The log can no longer be followed here (a replica of a log kept on another node
+        found events it cannot get): tell the client `error` for the request and stop
+        following it. No record follows; a resume finds what can still be served."""
+
+
+class LogSink(Protocol):
+    """Where an owner's log is mirrored (a shared store): told of every change, it reads
+    the log itself, later and in batches (`records` after what it has, `annotations`)."""
+
+    def changed(self, log: EventLog) -> None:
+        """`log` gained records or annotations; must not block."""
+
 
 class EventLog:
     def __init__(
@@ -78,13 +91,19 @@ class EventLog:
         max_bytes: int,
         clock: Callable[[], float] = time.time,
         conversation_id: str | None = None,
+        *,
+        sink: LogSink | None = None,
+        first_seq: int = 1,
+        created_at: float | None = None,
     ) -> None:
         self.key = key
         self.origin = origin
         self.conversation_id = conversation_id
         self._max_bytes = max_bytes
         self._clock = clock
-        self.created_at = clock()
+        self.sink = sink
+        """Told of every change (the owner's mirror to a shared store); None in memory."""
+        self.created_at = clock() if created_at is None else created_at
         self.status: str | None = None
         """The `stream_end` status once there is one; None while the request runs."""
         # Held as plain values side by side, not as objects: strings, floats and shared
@@ -93,9 +112,10 @@ class EventLog:
         self._types: deque[EventType] = deque()
         self._times: deque[float] = deque()
         self._data: deque[str] = deque()
-        self._first_seq = 1
+        # A replica (a copy of a log another node owns) starts where its store holds it.
+        self._first_seq = first_seq
         self._bytes = 0
-        self._next_seq = 1
+        self._next_seq = first_seq
         self._subscribers: list[Subscriber] = []
         self.finished = False
         self.memo: dict[str, str] = {}
@@ -103,7 +123,7 @@ class EventLog:
         self.annotations: dict[str, Any] = {}
         """What a transport notes about its request (a dialect's own parameters), kept
         with the log for as long as it is: JSON values only, so that a store shared
-        between nodes can keep them too."""
+        between nodes can keep them too. Set them with `annotate`, which the sink sees."""
 
     @property
     def request_id(self) -> str:
@@ -121,16 +141,34 @@ class EventLog:
     def first_held_seq(self) -> int:
         return self._first_seq
 
+    def annotate(self, name: str, value: Any) -> None:
+        """Note `value` (JSON values only) under `name`, replacing what was there."""
+        self.annotations[name] = value
+        if self.sink is not None:
+            self.sink.changed(self)
+
     def append(self, event_type: EventType, data: dict[str, Any]) -> Record:
         if self.finished:
             raise RuntimeError(f"log of {self.key.request_id} is finished; nothing may follow")
-        seq = self._next_seq
-        self._next_seq = seq + 1
         try:
             data_json = dumps(data).decode()
         except (JSONEncodeError, TypeError):
             data_json = encode_json(data)  # what orjson refuses (integers past 64 bits)
-        timestamp = self._clock()
+        record = self.ingest(self._next_seq, event_type, self._clock(), data_json)
+        if self.sink is not None:
+            self.sink.changed(self)
+        return record
+
+    def ingest(
+        self, seq: int, event_type: EventType, timestamp: float, data_json: str
+    ) -> Record:
+        """Add an event made elsewhere (a replica's, read from the owner's mirror): it
+        must be the next one, `last_seq + 1`."""
+        if self.finished:
+            raise RuntimeError(f"log of {self.key.request_id} is finished; nothing may follow")
+        if seq != self._next_seq:
+            raise ValueError(f"seq {seq} of {self.key.request_id} is not the next, {self._next_seq}")
+        self._next_seq = seq + 1
         self._types.append(event_type)
         self._times.append(timestamp)
         self._data.append(data_json)
@@ -140,7 +178,7 @@ class EventLog:
         record = Record(self, seq, event_type, timestamp, data_json)
         if event_type is EventType.STREAM_END:
             self.finished = True
-            self.status = str(data.get("status"))
+            self.status = str(orjson.loads(data_json).get("status"))
             subscribers, self._subscribers = self._subscribers, []
         else:
             subscribers = self._subscribers
@@ -189,6 +227,14 @@ class EventLog:
             subscriber.deliver(record)
         if not self.finished:
             self._subscribers.append(subscriber)
+
+    def fail(self, error: TokenwireError) -> None:
+        """This copy of the log cannot go on (see `Subscriber.lost`): every subscriber is
+        told and let go; the log takes nothing more."""
+        self.finished = True
+        subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            subscriber.lost(error)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:

@@ -275,6 +275,18 @@ class BudgetExceeded(TooManyConnections):
     error_type = "budget_exceeded"
 
 
+class BackendUnavailable(TokenwireError):
+    """The shared store (Redis) that this request needs cannot be reached from this node."""
+
+    error_type = "backend_unavailable"
+
+
+class StreamInterrupted(TokenwireError):
+    """The node that ran the request died (its lease lapsed) before the request ended."""
+
+    error_type = "stream_interrupted"
+
+
 class InternalError(TokenwireError):
     """A defect in tokenwire itself; the message never carries internals."""
 
@@ -302,6 +314,8 @@ _HTTP_STATUS: dict[type[TokenwireError], int] = {
     ProviderError: 502,
     RequestTimeout: 504,
     ShuttingDown: 503,
+    BackendUnavailable: 503,
+    StreamInterrupted: 502,
     RequestCancelled: 409,
     AuthenticationFailed: 401,
     Forbidden: 403,

@@ -87,6 +87,11 @@ class _Follower:
             # Not read: let go of the request (it waits for the grace), outside the fan-out.
             asyncio.get_running_loop().call_soon(self.leave, True)
 
+    def lost(self, error: TokenwireError) -> None:
+        request_id = self.log.request_id if self.log is not None else error.request_id
+        self.outbox.put(_error_event(error, request_id))
+        self.outbox.close()
+
     def leave(self, lost: bool) -> None:
         log = self.log
         if log is None:
@@ -273,9 +278,13 @@ async def _events(
 
 
 def _expired_event(request_id: str) -> str:
+    error = AuthenticationFailed("the credential expired: re-attach with a fresh one")
+    return _error_event(error, request_id)
+
+
+def _error_event(error: TokenwireError, request_id: str | None) -> str:
     """An `error` event outside the request's log (no `id:`, so that `Last-Event-ID`
     still names the last event of the request the client received)."""
-    error = AuthenticationFailed("the credential expired: re-attach with a fresh one")
     data = encode_event(
         EventType.ERROR, error_payload(error, request_id), time.time(), None, request_id
     )

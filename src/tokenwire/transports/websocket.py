@@ -136,6 +136,9 @@ class Connection:
     def deliver(self, record: Record) -> None:
         self._push_frame(record.encoded(ws_frame))
 
+    def lost(self, error: TokenwireError) -> None:
+        self._push_error(error)
+
     async def close(self, code: int, reason: str) -> None:
         """Send what is queued, then the close frame; returns once that is sent.
 

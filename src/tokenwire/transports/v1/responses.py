@@ -184,7 +184,9 @@ class ResponseCreateRequest(Body):
         if not isinstance(body, dict):
             return body
         body = {**body, "input": typed_items(body.get("input"))} if "input" in body else body
-        for i, tool in enumerate(body.get("tools") or []):
+        tools = body.get("tools")
+        # Anything but a list is the field validator's to refuse, in words.
+        for i, tool in enumerate(tools if isinstance(tools, list) else ()):
             if isinstance(tool, dict) and tool.get("type", "function") != "function":
                 raise ValueError(f"tools[{i}].type: {ONLY_FUNCTIONS}")
         choice = body.get("tool_choice")
@@ -274,8 +276,8 @@ async def create_response(request: Request, body: ResponseCreateRequest) -> Resp
     messages = turns_of(items, body.instructions, calls_before)
     spec = _spec(gateway, body, messages, fields, user, deadlines_of(request))
     log = await gateway.start(with_client(spec, request))
-    log.annotations["responses"] = _params(body)
-    log.annotations["responses_input"] = listed_items(items)
+    log.annotate("responses", _params(body))
+    log.annotate("responses_input", listed_items(items))
     stream = ResponseStream(log)
     if body.background and not body.stream:
         # It runs on; GET it, or stream it, later.
@@ -351,7 +353,7 @@ async def delete_response(request: Request, response_id: str) -> DeletedResponse
     log = await _stored(gateway, _key(request, response_id))
     await _stopped(gateway, log, "deleted by client")
     # Marked as well as dropped: the run's own end may still be storing it.
-    log.annotations["responses"]["deleted"] = True
+    log.annotate("responses", {**log.annotations["responses"], "deleted": True})
     await gateway.logs.discard(log.key)
     return DeletedResponse(id=log.key.request_id)
 

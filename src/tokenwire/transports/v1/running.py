@@ -73,6 +73,8 @@ class Feed:
         self._max_pending = max_pending
         self.ended = False
         self.overflowed = False
+        self.failure: TokenwireError | None = None
+        """Why the log could no longer be followed (`lost`); the feed ends as if unread."""
         self._peeked: list[Record] = []
         self._ends_seen = False
 
@@ -83,6 +85,12 @@ class Feed:
         if len(self._records) > self._max_pending:
             self.overflowed = True
             self._records.clear()
+        self._ready.set()
+
+    def lost(self, error: TokenwireError) -> None:
+        self.failure = error
+        self.overflowed = True
+        self._records.clear()
         self._ready.set()
 
     def __aiter__(self) -> AsyncIterator[Record]:
