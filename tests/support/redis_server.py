@@ -35,7 +35,8 @@ class RedisServer:
         executable = shutil.which(REDIS_SERVER)
         if executable is None:
             raise RuntimeError(
-                "redis-server is not installed: the Redis tests need it (apt-get install redis-server)"
+                "redis-server is not installed: the Redis tests need it"
+                " (apt-get install redis-server)"
             )
         self.executable = executable
         self.workdir = workdir
@@ -52,11 +53,16 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.executable,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.workdir),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

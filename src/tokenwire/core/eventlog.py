@@ -159,15 +159,14 @@ class EventLog:
             self.sink.changed(self)
         return record
 
-    def ingest(
-        self, seq: int, event_type: EventType, timestamp: float, data_json: str
-    ) -> Record:
+    def ingest(self, seq: int, event_type: EventType, timestamp: float, data_json: str) -> Record:
         """Add an event made elsewhere (a replica's, read from the owner's mirror): it
         must be the next one, `last_seq + 1`."""
         if self.finished:
             raise RuntimeError(f"log of {self.key.request_id} is finished; nothing may follow")
         if seq != self._next_seq:
-            raise ValueError(f"seq {seq} of {self.key.request_id} is not the next, {self._next_seq}")
+            expected = self._next_seq
+            raise ValueError(f"seq {seq} of {self.key.request_id} is not the next, {expected}")
         self._next_seq = seq + 1
         self._types.append(event_type)
         self._times.append(timestamp)
