@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
@@ -123,6 +123,14 @@ class FunctionDefinition(_Body):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _an_object_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Every provider takes a call's arguments as an object, as the other dialects say.
+        if parameters is not None and parameters.get("type") != "object":
+            raise ValueError('must be a JSON Schema of type "object"')
+        return parameters
+
 
 class Tool(_Body):
     type: Literal["function"]
@@ -210,6 +218,21 @@ class ChatCompletionRequest(_Body):
     audio: Annotated[None, refusing(NO_AUDIO)] = None
     web_search_options: Annotated[None, refusing("web search is not offered")] = None
     moderation: Annotated[None, refusing("moderation is not offered")] = None
+
+    @model_validator(mode="after")
+    def _choice_among_tools(self) -> ChatCompletionRequest:
+        """A choice the tools cannot meet is refused here, as the Responses and Messages
+        dialects refuse it, rather than left for a provider to fail on."""
+        names = [tool.function.name for tool in self.tools or ()]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"tools[{i}].function.name: another tool has this name")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError("tool_choice.function.name: no tool of this name in tools")
+        if choice == "required" and not names:
+            raise ValueError('tool_choice: "required" needs tools')
+        return self
 
 
 class CalledFunction(BaseModel):

@@ -132,6 +132,17 @@ _MEANINGS = {
 }
 
 
+# Answered by the HTTP protocol before any route runs (transports/uvicorn_http.py), in
+# plain text: a URL or header past the bounds of request_head.py (a long query string).
+_HEAD_TOO_LARGE = {
+    "description": "the request head is too large (a URL line or header over 8 KiB)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
 def documented(body: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """The error responses of a dialect's operations, for the OpenAPI document."""
-    return {status: {"model": body, "description": text} for status, text in _MEANINGS.items()}
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": body, "description": text} for status, text in _MEANINGS.items()
+    }
+    return {**errors, 431: _HEAD_TOO_LARGE}
