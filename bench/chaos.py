@@ -260,7 +260,20 @@ class Run:
     idle_timeout: float
     started: int = 0
     marks: dict[str, float] = field(default_factory=dict)
+    milestones: dict[int, asyncio.Event] = field(default_factory=dict)
     connect_failures: Counter[str] = field(default_factory=Counter)
+
+
+def count_started(run: Run) -> None:
+    run.started += 1
+    for at, reached in run.milestones.items():
+        if run.started >= at:
+            reached.set()
+
+
+def milestone(run: Run, at: float) -> asyncio.Event:
+    """Set once `at` streams have started."""
+    return run.milestones.setdefault(max(1, int(at)), asyncio.Event())
 
 
 def choose_plan(rng: random.Random) -> str:
@@ -402,13 +415,13 @@ async def director(run: Run, args: argparse.Namespace, total: int) -> None:
     cluster = run.cluster
     if cluster.backend != "redis":
         return
-    while run.started < total * args.kill_at:
-        await asyncio.sleep(0.05)
+    kill_at = milestone(run, total * args.kill_at)
+    restart_at = milestone(run, total * args.redis_restart_at)
+    await kill_at.wait()
     run.marks["node_killed"] = time.monotonic()
     cluster.kill(len(cluster.servers) - 1)
     print(f"# killed node {len(cluster.servers) - 1} (SIGKILL) at stream {run.started}", flush=True)
-    while run.started < total * args.redis_restart_at:
-        await asyncio.sleep(0.05)
+    await restart_at.wait()
     run.marks["redis_restart"] = time.monotonic()
     await asyncio.to_thread(cluster.redis.restart)
     print(f"# restarted Redis (nothing kept) at stream {run.started}", flush=True)
@@ -428,7 +441,7 @@ async def drive(run: Run, args: argparse.Namespace) -> list[Record]:
                 index = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            run.started += 1
+            count_started(run)
             record = await one_stream(run, index, slot, tag)
             records.append(record)
             if record.refused is not None:
@@ -524,8 +537,10 @@ def report(summary: dict[str, Any]) -> None:
     ]
     rows += [(f"ending {k}", v) for k, v in sorted(summary["endings"].items())]
     rows += [(f"documented {k}", v) for k, v in summary["documented_endings"].items()]
-    print(f"# {summary['backend']}, {summary['nodes']} node(s), {summary['seconds']} s, "
-          f"client cpu {summary['client_cpu_share']:.0%}, chaos at {summary['chaos']}")
+    print(
+        f"# {summary['backend']}, {summary['nodes']} node(s), {summary['seconds']} s, "
+        f"client cpu {summary['client_cpu_share']:.0%}, chaos at {summary['chaos']}"
+    )
     for name, value in rows:
         print(f"{name:>28}  {value}")
     for request_id, problem in summary["problem_samples"]:
@@ -537,50 +552,69 @@ def report(summary: dict[str, Any]) -> None:
 
 def selftest() -> None:
     """Each kind of fault the checker must see, on a record built by hand."""
+    answer = "a b c"
+    head = [Seen(1, "stream_start"), Seen(2, "typing_indicator"), Seen(3, "metadata")]
+    a, b, c = Seen(4, "token", "a"), Seen(5, "token", " b"), Seen(6, "token", " c")
+    end = Seen(7, "stream_end", status="completed")
 
-    def rec(*events: Seen, cancelled: bool = False) -> Record:
-        r = Record("r", "u", "p", 3, 0.0, "plain", list(events), cancelled_by_client=cancelled)
-        return r
+    def verdict(*events: Seen, cancelled: bool = False) -> Verdict:
+        record = Record("r", "u", "p", 3, 0.0, "plain", [*head, *events])
+        record.cancelled_by_client = cancelled
+        return check(record, answer)
 
-    def head() -> list[Seen]:
-        return [Seen(1, "stream_start"), Seen(2, "typing_indicator"), Seen(3, "metadata")]
-
-    def text(seq: int, t: str) -> Seen:
-        return Seen(seq, "token", text=t)
-
-    end_ok = Seen(7, "stream_end", status="completed")
-    good = check(rec(*head(), text(4, "a"), text(5, " b"), text(6, " c"), end_ok), "a b c")
-    assert (good.ending, good.lost, good.repeated, good.reordered, good.problems) == (
-        "completed", 0, 0, 0, [],
-    ), good
-    gap = check(rec(*head(), text(4, "a"), text(6, " c"), end_ok), "a b c")
-    assert gap.lost == 1 and gap.wrong_text, gap
-    again = check(rec(*head(), text(4, "a"), text(5, " b"), text(5, " b"), text(6, " c"), end_ok),
-                  "a b c")
-    assert again.repeated == 1 and not again.wrong_text, again
-    swapped = check(rec(*head(), text(5, " b"), text(4, "a"), text(6, " c"), end_ok), "a b c")
-    assert swapped.reordered == 1 and swapped.lost == 1, swapped
-    twice = check(rec(*head(), text(4, "a"), text(5, " b"), text(6, " c"), end_ok,
-                      Seen(None, "stream_end", status="completed")), "a b c")
-    assert twice.endings == 2 and twice.problems, twice
-    open_ = check(rec(*head(), text(4, "a")), "a b c")
-    assert open_.ending == "unterminated" and open_.endings == 0, open_
-    wrong = check(rec(*head(), text(4, "a"), text(5, " x"), text(6, " c"), end_ok), "a b c")
-    assert wrong.wrong_text, wrong
-    cut = check(rec(*head(), text(4, "a"), Seen(5, "stream_end", status="cancelled"),
-                    cancelled=True), "a b c")
-    assert cut.ending == "cancelled" and not cut.problems, cut
-    unasked = check(rec(*head(), text(4, "a"), Seen(5, "stream_end", status="cancelled")), "a b c")
-    assert unasked.problems, unasked
-    lost_owner = check(rec(*head(), text(4, "a"),
-                           Seen(5, "error", error_type="stream_interrupted"),
-                           Seen(6, "stream_end", status="error", error_type="stream_interrupted")),
-                       "a b c")
-    assert lost_owner.ending == "error:stream_interrupted" and not lost_owner.problems, lost_owner
-    gone = check(rec(*head(), text(4, "a"), Seen(None, "error", error_type="not_recovered")),
-                 "a b c")
-    assert gone.ending == "not_recovered" and gone.endings == 1 and not gone.problems, gone
-    print("checker self-test: 11 cases pass")
+    interrupted = (
+        Seen(5, "error", error_type="stream_interrupted"),
+        Seen(6, "stream_end", status="error", error_type="stream_interrupted"),
+    )
+    cases: list[tuple[str, Verdict, Any]] = [
+        (
+            "a whole answer",
+            verdict(a, b, c, end),
+            lambda v: (
+                (v.ending, v.lost, v.repeated, v.reordered, v.problems)
+                == ("completed", 0, 0, 0, [])
+            ),
+        ),
+        ("a gap", verdict(a, c, end), lambda v: v.lost == 1 and v.wrong_text),
+        ("a repeat", verdict(a, b, b, c, end), lambda v: v.repeated == 1 and not v.wrong_text),
+        ("a swap", verdict(b, a, c, end), lambda v: v.reordered == 1 and v.lost == 1),
+        (
+            "two ends",
+            verdict(a, b, c, end, Seen(None, "stream_end", status="completed")),
+            lambda v: v.endings == 2 and v.problems,
+        ),
+        ("no end", verdict(a), lambda v: v.ending == "unterminated" and v.endings == 0),
+        ("other text", verdict(a, Seen(5, "token", " x"), c, end), lambda v: v.wrong_text),
+        (
+            "a cancel",
+            verdict(a, Seen(5, "stream_end", status="cancelled"), cancelled=True),
+            lambda v: v.ending == "cancelled" and not v.problems,
+        ),
+        (
+            "a cancel nobody asked for",
+            verdict(a, Seen(5, "stream_end", status="cancelled")),
+            lambda v: bool(v.problems),
+        ),
+        (
+            "an owner that died",
+            verdict(a, *interrupted),
+            lambda v: v.ending == "error:stream_interrupted" and not v.problems,
+        ),
+        (
+            "not recovered",
+            verdict(a, Seen(None, "error", error_type="not_recovered")),
+            lambda v: v.ending == "not_recovered" and v.endings == 1 and not v.problems,
+        ),
+        (
+            "another request's event",
+            verdict(a, Seen(5, "foreign:token"), b, c, end),
+            lambda v: bool(v.problems),
+        ),
+    ]
+    failed = [f"{name}: {v}" for name, v, holds in cases if not holds(v)]
+    if failed:
+        raise SystemExit("checker self-test failed:\n" + "\n".join(failed))
+    print(f"checker self-test: {len(cases)} cases pass")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -594,8 +628,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-at", type=float, default=0.3, help="kill a node at this share started")
     p.add_argument("--redis-restart-at", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=24)
-    p.add_argument("--inject", choices=("skip", "repeat"), help="a faulty client, to check the checker")
-    p.add_argument("--selftest", action="store_true", help="only run the checker on made-up records")
+    p.add_argument(
+        "--inject", choices=("skip", "repeat"), help="a faulty client, to check the checker"
+    )
+    p.add_argument("--selftest", action="store_true", help="only the checker, on made-up records")
     p.add_argument("--out", type=Path, help="JSON file (default bench/results/<stamp>-chaos.json)")
     return p
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -44,19 +44,22 @@ ROOT = ws_load.ROOT
 sys.path.insert(0, str(ROOT))
 TOKENWIRE = str(ROOT / ".venv" / "bin" / "tokenwire")
 process_cpu_seconds = ws_load.cpu_seconds
-# Every client here comes from 127.0.0.1, where a deployment's come from many addresses:
-# the per-address handshake throttle would refuse most of them.
-SERVER_ENV = {"TOKENWIRE_LIMITS__HANDSHAKES_PER_MINUTE_PER_ADDRESS": "1000000"}
+# ws_load's clients are all one user ("anonymous", no user_id) from 127.0.0.1, where a
+# deployment's are many users from many addresses: the per-user connection and stream caps
+# and the per-address handshake throttle would refuse most of them.
+SERVER_ENV = {
+    "TOKENWIRE_LIMITS__HANDSHAKES_PER_MINUTE_PER_ADDRESS": "1000000",
+    "TOKENWIRE_LIMITS__MAX_CONNECTIONS_PER_USER": "100000",
+    "TOKENWIRE_LIMITS__MAX_STREAMS_PER_USER": "100000",
+}
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU of a process and all its descendants (a supervisor and its workers)."""
     total = 0.0
     for each in [pid, *descendants(pid)]:
-        try:
+        with contextlib.suppress(OSError):  # a worker that ended meanwhile
             total += process_cpu_seconds(each)
-        except OSError:  # a worker that ended meanwhile
-            pass
     return total
 
 
@@ -68,8 +71,8 @@ def descendants(pid: int) -> list[int]:
 
 
 def serve_help() -> str:
-    out = subprocess.run([TOKENWIRE, "serve", "--help"], capture_output=True, text=True, check=False)
-    return out.stdout
+    done = subprocess.run([TOKENWIRE, "serve", "--help"], capture_output=True, text=True)
+    return done.stdout
 
 
 def configurations(redis_url: str, help_text: str) -> dict[str, list[str]]:
@@ -82,9 +85,7 @@ def configurations(redis_url: str, help_text: str) -> dict[str, list[str]]:
     return found
 
 
-async def measure(
-    args: argparse.Namespace, extra: list[str], log_dir: Path
-) -> ws_load.RunResult:
+async def measure(args: argparse.Namespace, extra: list[str], log_dir: Path) -> ws_load.RunResult:
     """One run of ws_load's client against a fresh server with `extra` arguments."""
     port = ws_load.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -94,10 +95,14 @@ async def measure(
     assert server.proc is not None
     load = ws_load.parser().parse_args(
         [
-            "--clients", str(args.clients),
-            "--tokens", str(args.tokens),
-            "--delay-ms", str(args.delay_ms),
-            "--requests", str(args.requests),
+            "--clients",
+            str(args.clients),
+            "--tokens",
+            str(args.tokens),
+            "--delay-ms",
+            str(args.delay_ms),
+            "--requests",
+            str(args.requests),
         ]
     )
     # ws_load measures one process; under --workers the server is several, so its
@@ -126,12 +131,17 @@ def redis_memory(client: Any, prefix: str) -> dict[str, Any]:
         kind = f"{parts[0]}:{parts[-1]}" if len(parts) > 2 else parts[0]
         by_part[kind] += int(client.memory_usage(key, samples=0) or 0)
         keys += 1
-    return {"used_memory": used, "keys": keys, "key_bytes": sum(by_part.values()),
-            "by_part": dict(by_part)}
+    return {
+        "used_memory": used,
+        "keys": keys,
+        "key_bytes": sum(by_part.values()),
+        "by_part": dict(by_part),
+    }
 
 
-async def hold_streams(url: str, count: int, tokens: int, delay_ms: float,
-                       halfway: asyncio.Event, go_on: asyncio.Event) -> int:
+async def hold_streams(
+    url: str, count: int, tokens: int, delay_ms: float, halfway: asyncio.Event, go_on: asyncio.Event
+) -> int:
     """`count` streams that pause at half their tokens (reading on) until `go_on`.
 
     Returns how many completed."""
@@ -145,9 +155,12 @@ async def hold_streams(url: str, count: int, tokens: int, delay_ms: float,
         ws_url = url.replace("http", "ws") + f"/ws/ai-stream?user_id=mem-{i % 50}"
         async with connect(ws_url, ping_interval=None, max_size=None) as ws:
             await ws.recv()
-            request = {"type": "ai_request", "prompt": f"memory {i}",
-                       "stream_config": {"granularity": "token"},
-                       "config": {"options": {"tokens": tokens, "delay_ms": delay_ms}}}
+            request = {
+                "type": "ai_request",
+                "prompt": f"memory {i}",
+                "stream_config": {"granularity": "token"},
+                "config": {"options": {"tokens": tokens, "delay_ms": delay_ms}},
+            }
             await ws.send(json.dumps(request))
             seen = 0
             while True:
@@ -167,7 +180,9 @@ async def hold_streams(url: str, count: int, tokens: int, delay_ms: float,
     return completed
 
 
-async def memory_per_stream(args: argparse.Namespace, redis_url: str, log_dir: Path) -> dict[str, Any]:
+async def memory_per_stream(
+    args: argparse.Namespace, redis_url: str, log_dir: Path
+) -> dict[str, Any]:
     import redis
 
     prefix = "tokenwire:"
@@ -253,9 +268,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for name, extra in configs.items():
                 result = await measure(args, extra, log_dir)
                 runs[name].append(result)
-                print(f"# run {round_ + 1} {name}: {result.tokens_per_s:,.0f} tokens/s, "
-                      f"ttft p50 {result.ttft_ms.get('p50', 0):.1f} ms, "
-                      f"errors {result.errors} {result.error_samples[:2]}", flush=True)
+                print(
+                    f"# run {round_ + 1} {name}: {result.tokens_per_s:,.0f} tokens/s, "
+                    f"ttft p50 {result.ttft_ms.get('p50', 0):.1f} ms, "
+                    f"errors {result.errors} {result.error_samples[:2]}",
+                    flush=True,
+                )
         memory = None
         if "redis" in configs:
             memory = await memory_per_stream(args, redis_server.url, log_dir)
@@ -291,8 +309,10 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 def report(result: dict[str, Any]) -> None:
     load = result["load"]
-    print(f"# {load['clients']} clients x {load['requests']} requests x {load['tokens']} tokens, "
-          f"delay {load['delay_ms']} ms; medians")
+    print(
+        f"# {load['clients']} clients x {load['requests']} requests x {load['tokens']} tokens, "
+        f"delay {load['delay_ms']} ms; medians"
+    )
     columns = ("tokens/s", "ttft p50", "ttft p99", "srv ms/1k tok", "client cpu", "other", "errors")
     print(f"{'configuration':>18}  " + "  ".join(f"{c:>13}" for c in columns))
     for name, s in result["configurations"].items():
@@ -310,12 +330,16 @@ def report(result: dict[str, Any]) -> None:
         print(f"{key:>34}  {value}")
     memory = result["redis_memory_per_stream"]
     if memory:
-        print(f"# Redis memory per stream ({memory['streams']} streams x "
-              f"{memory['tokens_per_stream']} tokens, {memory['completed']} completed)")
+        print(
+            f"# Redis memory per stream ({memory['streams']} streams x "
+            f"{memory['tokens_per_stream']} tokens, {memory['completed']} completed)"
+        )
         for phase in ("running_halfway", "finished_within_retention"):
             m = memory[phase]
-            print(f"{phase:>28}  used_memory {m['used_memory_bytes']:,} B, "
-                  f"keys {m['keys']} ({m['key_bytes']:,} B): {m['by_part']}")
+            print(
+                f"{phase:>28}  used_memory {m['used_memory_bytes']:,} B, "
+                f"keys {m['keys']} ({m['key_bytes']:,} B): {m['by_part']}"
+            )
 
 
 def parser() -> argparse.ArgumentParser:
