@@ -231,6 +231,8 @@ class Cluster:
             cmd = [str(exe), "serve", "--provider", "simulated", "--host", "127.0.0.1"]
             server = ws_load.Server([*cmd, "--port", str(port), *extra], NODE_ENV, self.log_dir)
             server.start(f"http://127.0.0.1:{port}")
+            assert server.proc is not None
+            server.pid = server.proc.pid  # the node itself, not a child it may have
             self.servers.append(server)
             self.ports.append(port)
             self.alive.append(True)

@@ -93,6 +93,9 @@ async def measure(args: argparse.Namespace, extra: list[str], log_dir: Path) -> 
     server = ws_load.Server([*cmd, "--port", str(port), *extra], SERVER_ENV, log_dir)
     server.start(url)
     assert server.proc is not None
+    # ws_load stops the deepest child (a profiler's target); here that would be one worker,
+    # which the supervisor replaces: stop the supervising process, which stops the rest.
+    server.pid = server.proc.pid
     load = ws_load.parser().parse_args(
         [
             "--clients",
