@@ -267,9 +267,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if len(configs) == 1:
             print("# `tokenwire serve` has no --redis-url yet: in-memory figures only", flush=True)
         runs: dict[str, list[ws_load.RunResult]] = {name: [] for name in configs}
+        failed: dict[str, str] = {}
         for round_ in range(args.repeat):
             for name, extra in configs.items():
-                result = await measure(args, extra, log_dir)
+                if name in failed:
+                    continue
+                try:
+                    result = await measure(args, extra, log_dir)
+                except RuntimeError as exc:  # the server did not start: say so, go on
+                    failed[name] = str(exc)
+                    print(f"# {name}: {exc}", flush=True)
+                    continue
                 runs[name].append(result)
                 print(
                     f"# run {round_ + 1} {name}: {result.tokens_per_s:,.0f} tokens/s, "
@@ -278,19 +286,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
         memory = None
-        if "redis" in configs:
+        if "redis" in configs and "redis" not in failed:
             memory = await memory_per_stream(args, redis_server.url, log_dir)
     finally:
         redis_server.stop()
     print(f"server logs: {log_dir}", file=sys.stderr)
-    summaries = {name: summary_of(found) for name, found in runs.items()}
+    summaries = {name: summary_of(found) for name, found in runs.items() if found}
     derived: dict[str, Any] = {}
-    if "redis" in summaries:
+    if "redis" in summaries and "memory" in summaries:
         mem, red = summaries["memory"], summaries["redis"]
         derived["redis_over_memory_tokens_per_s"] = _ratio(red["tokens_per_s"], mem["tokens_per_s"])
         derived["added_ttft_p50_ms"] = _diff(red["ttft_p50_ms"], mem["ttft_p50_ms"])
         derived["added_ttft_p99_ms"] = _diff(red["ttft_p99_ms"], mem["ttft_p99_ms"])
-    if "redis, 2 workers" in summaries:
+    if "redis, 2 workers" in summaries and "redis" in summaries:
         two, one = summaries["redis, 2 workers"], summaries["redis"]
         derived["workers_2_over_1_tokens_per_s"] = _ratio(two["tokens_per_s"], one["tokens_per_s"])
     return {
@@ -298,6 +306,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "configurations": summaries,
         "derived": derived,
         "redis_memory_per_stream": memory,
+        "failed_to_start": failed,
         "runs": {name: [asdict(r) for r in found] for name, found in runs.items()},
     }
 
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {out}", file=sys.stderr)
     errors = sum(s["errors"] for s in result["configurations"].values())
-    return 1 if errors else 0
+    return 1 if errors or result["failed_to_start"] else 0
 
 
 if __name__ == "__main__":
