@@ -113,6 +113,10 @@ async def measure(args: argparse.Namespace, extra: list[str], log_dir: Path) -> 
     ws_load.cpu_seconds = tree_cpu_seconds
     try:
         await ws_load.warm_up(load, url)
+        if args.wait_quiet:
+            other = await ws_load.wait_quiet(args.quiet_cores, args.wait_quiet)
+            if other >= args.quiet_cores:
+                print(f"warning: other load {other} cores at start", file=sys.stderr)
         return await ws_load.run_once(load, url, args.clients, server.proc.pid)
     finally:
         ws_load.cpu_seconds = process_cpu_seconds
@@ -361,6 +365,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--delay-ms", type=float, default=2.0, help="simulated pause between tokens")
     p.add_argument("--requests", type=int, default=3, help="sequential requests per client")
     p.add_argument("--repeat", type=int, default=3, help="runs per configuration (medians)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other load to drop under --quiet-cores",
+    )
+    p.add_argument("--quiet-cores", type=float, default=0.15)
     p.add_argument("--memory-streams", type=int, default=200)
     p.add_argument("--memory-tokens", type=int, default=200)
     p.add_argument("--out", type=Path, help="JSON file (default bench/results/<stamp>-nodes.json)")
