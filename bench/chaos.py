@@ -92,6 +92,7 @@ class Record:
     refused: str | None = None  # error_type when the ai_request itself was refused
     sent: bool = False  # the ai_request went out (later connections resume)
     owner: int | None = None  # the node the ai_request went to
+    refused_at: float = 0.0
     started_at: float = 0.0
     timed_out: bool = False
 
@@ -362,6 +363,7 @@ async def follow(run: Run, record: Record, actions: list[tuple[int, str]]) -> st
                 continue
             if starting and seen.kind == "error" and seen.seq is None and not record.events:
                 record.refused = seen.error_type or "error"  # refused before it started
+                record.refused_at = seen.at
                 return "ended"
             record.events.append(seen)
             if ended(record):
@@ -503,6 +505,13 @@ def summarise(
         if v.ending.removeprefix("error:") in DOCUMENTED and not excused(r, v, marks, killed)
     ]
     problems += unexplained
+    restart = marks.get("redis_restart")
+    problems += [
+        (r.request_id, f"refused with {r.refused} while Redis was not being restarted")
+        for r in records
+        if r.refused is not None
+        and not (r.refused == "backend_unavailable" and restart and r.refused_at >= restart)
+    ]
     return {
         "streams": len(records),
         "refused_at_start": dict(Counter(r.refused for r in records if r.refused is not None)),
