@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test lint typecheck browser clients-js litellm mutants conformance conformance-suite bench bench-security bench-compare clean
+.PHONY: install dev run test lint typecheck browser clients-js litellm mutants conformance conformance-suite bench bench-security bench-compare bench-nodes bench-chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -111,6 +111,16 @@ bench: install
 # What authentication and limit checks cost per call and per request.
 bench-security: install
 	$(BIN)/python bench/security.py
+
+# Several nodes on a private redis-server: Redis against memory on one node, 1 against 2
+# workers, Redis memory per stream (a few minutes).
+bench-nodes: install
+	$(BIN)/python bench/nodes.py
+
+# Three nodes on Redis under drops, cancels, reloads, resumes elsewhere, a node's SIGKILL
+# and a Redis restart; every event checked (about two minutes).
+bench-chaos: install
+	$(BIN)/python bench/chaos.py
 
 # The per-token cost of this working tree against BEFORE (a git revision), in one run.
 BEFORE ?= cd1de97
