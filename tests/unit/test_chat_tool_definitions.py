@@ -71,3 +71,20 @@ def test_a_tool_definition_that_cannot_be_used_is_refused_naming_it(
 )
 def test_tools_the_core_can_use_are_taken(fields: dict[str, Any]) -> None:
     assert body(**fields).model_dump(exclude_none=True).keys() >= fields.keys()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "passed_on"),
+    [
+        # What the openai SDK sends for a tool of no arguments, as OpenAI takes it: the
+        # last release refused it (found by the LiteLLM tool-call test).
+        ({}, {"type": "object"}),
+        ({"properties": {"city": {}}}, {"type": "object", "properties": {"city": {}}}),
+        ({"type": "object"}, {"type": "object"}),
+    ],
+)
+def test_a_schema_without_a_type_is_taken_as_an_object_schema(
+    parameters: dict[str, Any], passed_on: dict[str, Any]
+) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    assert body(tools=[tool]).tools[0].function.parameters == passed_on  # type: ignore[index]

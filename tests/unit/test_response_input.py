@@ -231,3 +231,9 @@ def test_input_items_list_calls_and_outputs_with_ids() -> None:
         **an_output(),
         "status": "completed",
     }
+
+
+def test_a_schema_without_a_type_is_taken_as_an_object_schema() -> None:
+    request = body(tools=[{"type": "function", "name": "now", "parameters": {}}])
+
+    assert request.tool_specs() == (ToolSpec("now", "", {"type": "object"}),)

@@ -62,6 +62,7 @@ from tokenwire.transports.v1.fields import (
     LEGACY_FUNCTIONS,
     OPENAI_HINTS,
     Fields,
+    FunctionParameters,
     Label,
     refusing,
 )
@@ -120,16 +121,9 @@ Arguments = Annotated[str, Field(max_length=1_000_000)]
 class FunctionDefinition(_Body):
     name: ToolName
     description: Annotated[str, Field(max_length=100_000)] | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: FunctionParameters | None = None
     strict: bool | None = None
 
-    @field_validator("parameters")
-    @classmethod
-    def _an_object_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
-        # Every provider takes a call's arguments as an object, as the other dialects say.
-        if parameters is not None and parameters.get("type") != "object":
-            raise ValueError('must be a JSON Schema of type "object"')
-        return parameters
 
 
 class Tool(_Body):

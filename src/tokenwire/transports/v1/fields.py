@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 IGNORED_FIELDS = "tokenwire-ignored-fields"
 
@@ -23,6 +23,20 @@ IGNORED_FIELDS = "tokenwire-ignored-fields"
 # passes them on.
 OPENAI_HINTS = ("user", "service_tier", "safety_identifier", "prompt_cache_key")
 LEGACY_FUNCTIONS = "the deprecated functions and function_call fields are not taken: use tools"
+
+def _arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:
+    # OpenAI takes a schema without "type" (`{}` is common for a tool of no
+    # arguments) and the model still answers an object: so does every provider here,
+    # and Anthropic's input_schema must say so.
+    if "type" not in parameters:
+        return {"type": "object", **parameters}
+    if parameters["type"] != "object":
+        raise ValueError('must be a JSON Schema of type "object"')
+    return parameters
+
+
+FunctionParameters = Annotated[dict[str, Any], AfterValidator(_arguments_schema)]
+"""A function tool's `parameters` in both OpenAI dialects: an object schema."""
 
 Label = Annotated[str, Field(min_length=1, max_length=512)]
 """A short word or id a field takes (an effort, a tier, an end-user id)."""

@@ -45,6 +45,7 @@ from tokenwire.transports.v1.errors import (
 from tokenwire.transports.v1.fields import (
     OPENAI_HINTS,
     Fields,
+    FunctionParameters,
     Label,
     refusing,
 )
@@ -95,15 +96,9 @@ class FunctionTool(Body):
     type: Literal["function"]
     name: ToolName
     description: Annotated[str, Field(max_length=100_000)] | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: FunctionParameters | None = None
     strict: bool | None = None
 
-    @field_validator("parameters")
-    @classmethod
-    def _an_object_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
-        if parameters is not None and parameters.get("type") != "object":
-            raise ValueError('must be a JSON Schema of type "object"')
-        return parameters
 
     def spec(self) -> ToolSpec:
         return ToolSpec(
