@@ -217,31 +217,25 @@ class RedisConnections:
         self._lease = NodeLease(
             backend, "limits:connections", lambda: self._writes.put(self._restore_connections)
         )
-        # Connection id -> user, for every connection open (or opening) on this node.
+        # Connection id -> user, for every connection open on this node.
         self._open: dict[str, str] = {}
+        # Connections waiting for Redis's answer: counted in all, not restored.
+        self._opening = 0
 
     async def open(self, user_id: str, client: str | None) -> Callable[[], None]:
         """Count a connection; the returned function uncounts it (once)."""
-        if len(self._open) >= self._policy.max_connections:
+        if self.total >= self._policy.max_connections:
             raise server_connections_full(user_id, client)
-        try:
-            await self._lease.held()
-        except redis_errors as exc:
-            raise _unavailable() from exc
         connection = uuid.uuid4().hex
-        # Counted here before Redis answers, so that opens meanwhile see it.
-        self._open[connection] = user_id
+        # Counted before Redis answers, so that opens meanwhile see it.
+        self._opening += 1
         try:
             reply = await self._take(user_id, connection)
-        except BaseException as exc:
-            # The script may have run before its answer was lost: the entry must not stay.
-            self._forget(user_id, connection)
-            if isinstance(exc, redis_errors):
-                raise _unavailable() from exc
-            raise
+        finally:
+            self._opening -= 1
         if reply[0] != "ok":
-            self._forget(user_id, connection)
             raise user_connections_full(self._policy, user_id, client)
+        self._open[connection] = user_id
         released = False
 
         def close() -> None:
@@ -254,8 +248,8 @@ class RedisConnections:
 
     @property
     def total(self) -> int:
-        """Connections open on this node."""
-        return len(self._open)
+        """Connections open (or opening) on this node."""
+        return len(self._open) + self._opening
 
     async def settled(self) -> None:
         """Return once every close so far is written to Redis."""
@@ -271,12 +265,23 @@ class RedisConnections:
         return self._backend.user_key(user_id, "limit:connections")
 
     async def _take(self, user_id: str, connection: str) -> list[str]:
-        reply = await self._run_connect(user_id, connection, dead=())
-        if reply[0] == "full":
-            dead = await self._lease.dead_among(reply[1:])
-            if dead:
-                reply = await self._run_connect(user_id, connection, dead)
-        return reply
+        try:
+            await self._lease.held()
+        except redis_errors as exc:
+            raise _unavailable() from exc
+        try:
+            reply = await self._run_connect(user_id, connection, dead=())
+            if reply[0] == "full":
+                dead = await self._lease.dead_among(reply[1:])
+                if dead:
+                    reply = await self._run_connect(user_id, connection, dead)
+            return reply
+        except BaseException as exc:
+            # The script may have run before its answer was lost: the entry must not stay.
+            self._writes.put(partial(self._drop, user_id, connection))
+            if isinstance(exc, redis_errors):
+                raise _unavailable() from exc
+            raise
 
     async def _run_connect(self, user_id: str, connection: str, dead: Sequence[str]) -> list[str]:
         reply = await self._connect_script(
@@ -292,7 +297,6 @@ class RedisConnections:
         return _texts(reply)
 
     def _forget(self, user_id: str, connection: str) -> None:
-        # Also after a refusal or a lost answer: a restore may have written it meanwhile.
         self._open.pop(connection, None)
         self._writes.put(partial(self._drop, user_id, connection))
 
