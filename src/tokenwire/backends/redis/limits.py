@@ -23,17 +23,20 @@ running streams and connections are written again).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
+from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.limit_scripts import ADMIT, CONNECT, RELEASE
-from tokenwire.backends.redis.node_lease import NodeLease
-from tokenwire.backends.redis.write_queue import WriteQueue
+from tokenwire.backends.redis.node_entries import (
+    ENTRIES_TTL_MS,
+    NodeEntries,
+    new_attempt,
+    texts,
+)
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
-from tokenwire.protocol.errors import BackendUnavailable, TokenwireError
+from tokenwire.protocol.errors import TokenwireError
 from tokenwire.security.limits import (
     LimitPolicy,
     audited_refusal,
@@ -48,11 +51,6 @@ from tokenwire.security.limits import (
     user_connections_full,
 )
 
-# A user's slot and connection hashes outlive their last write by this much: long
-# past any stream, so that only a user gone for a day leaves nothing behind.
-ENTRIES_TTL_MS = 86_400_000
-CLOSE_WITHIN_SECONDS = 5.0
-
 
 class RedisQuotas:
     """The per-user limits on requests over every node (the gateway's `Admission`)."""
@@ -62,29 +60,24 @@ class RedisQuotas:
         self._policy = policy
         self._admit_script = backend.client.register_script(ADMIT)
         self._release_script = backend.client.register_script(RELEASE)
-        self._writes = WriteQueue("stream slots")
-        self._lease = NodeLease(
-            backend, "limits:streams", lambda: self._writes.put(self._restore_slots)
-        )
-        # The slots held by requests admitted here and not yet ended nor cancelled.
-        self._held: dict[str, set[str]] = {}
+        self._slots = NodeEntries(backend, "limit:streams")
 
     async def admit(self, spec: RequestSpec) -> RequestSpec:
         with audited_refusal(spec):
             check_prompt(self._policy, spec)
             spec = capped(self._policy, spec)
-            reply = await self._take_slot(spec)
+            slot, attempt = slot_of(spec), new_attempt()
+            reply = await self._slots.take(
+                spec.user_id, slot, attempt, partial(self._run_admit, spec, slot, attempt)
+            )
             if reply[0] != "ok":
                 raise self._refusal(reply)
-        self._held.setdefault(spec.user_id, set()).add(slot_of(spec))
         return spec
 
     def cancelled(self, spec: RequestSpec) -> None:
-        if self._let_go(spec):
-            self._writes.put(partial(self._drop_slot, spec.user_id, slot_of(spec)))
+        self._slots.drop(spec.user_id, slot_of(spec))
 
     def release(self, spec: RequestSpec, outcome: StreamOutcome | None) -> None:
-        held = self._let_go(spec)
         policy = self._policy
         if outcome is None:
             owed = bool(policy.requests_per_minute_per_user)
@@ -93,61 +86,46 @@ class RedisQuotas:
                 (policy.tokens_per_minute_per_user and outcome.usage is not None)
                 or (policy.budget_usd_per_user_per_day and outcome.cost_usd)
             )
-        if owed:
-            self._writes.put(partial(self._settle, spec, outcome))
-        elif held:
-            self._writes.put(partial(self._drop_slot, spec.user_id, slot_of(spec)))
+        if not owed:
+            self._slots.drop(spec.user_id, slot_of(spec))
+            return
+        # After a cancel the slot is gone already: only what is owed is left to settle.
+        attempt = self._slots.let_go(spec.user_id, slot_of(spec)) or ""
+        self._slots.put(partial(self._settle, spec, attempt, outcome))
 
     def running(self, user_id: str) -> int:
         """The user's streams running on this node."""
-        return len(self._held.get(user_id, ()))
+        return self._slots.count(user_id)
 
     async def settled(self) -> None:
         """Return once every cancel and end so far is written to Redis."""
-        await self._writes.settled()
+        await self._slots.settled()
 
     async def aclose(self) -> None:
-        await self._writes.aclose(CLOSE_WITHIN_SECONDS)
-        await self._lease.aclose()
+        """Write what is queued (for a few seconds at most), then stop renewing."""
+        await self._slots.aclose()
 
     # -- internals ------------------------------------------------------------
 
     def _keys(self, user_id: str) -> list[str]:
         user_key = self._backend.user_key
         return [
-            user_key(user_id, "limit:streams"),
+            self._slots.key(user_id),
             user_key(user_id, "limit:requests"),
             user_key(user_id, "limit:tokens"),
             user_key(user_id, "limit:spend"),
         ]
 
-    async def _take_slot(self, spec: RequestSpec) -> list[str]:
-        slot = slot_of(spec)
-        try:
-            await self._lease.held()
-        except redis_errors as exc:
-            raise _unavailable() from exc
-        try:
-            reply = await self._run_admit(spec, slot, dead=())
-            if reply[0] == "full":
-                dead = await self._lease.dead_among(reply[1:])
-                if dead:
-                    reply = await self._run_admit(spec, slot, dead)
-            return reply
-        except BaseException as exc:
-            # The script may have run before its answer was lost: the slot must not stay.
-            self._writes.put(partial(self._drop_slot, spec.user_id, slot))
-            if isinstance(exc, redis_errors):
-                raise _unavailable() from exc
-            raise
-
-    async def _run_admit(self, spec: RequestSpec, slot: str, dead: Sequence[str]) -> list[str]:
+    async def _run_admit(
+        self, spec: RequestSpec, slot: str, attempt: str, dead: Sequence[str]
+    ) -> list[str]:
         policy = self._policy
         reply = await self._admit_script(
-            keys=self._keys(spec.user_id),
+            keys=[*self._keys(spec.user_id), self._slots.void_key(spec.user_id)],
             args=[
                 self._backend.node_id,
                 slot,
+                attempt,
                 policy.max_streams_per_user,
                 policy.requests_per_minute_per_user,
                 policy.tokens_per_minute_per_user,
@@ -156,7 +134,7 @@ class RedisQuotas:
                 *dead,
             ],
         )
-        return _texts(reply)
+        return texts(reply)
 
     def _refusal(self, reply: list[str]) -> TokenwireError:
         reason, policy = reply[0], self._policy
@@ -169,22 +147,9 @@ class RedisQuotas:
             return tokens_spent(policy, retry_after=wait)
         return requests_spent(policy, retry_after=wait)
 
-    def _let_go(self, spec: RequestSpec) -> bool:
-        """Forget the request's slot here; whether it was held."""
-        held = self._held.get(spec.user_id)
-        if held is None or slot_of(spec) not in held:
-            return False
-        held.discard(slot_of(spec))
-        if not held:
-            del self._held[spec.user_id]
-        return True
-
-    async def _drop_slot(self, user_id: str, slot: str) -> None:
-        await self._backend.client.hdel(self._keys(user_id)[0], slot)
-
-    async def _settle(self, spec: RequestSpec, outcome: StreamOutcome | None) -> None:
+    async def _settle(self, spec: RequestSpec, attempt: str, outcome: StreamOutcome | None) -> None:
         policy = self._policy
-        used = cost = ""
+        used, cost = "", "0"
         if outcome is not None:
             used = str(outcome.usage.total_tokens) if outcome.usage is not None else ""
             cost = repr(float(outcome.cost_usd or 0.0))
@@ -192,17 +157,15 @@ class RedisQuotas:
             keys=self._keys(spec.user_id),
             args=[
                 slot_of(spec),
+                attempt,
                 "give_back" if outcome is None else "charge",
                 policy.requests_per_minute_per_user,
                 policy.tokens_per_minute_per_user,
                 used,
                 repr(float(policy.budget_usd_per_user_per_day)),
-                cost or "0",
+                cost,
             ],
         )
-
-    async def _restore_slots(self) -> None:
-        await _restore(self._backend, "limit:streams", dict(self._held))
 
 
 class RedisConnections:
@@ -213,79 +176,43 @@ class RedisConnections:
         self._backend = backend
         self._policy = policy
         self._connect_script = backend.client.register_script(CONNECT)
-        self._writes = WriteQueue("connections")
-        self._lease = NodeLease(
-            backend, "limits:connections", lambda: self._writes.put(self._restore_connections)
-        )
-        # Connection id -> user, for every connection open on this node.
-        self._open: dict[str, str] = {}
-        # Connections waiting for Redis's answer: counted in all, not restored.
+        self._connections = NodeEntries(backend, "limit:connections")
+        # Connections waiting for Redis's answer: counted in all, not yet held.
         self._opening = 0
 
     async def open(self, user_id: str, client: str | None) -> Callable[[], None]:
         """Count a connection; the returned function uncounts it (once)."""
         if self.total >= self._policy.max_connections:
             raise server_connections_full(user_id, client)
-        connection = uuid.uuid4().hex
-        # Counted before Redis answers, so that opens meanwhile see it.
+        # A connection is its own attempt: its id is new.
+        connection = new_attempt()
         self._opening += 1
         try:
-            reply = await self._take(user_id, connection)
+            reply = await self._connections.take(
+                user_id, connection, connection, partial(self._run_connect, user_id, connection)
+            )
         finally:
             self._opening -= 1
         if reply[0] != "ok":
             raise user_connections_full(self._policy, user_id, client)
-        self._open[connection] = user_id
-        released = False
-
-        def close() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._forget(user_id, connection)
-
-        return close
+        return partial(self._connections.drop, user_id, connection)
 
     @property
     def total(self) -> int:
         """Connections open (or opening) on this node."""
-        return len(self._open) + self._opening
+        return self._connections.count() + self._opening
 
     async def settled(self) -> None:
         """Return once every close so far is written to Redis."""
-        await self._writes.settled()
+        await self._connections.settled()
 
     async def aclose(self) -> None:
-        await self._writes.aclose(CLOSE_WITHIN_SECONDS)
-        await self._lease.aclose()
-
-    # -- internals ------------------------------------------------------------
-
-    def _key(self, user_id: str) -> str:
-        return self._backend.user_key(user_id, "limit:connections")
-
-    async def _take(self, user_id: str, connection: str) -> list[str]:
-        try:
-            await self._lease.held()
-        except redis_errors as exc:
-            raise _unavailable() from exc
-        try:
-            reply = await self._run_connect(user_id, connection, dead=())
-            if reply[0] == "full":
-                dead = await self._lease.dead_among(reply[1:])
-                if dead:
-                    reply = await self._run_connect(user_id, connection, dead)
-            return reply
-        except BaseException as exc:
-            # The script may have run before its answer was lost: the entry must not stay.
-            self._writes.put(partial(self._drop, user_id, connection))
-            if isinstance(exc, redis_errors):
-                raise _unavailable() from exc
-            raise
+        """Write what is queued (for a few seconds at most), then stop renewing."""
+        await self._connections.aclose()
 
     async def _run_connect(self, user_id: str, connection: str, dead: Sequence[str]) -> list[str]:
         reply = await self._connect_script(
-            keys=[self._key(user_id)],
+            keys=[self._connections.key(user_id), self._connections.void_key(user_id)],
             args=[
                 self._backend.node_id,
                 connection,
@@ -294,39 +221,4 @@ class RedisConnections:
                 *dead,
             ],
         )
-        return _texts(reply)
-
-    def _forget(self, user_id: str, connection: str) -> None:
-        self._open.pop(connection, None)
-        self._writes.put(partial(self._drop, user_id, connection))
-
-    async def _drop(self, user_id: str, connection: str) -> None:
-        await self._backend.client.hdel(self._key(user_id), connection)
-
-    async def _restore_connections(self) -> None:
-        by_user: dict[str, set[str]] = {}
-        for connection, user_id in self._open.items():
-            by_user.setdefault(user_id, set()).add(connection)
-        await _restore(self._backend, "limit:connections", by_user)
-
-
-async def _restore(backend: RedisBackend, part: str, entries: dict[str, set[str]]) -> None:
-    """Write again the entries this node holds, per user (after its marker was lost)."""
-    if not entries:
-        return
-    async with backend.client.pipeline(transaction=False) as pipe:
-        for user_id, ids in entries.items():
-            if ids:
-                key = backend.user_key(user_id, part)
-                pipe.hset(key, mapping=dict.fromkeys(ids, backend.node_id))
-                pipe.pexpire(key, ENTRIES_TTL_MS)
-        await pipe.execute()
-
-
-def _unavailable() -> BackendUnavailable:
-    return BackendUnavailable("the limits store (Redis) cannot be reached from this node")
-
-
-def _texts(reply: object) -> list[str]:
-    assert isinstance(reply, list), reply
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+        return texts(reply)
