@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -296,6 +297,32 @@ async def test_redis_lost_refuses_with_backend_unavailable_and_admits_again_once
         await until(lambda: admits(a))
         await until(lambda: connects(b))
         await a.settled()
+
+
+async def test_while_redis_stalls_releases_wait_and_an_answer_lost_takes_nothing(
+    own_redis: RedisServer,
+) -> None:
+    policy = LimitPolicy(max_streams_per_user=1, max_connections_per_user=1)
+    async with two_nodes(own_redis, policy, lease=10.0) as (a, b):
+        running = await a.admit()
+        close = await a.connections.open("ada", None)
+        assert await admits(b, "bob")
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            # Sent, then given up on: Redis runs it once it wakes, and it must take nothing.
+            with pytest.raises(BackendUnavailable):
+                await b.admit("cy")
+            a.quotas.release(running, ended())
+            close()
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        await a.settled()
+        await b.settled()
+        assert await admits(b)
+        assert await connects(b)
+        # cy's one slot is free: the lost admission holds none of it.
+        await b.admit("cy")
 
 
 async def test_a_node_s_running_streams_count_again_after_redis_restarts_empty(
