@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tests.support.redis_server import RedisServer, private_prefix
+from tests.support.waiting import eventually
 from tokenwire.backends.redis import RedisBackend, redis_errors
 from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
 from tokenwire.core.provider import Message, Usage
@@ -281,7 +283,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> 
 async def test_redis_lost_refuses_with_backend_unavailable_and_admits_again_once_back(
     own_redis: RedisServer,
 ) -> None:
-    policy = LimitPolicy(max_streams_per_user=2, requests_per_minute_per_user=10)
+    policy = LimitPolicy(max_streams_per_user=2, tokens_per_minute_per_user=100)
     async with two_nodes(own_redis, policy) as (a, b):
         running = await a.admit()
         close = await a.connections.open("ada", None)
@@ -290,13 +292,17 @@ async def test_redis_lost_refuses_with_backend_unavailable_and_admits_again_once
             await a.admit()
         with pytest.raises(BackendUnavailable):
             await b.connections.open("ada", None)
-        # What cannot await is kept until Redis takes it.
-        a.quotas.release(running, ended())
-        close()
+        # What cannot await is kept, tried again, and written once Redis is back.
+        with structlog.testing.capture_logs() as logs:
+            a.quotas.release(running, ended(Usage(prompt_tokens=70, completion_tokens=40)))
+            close()
+            await eventually(lambda: any(e["event"] == "redis writes retrying" for e in logs))
         own_redis.start()
-        await until(lambda: admits(a))
         await until(lambda: connects(b))
         await a.settled()
+        with pytest.raises(RequestRateLimited):
+            await b.admit()
+        await b.admit("bob")
 
 
 async def test_while_redis_stalls_releases_wait_and_an_answer_lost_takes_nothing(

@@ -15,13 +15,14 @@ called, so that the entries of what still runs here are written again.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable
 
+import structlog
+
 from tokenwire.backends.redis.client import RedisBackend, redis_errors
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("tokenwire.redis")
 
 
 class NodeLease:
@@ -82,10 +83,10 @@ class NodeLease:
             try:
                 await self._renew()
                 if self._unreachable:
-                    log.info("lease %s renewed: Redis is back", self._marker_key)
+                    log.info("redis lease renewed again", part=self._marker_key)
                 self._unreachable = False
             except redis_errors as exc:
                 if not self._unreachable:
-                    log.warning("lease %s not renewed: %s", self._marker_key, exc)
+                    log.warning("redis lease not renewed", part=self._marker_key, error=str(exc))
                 self._unreachable = True
             await asyncio.sleep(self._backend.lease_seconds / 3)

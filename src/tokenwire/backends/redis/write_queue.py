@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+import structlog
+
 from tokenwire.backends.redis.client import redis_errors
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("tokenwire.redis")
 
 Write = Callable[[], Awaitable[object]]
 
@@ -38,7 +39,7 @@ class WriteQueue:
 
     def put(self, write: Write) -> None:
         if self._closed:
-            log.warning("%s: a write after close is dropped", self._name)
+            log.warning("redis write after close dropped", writes=self._name)
             return
         self._pending.append(write)
         self._idle.clear()
@@ -61,7 +62,9 @@ class WriteQueue:
         try:
             await asyncio.wait_for(self.settled(), within)
         except TimeoutError:
-            log.warning("%s: %d writes left undone at close", self._name, len(self._pending))
+            log.warning(
+                "redis writes left undone at close", writes=self._name, left=len(self._pending)
+            )
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -79,11 +82,11 @@ class WriteQueue:
                 await self._pending[0]()
             except redis_errors as exc:
                 if backoff == self._first_backoff:
-                    log.warning("%s: Redis unreachable, retrying (%s)", self._name, exc)
+                    log.warning("redis writes retrying", writes=self._name, error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             except Exception:
-                log.exception("%s: a write failed and is dropped", self._name)
+                log.exception("redis write failed and dropped", writes=self._name)
             self._pending.popleft()
             backoff = self._first_backoff
