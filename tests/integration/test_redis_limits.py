@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import structlog
@@ -23,6 +24,7 @@ from redis.backoff import NoBackoff
 from tests.support.redis_server import RedisServer, private_prefix
 from tests.support.waiting import eventually
 from tokenwire.backends.redis import RedisBackend, redis_errors
+from tokenwire.backends.redis.limit_scripts import ADMIT, VOID
 from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
 from tokenwire.core.provider import Message, Usage
 from tokenwire.core.spec import RequestSpec
@@ -289,20 +291,24 @@ async def test_redis_lost_refuses_with_backend_unavailable_and_admits_again_once
         close = await a.connections.open("ada", None)
         own_redis.kill()
         with pytest.raises(BackendUnavailable):
-            await a.admit()
+            await a.connections.open("ada", None)  # a's lease is fresh: the script fails
         with pytest.raises(BackendUnavailable):
-            await b.connections.open("ada", None)
+            await b.admit()  # b has no lease yet: renewing it fails
         # What cannot await is kept, tried again, and written once Redis is back.
         with structlog.testing.capture_logs() as logs:
             a.quotas.release(running, ended(Usage(prompt_tokens=70, completion_tokens=40)))
             close()
-            await eventually(lambda: any(e["event"] == "redis writes retrying" for e in logs))
+            await eventually(lambda: {"writes": "limit:streams"} in retried(logs))
         own_redis.start()
         await until(lambda: connects(b))
         await a.settled()
         with pytest.raises(RequestRateLimited):
             await b.admit()
         await b.admit("bob")
+
+
+def retried(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"writes": e["writes"]} for e in logs if e["event"] == "redis writes retrying"]
 
 
 async def test_while_redis_stalls_releases_wait_and_an_answer_lost_takes_nothing(
@@ -329,6 +335,26 @@ async def test_while_redis_stalls_releases_wait_and_an_answer_lost_takes_nothing
         assert await connects(b)
         # cy's one slot is free: the lost admission holds none of it.
         await b.admit("cy")
+
+
+async def test_an_admission_voided_before_redis_runs_it_takes_nothing(
+    shared_redis: RedisServer,
+) -> None:
+    # The other order of a lost answer: the void reaches Redis before the late admission.
+    backend = RedisBackend(client_of(shared_redis), prefix=private_prefix())
+    try:
+        slots = backend.user_key("ada", "limit:streams")
+        void = backend.user_key("ada", "limit:void")
+        requests = backend.user_key("ada", "limit:requests")
+        keys = [slots, requests, backend.user_key("ada", "limit:tokens")]
+        keys += [backend.user_key("ada", "limit:spend"), void]
+        await backend.client.register_script(VOID)(keys=[slots, void], args=["r1", "a1", 60_000])
+        late = backend.client.register_script(ADMIT)
+        args = [backend.node_id, "r1", "a1", 1, 10, 0, "0.0", 60_000]
+        assert await late(keys=keys, args=args) == [b"void"]
+        assert await backend.client.exists(slots, requests) == 0
+    finally:
+        await backend.aclose()
 
 
 async def test_a_node_s_running_streams_count_again_after_redis_restarts_empty(
