@@ -10,17 +10,15 @@ import asyncio
 import contextlib
 import itertools
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from tests.support.redis_nodes import node_client, until
 from tests.support.redis_server import RedisServer, private_prefix
 from tests.support.waiting import eventually
 from tokenwire.backends.redis import RedisBackend, redis_errors
@@ -61,15 +59,8 @@ class Node:
         await self.backend.aclose()
 
 
-def client_of(server: RedisServer) -> Redis:
-    # As a node's: no retries of its own, so that a lost Redis is told at once.
-    return Redis.from_url(
-        server.url, socket_timeout=2, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
-    )
-
-
 def node(server: RedisServer, prefix: str, policy: LimitPolicy, lease: float = 3.0) -> Node:
-    backend = RedisBackend(client_of(server), prefix=prefix, lease_seconds=lease)
+    backend = RedisBackend(node_client(server), prefix=prefix, lease_seconds=lease)
     return Node(backend, RedisQuotas(backend, policy), RedisConnections(backend, policy))
 
 
@@ -270,15 +261,6 @@ async def connects(n: Node, user: str = "ada") -> bool:
     return True
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll `check` until it holds; fails the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not so within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
 # -- Redis lost ------------------------------------------------------------------------------
 
 
@@ -307,7 +289,7 @@ async def test_redis_lost_refuses_with_backend_unavailable_and_admits_again_once
         await b.admit("bob")
 
 
-def retried(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def retried(logs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"writes": e["writes"]} for e in logs if e["event"] == "redis writes retrying"]
 
 
@@ -341,7 +323,7 @@ async def test_an_admission_voided_before_redis_runs_it_takes_nothing(
     shared_redis: RedisServer,
 ) -> None:
     # The other order of a lost answer: the void reaches Redis before the late admission.
-    backend = RedisBackend(client_of(shared_redis), prefix=private_prefix())
+    backend = RedisBackend(node_client(shared_redis), prefix=private_prefix())
     try:
         slots = backend.user_key("ada", "limit:streams")
         void = backend.user_key("ada", "limit:void")
@@ -350,7 +332,7 @@ async def test_an_admission_voided_before_redis_runs_it_takes_nothing(
         keys += [backend.user_key("ada", "limit:spend"), void]
         await backend.client.register_script(VOID)(keys=[slots, void], args=["r1", "a1", 60_000])
         late = backend.client.register_script(ADMIT)
-        args = [backend.node_id, "r1", "a1", 1, 10, 0, "0.0", 60_000]
+        args: list[str | int] = [backend.node_id, "r1", "a1", 1, 10, 0, "0.0", 60_000]
         assert await late(keys=keys, args=args) == [b"void"]
         assert await backend.client.exists(slots, requests) == 0
     finally:
@@ -365,7 +347,7 @@ async def test_a_node_s_running_streams_count_again_after_redis_restarts_empty(
         await a.admit()
         await a.connections.open("ada", None)
         own_redis.restart()
-        probe = client_of(own_redis)
+        probe = node_client(own_redis)
         try:
             slots = a.backend.user_key("ada", "limit:streams")
             connections = a.backend.user_key("ada", "limit:connections")
