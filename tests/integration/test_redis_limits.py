@@ -289,6 +289,25 @@ async def test_redis_lost_refuses_with_backend_unavailable_and_admits_again_once
         await b.admit("bob")
 
 
+async def test_a_redis_full_under_noeviction_refuses_with_backend_unavailable(
+    own_redis: RedisServer,
+) -> None:
+    async with two_nodes(own_redis, LimitPolicy(requests_per_minute_per_user=10)) as (a, _):
+        running = await a.admit()
+        admin = node_client(own_redis)
+        try:
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", "1")
+            with pytest.raises(BackendUnavailable):
+                await a.admit()
+            a.quotas.release(running, None)
+            await admin.config_set("maxmemory", "0")
+        finally:
+            await admin.aclose()
+        await a.settled()
+        assert await admits(a)
+
+
 def retried(logs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"writes": e["writes"]} for e in logs if e["event"] == "redis writes retrying"]
 

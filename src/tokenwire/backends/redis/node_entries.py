@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
+from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.limit_scripts import DROP, VOID
 from tokenwire.backends.redis.node_lease import NodeLease
-from tokenwire.backends.redis.write_queue import WriteQueue
+from tokenwire.backends.redis.write_queue import WriteQueue, unavailable_errors
 from tokenwire.protocol.errors import BackendUnavailable
 
 # A user's hash outlives its last write by this much: long past any stream, so that
@@ -58,7 +58,7 @@ class NodeEntries:
         `BackendUnavailable` when Redis cannot be reached."""
         try:
             await self._lease.held()
-        except redis_errors as exc:
+        except unavailable_errors as exc:
             raise unavailable() from exc
         try:
             reply = await run(())
@@ -69,7 +69,7 @@ class NodeEntries:
         except BaseException as exc:
             # The script may yet run, or have run with its answer lost: void it.
             self._writes.put(partial(self._void, user_id, entry, attempt))
-            if isinstance(exc, redis_errors):
+            if isinstance(exc, unavailable_errors):
                 raise unavailable() from exc
             raise
         if reply[0] == "ok":

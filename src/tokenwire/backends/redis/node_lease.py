@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
+from tokenwire.backends.redis.client import RedisBackend
+from tokenwire.backends.redis.write_queue import unavailable_errors
 
 log = structlog.get_logger("tokenwire.redis")
 
@@ -85,7 +86,7 @@ class NodeLease:
                 if self._unreachable:
                     log.info("redis lease renewed again", part=self._marker_key)
                 self._unreachable = False
-            except redis_errors as exc:
+            except unavailable_errors as exc:
                 if not self._unreachable:
                     log.warning("redis lease not renewed", part=self._marker_key, error=str(exc))
                 self._unreachable = True

@@ -7,12 +7,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 import structlog
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from tokenwire.backends.redis.client import redis_errors
 
 log = structlog.get_logger("tokenwire.redis")
 
 Write = Callable[[], Awaitable[object]]
+
+# Redis cannot take a write now, though it may soon: unreachable, a replica after a
+# failover (read-only), full under `noeviction`.
+unavailable_errors = (*redis_errors, ReadOnlyError, OutOfMemoryError)
 
 
 class WriteQueue:
@@ -80,7 +85,7 @@ class WriteQueue:
                 continue
             try:
                 await self._pending[0]()
-            except redis_errors as exc:
+            except unavailable_errors as exc:
                 if backoff == self._first_backoff:
                     log.warning("redis writes retrying", writes=self._name, error=str(exc))
                 await asyncio.sleep(backoff)
