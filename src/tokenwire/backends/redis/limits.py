@@ -15,6 +15,10 @@ a dead node's (its lease gone) are reclaimed by the next node that finds the
 user at the limit. What cannot await (a cancel, the end of a request, a closed
 connection) is queued and written in order, retried until Redis takes it.
 
+Each keeps two tasks (its lease's renewal, its write queue), started by its first
+use and ended by `aclose()`, to be awaited after the gateway's shutdown (which
+still cancels and ends requests) and before the Redis client closes.
+
 Refused with `backend_unavailable` while Redis cannot be reached; nothing here
 needs a restart once it is back. Forgiving where Redis forgets: a restart
 without persistence refills buckets and forgets today's spend (this node's
