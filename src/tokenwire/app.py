@@ -16,6 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -203,9 +205,7 @@ def redis_backend(settings: RedisSettings) -> RedisBackend:
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
         health_check_interval=max(1, int(settings.lease_seconds)),
-        retry=None,
-        retry_on_error=[],
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), retries=0),
     )
     return RedisBackend(client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds)
 
