@@ -92,19 +92,17 @@ class RedisAvailability:
         return self._up
 
     async def run(self) -> None:
-        backoff = FIRST_BACKOFF_SECONDS
+        backoff = Backoff(FIRST_BACKOFF_SECONDS, self._reconnect_max)
         while True:
-            pause = self._interval if self._up else backoff
+            pause = self._interval if self._up else backoff.next()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 # A store's failure wakes the watch early, to start the backoff at once.
                 await asyncio.wait_for(self._wake.wait(), pause)
-                backoff = FIRST_BACKOFF_SECONDS
+                backoff.reset()
                 continue
             if await self.probe():
-                backoff = FIRST_BACKOFF_SECONDS
-            else:
-                backoff = min(backoff * 2, self._reconnect_max)
+                backoff.reset()
 
     def _mark(self, up: bool, cause: BaseException | None = None) -> None:
         if up == self._up:
@@ -114,6 +112,23 @@ class RedisAvailability:
             logger.info("redis reachable again")
         else:
             logger.warning("redis unreachable", error=type(cause).__name__ if cause else None)
+
+
+class Backoff:
+    """Pauses between attempts: `first`, doubling up to `most`; `reset` starts again."""
+
+    def __init__(self, first: float, most: float) -> None:
+        self._first = first
+        self._most = most
+        self._next = first
+
+    def next(self) -> float:
+        pause = min(self._next, self._most)
+        self._next = pause * 2
+        return pause
+
+    def reset(self) -> None:
+        self._next = self._first
 
 
 class AdmitWhileReachable:
