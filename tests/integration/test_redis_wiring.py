@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.cluster import gateway_cluster
+from tests.support.cluster import cluster_config, gateway_cluster
 from tests.support.process import run_cli
 from tests.support.providers import WatchedProvider
 from tests.support.redis_server import RedisServer, private_prefix
@@ -24,6 +26,7 @@ from tests.support.server import (
     simulated_settings,
     ws_client,
 )
+from tests.support.waiting import eventually
 from tokenwire.app import backends_for
 from tokenwire.settings import Settings
 
@@ -78,13 +81,8 @@ async def test_two_workers_on_redis_both_serve_as_nodes_of_their_own(
     async with gateway_cluster(tmp_path, shared_redis.url, nodes=1, args=["--workers", "2"]) as (
         node,
     ):
-        seen: set[str] = set()
-        deadline = time.monotonic() + 60
         # Each a new connection: the kernel hands it to whichever worker accepts first.
-        while len(seen) < 2 and time.monotonic() < deadline:
-            async with httpx.AsyncClient(timeout=10) as client:
-                stats = (await client.get(node.url + "/api/streaming/stats")).json()
-            seen.add(stats["node_id"])
+        seen = await node_ids(node.url, 2)
         assert len(seen) == 2, f"one worker answered every connection: {seen}"
         async with httpx.AsyncClient(timeout=30) as client:
             answer = await client.post(
@@ -93,6 +91,62 @@ async def test_two_workers_on_redis_both_serve_as_nodes_of_their_own(
             )
         assert answer.status_code == 200
     assert node.proc.returncode == 0  # SIGTERM to the supervisor: every worker stopped well
+
+
+async def node_ids(url: str, wanted: int, within: float = 60.0) -> set[str]:
+    """The node ids that answer `url`'s stats, over new connections, until `wanted` of
+    them have (or `within` seconds passed)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + within
+    while len(seen) < wanted and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            async with httpx.AsyncClient(timeout=10) as client:
+                seen.add((await client.get(url + "/api/streaming/stats")).json()["node_id"])
+    return seen
+
+
+async def test_a_worker_that_dies_is_replaced_by_a_new_node(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, nodes=1, args=["--workers", "2"]) as (
+        node,
+    ):
+        before = await node_ids(node.url, 2)
+        workers = (await node.serving_line())["workers"]
+        assert isinstance(workers, list)
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+
+        def replaced() -> bool:
+            return node.output().count('"worker serving"') >= 3
+
+        await eventually(replaced, timeout=60)
+        after = await node_ids(node.url, 2)
+        assert len(after) == 2
+        assert after != before  # a new worker is a new node
+
+
+async def test_a_worker_that_cannot_start_stops_the_server_with_status_2(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        cluster_config(shared_redis.url, private_prefix()).replace("tokens = 60", "tokens = -1")
+    )
+    code, out = await run_cli("serve", "--config", str(config), "--port", "0", "--workers", "2")
+    assert code == 2
+    assert "configuration error: providers[0] (simulated)" in out
+
+
+async def test_a_node_killed_leaves_the_others_serving(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, nodes=2) as (first, second):
+        first.kill()
+        assert first.proc.returncode == -signal.SIGKILL
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.get(second.url + "/readyz")).status_code == 200
+            with pytest.raises(httpx.ConnectError):
+                await client.get(first.url + "/readyz")
 
 
 # -- Redis lost -------------------------------------------------------------------------
