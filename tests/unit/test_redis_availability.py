@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -89,6 +91,7 @@ async def test_a_store_s_failed_command_makes_redis_down_at_once_and_wakes_the_w
     availability = RedisAvailability(redis.ping, interval_seconds=3600, reconnect_max_seconds=0.2)
     await availability.start()
     try:
+        await asyncio.sleep(0)  # the watch runs, and waits out its hour
         redis.failure = RedisConnectionError("lost")
         error = availability.failed(RedisConnectionError("lost"))
         assert isinstance(error, BackendUnavailable)
