@@ -204,7 +204,9 @@ def redis_backend(settings: RedisSettings) -> RedisBackend:
         settings.url,
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
-        health_check_interval=max(1, int(settings.lease_seconds)),
+        # A pooled connection idle this long is PINGed before its next command, so that
+        # one broken by a Redis restart is found before a request relies on it.
+        health_check_interval=1,
         retry=Retry(NoBackoff(), retries=0),
     )
     return RedisBackend(client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds)
