@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import gc
+import multiprocessing
 import os
 import signal
 import socket
@@ -302,9 +303,19 @@ def serve_worker(settings: Settings, sock: socket.socket, started: Connection) -
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         sys.exit(CONFIG_ERROR)
     tune_garbage_collector()
+    threading.Thread(target=stop_when_orphaned, args=(server,), daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     sys.exit(0 if server.started else 1)
+
+
+def stop_when_orphaned(server: GracefulServer) -> None:
+    """A worker whose supervisor died (`kill -9`) stops gracefully rather than serve on
+    the port unsupervised."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        server.handle_exit(signal.SIGTERM, None)
 
 
 def tune_garbage_collector() -> None:

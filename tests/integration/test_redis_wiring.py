@@ -125,6 +125,28 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_node(
         assert after != before  # a new worker is a new node
 
 
+async def test_workers_whose_supervisor_was_killed_stop_serving(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, nodes=1, args=["--workers", "2"]) as (
+        node,
+    ):
+        workers = (await node.serving_line())["workers"]
+        assert isinstance(workers, list)
+        os.kill(node.pid, signal.SIGKILL)  # the supervisor alone, not its group
+        node.proc.wait(10)
+        await eventually(lambda: not any(alive(w["pid"]) for w in workers), timeout=30)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped yet has stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
 async def test_a_worker_that_cannot_start_stops_the_server_with_status_2(
     tmp_path: Path, shared_redis: RedisServer
 ) -> None:
