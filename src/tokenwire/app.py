@@ -7,9 +7,9 @@ settings model; this module reads the settings once and hands them down.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -27,6 +27,7 @@ from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
 from tokenwire.backends.redis.availability import AdmitWhileReachable, RedisAvailability
 from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.conversations import RedisConversationStore
+from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
 from tokenwire.core.admission import Admission
 from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.cluster import Cluster, SingleNode
@@ -49,7 +50,13 @@ from tokenwire.security.auth import (
     JwtAuthenticator,
     NoAuthenticator,
 )
-from tokenwire.security.limits import AddressThrottle, Connections, LimitPolicy, Quotas
+from tokenwire.security.limits import (
+    AddressThrottle,
+    ConnectionLimit,
+    Connections,
+    LimitPolicy,
+    Quotas,
+)
 from tokenwire.security.middleware import AccessMiddleware
 from tokenwire.settings import (
     AuthSettings,
@@ -130,10 +137,12 @@ class Backends:
     conversations: ConversationStore
     cluster: Cluster
     admission: Admission
-    connections: Connections
+    connections: ConnectionLimit
     node_id: str = SingleNode.node_id
     redis: RedisBackend | None = None
     availability: RedisAvailability | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """What holds Redis work of its own (queued releases), closed before the client."""
 
     def readiness(self) -> str | None:
         """Why this node cannot take new requests for want of its backend (None: it can)."""
@@ -145,6 +154,8 @@ class Backends:
 
     async def close(self) -> None:
         # The gateway's shutdown closes the logs; what is left is the connection.
+        for close in self.closers:
+            await close()
         if self.availability is not None:
             await self.availability.close()
         if self.redis is not None:
@@ -173,6 +184,7 @@ def backends_for(settings: Settings) -> Backends:
     availability = RedisAvailability(
         redis.client.ping, reconnect_max_seconds=settings.redis.reconnect_max_seconds
     )
+    quotas, connections = RedisQuotas(redis, policy), RedisConnections(redis, policy)
     return Backends(
         # plugged in by the merge: logs = RedisLogStore(redis, availability, ...)
         logs=logs,
@@ -186,13 +198,12 @@ def backends_for(settings: Settings) -> Backends:
         ),
         # plugged in by the merge: cluster = RedisCluster(redis, ...)
         cluster=SingleNode(),
-        # plugged in by the merge: RedisQuotas(redis, policy) in place of Quotas(policy)
-        admission=AdmitWhileReachable(Quotas(policy), availability),
-        # plugged in by the merge: connections = RedisConnections(redis, policy)
-        connections=Connections(policy),
+        admission=AdmitWhileReachable(quotas, availability),
+        connections=connections,
         node_id=redis.node_id,
         redis=redis,
         availability=availability,
+        closers=[quotas.aclose, connections.aclose],
     )
 
 
@@ -303,7 +314,7 @@ def authenticator_for(auth: AuthSettings, environ: Mapping[str, str]) -> Authent
 def access_policy(
     settings: Settings,
     environ: Mapping[str, str] | None = None,
-    connections: Connections | None = None,
+    connections: ConnectionLimit | None = None,
 ) -> AccessPolicy:
     """Who may call, and how often; `connections` counts open connections (the
     backends' own, shared by every node with Redis)."""
