@@ -1,0 +1,383 @@
+"""Several `tokenwire serve` processes on one Redis, as a deployment runs them: a request
+started on one node is resumed, re-attached, listed, cancelled and continued on another,
+on every transport, exactly as on one node; a node that dies or a Redis that restarts
+ends what it must with a typed error, never a gap, a repeat or a hang.
+
+Every node here is a real process (tests/support/cluster.py) on the simulated provider,
+whose answer to a prompt is the same on every node: the text of an uninterrupted run is
+what a resumed one must equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from httpx_sse import aconnect_sse
+from websockets.asyncio.client import connect
+
+from tests.support.cluster import NodeProcess, gateway_cluster
+from tests.support.redis_server import RedisServer
+from tests.support.server import WsClient, of_type
+
+USER = "?user_id=ada"
+# Slow enough to act mid-stream on a loaded machine; 60 tokens take 3 s.
+TOKENS, DELAY_MS = 60, 50.0
+STORY = "tell me a long story"
+
+
+@contextlib.asynccontextmanager
+async def client_of(node: NodeProcess, user: str = USER) -> AsyncIterator[WsClient]:
+    """A WebSocket client that the test may drop without a close frame."""
+    ws = await connect(node.ws_url + user, max_size=2**24)
+    client = WsClient(ws)
+    client.hello = await client.recv()
+    try:
+        yield client
+    finally:
+        ws.transport.abort()
+
+
+def ask(request_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "ai_request",
+        "prompt": STORY,
+        "request_id": request_id,
+        "stream_config": {"granularity": "token"},
+        **fields,
+    }
+
+
+async def frames_until(client: WsClient, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """Frames until the `count`-th token."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while len(of_type(frames, "token")) < count:
+            frames.append(await client.recv(timeout))
+    return frames
+
+
+def text_of(frames: list[dict[str, Any]]) -> str:
+    return "".join(
+        f["data"].get("token") or f["data"].get("content", "")
+        for f in frames
+        if f["event_type"] in ("token", "chunk")
+    )
+
+
+def seqs(frames: list[dict[str, Any]]) -> list[int]:
+    return [f["seq"] for f in frames if "seq" in f and f.get("request_id")]
+
+
+async def whole_text(node: NodeProcess) -> str:
+    """The answer of an uninterrupted run, the reference of every resumed one."""
+    async with client_of(node) as client:
+        await client.send(ask("reference"))
+        return text_of(await client.until_end("reference", timeout=60))
+
+
+# -- resume anywhere -------------------------------------------------------------------
+
+
+async def test_a_client_dropped_on_one_node_resumes_on_another_exactly(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
+        a,
+        b,
+    ):
+        reference = await whole_text(a)
+        async with client_of(a) as phone:
+            await phone.send(ask("r1"))
+            before = await frames_until(phone, 10)
+        # The link is gone without a close frame; the phone comes back through node b.
+        async with client_of(b) as phone:
+            last = seqs(before)[-1]
+            await phone.send({"type": "resume", "request_id": "r1", "last_seq": last})
+            after = await phone.until_end("r1", timeout=60)
+    assert seqs(before) + seqs(after) == list(range(1, seqs(after)[-1] + 1))
+    assert text_of(before) + text_of(after) == reference
+    assert after[-1]["data"]["status"] == "completed"
+
+
+async def test_compact_resume_and_a_second_device_on_another_node(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
+        a,
+        b,
+    ):
+        reference = await whole_text(a)
+        async with client_of(a) as laptop, client_of(b) as phone:
+            await laptop.send(ask("r2"))
+            await frames_until(laptop, 10)
+            await phone.send({"type": "resume", "request_id": "r2", "last_seq": 0, "compact": True})
+            on_phone = await phone.until_end("r2", timeout=60)
+            on_laptop = await laptop.until_end("r2", timeout=60)
+    # The phone gets the text so far as one chunk, then the live tokens, each once.
+    assert on_phone[0]["event_type"] == "stream_start"
+    assert of_type(on_phone, "chunk"), "compact replay merges the text so far"
+    assert text_of(on_phone) == reference
+    assert text_of(on_laptop) == reference
+    assert on_phone[-1]["seq"] == on_laptop[-1]["seq"]
+
+
+async def test_sse_re_attaches_on_another_node_with_last_event_id(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with (
+        gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (a, b),
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        reference = await whole_text(a)
+        body = {"prompt": STORY, "request_id": "s1", "stream_config": {"granularity": "token"}}
+        first: list[tuple[str, dict[str, Any]]] = []
+        async with aconnect_sse(http, "POST", f"{a.url}/api/streams{USER}", json=body) as events:
+            async for event in events.aiter_sse():
+                first.append((event.id, json.loads(event.data)))
+                if len(of_type([f for _, f in first], "token")) == 10:
+                    break
+        rest: list[dict[str, Any]] = []
+        url = f"{b.url}/api/streams/s1/events{USER}"
+        headers = {"Last-Event-ID": first[-1][0]}
+        async with aconnect_sse(http, "GET", url, headers=headers) as events:
+            async for event in events.aiter_sse():
+                rest.append(json.loads(event.data))
+        listed = (await http.get(f"{b.url}/api/streams{USER}")).json()
+    frames = [f for _, f in first] + rest
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert text_of(frames) == reference
+    assert frames[-1]["data"]["status"] == "completed"
+    assert "s1" in json.dumps(listed)
+
+
+async def test_a_background_response_resumes_and_continues_on_another_node(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
+        a,
+        b,
+    ):
+        on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
+        on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
+        try:
+            stream = await on_a.responses.create(
+                model="simulated", input=STORY, stream=True, background=True
+            )
+            response_id, first = "", []
+            async for event in stream:
+                if event.type == "response.created":
+                    response_id = event.response.id
+                if event.type == "response.output_text.delta":
+                    first.append((event.sequence_number, event.delta))
+                    if len(first) == 10:
+                        break
+            await stream.close()
+            resumed = await on_b.responses.retrieve(
+                response_id, stream=True, starting_after=first[-1][0]
+            )
+            rest = [
+                (e.sequence_number, e.delta)
+                async for e in resumed
+                if e.type == "response.output_text.delta"
+            ]
+            final = await on_b.responses.retrieve(response_id)
+            follow_up = await on_b.responses.create(
+                model="simulated", input="and then?", previous_response_id=response_id
+            )
+        finally:
+            await on_a.close()
+            await on_b.close()
+    numbers = [n for n, _ in first + rest]
+    assert numbers == sorted(set(numbers))
+    assert len(first + rest) == TOKENS
+    assert final.status == "completed"
+    assert final.output_text == "".join(d for _, d in first + rest)
+    assert follow_up.status == "completed"
+
+
+async def test_another_user_s_request_is_unknown_on_every_node(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with (
+        gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (a, b),
+        client_of(a) as owner,
+        client_of(b, "?user_id=eve") as eve,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        await owner.send(ask("secret"))
+        await frames_until(owner, 2)
+        await eve.send({"type": "resume", "request_id": "secret", "last_seq": 0})
+        refused = await eve.recv(10)
+        await eve.send({"type": "cancel_request", "request_id": "secret"})
+        refused_cancel = await eve.recv(10)
+        sse = await http.get(f"{b.url}/api/streams/secret/events?user_id=eve")
+        deleted = await http.delete(f"{b.url}/api/streams/secret?user_id=eve")
+        finished = await owner.until_end("secret", timeout=60)
+    assert refused["data"]["error_type"] == "unknown_request"
+    assert refused_cancel["data"]["error_type"] == "unknown_request"
+    assert (sse.status_code, deleted.status_code) == (404, 404)
+    assert finished[-1]["data"]["status"] == "completed"
+
+
+# -- cancel and followers across nodes -------------------------------------------------
+
+
+async def test_a_cancel_on_another_node_stops_the_request_where_it_runs(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, tokens=600, delay_ms=DELAY_MS) as (
+        a,
+        b,
+    ):
+        async with client_of(a) as laptop, client_of(b) as phone:
+            await laptop.send(ask("c1"))
+            await frames_until(laptop, 3)
+            sent = time.monotonic()
+            await phone.send({"type": "cancel_request", "request_id": "c1"})
+            ended = await laptop.until_end("c1", timeout=20)
+            took = time.monotonic() - sent
+        assert await streams_running(a) == 0
+    assert ended[-1]["data"]["status"] == "cancelled"
+    # 600 tokens 50 ms apart would run 30 s: it was stopped, not finished.
+    assert took < 20
+    assert len(of_type(ended, "token")) < 590
+
+
+async def streams_running(node: NodeProcess, within: float = 10.0) -> int:
+    """The node's running streams, once none are left or `within` seconds passed."""
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=10) as http:
+        while True:
+            stats = (await http.get(node.url + "/api/streaming/stats")).json()
+            running: int = stats["streams"]["active_streams"]
+            if running == 0 or time.monotonic() > deadline:
+                return running
+            await asyncio.sleep(0.05)
+
+
+async def test_a_request_followed_only_on_another_node_outlives_its_first_client(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
+        a,
+        b,
+    ):
+        reference = await whole_text(a)
+        async with client_of(b) as phone:
+            async with client_of(a) as laptop:
+                await laptop.send(ask("f1"))
+                await frames_until(laptop, 3)
+                await phone.send({"type": "resume", "request_id": "f1", "last_seq": 0})
+                await frames_until(phone, 5)
+                await laptop.ws.close(1000)  # on purpose: as a tab closed
+            rest = await phone.until_end("f1", timeout=60)
+    assert rest[-1]["data"]["status"] == "completed"
+    assert reference.endswith(text_of(rest)[-20:])
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+async def test_followers_of_a_killed_node_get_stream_interrupted_within_the_bound(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(
+        tmp_path, shared_redis.url, nodes=3, tokens=600, delay_ms=DELAY_MS
+    ) as (a, b, c):
+        async with client_of(b) as phone:
+            async with client_of(a) as laptop:
+                await laptop.send(ask("k1"))
+                await frames_until(laptop, 3)
+                await phone.send({"type": "resume", "request_id": "k1", "last_seq": 0})
+                seen = await frames_until(phone, 5)
+            a.kill()
+            killed = time.monotonic()
+            rest = await phone.until_end("k1", timeout=30)
+            took = time.monotonic() - killed
+        async with client_of(c) as later:
+            await later.send({"type": "resume", "request_id": "k1", "last_seq": 0})
+            replay = await later.until_end("k1", timeout=30)
+    frames = seen + rest
+    assert seqs(frames) == list(range(1, seqs(frames)[-1] + 1)), "no gap, no repeat"
+    errors = of_type(rest, "error")
+    assert [e["data"]["error_type"] for e in errors] == ["stream_interrupted"]
+    assert rest[-1]["data"]["status"] == "error"
+    assert took < 15, f"followers waited {took:.1f} s"
+    assert replay[-1]["seq"] == rest[-1]["seq"]
+    assert of_type(replay, "error")[-1]["data"]["error_type"] == "stream_interrupted"
+
+
+async def test_a_finished_request_replays_elsewhere_until_its_retention_passes(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(
+        tmp_path,
+        shared_redis.url,
+        tokens=10,
+        delay_ms=1,
+        extra_config="[streams]\nlog_retention_seconds = 3\n",
+    ) as (a, b):
+        async with client_of(a) as laptop:
+            await laptop.send(ask("t1"))
+            whole = await laptop.until_end("t1")
+        async with client_of(b) as phone:
+            await phone.send({"type": "resume", "request_id": "t1", "last_seq": 0})
+            replay = await phone.until_end("t1")
+            await asyncio.sleep(3.5)  # the retention, a stated duration, not a wait for work
+            await phone.send({"type": "resume", "request_id": "t1", "last_seq": 0})
+            gone = await phone.recv(10)
+    assert [f["seq"] for f in replay] == [f["seq"] for f in whole]
+    assert text_of(replay) == text_of(whole)
+    assert gone["data"]["error_type"] == "unknown_request"
+
+
+async def test_a_user_s_rate_limit_holds_over_requests_alternating_between_nodes(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    limits = "[limits]\nrequests_per_minute_per_user = 4\n"
+    async with gateway_cluster(
+        tmp_path, shared_redis.url, tokens=2, delay_ms=1, extra_config=limits
+    ) as (a, b):
+        outcomes = []
+        for index in range(6):
+            node = (a, b)[index % 2]
+            async with client_of(node) as client:
+                await client.send(ask(f"q{index}"))
+                frame = await client.recv(10)
+                outcomes.append(frame["event_type"])
+                if frame["event_type"] != "error":
+                    await client.until_end(f"q{index}")
+                else:
+                    outcomes[-1] = frame["data"]["error_type"]
+    assert outcomes == ["stream_start"] * 4 + ["rate_limited"] * 2
+
+
+async def test_a_user_s_stream_cap_holds_over_nodes(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    limits = "[limits]\nmax_streams_per_user = 2\n"
+    async with (
+        gateway_cluster(
+            tmp_path, shared_redis.url, tokens=600, delay_ms=DELAY_MS, extra_config=limits
+        ) as (a, b),
+        client_of(a) as first,
+        client_of(b) as second,
+    ):
+        await first.send(ask("m1"))
+        await frames_until(first, 1)
+        await second.send(ask("m2"))
+        await frames_until(second, 1)
+        await first.send(ask("m3"))
+        refused = await first.recv(10)
+        while refused.get("request_id") != "m3":
+            refused = await first.recv(10)
+    assert refused["event_type"] == "error"
+    assert refused["data"]["error_type"] == "too_many_streams"
