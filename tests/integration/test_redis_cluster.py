@@ -216,7 +216,7 @@ async def test_a_dead_node_s_followers_keep_a_request_no_longer_than_its_lease(
 ) -> None:
     async with cluster_nodes(shared_redis.url) as (a, _), ws_client(a.server, ADA) as owner:
         await started_on(a, owner, "r1")
-        backend = a.cluster.board._backend
+        backend = a.cluster.backend
         followers = backend.request_key(key("r1"), "followers")
         # One node that died long ago (no lease), one whose lease is about to lapse.
         await a.redis.hset(followers, mapping={"gone:s1": "live", "dying:s2": "live"})
@@ -256,7 +256,7 @@ async def test_a_cancel_elsewhere_without_redis_is_refused_and_works_once_redis_
         own_redis.start()  # empty: it kept nothing
         probe = Redis.from_url(own_redis.url)
         try:
-            owner_key = a.cluster.board._backend.request_key(key("r1"), "owner")
+            owner_key = a.cluster.backend.request_key(key("r1"), "owner")
             channel = a.cluster.control.channel
 
             async def subscribed_and_owned() -> bool:

@@ -63,7 +63,7 @@ class RedisCluster:
         if ":" in backend.node_id:
             raise ValueError(f"a node id may not hold ':' (got {backend.node_id!r})")
         self.node_id = backend.node_id
-        self._backend = backend
+        self.backend = backend
         self._grace = resume_grace_seconds
         self._clock = clock
         # A request's keys outlive its longest run and then its log's retention.
@@ -119,7 +119,7 @@ class RedisCluster:
     async def started(self, key: RequestKey) -> None:
         self._owned.add(key)
         try:
-            await self._backend.client.set(self._owner(key), self.node_id, px=self._ttl_ms)
+            await self.backend.client.set(self._owner(key), self.node_id, px=self._ttl_ms)
         except redis_errors as exc:
             # Refusing is the log store's decision; here the request runs node-locally
             # until the owners are written again (when Redis is back).
@@ -131,11 +131,11 @@ class RedisCluster:
         self._queue(lambda: self._forget_owner(key))
 
     async def _forget_owner(self, key: RequestKey) -> None:
-        await self._backend.client.delete(self._owner(key))
+        await self.backend.client.delete(self._owner(key))
 
     async def followed_elsewhere(self, key: RequestKey) -> bool:
         try:
-            entries = await self._backend.client.hgetall(self._followers(key))
+            entries = await self.backend.client.hgetall(self._followers(key))
             by_node: dict[str, list[str]] = {}
             for field, value in entries.items():
                 node, _, _ = text(field).partition(":")
@@ -143,9 +143,9 @@ class RedisCluster:
                     by_node.setdefault(node, []).append(text(value))
             if not by_node:
                 return False
-            pipe = self._backend.client.pipeline(transaction=False)
+            pipe = self.backend.client.pipeline(transaction=False)
             for node in by_node:
-                pipe.exists(self._backend.node_key(node, "lease"))
+                pipe.exists(self.backend.node_key(node, "lease"))
             leases = await pipe.execute()
         except redis_errors as exc:
             raise BackendUnavailable("Redis is out of reach: followers elsewhere unknown") from exc
@@ -171,16 +171,16 @@ class RedisCluster:
     # -- requests other nodes run ---------------------------------------------
 
     async def cancel(self, key: RequestKey, reason: str) -> bool:
-        client = self._backend.client
+        client = self.backend.client
         try:
             owner = await client.get(self._owner(key))
             if owner is None or text(owner) == self.node_id:
                 return False  # none runs it (this node's own runs are the gateway's)
-            channel = self._backend.node_key(text(owner), "control")
+            channel = self.backend.node_key(text(owner), "control")
             message = ControlMessage("cancel", key, reason).encoded()
             if await client.publish(channel, message):
                 return True
-            alive = await client.exists(self._backend.node_key(text(owner), "lease"))
+            alive = await client.exists(self.backend.node_key(text(owner), "lease"))
         except redis_errors as exc:
             raise BackendUnavailable("Redis is out of reach: cannot cancel there") from exc
         if not alive:
@@ -227,17 +227,17 @@ class RedisCluster:
             timer.cancel()
 
     async def _write_follower(self, key: RequestKey, field: str, value: str) -> None:
-        pipe = self._backend.client.pipeline(transaction=False)
+        pipe = self.backend.client.pipeline(transaction=False)
         pipe.hset(self._followers(key), field, value)
         pipe.pexpire(self._followers(key), self._ttl_ms)
         await pipe.execute()
 
     async def _remove_follower(self, key: RequestKey, field: str) -> None:
-        client = self._backend.client
+        client = self.backend.client
         await client.hdel(self._followers(key), field)
         owner = await client.get(self._owner(key))
         if owner is not None and text(owner) != self.node_id:
-            channel = self._backend.node_key(text(owner), "control")
+            channel = self.backend.node_key(text(owner), "control")
             await client.publish(channel, ControlMessage("reconsider", key).encoded())
 
     # -- the other nodes ------------------------------------------------------
@@ -251,10 +251,10 @@ class RedisCluster:
     # -- internals ------------------------------------------------------------
 
     def _owner(self, key: RequestKey) -> str:
-        return self._backend.request_key(key, "owner")
+        return self.backend.request_key(key, "owner")
 
     def _followers(self, key: RequestKey) -> str:
-        return self._backend.request_key(key, "followers")
+        return self.backend.request_key(key, "followers")
 
     def _field(self, follower: str) -> str:
         return f"{self.node_id}:{follower}"
@@ -304,7 +304,7 @@ class RedisCluster:
         its followers elsewhere, once more."""
         if not self._owned and not self._following:
             return
-        pipe = self._backend.client.pipeline(transaction=False)
+        pipe = self.backend.client.pipeline(transaction=False)
         for key in self._owned:
             pipe.set(self._owner(key), self.node_id, px=self._ttl_ms)
         for key, fields in self._following.items():
