@@ -159,14 +159,15 @@ async def test_a_request_followed_only_on_another_node_goes_on_when_its_owner_s_
 async def test_the_last_follower_leaving_another_node_cancels_the_request(
     shared_redis: RedisServer,
 ) -> None:
-    async with cluster_nodes(shared_redis.url) as (a, b):
+    # A long lease: a checks again only every 10 s, so what cancels is b's message.
+    async with cluster_nodes(shared_redis.url, lease=30.0) as (a, b):
         async with ws_client(b.server, ADA) as follower:
             async with ws_client(a.server, ADA) as owner:
                 await started_on(a, owner, "r1")
                 await resumed_on(follower, "r1")
             assert await a.cluster.answer() is True
         # b's follower closed on purpose: b tells a, which finds nobody anywhere.
-        assert await a.cluster.answer() is False
+        assert await a.cluster.answer(timeout=AT_ONCE) is False
         await asyncio.wait_for(a.provider.closed.wait(), AT_ONCE)
         assert (await ended(a, "r1"))["status"] == "cancelled"
 
@@ -183,8 +184,9 @@ async def test_a_follower_lost_on_another_node_keeps_the_request_for_its_grace_o
             assert await a.cluster.answer() is True
             dropped = time.monotonic()
             follower.ws.transport.abort()  # no close frame: b keeps it for its grace
-        while await a.cluster.answer(timeout=grace + AT_ONCE):
-            pass  # a checks again while b's follower is in its grace
+        async with asyncio.timeout(grace + AT_ONCE):
+            while await a.cluster.answer():
+                pass  # a checks again while b's follower is in its grace
         await asyncio.wait_for(a.provider.closed.wait(), AT_ONCE)
         assert a.provider.closed_at[-1] - dropped >= grace
         assert (await ended(a, "r1"))["status"] == "cancelled"
@@ -218,14 +220,21 @@ async def test_a_dead_node_s_followers_keep_a_request_no_longer_than_its_lease(
         await started_on(a, owner, "r1")
         backend = a.cluster.backend
         followers = backend.request_key(key("r1"), "followers")
-        # One node that died long ago (no lease), one whose lease is about to lapse.
-        await a.redis.hset(followers, mapping={"gone:s1": "live", "dying:s2": "live"})
+        # A node that died long ago (no lease), one whose lease is about to lapse, and a
+        # live one whose follower's grace ended (its own timer would have said so).
+        await a.redis.hset(
+            followers,
+            mapping={"gone:s1": "live", "dying:s2": "live", "late:s3": repr(time.time() - 1)},
+        )
         await a.redis.set(backend.node_key("dying", "lease"), "dying", px=1500)
+        await a.redis.set(backend.node_key("late", "lease"), "late", px=600_000)
         await owner.ws.close()
         assert await a.cluster.answer() is True  # "dying" still holds its lease
-        while await a.cluster.answer(timeout=AT_ONCE):
-            pass
+        async with asyncio.timeout(AT_ONCE):  # a lease of 1.5 s, checked every 0.5 s
+            while await a.cluster.answer():
+                pass
         await asyncio.wait_for(a.provider.closed.wait(), AT_ONCE)
+        assert (await ended(a, "r1"))["status"] == "cancelled"
         assert await a.redis.exists(backend.node_key("dying", "lease")) == 0
 
 
