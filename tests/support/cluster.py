@@ -22,6 +22,7 @@ from tests.support.stores import SharedLogs
 from tokenwire.backends.memory import MemoryLogStore
 from tokenwire.backends.redis import RedisBackend
 from tokenwire.backends.redis.cluster import RedisCluster
+from tokenwire.core.cluster import Cluster
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.spec import RequestKey
 
@@ -57,7 +58,7 @@ class Node:
         return self.server.gateway
 
 
-def with_cluster(gateway: Gateway, cluster: RedisCluster, logs: SharedLogs) -> Gateway:
+def with_cluster(gateway: Gateway, cluster: Cluster, logs: SharedLogs) -> Gateway:
     """`gateway` as built from settings, with a cluster and shared logs instead."""
     return Gateway(
         gateway.config,

@@ -91,7 +91,7 @@ def spec(request_id: str = "r1") -> RequestSpec:
 
 def node(cluster: OtherNodes, logs: MemoryLogStore | None = None) -> Gateway:
     logs = MemoryLogStore(300.0, 8 << 20, 64 << 20) if logs is None else logs
-    return with_cluster(gateway_with(WatchedProvider()), cluster, SharedLogs(logs))  # type: ignore[arg-type]
+    return with_cluster(gateway_with(WatchedProvider()), cluster, SharedLogs(logs))
 
 
 async def checked(cluster: OtherNodes) -> None:
