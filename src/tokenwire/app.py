@@ -7,20 +7,32 @@ settings model; this module reads the settings once and hands them down.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from tokenwire import __version__
 from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
+from tokenwire.backends.redis.availability import AdmitWhileReachable, RedisAvailability
+from tokenwire.backends.redis.client import RedisBackend
+from tokenwire.backends.redis.conversations import RedisConversationStore
+from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
+from tokenwire.core.admission import Admission
 from tokenwire.core.attempts import AttemptPolicy
+from tokenwire.core.cluster import Cluster, SingleNode
+from tokenwire.core.conversations import ConversationStore
+from tokenwire.core.eventlog import LogStore
 from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamTuning
@@ -38,13 +50,20 @@ from tokenwire.security.auth import (
     JwtAuthenticator,
     NoAuthenticator,
 )
-from tokenwire.security.limits import AddressThrottle, Connections, LimitPolicy, Quotas
+from tokenwire.security.limits import (
+    AddressThrottle,
+    ConnectionLimit,
+    Connections,
+    LimitPolicy,
+    Quotas,
+)
 from tokenwire.security.middleware import AccessMiddleware
 from tokenwire.settings import (
     AuthSettings,
     ConfigError,
     LimitsSettings,
     ProviderSettings,
+    RedisSettings,
     Settings,
 )
 from tokenwire.transports import api_docs, http, sse, websocket
@@ -109,31 +128,117 @@ def gateway_config(settings: Settings) -> GatewayConfig:
     )
 
 
-def build_gateway(settings: Settings) -> Gateway:
+@dataclass
+class Backends:
+    """Where what nodes may share lives: in this process's memory (no `[redis] url`), or
+    in Redis. `start` and `close` belong to the app's lifespan."""
+
+    logs: LogStore
+    conversations: ConversationStore
+    cluster: Cluster
+    admission: Admission
+    connections: ConnectionLimit
+    node_id: str = SingleNode.node_id
+    redis: RedisBackend | None = None
+    availability: RedisAvailability | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """What holds Redis work of its own (queued releases), closed before the client."""
+
+    def readiness(self) -> str | None:
+        """Why this node cannot take new requests for want of its backend (None: it can)."""
+        return self.availability.reason if self.availability is not None else None
+
+    async def start(self) -> None:
+        if self.availability is not None:
+            await self.availability.start()
+
+    async def close(self) -> None:
+        # The gateway's shutdown closes the logs; what is left is the connection.
+        for close in self.closers:
+            await close()
+        if self.availability is not None:
+            await self.availability.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def backends_for(settings: Settings) -> Backends:
+    """The memory backends, exactly as one process has always had them, or with `[redis]
+    url` the Redis ones. Connects to nothing yet (`Backends.start` does)."""
+    streams, policy = settings.streams, limit_policy(settings)
+    logs = MemoryLogStore(
+        retention_seconds=streams.log_retention_seconds,
+        max_log_bytes=streams.max_log_bytes,
+        max_retained_bytes=streams.max_retained_log_bytes,
+    )
+    if settings.redis.url is None:
+        conversations = MemoryConversationStore(
+            images=image_bounds(settings.limits),
+            max_image_bytes=streams.max_conversation_image_bytes,
+            max_tokens=streams.conversation_max_tokens,
+            max_conversations=streams.max_conversations,
+            idle_seconds=streams.conversation_idle_seconds,
+        )
+        return Backends(logs, conversations, SingleNode(), Quotas(policy), Connections(policy))
+    redis = redis_backend(settings.redis)
+    availability = RedisAvailability(
+        redis.client.ping, reconnect_max_seconds=settings.redis.reconnect_max_seconds
+    )
+    quotas, connections = RedisQuotas(redis, policy), RedisConnections(redis, policy)
+    return Backends(
+        # plugged in by the merge: logs = RedisLogStore(redis, availability, ...)
+        logs=logs,
+        conversations=RedisConversationStore(
+            redis,
+            availability,
+            max_tokens=streams.conversation_max_tokens,
+            max_conversations=streams.max_conversations,
+            idle_seconds=streams.conversation_idle_seconds,
+            images=image_bounds(settings.limits),
+        ),
+        # plugged in by the merge: cluster = RedisCluster(redis, ...)
+        cluster=SingleNode(),
+        admission=AdmitWhileReachable(quotas, availability),
+        connections=connections,
+        node_id=redis.node_id,
+        redis=redis,
+        availability=availability,
+        closers=[quotas.aclose, connections.aclose],
+    )
+
+
+def redis_backend(settings: RedisSettings) -> RedisBackend:
+    """The handle on Redis. redis-py's own retries are off: a lost Redis is noticed at
+    once and `RedisAvailability` does the backoff."""
+    assert settings.url is not None
+    client = Redis.from_url(
+        settings.url,
+        socket_timeout=settings.socket_timeout_seconds,
+        socket_connect_timeout=settings.socket_timeout_seconds,
+        # A pooled connection idle this long is PINGed before its next command, so that
+        # one broken by a Redis restart is found before a request relies on it.
+        health_check_interval=1,
+        retry=Retry(NoBackoff(), retries=0),
+    )
+    return RedisBackend(client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds)
+
+
+def build_gateway(settings: Settings, backends: Backends | None = None) -> Gateway:
     slots = {
         p.name: ProviderSlot(
             build_provider(p, i, fetch_policy(settings.limits)), provider_profile(p)
         )
         for i, p in enumerate(settings.providers)
     }
-    return gateway_for(settings, slots)
+    return gateway_for(settings, slots, backends)
 
 
-def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gateway:
-    """A gateway over these provider slots, routing and stores set up from settings."""
-    streams = settings.streams
-    logs = MemoryLogStore(
-        retention_seconds=streams.log_retention_seconds,
-        max_log_bytes=streams.max_log_bytes,
-        max_retained_bytes=streams.max_retained_log_bytes,
-    )
-    conversations = MemoryConversationStore(
-        images=image_bounds(settings.limits),
-        max_image_bytes=streams.max_conversation_image_bytes,
-        max_tokens=streams.conversation_max_tokens,
-        max_conversations=streams.max_conversations,
-        idle_seconds=streams.conversation_idle_seconds,
-    )
+def gateway_for(
+    settings: Settings, slots: Mapping[str, ProviderSlot], backends: Backends | None = None
+) -> Gateway:
+    """A gateway over these provider slots, routing and stores set up from settings
+    (`backends`: the stores; by default `backends_for(settings)`)."""
+    backends = backends or backends_for(settings)
     routing = settings.routing
     health = HealthBook(
         ((name, slot.profile.max_concurrency) for name, slot in slots.items()),
@@ -160,10 +265,11 @@ def gateway_for(settings: Settings, slots: Mapping[str, ProviderSlot]) -> Gatewa
         gateway_config(settings),
         slots,
         router,
-        logs,
-        conversations,
+        backends.logs,
+        backends.conversations,
         health,
-        admission=Quotas(limit_policy(settings)),
+        admission=backends.admission,
+        # plugged in by the merge: cluster=backends.cluster,
     )
 
 
@@ -205,7 +311,13 @@ def authenticator_for(auth: AuthSettings, environ: Mapping[str, str]) -> Authent
     return NoAuthenticator()
 
 
-def access_policy(settings: Settings, environ: Mapping[str, str] | None = None) -> AccessPolicy:
+def access_policy(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    connections: ConnectionLimit | None = None,
+) -> AccessPolicy:
+    """Who may call, and how often; `connections` counts open connections (the
+    backends' own, shared by every node with Redis)."""
     auth, limits = settings.auth, limit_policy(settings)
     try:
         proxies = networks(settings.server.trusted_proxies)
@@ -219,7 +331,7 @@ def access_policy(settings: Settings, environ: Mapping[str, str] | None = None) 
         trusted_proxies=proxies,
         loopback_hosts_only=auth.mode == "none" and is_loopback(settings.server.host),
         throttle=AddressThrottle(limits),
-        connections=Connections(limits),
+        connections=connections or Connections(limits),
     )
 
 
@@ -248,21 +360,35 @@ def build_app(
     gateway: Gateway | None = None,
     environ: Mapping[str, str] | None = None,
     access: AccessPolicy | None = None,
+    backends: Backends | None = None,
 ) -> FastAPI:
     """The app; pass a gateway to share it with the server (for a graceful SIGTERM), and
     `environ` to read secrets from somewhere other than the process's environment (or
-    the access policy itself, built before anything slow)."""
-    access = access or access_policy(settings, environ)
-    gw = gateway or build_gateway(settings)
+    the access policy itself, built before anything slow). A gateway built on Redis
+    comes with the `backends` it was built with: the app starts and closes them."""
+    if gateway is None:
+        backends = backends or backends_for(settings)
+        gateway = build_gateway(settings, backends)
+    elif backends is None and settings.redis.url is not None:
+        raise ValueError("a gateway on Redis needs its backends: build_app(..., backends=)")
+    gw = gateway
+    access = access or access_policy(
+        settings, environ, backends.connections if backends is not None else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if backends is not None:
+            await backends.start()
+        # plugged in by the merge: await backends.cluster.start(gw) (the gateway is LocalRuns)
         gw.start_background()
         try:
             yield
         finally:
             if not gw.closing:
                 await gw.shutdown(settings.server.shutdown_grace_seconds)
+            if backends is not None:
+                await backends.close()
 
     app = FastAPI(
         title="tokenwire",
@@ -304,9 +430,15 @@ def build_app(
         max_buffer_bytes=settings.limits.max_send_buffer_bytes,
         close_timeout=settings.limits.close_timeout_seconds,
     )
+    app.state.node_id = backends.node_id if backends is not None else SingleNode.node_id
+    app.state.backend_readiness = backends.readiness if backends is not None else _always_ready
     health = gw.observer
     app.state.describe_health = health.describe if isinstance(health, HealthBook) else None
     return app
+
+
+def _always_ready() -> str | None:
+    return None
 
 
 def _documented_errors_only(app: FastAPI) -> dict[str, Any]:

@@ -6,11 +6,14 @@ import argparse
 import contextlib
 import errno
 import gc
+import multiprocessing
+import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,11 +22,13 @@ import structlog
 import uvicorn
 
 from tokenwire import __version__
-from tokenwire.app import access_policy, build_app, build_gateway, uvicorn_config
+from tokenwire.app import access_policy, backends_for, build_app, build_gateway, uvicorn_config
 from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
+from tokenwire.routing.classify import load_classifier
 from tokenwire.security.access import is_loopback
 from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_settings
+from tokenwire.workers import CONFIG_ERROR, Supervisor
 
 # Kinds that cannot run without a model name, and what `--model` means for the others.
 MODEL_REQUIRED = {"openai", "anthropic", "bedrock"}
@@ -116,6 +121,18 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="share logs, conversations, limits and cancels with every node on this Redis "
+        "(redis://host:port/db, rediss://..., unix:///path); default: this process only",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N worker processes on the port under this one (above 1 needs --redis-url)",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         help='allow [auth] mode = "none" on an address other than loopback '
@@ -127,9 +144,12 @@ def parser() -> argparse.ArgumentParser:
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the flags give, or `ConfigError` for flags that cannot work together."""
     overrides: dict[str, Any] = {}
-    server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    given = (("host", args.host), ("port", args.port), ("workers", args.workers))
+    server = {k: v for k, v in given if v is not None}
     if server:
         overrides["server"] = server
+    if args.redis_url is not None:
+        overrides["redis"] = {"url": args.redis_url}
     if args.provider:
         overrides["providers"] = [provider_from_flags(args)]
         overrides["routing"] = {"default_provider": args.provider}
@@ -195,7 +215,6 @@ def check_exposure(settings: Settings, insecure: bool) -> None:
 
 def serve(settings: Settings, insecure: bool = False) -> int:
     configure_logging(settings.logging)
-    log = structlog.get_logger("tokenwire")
     try:
         check_exposure(settings, insecure)
     except ConfigError as exc:
@@ -206,31 +225,97 @@ def serve(settings: Settings, insecure: bool = False) -> int:
     except CannotListen as exc:
         print(f"tokenwire: {exc}", file=sys.stderr)
         return 1
+    if settings.server.workers > 1:
+        return supervise(settings, sock)
+    host, port = sock.getsockname()[:2]
     try:
-        # Access first: a missing secret must not wait for a model to load.
-        access = access_policy(settings)
-        gateway = build_gateway(settings)
-        app = build_app(settings, gateway, access=access)
+        server = graceful_server(settings, sock, lambda node_id: announce(settings, host, port))
     except ConfigError as exc:
         sock.close()
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         return 2
-    host, port = sock.getsockname()[:2]
-    config = uvicorn_config(settings, app, host, port)
-
-    def announce() -> None:
-        log.info(
-            "serving",
-            url=f"http://{host}:{port}",
-            providers=[p.name for p in settings.providers],
-            default_provider=settings.default_provider,
-            auth=settings.auth.mode,
-        )
-
     tune_garbage_collector()
-    server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds, announce)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def graceful_server(
+    settings: Settings, sock: socket.socket, on_started: Callable[[str], None]
+) -> GracefulServer:
+    """The server of one process (or one worker) on `sock`: its own backends, gateway and
+    app. Raises `ConfigError` before anything is served."""
+    backends = backends_for(settings)
+    # Access first: a missing secret must not wait for a model to load.
+    access = access_policy(settings, connections=backends.connections)
+    gateway = build_gateway(settings, backends)
+    app = build_app(settings, gateway, access=access, backends=backends)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn_config(settings, app, host, port)
+    grace = settings.server.shutdown_grace_seconds
+    return GracefulServer(config, gateway, grace, lambda: on_started(backends.node_id))
+
+
+def announce(settings: Settings, host: str, port: int, **more: Any) -> None:
+    structlog.get_logger("tokenwire").info(
+        "serving",
+        url=f"http://{host}:{port}",
+        providers=[p.name for p in settings.providers],
+        default_provider=settings.default_provider,
+        auth=settings.auth.mode,
+        **more,
+    )
+
+
+def supervise(settings: Settings, sock: socket.socket) -> int:
+    """`--workers N`: what would stop every worker is checked here first, once."""
+    try:
+        access_policy(settings)
+        load_classifier(settings.routing.classifier)
+    except (ConfigError, ValueError) as exc:
+        sock.close()
+        print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    supervisor = Supervisor(
+        settings,
+        sock,
+        serve_worker,
+        lambda workers: announce(settings, host, port, workers=workers),
+    )
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()
+
+
+def serve_worker(settings: Settings, sock: socket.socket, started: Connection) -> None:
+    """One worker of `--workers N` (in a process of its own): serve until SIGTERM."""
+    configure_logging(settings.logging)
+    pid = os.getpid()
+
+    def serving(node_id: str) -> None:
+        started.send({"pid": pid, "node_id": node_id})
+        started.close()
+
+    try:
+        server = graceful_server(settings, sock, serving)
+    except ConfigError as exc:
+        print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
+        sys.exit(CONFIG_ERROR)
+    tune_garbage_collector()
+    threading.Thread(target=stop_when_orphaned, args=(server,), daemon=True).start()
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    sys.exit(0 if server.started else 1)
+
+
+def stop_when_orphaned(server: GracefulServer) -> None:
+    """A worker whose supervisor died (`kill -9`) stops gracefully rather than serve on
+    the port unsupervised."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        server.handle_exit(signal.SIGTERM, None)
 
 
 def tune_garbage_collector() -> None:

@@ -57,6 +57,7 @@ CAPABILITIES_BY_KIND: dict[ProviderKind, Capabilities] = {
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 MiB = 1024 * 1024
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class ConfigError(Exception):
@@ -76,6 +77,8 @@ class ServerSettings(_Table):
     shutdown_grace_seconds: Positive = 5.0
     # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Worker processes sharing the port under one supervisor; above 1 needs [redis] url.
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
 
 
 _DEADLINE_KEYS = (
@@ -254,6 +257,21 @@ class RedisSettings(_Table):
     # Reconnect backoff after Redis is lost: doubles from 0.1 s up to this.
     reconnect_max_seconds: Positive = 5.0
 
+    @field_validator("url")
+    @classmethod
+    def _url_names_redis(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in REDIS_SCHEMES or not rest.strip("/"):
+            # The URL may hold a password: name its scheme, never echo it.
+            given = f"scheme {scheme!r}" if sep else "no scheme"
+            raise ValueError(
+                f"not a Redis URL ({given}); expected redis://host:port/db, "
+                "rediss://host:port/db (TLS) or unix:///path/to/redis.sock"
+            )
+        return url
+
 
 class LoggingSettings(_Table):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -311,6 +329,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"routing.default_provider: provider {default!r} has auto = false, "
                 "so routing never chooses it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_redis(self) -> Settings:
+        if self.server.workers > 1 and self.redis.url is None:
+            raise ValueError(
+                f"server.workers: {self.server.workers} workers need [redis] url "
+                "(--redis-url): workers that share nothing could not resume, cancel or "
+                "count each other's requests"
             )
         return self
 

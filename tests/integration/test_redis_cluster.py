@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from tests.support.cluster import Node, cluster_nodes
+from tests.support.gateway_nodes import Node, cluster_nodes
 from tests.support.redis_server import RedisServer
 from tests.support.server import RunningServer, WsClient, ws_client
 from tests.support.waiting import AT_ONCE, eventually
@@ -86,7 +86,7 @@ async def ended(node: Node, request_id: str) -> dict[str, Any]:
 async def test_a_cancel_on_another_node_stops_the_provider_on_the_owner(
     shared_redis: RedisServer,
 ) -> None:
-    async with cluster_nodes(shared_redis.url) as (a, b), ws_client(a.server, ADA) as client:
+    async with cluster_nodes(shared_redis) as (a, b), ws_client(a.server, ADA) as client:
         await started_on(a, client, "r1")
         asked = time.monotonic()
         await b.gateway.cancel_anywhere(key("r1"), "cancelled from b")
@@ -103,7 +103,7 @@ async def test_cancel_request_and_delete_on_another_node_cancel_there(
     shared_redis: RedisServer,
 ) -> None:
     async with (
-        cluster_nodes(shared_redis.url) as (a, b),
+        cluster_nodes(shared_redis) as (a, b),
         ws_client(a.server, ADA) as owner,
         ws_client(b.server, ADA) as elsewhere,
         httpx.AsyncClient(base_url=b.server.url) as http,
@@ -121,7 +121,7 @@ async def test_another_user_s_id_or_an_unknown_one_is_unknown_on_every_node(
     shared_redis: RedisServer,
 ) -> None:
     async with (
-        cluster_nodes(shared_redis.url) as (a, b),
+        cluster_nodes(shared_redis) as (a, b),
         ws_client(a.server, ADA) as owner,
         ws_client(b.server, "?user_id=mallory") as mallory,
         httpx.AsyncClient(base_url=b.server.url) as http,
@@ -142,7 +142,7 @@ async def test_another_user_s_id_or_an_unknown_one_is_unknown_on_every_node(
 async def test_a_cancel_that_no_live_owner_hears_is_refused_and_a_dead_owner_s_is_unknown(
     shared_redis: RedisServer,
 ) -> None:
-    async with cluster_nodes(shared_redis.url) as (_, b):
+    async with cluster_nodes(shared_redis) as (_, b):
         backend = b.cluster.backend
         # A node that records itself as the owner, holds its lease, and is not listening
         # (as while it subscribes again after losing Redis).
@@ -161,7 +161,7 @@ async def test_a_cancel_that_no_live_owner_hears_is_refused_and_a_dead_owner_s_i
 async def test_a_request_followed_only_on_another_node_goes_on_when_its_owner_s_client_goes(
     shared_redis: RedisServer,
 ) -> None:
-    async with cluster_nodes(shared_redis.url) as (a, b), ws_client(b.server, ADA) as follower:
+    async with cluster_nodes(shared_redis) as (a, b), ws_client(b.server, ADA) as follower:
         async with ws_client(a.server, ADA) as owner:
             await started_on(a, owner, "r1")
             await resumed_on(follower, "r1")
@@ -177,7 +177,7 @@ async def test_the_last_follower_leaving_another_node_cancels_the_request(
     shared_redis: RedisServer,
 ) -> None:
     # A long lease: a checks again only every 10 s, so what cancels is b's message.
-    async with cluster_nodes(shared_redis.url, lease=30.0) as (a, b):
+    async with cluster_nodes(shared_redis, lease=30.0) as (a, b):
         async with ws_client(b.server, ADA) as follower:
             async with ws_client(a.server, ADA) as owner:
                 await started_on(a, owner, "r1")
@@ -193,7 +193,7 @@ async def test_a_follower_lost_on_another_node_keeps_the_request_for_its_grace_o
     shared_redis: RedisServer,
 ) -> None:
     grace = 2.0
-    async with cluster_nodes(shared_redis.url, grace=grace) as (a, b):
+    async with cluster_nodes(shared_redis, grace=grace) as (a, b):
         async with raw_client(b.server) as follower:
             async with ws_client(a.server, ADA) as owner:
                 await started_on(a, owner, "r1")
@@ -213,7 +213,7 @@ async def test_a_follower_back_on_another_node_within_its_grace_keeps_the_reques
     shared_redis: RedisServer,
 ) -> None:
     grace = 2.0
-    async with cluster_nodes(shared_redis.url, grace=grace) as (a, b):
+    async with cluster_nodes(shared_redis, grace=grace) as (a, b):
         async with raw_client(b.server) as follower:
             async with ws_client(a.server, ADA) as owner:
                 await started_on(a, owner, "r1")
@@ -233,7 +233,7 @@ async def test_a_follower_back_on_another_node_within_its_grace_keeps_the_reques
 async def test_a_dead_node_s_followers_keep_a_request_no_longer_than_its_lease(
     shared_redis: RedisServer,
 ) -> None:
-    async with cluster_nodes(shared_redis.url) as (a, _), ws_client(a.server, ADA) as owner:
+    async with cluster_nodes(shared_redis) as (a, _), ws_client(a.server, ADA) as owner:
         await started_on(a, owner, "r1")
         backend = a.cluster.backend
         followers = backend.request_key(key("r1"), "followers")
@@ -262,7 +262,7 @@ async def test_a_cancel_elsewhere_without_redis_is_refused_and_works_once_redis_
     own_redis: RedisServer,
 ) -> None:
     async with (
-        cluster_nodes(own_redis.url) as (a, b),
+        cluster_nodes(own_redis) as (a, b),
         ws_client(a.server, ADA) as owner,
         ws_client(b.server, ADA) as elsewhere,
         httpx.AsyncClient(base_url=b.server.url) as http,
@@ -301,7 +301,7 @@ async def test_a_cancel_elsewhere_without_redis_is_refused_and_works_once_redis_
 
 async def test_stats_and_sessions_show_every_node(shared_redis: RedisServer) -> None:
     async with (
-        cluster_nodes(shared_redis.url) as (a, b),
+        cluster_nodes(shared_redis) as (a, b),
         raw_client(a.server) as owner,  # dropped at the end: see the grace test above
         ws_client(b.server, "?user_id=bob"),
         httpx.AsyncClient(base_url=b.server.url) as http,

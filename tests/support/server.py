@@ -11,7 +11,14 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from tokenwire.app import build_app, build_gateway, gateway_for, uvicorn_config
+from tokenwire.app import (
+    Backends,
+    backends_for,
+    build_app,
+    build_gateway,
+    gateway_for,
+    uvicorn_config,
+)
 from tokenwire.cli import GracefulServer
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.tools import Capabilities
@@ -45,16 +52,20 @@ async def running_server(
     settings: Settings | None = None,
     gateway: Gateway | None = None,
     environ: Mapping[str, str] | None = None,
+    backends: Backends | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """A server on a free port; `environ` holds the secrets its settings name."""
+    """A server on a free port; `environ` holds the secrets its settings name. A given
+    gateway on Redis comes with the `backends` it was built with (`gateway_with`)."""
     settings = settings or simulated_settings()
     # Bound here and handed to uvicorn, as `tokenwire serve` does: a port chosen first
     # and bound later could be taken in between (by another xdist worker, say).
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-        gateway = gateway or build_gateway(settings)
-        app = build_app(settings, gateway, environ=environ or {})
+        if gateway is None:
+            backends = backends or backends_for(settings)
+            gateway = build_gateway(settings, backends)
+        app = build_app(settings, gateway, environ=environ or {}, backends=backends)
         config = uvicorn_config(settings, app, "127.0.0.1", port)
         server = GracefulServer(config, gateway, settings.server.shutdown_grace_seconds)
         # The test process keeps its own signal handlers.
@@ -120,10 +131,13 @@ def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any
 
 
 def gateway_with(
-    *providers: Any, settings: Settings | None = None, capabilities: Capabilities | None = None
+    *providers: Any,
+    settings: Settings | None = None,
+    capabilities: Capabilities | None = None,
+    backends: Backends | None = None,
 ) -> Gateway:
     """A gateway serving these provider objects (the first is the default), each with
-    `capabilities` (none beyond text unless given)."""
+    `capabilities` (none beyond text unless given), on `backends` if given."""
     from tokenwire.core.route import ProviderProfile, ProviderSlot
     from tokenwire.settings import ProviderSettings
 
@@ -137,4 +151,4 @@ def gateway_with(
     )
     profile = ProviderProfile(capabilities=capabilities or Capabilities())
     slots = {p.name: ProviderSlot(p, profile) for p in providers}
-    return gateway_for(settings, slots)
+    return gateway_for(settings, slots, backends)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.support.cluster import with_cluster
+from tests.support.gateway_nodes import with_cluster
 from tests.support.providers import WatchedProvider
 from tests.support.recording import Inbox
 from tests.support.server import gateway_with

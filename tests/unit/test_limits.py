@@ -219,16 +219,16 @@ async def test_past_the_users_tracked_the_least_recently_seen_is_forgotten_first
 # -- connections ------------------------------------------------------------------------
 
 
-def test_closing_a_connection_twice_uncounts_it_once() -> None:
+async def test_closing_a_connection_twice_uncounts_it_once() -> None:
     connections = Connections(LimitPolicy(max_connections_per_user=2))
-    close = connections.open("ada", None)
-    connections.open("ada", None)
+    close = await connections.open("ada", None)
+    await connections.open("ada", None)
     close()
     close()
     assert connections.total == 1
-    connections.open("ada", None)
+    await connections.open("ada", None)
     with pytest.raises(TooManyConnections):
-        connections.open("ada", None)
+        await connections.open("ada", None)
 
 
 # -- retry-after ------------------------------------------------------------------------------

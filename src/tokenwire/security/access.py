@@ -20,7 +20,7 @@ from starlette.datastructures import Headers, QueryParams
 from tokenwire.protocol.errors import AuthenticationFailed
 from tokenwire.security.audit import audit
 from tokenwire.security.auth import Authenticator, Identity
-from tokenwire.security.limits import AddressThrottle, Connections
+from tokenwire.security.limits import AddressThrottle, ConnectionLimit
 
 BEARER_PROTOCOL = "bearer."
 # Reachable without a credential (CONTRACT.md): probes and the page's static files.
@@ -39,7 +39,7 @@ class AccessPolicy:
     metrics_public: bool = False
     trusted_proxies: tuple[Network, ...] = ()
     throttle: AddressThrottle | None = None
-    connections: Connections | None = None
+    connections: ConnectionLimit | None = None
     # Authentication off on a loopback address: only loopback host names are served, so
     # that a page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) is not.
     loopback_hosts_only: bool = False

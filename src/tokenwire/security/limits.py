@@ -18,9 +18,10 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.spec import RequestSpec
@@ -129,25 +130,16 @@ class Quotas:
         self._spend = _Keyed(lambda: [0.0, 0.0])  # [day, usd spent that day]
 
     async def admit(self, spec: RequestSpec) -> RequestSpec:
-        try:
+        with audited_refusal(spec):
             spec = self._bounded(spec)
             self._check_rates(spec.user_id)
-        except (
-            PromptTooLong,
-            ImageLimitExceeded,
-            InvalidRequest,
-            TooManyStreams,
-            TooManyConnections,
-        ) as exc:
-            audit("limit hit", user=spec.user_id, reason=exc.error_type, client=spec.client)
-            raise
-        self._streams.setdefault(spec.user_id, set()).add(_slot_of(spec))
+        self._streams.setdefault(spec.user_id, set()).add(slot_of(spec))
         return spec
 
     def cancelled(self, spec: RequestSpec) -> None:
         running = self._streams.get(spec.user_id)
         if running is not None:
-            running.discard(_slot_of(spec))
+            running.discard(slot_of(spec))
             if not running:
                 del self._streams[spec.user_id]
 
@@ -174,51 +166,25 @@ class Quotas:
     # -- internals ------------------------------------------------------------
 
     def _bounded(self, spec: RequestSpec) -> RequestSpec:
-        policy = self._policy
-        # A tool's results are shown to the model as much as a prompt is.
-        chars = sum(
-            len(m.content) + sum(len(r.content) for r in m.tool_results) for m in spec.messages
-        )
-        if chars > policy.max_prompt_chars:
-            raise PromptTooLong(
-                f"the prompt is {chars} characters; at most {policy.max_prompt_chars}"
-            )
-        policy.images.check(spec.messages)
-        if self.running(spec.user_id) >= policy.max_streams_per_user:
-            raise TooManyStreams(f"at most {policy.max_streams_per_user} streams at once per user")
-        cap = policy.max_tokens_cap
-        if cap:
-            asked = spec.generation.max_tokens
-            if asked is not None and asked > cap:
-                raise InvalidRequest(f"max_tokens: at most {cap} on this server")
-            if asked is None:
-                spec = replace(spec, generation=replace(spec.generation, max_tokens=cap))
-        return spec
+        check_prompt(self._policy, spec)
+        if self.running(spec.user_id) >= self._policy.max_streams_per_user:
+            raise too_many_streams(self._policy)
+        return capped(self._policy, spec)
 
     def _check_rates(self, user: str) -> None:
         policy, now = self._policy, self._clock()
         if policy.budget_usd_per_user_per_day:
             spent = self._spent_today(user, now)
             if spent[1] >= policy.budget_usd_per_user_per_day:
-                until_tomorrow = DAY_SECONDS - now % DAY_SECONDS
-                raise BudgetExceeded(
-                    f"today's budget of ${policy.budget_usd_per_user_per_day:g} is spent",
-                    retry_after=until_tomorrow,
-                )
+                raise budget_spent(policy, retry_after=DAY_SECONDS - now % DAY_SECONDS)
         if policy.tokens_per_minute_per_user:
             tokens = self._tokens.get(user)
             if tokens.level(now) <= 0:
-                raise RequestRateLimited(
-                    f"at most {policy.tokens_per_minute_per_user} tokens a minute",
-                    retry_after=tokens.wait_for(1, now),
-                )
+                raise tokens_spent(policy, retry_after=tokens.wait_for(1, now))
         if policy.requests_per_minute_per_user:
             requests = self._requests.get(user)
             if not requests.take(1, now):
-                raise RequestRateLimited(
-                    f"at most {policy.requests_per_minute_per_user} requests a minute",
-                    retry_after=requests.wait_for(1, now),
-                )
+                raise requests_spent(policy, retry_after=requests.wait_for(1, now))
 
     def _spent_today(self, user: str, now: float) -> list[float]:
         spent = self._spend.get(user)
@@ -228,10 +194,100 @@ class Quotas:
         return spent
 
 
-def _slot_of(spec: RequestSpec) -> str:
+def slot_of(spec: RequestSpec) -> str:
+    """The name of the stream slot a request holds."""
     # The gateway names every request before admitting it; the fallback keeps the count
     # right for a caller that does not (each such request then holds its own slot).
     return spec.request_id or f"unnamed-{id(spec)}"
+
+
+# -- what every `Admission` of these limits shares, wherever it keeps its counts -------
+
+
+def check_prompt(policy: LimitPolicy, spec: RequestSpec) -> None:
+    """Refuse a prompt past `max_prompt_chars` or the image bounds (no shared state)."""
+    # A tool's results are shown to the model as much as a prompt is.
+    chars = sum(len(m.content) + sum(len(r.content) for r in m.tool_results) for m in spec.messages)
+    if chars > policy.max_prompt_chars:
+        raise PromptTooLong(f"the prompt is {chars} characters; at most {policy.max_prompt_chars}")
+    policy.images.check(spec.messages)
+
+
+def capped(policy: LimitPolicy, spec: RequestSpec) -> RequestSpec:
+    """The request with its `max_tokens` bounded by `max_tokens_cap` (refused above it)."""
+    cap = policy.max_tokens_cap
+    if not cap:
+        return spec
+    asked = spec.generation.max_tokens
+    if asked is not None and asked > cap:
+        raise InvalidRequest(f"max_tokens: at most {cap} on this server")
+    if asked is None:
+        spec = replace(spec, generation=replace(spec.generation, max_tokens=cap))
+    return spec
+
+
+@contextmanager
+def audited_refusal(spec: RequestSpec) -> Iterator[None]:
+    """Audit a request refused by a limit as it passes."""
+    try:
+        yield
+    except (
+        PromptTooLong,
+        ImageLimitExceeded,
+        InvalidRequest,
+        TooManyStreams,
+        TooManyConnections,
+    ) as exc:
+        audit("limit hit", user=spec.user_id, reason=exc.error_type, client=spec.client)
+        raise
+
+
+def too_many_streams(policy: LimitPolicy) -> TooManyStreams:
+    return TooManyStreams(f"at most {policy.max_streams_per_user} streams at once per user")
+
+
+def budget_spent(policy: LimitPolicy, retry_after: float) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"today's budget of ${policy.budget_usd_per_user_per_day:g} is spent",
+        retry_after=retry_after,
+    )
+
+
+def tokens_spent(policy: LimitPolicy, retry_after: float) -> RequestRateLimited:
+    return RequestRateLimited(
+        f"at most {policy.tokens_per_minute_per_user} tokens a minute", retry_after=retry_after
+    )
+
+
+def requests_spent(policy: LimitPolicy, retry_after: float) -> RequestRateLimited:
+    return RequestRateLimited(
+        f"at most {policy.requests_per_minute_per_user} requests a minute",
+        retry_after=retry_after,
+    )
+
+
+def user_connections_full(
+    policy: LimitPolicy, user_id: str, client: str | None
+) -> TooManyConnections:
+    """The refusal of a connection past `max_connections_per_user` (audited)."""
+    audit("limit hit", user=user_id, reason="max_connections_per_user", client=client)
+    return TooManyConnections(
+        f"at most {policy.max_connections_per_user} connections per user", retry_after=5
+    )
+
+
+def server_connections_full(user_id: str, client: str | None) -> TooManyConnections:
+    """The refusal of a connection past `max_connections`, this node's own (audited)."""
+    audit("limit hit", user=user_id, reason="max_connections", client=client)
+    return TooManyConnections("the server is at its connection limit", retry_after=5)
+
+
+class ConnectionLimit(Protocol):
+    """Counts open connections (a WebSocket, an SSE response) against the limits."""
+
+    async def open(self, user_id: str, client: str | None) -> Callable[[], None]:
+        """Count a connection, or raise the error that refuses it; the returned function
+        uncounts it (once), and never blocks."""
 
 
 class Connections:
@@ -242,19 +298,13 @@ class Connections:
         self._total = 0
         self._per_user: dict[str, int] = {}
 
-    def open(self, user_id: str, client: str | None) -> Callable[[], None]:
+    async def open(self, user_id: str, client: str | None) -> Callable[[], None]:
         """Count a connection; the returned function uncounts it (once)."""
-        policy = self._policy
         mine = self._per_user.get(user_id, 0)
-        if self._total >= policy.max_connections:
-            audit("limit hit", user=user_id, reason="max_connections", client=client)
-            raise TooManyConnections("the server is at its connection limit", retry_after=5)
-        if mine >= policy.max_connections_per_user:
-            audit("limit hit", user=user_id, reason="max_connections_per_user", client=client)
-            raise TooManyConnections(
-                f"at most {policy.max_connections_per_user} connections per user",
-                retry_after=5,
-            )
+        if self._total >= self._policy.max_connections:
+            raise server_connections_full(user_id, client)
+        if mine >= self._policy.max_connections_per_user:
+            raise user_connections_full(self._policy, user_id, client)
         self._total += 1
         self._per_user[user_id] = mine + 1
         released = False

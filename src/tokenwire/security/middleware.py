@@ -88,7 +88,7 @@ class AccessMiddleware:
             try:
                 identity = scope[IDENTITY] = self._identity(scope, headers, path)
                 if policy.connections is not None and _generates(scope):
-                    release = policy.connections.open(identity.user_id, scope[CLIENT])
+                    release = await policy.connections.open(identity.user_id, scope[CLIENT])
             except TokenwireError as exc:
                 await self._refuse(scope, receive, send, exc)
                 return
@@ -138,7 +138,7 @@ class AccessMiddleware:
                 raise Forbidden("this origin is not allowed")
             identity = scope[IDENTITY] = self._identity(scope, headers, scope["path"])
             release = (
-                policy.connections.open(identity.user_id, client)
+                await policy.connections.open(identity.user_id, client)
                 if policy.connections is not None
                 else _nothing
             )

@@ -21,7 +21,8 @@ from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_h
 ABOUT = {
     "/": "this list (JSON, or HTML for a browser)",
     "/healthz": "liveness: the process answers",
-    "/readyz": "readiness: every provider can serve (503 with the reason otherwise)",
+    "/readyz": "readiness: every provider can serve and Redis, if used, answers "
+    "(503 with the reason otherwise)",
     "/ws/ai-stream": "WebSocket: the streaming protocol, docs/protocol.md "
     "(a plain GET is answered 426)",
     "/api/streams": "Server-Sent Events: POST to start a request, GET to list yours",
@@ -119,6 +120,11 @@ async def readyz(request: Request) -> JSONResponse:
     gateway = _gateway(request)
     if gateway.closing:
         return JSONResponse({"status": "shutting_down"}, status_code=503)
+    # Redis lost: new requests are refused here, so the load balancer should send them
+    # elsewhere; the node itself lives on and serves its running streams.
+    backend = request.app.state.backend_readiness()
+    if backend is not None:
+        return JSONResponse({"status": "not_ready", "reason": backend}, status_code=503)
     waiting = gateway.unready_providers()
     if waiting:
         return JSONResponse({"status": "not_ready", "providers": waiting}, status_code=503)
@@ -139,6 +145,7 @@ async def streaming_stats(request: Request) -> JSONResponse:
     without Redis) with the streams running on each."""
     gateway = _gateway(request)
     body = gateway.stats.snapshot(gateway.sessions, gateway.in_grace)
+    body["node_id"] = request.app.state.node_id
     body["cluster"] = cluster_snapshot(*await gateway.nodes())
     return JSONResponse(body)
 

@@ -116,7 +116,7 @@ async def start_stream(request: Request) -> Response:
     try:
         message = await _ai_request(request, settings.max_body_bytes)
         spec = with_client(spec_from_ai_request(message, user_of(request), origin=None), request)
-        hold = _hold(request)
+        hold = await _hold(request)
     except TokenwireError as exc:
         return error_response(exc)
     try:
@@ -140,7 +140,7 @@ async def attach_stream(request: Request) -> Response:
         key = _key(request)
         after = _last_event_id(request)
         compact = _compact(request)
-        hold = _hold(request)
+        hold = await _hold(request)
     except TokenwireError as exc:
         return error_response(exc)
     try:
@@ -190,13 +190,13 @@ class _Hold:
     client: str | None
 
 
-def _hold(request: Request) -> _Hold:
+async def _hold(request: Request) -> _Hold:
     access: AccessPolicy | None = getattr(request.app.state, "access", None)
     identity = identity_of(request.scope)
     user, client = user_of(request), client_of(request)
     release = _nothing
     if access is not None and access.connections is not None:
-        release = access.connections.open(user, client)
+        release = await access.connections.open(user, client)
     expires_at = identity.expires_at if identity is not None else None
     return _Hold(release, expires_at, user, client)
 

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
@@ -123,7 +123,6 @@ class FunctionDefinition(_Body):
     description: Annotated[str, Field(max_length=100_000)] | None = None
     parameters: FunctionParameters | None = None
     strict: bool | None = None
-
 
 
 class Tool(_Body):

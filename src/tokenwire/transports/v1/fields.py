@@ -24,6 +24,7 @@ IGNORED_FIELDS = "tokenwire-ignored-fields"
 OPENAI_HINTS = ("user", "service_tier", "safety_identifier", "prompt_cache_key")
 LEGACY_FUNCTIONS = "the deprecated functions and function_call fields are not taken: use tools"
 
+
 def _arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:
     # OpenAI takes a schema without "type" (`{}` is common for a tool of no
     # arguments) and the model still answers an object: so does every provider here,

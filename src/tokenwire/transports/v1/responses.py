@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 from starlette.responses import JSONResponse, Response
 
 from tokenwire.core.deadlines import Deadlines
@@ -98,7 +98,6 @@ class FunctionTool(Body):
     description: Annotated[str, Field(max_length=100_000)] | None = None
     parameters: FunctionParameters | None = None
     strict: bool | None = None
-
 
     def spec(self) -> ToolSpec:
         return ToolSpec(
