@@ -17,23 +17,25 @@ again every third of a lease while only other nodes keep a request alive, which
 covers a message lost while it was resubscribing and a follower's node that died.
 
 Writes that nobody waits for (follow, unfollow, a run's end) go through one
-queue in order, so that a follow and the unfollow after it cannot land reversed.
-If Redis restarts and loses them, the next renewal finds this node's report gone
-and writes the owners and followers of this node again.
+`WriteQueue` in order, so that a follow and the unfollow after it cannot land
+reversed, and none is lost while Redis is away. This part's `NodeLease` renews the
+node's lease; when it finds that Redis lost this part's marker (a restart, or a
+stall past the lease), the owners and followers of this node are written again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
+from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.control import ControlListener, ControlMessage
+from tokenwire.backends.redis.node_lease import NodeLease
 from tokenwire.backends.redis.nodes import NodeBoard, text
+from tokenwire.backends.redis.write_queue import WriteQueue, unavailable_errors
 from tokenwire.core.cluster import LocalRuns, NodeReport
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import BackendUnavailable
@@ -41,13 +43,8 @@ from tokenwire.protocol.errors import BackendUnavailable
 logger = structlog.get_logger("tokenwire.cluster")
 
 LIVE = "live"
-# Writes waiting for Redis beyond this are dropped (logged): what matters of them is
-# written again when Redis is back (see the module's docstring).
-MAX_PENDING_WRITES = 10_000
 # How long a closing node waits for its queued writes.
 CLOSE_WAIT_SECONDS = 2.0
-
-_Write = Callable[[], Awaitable[None]]
 
 
 class RedisCluster:
@@ -78,7 +75,8 @@ class RedisCluster:
         self._graces: dict[tuple[RequestKey, str], asyncio.TimerHandle] = {}
         self._watched: set[RequestKey] = set()
         """Requests of this node's that only other nodes' followers keep alive."""
-        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
+        self._writes = WriteQueue("cluster")
+        self.lease = NodeLease(backend, "cluster", lambda: self._writes.put(self._write_again))
         self._tasks: list[asyncio.Task[None]] = []
         self._out_of_reach = False
 
@@ -89,29 +87,34 @@ class RedisCluster:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self, local: LocalRuns) -> None:
-        """Subscribe, renew the lease and report, in tasks of this object's until
-        `close`; returns at once (Redis may be out of reach: they keep trying)."""
+        """Hold the lease, subscribe and report, in tasks of this object's until `close`.
+        Never waits for Redis: out of reach, they keep trying. A second call does nothing."""
+        if self._local is not None:
+            return
         self._local = local
+        try:
+            await self.lease.held()
+        except unavailable_errors as exc:
+            self._unreached(exc)  # the lease's own task keeps renewing it
         self._tasks = [
             asyncio.create_task(self.control.run(), name="cluster control"),
-            asyncio.create_task(self._renew(), name="cluster renewal"),
-            asyncio.create_task(self._write(), name="cluster writes"),
+            asyncio.create_task(self._report(), name="cluster reports"),
         ]
 
     async def close(self) -> None:
         for timer in self._graces.values():
             timer.cancel()
         self._graces.clear()
-        if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._writes.join(), CLOSE_WAIT_SECONDS)
+        await self._writes.aclose(within=CLOSE_WAIT_SECONDS)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        # The lease is left to lapse: other parts of this node may still need it.
+        await self.lease.aclose()
         try:
             await self.board.leave()
-        except redis_errors:
+        except unavailable_errors:
             logger.warning("could not leave the cluster cleanly: Redis out of reach")
 
     # -- requests this node runs ----------------------------------------------
@@ -120,7 +123,7 @@ class RedisCluster:
         self._owned.add(key)
         try:
             await self.backend.client.set(self._owner(key), self.node_id, px=self._ttl_ms)
-        except redis_errors as exc:
+        except unavailable_errors as exc:
             # Refusing is the log store's decision; here the request runs node-locally
             # until the owners are written again (when Redis is back).
             logger.warning("owner not recorded", request_id=key.request_id, error=str(exc))
@@ -128,7 +131,7 @@ class RedisCluster:
     def ended(self, key: RequestKey) -> None:
         self._owned.discard(key)
         self._watched.discard(key)
-        self._queue(lambda: self._forget_owner(key))
+        self._writes.put(lambda: self._forget_owner(key))
 
     async def _forget_owner(self, key: RequestKey) -> None:
         await self.backend.client.delete(self._owner(key))
@@ -143,17 +146,14 @@ class RedisCluster:
                     by_node.setdefault(node, []).append(text(value))
             if not by_node:
                 return False
-            pipe = self.backend.client.pipeline(transaction=False)
-            for node in by_node:
-                pipe.exists(self.backend.node_key(node, "lease"))
-            leases = await pipe.execute()
-        except redis_errors as exc:
+            dead = set(await self.lease.dead_among(by_node))
+        except unavailable_errors as exc:
             raise BackendUnavailable("Redis is out of reach: followers elsewhere unknown") from exc
         now = self._clock()
         followed = any(
             _counts(value, now)
-            for alive, values in zip(leases, by_node.values(), strict=True)
-            if alive
+            for node, values in by_node.items()
+            if node not in dead
             for value in values
         )
         if followed:
@@ -180,10 +180,10 @@ class RedisCluster:
             message = ControlMessage("cancel", key, reason).encoded()
             if await client.publish(channel, message):
                 return True
-            alive = await client.exists(self.backend.node_key(text(owner), "lease"))
-        except redis_errors as exc:
+            dead = await self.lease.dead_among([text(owner)])
+        except unavailable_errors as exc:
             raise BackendUnavailable("Redis is out of reach: cannot cancel there") from exc
-        if not alive:
+        if dead:
             return False  # its owner died: nothing runs it any more
         # Alive but not listening (resubscribing after losing Redis): say so, never
         # answer "cancelling" for a cancel that reached nobody.
@@ -193,7 +193,7 @@ class RedisCluster:
         field = self._field(follower)
         self._stop_grace(key, field)
         self._following.setdefault(key, {})[field] = LIVE
-        self._queue(lambda: self._write_follower(key, field, LIVE))
+        self._writes.put(lambda: self._write_follower(key, field, LIVE))
 
     def unfollow(self, key: RequestKey, follower: str, lost: bool) -> None:
         field = self._field(follower)
@@ -201,7 +201,7 @@ class RedisCluster:
         if lost and self._grace > 0:
             until = repr(self._clock() + self._grace)
             self._following.setdefault(key, {})[field] = until
-            self._queue(lambda: self._write_follower(key, field, until))
+            self._writes.put(lambda: self._write_follower(key, field, until))
             loop = asyncio.get_running_loop()
             self._graces[key, field] = loop.call_later(
                 self._grace, self._grace_over, key, field, until
@@ -219,7 +219,7 @@ class RedisCluster:
         fields.pop(field, None)
         if not fields:
             self._following.pop(key, None)
-        self._queue(lambda: self._remove_follower(key, field))
+        self._writes.put(lambda: self._remove_follower(key, field))
 
     def _stop_grace(self, key: RequestKey, field: str) -> None:
         timer = self._graces.pop((key, field), None)
@@ -245,7 +245,7 @@ class RedisCluster:
     async def others(self) -> list[NodeReport]:
         try:
             return await self.board.others()
-        except redis_errors as exc:
+        except unavailable_errors as exc:
             raise BackendUnavailable("Redis is out of reach: other nodes unknown") from exc
 
     # -- internals ------------------------------------------------------------
@@ -259,49 +259,27 @@ class RedisCluster:
     def _field(self, follower: str) -> str:
         return f"{self.node_id}:{follower}"
 
-    def _queue(self, write: _Write) -> None:
-        if self._writes.qsize() >= MAX_PENDING_WRITES:
-            logger.warning("cluster write dropped: Redis is not keeping up")
-            return
-        self._writes.put_nowait(write)
-
-    async def _write(self) -> None:
-        while True:
-            write = await self._writes.get()
-            try:
-                await write()
-                self._reached()
-            except redis_errors as exc:
-                self._unreached(exc)
-            except Exception:
-                logger.exception("a cluster write failed")
-            finally:
-                self._writes.task_done()
-
-    async def _renew(self) -> None:
-        """Every third of a lease: renew it, report, and re-check the requests only
+    async def _report(self) -> None:
+        """Every third of a lease: report this node, and re-check the requests only
         other nodes keep alive."""
+        assert self._local is not None
         while True:
             try:
-                await self._renew_once()
+                await self.board.publish(self._local.report())
                 self._reached()
-            except redis_errors as exc:
+            except unavailable_errors as exc:
                 self._unreached(exc)
             except Exception:
-                logger.exception("cluster renewal failed")
+                logger.exception("cluster report failed")
+            watched, self._watched = self._watched, set()
+            for key in watched:
+                self._local.reconsider(key)
             await asyncio.sleep(self.period)
 
-    async def _renew_once(self) -> None:
-        assert self._local is not None
-        if await self.board.publish(self._local.report()):
-            await self._write_again()
-        watched, self._watched = self._watched, set()
-        for key in watched:
-            self._local.reconsider(key)
-
     async def _write_again(self) -> None:
-        """Redis lost this node's keys (or never had them): the owners of its runs and
-        its followers elsewhere, once more."""
+        """Redis lost this node's keys (or never had them): the owners of its runs, its
+        followers elsewhere and its sessions, once more."""
+        self.board.forget()
         if not self._owned and not self._following:
             return
         pipe = self.backend.client.pipeline(transaction=False)

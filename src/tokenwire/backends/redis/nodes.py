@@ -1,11 +1,12 @@
 """The nodes of a deployment as each reports itself: alive, streams running, sessions.
 
-Every node writes, every third of its lease: its lease key (`node_key(node,
-"lease")`, alive while it exists), a hash of counts (`node_key(node, "stats")`),
-its sessions (`node_key(node, "sessions")`: session id to its description, written
-only when it changed) and its name in the sorted set `key("nodes")` (scored by
-when it last wrote). All but the set expire with the lease, so a node that dies
-drops out of the stats within a lease.
+Every node writes, every third of its lease: a hash of counts (`node_key(node,
+"stats")`), its sessions (`node_key(node, "sessions")`: session id to its
+description, written only when it changed) and its name in the sorted set
+`key("nodes")` (scored by when it last wrote). A node counts as alive while its
+lease (`node_key(node, "lease")`, renewed by `NodeLease`) and its stats hold; both
+expire with the lease, so a node that dies drops out within a lease, and one that
+stops deletes its stats and drops out at once.
 """
 
 from __future__ import annotations
@@ -34,23 +35,21 @@ class NodeBoard:
         self._clock = clock
         self._lease_ms = max(1, int(backend.lease_seconds * 1000))
         node = backend.node_id
-        self._lease = backend.node_key(node, "lease")
         self._stats = backend.node_key(node, "stats")
         self._sessions = backend.node_key(node, "sessions")
         self._nodes = backend.key("nodes")
         self._written: dict[str, bytes] = {}
         """The sessions as last written, by id: only changes are written again."""
 
-    async def publish(self, report: NodeReport) -> bool:
-        """Renew this node's lease and write its report. True when Redis had lost what
-        this node wrote before (a restart, or this node stalled past its lease): the
-        caller writes its other state again."""
+    def forget(self) -> None:
+        """Redis lost what this node wrote: write every session again next time."""
+        self._written = {}
+
+    async def publish(self, report: NodeReport) -> None:
+        """Write this node's report."""
         now = self._clock()
         client = self._backend.client
         pipe = client.pipeline(transaction=False)
-        # Idempotent with any other part of this node renewing the same lease.
-        pipe.set(self._lease, self._backend.node_id, px=self._lease_ms)
-        pipe.pexpire(self._stats, self._lease_ms)
         pipe.hset(
             self._stats,
             mapping={"running": report.running, "sessions": len(report.sessions), "at": now},
@@ -58,12 +57,8 @@ class NodeBoard:
         pipe.pexpire(self._stats, self._lease_ms)
         pipe.zadd(self._nodes, {self._backend.node_id: now})
         pipe.zremrangebyscore(self._nodes, "-inf", now - FORGET_AFTER_SECONDS)
-        replies = await pipe.execute()
-        lost = bool(replies[1] == 0)
-        if lost:
-            self._written = {}
+        await pipe.execute()
         await self._write_sessions(report.sessions)
-        return lost
 
     async def _write_sessions(self, sessions: dict[str, dict[str, Any]]) -> None:
         # The duration grows by itself: what is kept is when the session began.
@@ -103,14 +98,15 @@ class NodeBoard:
         reports = []
         for i, name in enumerate(names):
             alive, stats, sessions = replies[3 * i : 3 * i + 3]
-            if alive:
+            if alive and stats:
                 reports.append(_report(name, stats, sessions, now))
         return reports
 
     async def leave(self) -> None:
-        """This node stops: out of the stats at once rather than after its lease."""
+        """This node stops: out of the stats at once rather than after its lease (which
+        is left to lapse: other parts of the node may still need it)."""
         pipe = self._backend.client.pipeline(transaction=False)
-        pipe.delete(self._lease, self._stats, self._sessions)
+        pipe.delete(self._stats, self._sessions)
         pipe.zrem(self._nodes, self._backend.node_id)
         await pipe.execute()
 
