@@ -284,7 +284,8 @@ async def test_a_cancel_elsewhere_without_redis_is_refused_and_works_once_redis_
 
             async def subscribed_and_owned() -> bool:
                 [(_, listeners)] = await probe.pubsub_numsub(channel)
-                return bool(listeners) and await probe.exists(owner_key) == 1
+                owned = await probe.exists(owner_key) == 1
+                return bool(listeners) and owned and b.availability.up
 
             deadline = time.monotonic() + 15
             while not await subscribed_and_owned():

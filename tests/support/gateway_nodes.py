@@ -23,6 +23,7 @@ from tests.support.server import RunningServer, gateway_with, running_server, si
 from tests.support.stores import SharedLogs
 from tokenwire.backends.memory import MemoryLogStore
 from tokenwire.backends.redis import RedisBackend
+from tokenwire.backends.redis.availability import RedisAvailability
 from tokenwire.backends.redis.cluster import RedisCluster
 from tokenwire.core.cluster import Cluster
 from tokenwire.core.gateway import Gateway
@@ -34,8 +35,12 @@ class RecordingCluster(RedisCluster):
     gateway decides on it in the same step, so once the test has the answer it can
     look at what the gateway did."""
 
-    def __init__(self, backend: RedisBackend, resume_grace_seconds: float) -> None:
-        super().__init__(backend, resume_grace_seconds=resume_grace_seconds)
+    def __init__(
+        self, backend: RedisBackend, resume_grace_seconds: float, availability: RedisAvailability
+    ) -> None:
+        super().__init__(
+            backend, resume_grace_seconds=resume_grace_seconds, availability=availability
+        )
         self.answers: asyncio.Queue[tuple[RequestKey, bool]] = asyncio.Queue()
 
     async def followed_elsewhere(self, key: RequestKey) -> bool:
@@ -54,6 +59,7 @@ class Node:
     cluster: RecordingCluster
     provider: WatchedProvider
     redis: Redis
+    availability: RedisAvailability
 
     @property
     def gateway(self) -> Gateway:
@@ -89,13 +95,16 @@ async def cluster_nodes(
         for n in range(count):
             redis = node_client(redis_server)
             stack.push_async_callback(redis.aclose)
+            availability = RedisAvailability(redis.ping)
+            await availability.start()
+            stack.push_async_callback(availability.close)
             backend = RedisBackend(redis, prefix=prefix, node_id=f"n{n}", lease_seconds=lease)
-            cluster = RecordingCluster(backend, resume_grace_seconds=grace)
+            cluster = RecordingCluster(backend, grace, availability)
             provider = WatchedProvider()
             gateway = with_cluster(
                 gateway_with(provider, settings=settings), cluster, SharedLogs(store)
             )
             server = await stack.enter_async_context(running_server(settings, gateway=gateway))
             await asyncio.wait_for(cluster.control.listening.wait(), 10)
-            nodes.append(Node(server, cluster, provider, redis))
+            nodes.append(Node(server, cluster, provider, redis, availability))
         yield nodes

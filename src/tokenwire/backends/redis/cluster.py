@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import structlog
 
+from tokenwire.backends.redis.availability import RedisAvailability
 from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.control import ControlListener, ControlMessage
 from tokenwire.backends.redis.node_lease import NodeLease
@@ -55,12 +56,16 @@ class RedisCluster:
         resume_grace_seconds: float = 10.0,
         retention_seconds: float = 300.0,
         max_run_seconds: float = 3600.0,
+        availability: RedisAvailability | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if ":" in backend.node_id:
             raise ValueError(f"a node id may not hold ':' (got {backend.node_id!r})")
         self.node_id = backend.node_id
         self.backend = backend
+        self._availability = availability
+        """The node's watch on Redis, if it has one: while Redis is down, what needs it
+        is refused at once rather than after a command's timeout."""
         self._grace = resume_grace_seconds
         self._clock = clock
         # A request's keys outlive its longest run and then its log's retention.
@@ -137,6 +142,7 @@ class RedisCluster:
         await self.backend.client.delete(self._owner(key))
 
     async def followed_elsewhere(self, key: RequestKey) -> bool:
+        self._check()
         try:
             entries = await self.backend.client.hgetall(self._followers(key))
             by_node: dict[str, list[str]] = {}
@@ -148,7 +154,7 @@ class RedisCluster:
                 return False
             dead = set(await self.lease.dead_among(by_node))
         except unavailable_errors as exc:
-            raise BackendUnavailable("Redis is out of reach: followers elsewhere unknown") from exc
+            raise self._failed(exc, "followers elsewhere unknown") from exc
         now = self._clock()
         followed = any(
             _counts(value, now)
@@ -171,6 +177,7 @@ class RedisCluster:
     # -- requests other nodes run ---------------------------------------------
 
     async def cancel(self, key: RequestKey, reason: str) -> bool:
+        self._check()
         client = self.backend.client
         try:
             owner = await client.get(self._owner(key))
@@ -182,7 +189,7 @@ class RedisCluster:
                 return True
             dead = await self.lease.dead_among([text(owner)])
         except unavailable_errors as exc:
-            raise BackendUnavailable("Redis is out of reach: cannot cancel there") from exc
+            raise self._failed(exc, "cannot cancel there") from exc
         if dead:
             return False  # its owner died: nothing runs it any more
         # Alive but not listening (resubscribing after losing Redis): say so, never
@@ -243,12 +250,22 @@ class RedisCluster:
     # -- the other nodes ------------------------------------------------------
 
     async def others(self) -> list[NodeReport]:
+        self._check()
         try:
             return await self.board.others()
         except unavailable_errors as exc:
-            raise BackendUnavailable("Redis is out of reach: other nodes unknown") from exc
+            raise self._failed(exc, "other nodes unknown") from exc
 
     # -- internals ------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._availability is not None:
+            self._availability.check()
+
+    def _failed(self, exc: BaseException, what: str) -> BackendUnavailable:
+        if self._availability is not None:
+            return self._availability.failed(exc)
+        return BackendUnavailable(f"Redis is out of reach: {what}")
 
     def _owner(self, key: RequestKey) -> str:
         return self.backend.request_key(key, "owner")
