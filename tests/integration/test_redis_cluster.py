@@ -326,3 +326,19 @@ async def test_stats_and_sessions_show_every_node(shared_redis: RedisServer) -> 
         assert users == {"ada": "n0", "bob": "n1"}
         assert sessions["active_sessions"] == 2
         await a.gateway.cancel_anywhere(key("r1"))
+
+
+async def test_a_node_that_stops_leaves_the_stats_at_once(shared_redis: RedisServer) -> None:
+    async with cluster_nodes(shared_redis) as (a, b):
+
+        async def names() -> list[str]:
+            nodes, reachable = await a.gateway.nodes()
+            assert reachable
+            return [node.node_id for node in nodes]
+
+        deadline = time.monotonic() + AT_ONCE
+        while await names() != ["n0", "n1"]:
+            assert time.monotonic() < deadline, await names()
+            await asyncio.sleep(0.05)
+        await b.cluster.close()  # as its gateway's shutdown does; its lease still holds
+        assert await names() == ["n0"]
