@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from tokenwire.backends.memory import MemoryLogStore
+from tokenwire.core.eventlog import EventLog
 from tokenwire.core.provider import Message
+from tokenwire.core.spec import RequestKey
 
 
 class SlowHistory:
@@ -21,4 +24,34 @@ class SlowHistory:
         return ()
 
     async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
+        return None
+
+
+class SharedLogs:
+    """One in-process log store that several gateways share, standing in for the Redis
+    log store: each node finds the logs of requests that run on another, as a node
+    reads another node's log through Redis. Closing it through one gateway closes
+    nothing: the test closes the store it wraps."""
+
+    def __init__(self, store: MemoryLogStore) -> None:
+        self._store = store
+
+    async def create(
+        self, key: RequestKey, origin: str | None, conversation_id: str | None = None
+    ) -> EventLog:
+        return await self._store.create(key, origin, conversation_id)
+
+    async def get(self, key: RequestKey) -> EventLog | None:
+        return await self._store.get(key)
+
+    async def finished(self, log: EventLog) -> None:
+        await self._store.finished(log)
+
+    async def discard(self, key: RequestKey) -> None:
+        await self._store.discard(key)
+
+    async def of_user(self, user_id: str) -> list[EventLog]:
+        return await self._store.of_user(user_id)
+
+    async def close(self) -> None:
         return None

@@ -8,9 +8,21 @@ runs; for a request that runs elsewhere it goes through this interface.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from tokenwire.core.spec import RequestKey
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """One node as the stats endpoints show it."""
+
+    node_id: str
+    running: int
+    """Requests running on the node (it owns them)."""
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Its open sessions: session id to `Session.describe()`."""
 
 
 class LocalRuns(Protocol):
@@ -22,6 +34,9 @@ class LocalRuns(Protocol):
     def reconsider(self, key: RequestKey) -> None:
         """Followers of a request of this node's left elsewhere: cancel it if nobody
         follows it anywhere now (`Cluster.followed_elsewhere`)."""
+
+    def report(self) -> NodeReport:
+        """This node, now (what the cluster publishes for the other nodes' stats)."""
 
 
 class Cluster(Protocol):
@@ -36,8 +51,16 @@ class Cluster(Protocol):
 
     async def close(self) -> None: ...
 
+    async def started(self, key: RequestKey) -> None:
+        """This node runs `key` from now (its owner): cancels elsewhere reach it here.
+        Never raises for a backend out of reach: the request then runs node-locally."""
+
+    def ended(self, key: RequestKey) -> None:
+        """The run of `key` here is over; must not block."""
+
     async def cancel(self, key: RequestKey, reason: str) -> bool:
-        """Cancel a request running on another node; False if none runs it."""
+        """Cancel a request running on another node; False if none runs it. Raises
+        `BackendUnavailable` when the other nodes cannot be reached."""
 
     def follow(self, key: RequestKey, follower: str) -> None:
         """`follower` here receives a request that runs on another node."""
@@ -48,7 +71,11 @@ class Cluster(Protocol):
 
     async def followed_elsewhere(self, key: RequestKey) -> bool:
         """Whether a follower on another node (or one in its grace there) still counts
-        for this node's request `key`."""
+        for this node's request `key`. Raises `BackendUnavailable` when it cannot tell."""
+
+    async def others(self) -> list[NodeReport]:
+        """The other nodes alive, as they last reported (`BackendUnavailable` when the
+        backend cannot be reached)."""
 
 
 class SingleNode:
@@ -66,6 +93,12 @@ class SingleNode:
     async def close(self) -> None:
         return None
 
+    async def started(self, key: RequestKey) -> None:
+        return None
+
+    def ended(self, key: RequestKey) -> None:
+        return None
+
     async def cancel(self, key: RequestKey, reason: str) -> bool:
         return False
 
@@ -77,3 +110,6 @@ class SingleNode:
 
     async def followed_elsewhere(self, key: RequestKey) -> bool:
         return False
+
+    async def others(self) -> list[NodeReport]:
+        return []

@@ -4,7 +4,9 @@ A request belongs to its user and is addressed by (user, request id). The
 gateway owns every stream task, because a stream may outlive the connection
 that started it; connections (sessions) only follow requests. When the last
 follower of a running request goes, the request is cancelled; a follower that left
-without closing on purpose still counts until its resume grace ends.
+without closing on purpose still counts until its resume grace ends. With other nodes
+(a `Cluster`), followers there count too, and a cancel may reach a request that runs
+on another node.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import structlog
 
 from tokenwire.core.admission import Admission, AdmitAll
+from tokenwire.core.cluster import Cluster, NodeReport, SingleNode
 from tokenwire.core.conversations import (
     ConversationStore,
     answer_turn,
@@ -29,11 +32,13 @@ from tokenwire.core.hydration import compacted
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamRun, StreamTuning
 from tokenwire.core.provider import count_tokens
+from tokenwire.core.remote import RemoteFollows
 from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Router
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.spec import RequestKey, RequestSpec
 from tokenwire.core.stats import StreamingStats, StreamOutcome
 from tokenwire.protocol.errors import (
+    BackendUnavailable,
     InvalidRequest,
     NotRecovered,
     PastTheEnd,
@@ -93,8 +98,10 @@ class Gateway:
         conversations: ConversationStore,
         observer: AttemptObserver | None = None,
         admission: Admission | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.config = config
+        self.cluster: Cluster = cluster or SingleNode()
         self.observer = observer or NoObserver()
         self.admission = admission or AdmitAll()
         self.slots = dict(slots)
@@ -104,10 +111,12 @@ class Gateway:
         self.sessions = SessionRegistry()
         self.stats = StreamingStats()
         self._runs: dict[RequestKey, _Running] = {}
+        self._remote = RemoteFollows(self.cluster, self.sessions, config.resume_grace_seconds)
         # Keys between the first check and the run's registration (start awaits in between).
         self._starting: set[RequestKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._cluster_start: asyncio.Task[None] | None = None
         self.closing = False
 
     # -- sessions -------------------------------------------------------------
@@ -163,7 +172,10 @@ class Gateway:
         """`follower` left: on purpose (`lost` False), or in a way that leaves it the
         resume grace, during which it still counts as following."""
         running = self._runs.get(key)
-        if running is None or follower not in running.followers:
+        if running is None:
+            self._remote.leave(key, follower, lost)
+            return
+        if follower not in running.followers:
             return
         running.followers.discard(follower)
         grace = self.config.resume_grace_seconds
@@ -171,12 +183,68 @@ class Gateway:
             loop = asyncio.get_running_loop()
             running.absent[follower] = loop.call_later(grace, self._grace_over, running, follower)
         elif not running.followed:
-            self._cancel(running, reason)
+            self._unfollowed(running, reason)
 
     def _grace_over(self, running: _Running, follower: str) -> None:
         running.absent.pop(follower, None)
         if not running.followed:
-            self._cancel(running, "nobody re-attached within the resume grace")
+            self._unfollowed(running, "nobody re-attached within the resume grace")
+
+    def _unfollowed(self, running: _Running, reason: str) -> None:
+        """Nobody here follows `running` any more: cancel it, unless (with other nodes)
+        someone there still does, which asks Redis first."""
+        if not self.cluster.shared:
+            self._cancel(running, reason)
+            return
+        task = asyncio.create_task(
+            self._cancel_unless_followed_elsewhere(running, reason),
+            name=f"followers of {running.run.spec.request_id}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _cancel_unless_followed_elsewhere(self, running: _Running, reason: str) -> None:
+        key = running.run.spec.key
+        try:
+            elsewhere = await self.cluster.followed_elsewhere(key)
+        except BackendUnavailable:
+            # Other nodes' followers read the request through Redis: out of reach, they
+            # receive nothing, so the request is cancelled as on one node.
+            logger.warning("followers elsewhere unknown, cancelling", request_id=key.request_id)
+            elsewhere = False
+        # Someone may have come back here, or the run ended, while Redis answered.
+        if not elsewhere and not running.followed and self._runs.get(key) is running:
+            self._cancel(running, reason)
+
+    # -- the cluster's view of this node (LocalRuns) ----------------------------
+
+    def cancel_here(self, key: RequestKey, reason: str) -> bool:
+        running = self._runs.get(key)
+        if running is None:
+            return False
+        self._cancel(running, reason)
+        return True
+
+    def reconsider(self, key: RequestKey) -> None:
+        running = self._runs.get(key)
+        if running is not None and not running.followed and running.run.cancel_reason is None:
+            self._unfollowed(running, "nobody follows the request on any node")
+
+    def report(self) -> NodeReport:
+        return NodeReport(
+            node_id=self.cluster.node_id,
+            running=len(self._runs),
+            sessions={
+                s.session_id: {**s.describe(), "created_at": s.created_at} for s in self.sessions
+            },
+        )
+
+    async def nodes(self) -> tuple[list[NodeReport], bool]:
+        """Every node (this one first) and whether the others could be asked."""
+        try:
+            return [self.report(), *await self.cluster.others()], True
+        except BackendUnavailable:
+            return [self.report()], False
 
     @property
     def in_grace(self) -> int:
@@ -212,10 +280,12 @@ class Gateway:
             self.stats.not_recovered += 1
             raise _about(exc, key) from None
         log.attach(subscriber, replay)
-        if not log.finished:
-            if isinstance(follower, Session):
+        if not log.finished and follower is not None:
+            if key not in self._runs and self.cluster.shared:
+                self._remote.follow(key, log, follower)
+            elif isinstance(follower, Session):
                 self.follow(follower, key)
-            elif follower is not None:
+            else:
                 self.add_follower(key, follower)
         self.stats.resumes_served += 1
         return log
@@ -274,10 +344,22 @@ class Gateway:
         return slot.name, await count_tokens(slot.provider, request)
 
     def cancel(self, key: RequestKey, reason: str = "cancelled by client") -> None:
-        running = self._runs.get(key)
-        if running is None:
+        """Cancel a request running on this node (`cancel_anywhere` for any node)."""
+        if not self.cancel_here(key, reason):
             raise _about(UnknownRequest(f"no running request with id {key.request_id!r}"), key)
-        self._cancel(running, reason)
+
+    async def cancel_anywhere(self, key: RequestKey, reason: str = "cancelled by client") -> None:
+        """Cancel a request running on this node or on another; `UnknownRequest` if none
+        runs it, `BackendUnavailable` if the other nodes cannot be asked."""
+        # Here first, synchronously: a local cancel waits for nothing, as on one node.
+        if self.cancel_here(key, reason):
+            return
+        try:
+            if self.cluster.shared and await self.cluster.cancel(key, reason):
+                return
+        except BackendUnavailable as exc:
+            raise _about(exc, key) from None
+        raise _about(UnknownRequest(f"no running request with id {key.request_id!r}"), key)
 
     def is_cancelled(self, key: RequestKey) -> bool:
         """A running request that was cancelled and is winding down: it holds no stream
@@ -301,6 +383,9 @@ class Gateway:
 
     def start_background(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_idle_sessions(), name="idle sweeper")
+        if self.cluster.shared:
+            self._cluster_start = asyncio.create_task(self.cluster.start(self), name="cluster")
+            self._cluster_start.add_done_callback(self._task_done)
 
     def begin_shutdown(self) -> None:
         """Refuse new requests from now on (and so answer /readyz 503); `shutdown` ends
@@ -324,6 +409,10 @@ class Gateway:
         for provider_slot in self.slots.values():
             await provider_slot.provider.aclose()
         await self.logs.close()
+        # After the logs: their last events reach the other nodes before this node leaves.
+        if self._cluster_start is not None:
+            await asyncio.gather(self._cluster_start, return_exceptions=True)
+        await self.cluster.close()
 
     # -- internals ------------------------------------------------------------
 
@@ -351,7 +440,9 @@ class Gateway:
         route = self.router.choose(spec)
         route.slot.provider.validate(route.slot.provider_request(spec))
         log = await self.logs.create(key, spec.origin, spec.conversation_id)
+        await self.cluster.started(key)
         if self.closing:
+            self.cluster.ended(key)
             await self.logs.discard(key)
             raise ShuttingDown("the server is shutting down")
         running = _Running(StreamRun(spec, route, log, self.config.tuning, self.observer))
@@ -378,6 +469,7 @@ class Gateway:
         finally:
             running.stop_grace()
             self._runs.pop(key, None)
+            self.cluster.ended(key)
             for session_id in running.followers:
                 session = self.sessions.get(session_id)
                 if session is not None:

@@ -6,6 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from tokenwire.core.cluster import NodeReport
 from tokenwire.core.provider import Usage
 from tokenwire.core.sessions import SessionRegistry
 from tokenwire.core.tools import ToolCallPart
@@ -157,4 +158,41 @@ def sessions_snapshot(sessions: SessionRegistry) -> dict[str, Any]:
         "total_sessions": sessions.total_opened,
         "active_sessions": len(sessions),
         "active_session_details": {s.session_id: s.describe() for s in sessions},
+    }
+
+
+def cluster_snapshot(nodes: list[NodeReport], reachable: bool) -> dict[str, Any]:
+    """This node (first in `nodes`) and the others alive: what runs where. `reachable`
+    False: the other nodes could not be asked (only this one is shown)."""
+    return {
+        "node_id": nodes[0].node_id,
+        "reachable": reachable,
+        "nodes_alive": len(nodes),
+        "streams_running": sum(node.running for node in nodes),
+        "nodes": {
+            node.node_id: {"streams_running": node.running, "sessions": len(node.sessions)}
+            for node in nodes
+        },
+    }
+
+
+def cluster_sessions(
+    local: dict[str, Any], nodes: list[NodeReport], reachable: bool
+) -> dict[str, Any]:
+    """`local` (this node's `sessions_snapshot`, this node first in `nodes`) with every
+    other node's sessions, each saying on which node it is."""
+    here = nodes[0].node_id
+    details = {
+        sid: {**about, "node_id": here} for sid, about in local["active_session_details"].items()
+    }
+    for node in nodes[1:]:
+        for sid, about in node.sessions.items():
+            details[sid] = {**about, "node_id": node.node_id}
+    return {
+        **local,
+        "active_sessions": len(details),
+        "active_session_details": details,
+        "reachable": reachable,
+        "nodes": {node.node_id: len(node.sessions) for node in nodes[1:]}
+        | {here: local["active_sessions"]},
     }

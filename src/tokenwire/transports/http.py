@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 
 from tokenwire.core.gateway import Gateway
-from tokenwire.core.stats import sessions_snapshot
+from tokenwire.core.stats import cluster_sessions, cluster_snapshot, sessions_snapshot
 from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_header
 
 # What each path is for, as the front page says it; a route without an entry here is
@@ -141,13 +141,22 @@ async def upgrade_required(request: Request) -> JSONResponse:
 
 
 async def streaming_stats(request: Request) -> JSONResponse:
+    """This node's streams and sessions, and under `cluster` every node alive (one
+    without Redis) with the streams running on each."""
     gateway = _gateway(request)
-    snapshot = gateway.stats.snapshot(gateway.sessions, gateway.in_grace)
-    return JSONResponse({**snapshot, "node_id": request.app.state.node_id})
+    body = gateway.stats.snapshot(gateway.sessions, gateway.in_grace)
+    body["node_id"] = request.app.state.node_id
+    body["cluster"] = cluster_snapshot(*await gateway.nodes())
+    return JSONResponse(body)
 
 
 async def streaming_sessions(request: Request) -> JSONResponse:
-    return JSONResponse(sessions_snapshot(_gateway(request).sessions))
+    """The open sessions; with other nodes, theirs too, each with its `node_id`."""
+    gateway = _gateway(request)
+    body = sessions_snapshot(gateway.sessions)
+    if gateway.cluster.shared:
+        body = cluster_sessions(body, *await gateway.nodes())
+    return JSONResponse(body)
 
 
 async def providers(request: Request) -> JSONResponse:

@@ -165,7 +165,7 @@ async def attach_stream(request: Request) -> Response:
 async def cancel_stream(request: Request) -> Response:
     try:
         key = _key(request)
-        _gateway(request).cancel(key)
+        await _gateway(request).cancel_anywhere(key)
     except TokenwireError as exc:
         return error_response(exc)
     return JSONResponse({"request_id": key.request_id, "status": "cancelling"})

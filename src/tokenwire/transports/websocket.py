@@ -269,7 +269,8 @@ class Connection:
             log.subscribe(self)
             self._logs.append(log)
         elif isinstance(message, CancelRequest):
-            self._gateway.cancel(RequestKey(session.user_id, message.request_id))
+            key = RequestKey(session.user_id, message.request_id)
+            await self._gateway.cancel_anywhere(key)
         elif isinstance(message, Resume):
             key = RequestKey(session.user_id, message.request_id)
             # A resume of what this connection follows replaces its subscription (the log

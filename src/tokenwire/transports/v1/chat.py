@@ -565,7 +565,7 @@ async def _chunks(
                     yield line
     finally:
         if not feed.ended:
-            cancel_quietly(gateway, log.key)
+            await cancel_quietly(gateway, log.key)
 
 
 # A call's end adds nothing on this wire: its arguments were all streamed.

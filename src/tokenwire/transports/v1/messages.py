@@ -479,7 +479,7 @@ async def _events(
                 yield line
     finally:
         if not feed.ended:
-            cancel_quietly(gateway, log.key)
+            await cancel_quietly(gateway, log.key)
 
 
 _ANSWER_EVENTS = {*TEXT_EVENTS, EventType.TOOL_CALL_START}

@@ -30,7 +30,7 @@ from tokenwire.core.provider import Message
 from tokenwire.core.spec import Delivery, Generation, RequestKey, RequestSpec
 from tokenwire.core.structured import from_responses
 from tokenwire.core.tools import NamedTool, ToolChoice, ToolSpec
-from tokenwire.protocol.errors import InvalidRequest, UnknownRequest
+from tokenwire.protocol.errors import BackendUnavailable, InvalidRequest, UnknownRequest
 from tokenwire.protocol.events import encode_json
 from tokenwire.protocol.formats import ResponsesFormat
 from tokenwire.protocol.messages import Granularity, valid_request_id
@@ -491,12 +491,19 @@ async def _stored(gateway: Gateway, key: RequestKey) -> EventLog:
 
 
 async def _stopped(gateway: Gateway, log: EventLog, reason: str = "cancelled by client") -> None:
-    """Cancel a running response and wait for its end (milliseconds); a finished one as is."""
+    """Cancel a running response, wherever it runs, and wait for its end (milliseconds); a
+    finished one as is. `BackendUnavailable` if the node running it cannot be reached."""
     if log.finished:
         return
     feed = Feed()
     log.attach(feed, ())
-    cancel_quietly(gateway, log.key, reason)
+    try:
+        await gateway.cancel_anywhere(log.key, reason)
+    except UnknownRequest:
+        pass  # it ended meanwhile: its stream_end is on its way to the feed
+    except BackendUnavailable:
+        log.unsubscribe(feed)
+        raise
     async for _ in feed:  # until its stream_end
         pass
 
@@ -567,4 +574,4 @@ async def _events(
     finally:
         # A foreground response ends with its client; a background one runs on.
         if cancel_on_leave and not feed.ended:
-            cancel_quietly(gateway, log.key)
+            await cancel_quietly(gateway, log.key)

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
+import structlog
 from pydantic import Field
 from starlette.requests import Request
 
@@ -26,6 +27,7 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import MEDIA_TYPES
 from tokenwire.core.spec import RequestKey, RequestSpec, Routing
 from tokenwire.protocol.errors import (
+    BackendUnavailable,
     InvalidRequest,
     RequestCancelled,
     ShuttingDown,
@@ -36,6 +38,8 @@ from tokenwire.protocol.errors import (
     excerpt,
 )
 from tokenwire.protocol.events import TEXT_EVENTS, EventType
+
+logger = structlog.get_logger("tokenwire.v1")
 
 CLIENT_LEFT = "client went away"
 USAGE_ESTIMATED = "tokenwire-usage-estimated"
@@ -207,9 +211,15 @@ async def start(gateway: Gateway, spec: RequestSpec) -> tuple[EventLog, Feed]:
     return log, feed
 
 
-def cancel_quietly(gateway: Gateway, key: RequestKey, reason: str = CLIENT_LEFT) -> None:
-    with contextlib.suppress(UnknownRequest):
-        gateway.cancel(key, reason)
+async def cancel_quietly(gateway: Gateway, key: RequestKey, reason: str = CLIENT_LEFT) -> None:
+    """Cancel a request whose client went, wherever it runs; one that no longer runs, or
+    that Redis cannot reach now (logged), is left as it is: nobody waits for an answer."""
+    try:
+        await gateway.cancel_anywhere(key, reason)
+    except UnknownRequest:
+        pass
+    except BackendUnavailable:
+        logger.warning("could not cancel after the client went", request_id=key.request_id)
 
 
 @contextlib.asynccontextmanager
@@ -223,7 +233,7 @@ async def cancelled_on_hangup(
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        cancel_quietly(gateway, key)
+        await cancel_quietly(gateway, key)
 
     watcher = asyncio.create_task(watch(), name=f"hang-up watch {key.request_id}")
     try:
