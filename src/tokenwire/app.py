@@ -26,6 +26,7 @@ from tokenwire import __version__
 from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
 from tokenwire.backends.redis.availability import AdmitWhileReachable, RedisAvailability
 from tokenwire.backends.redis.client import RedisBackend
+from tokenwire.backends.redis.cluster import RedisCluster
 from tokenwire.backends.redis.conversations import RedisConversationStore
 from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
 from tokenwire.core.admission import Admission
@@ -196,8 +197,13 @@ def backends_for(settings: Settings) -> Backends:
             idle_seconds=streams.conversation_idle_seconds,
             images=image_bounds(settings.limits),
         ),
-        # plugged in by the merge: cluster = RedisCluster(redis, ...)
-        cluster=SingleNode(),
+        cluster=RedisCluster(
+            redis,
+            resume_grace_seconds=streams.resume_grace_seconds,
+            retention_seconds=streams.log_retention_seconds,
+            max_run_seconds=streams.max_request_timeout_seconds,
+            availability=availability,
+        ),
         admission=AdmitWhileReachable(quotas, availability),
         connections=connections,
         node_id=redis.node_id,
@@ -269,7 +275,7 @@ def gateway_for(
         backends.conversations,
         health,
         admission=backends.admission,
-        # plugged in by the merge: cluster=backends.cluster,
+        cluster=backends.cluster,
     )
 
 
@@ -380,7 +386,6 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if backends is not None:
             await backends.start()
-        # plugged in by the merge: await backends.cluster.start(gw) (the gateway is LocalRuns)
         gw.start_background()
         try:
             yield
