@@ -177,8 +177,10 @@ async def test_a_finished_request_replays_on_either_node_from_redis(
 
         for store in (a, b):
             again = await store.get(KEY)
-            assert again is not None and again is not log
-            assert again.finished and again.status == "completed"
+            assert again is not None
+            assert again is not log
+            assert again.finished
+            assert again.status == "completed"
             assert held(again) == held(log)
 
 
@@ -352,10 +354,14 @@ async def test_followers_of_a_dead_owner_get_stream_interrupted_and_so_does_a_fr
         assert follower.errors == []
         assert follower.seqs == list(range(1, 9))
         (_, error_type, error), (_, end_type, end_data) = follower.records[-2:]
-        assert error_type is EventType.ERROR and '"stream_interrupted"' in error
-        assert end_type is EventType.STREAM_END and '"status":"error"' in end_data
+        assert error_type is EventType.ERROR
+        assert '"stream_interrupted"' in error
+        assert end_type is EventType.STREAM_END
+        assert '"status":"error"' in end_data
         fresh = await b.get(KEY)
-        assert fresh is not None and fresh.finished and fresh.status == "error"
+        assert fresh is not None
+        assert fresh.finished
+        assert fresh.status == "error"
         assert held(fresh, 6) == follower.records[-2:]
 
 

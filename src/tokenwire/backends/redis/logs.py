@@ -109,9 +109,7 @@ class RedisLogStore:
     async def halt(self) -> None:
         """Stop every task at once, writing nothing more and leaving the lease to lapse:
         what a node that dies leaves behind (other nodes end its requests)."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop(self._tasks)
         self._tasks = []
         await self._replicas.close()
 
@@ -279,3 +277,14 @@ class RedisLogStore:
     def _redis_changed(self) -> None:
         self._mirror.check_all()
         self._replicas.check_epochs()
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for their end. Cancelled again until they end: redis-py
+    may swallow a cancellation that arrives while it drops a connection, and the task
+    would then run on (seen with a pipeline cancelled mid-reply)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
