@@ -106,6 +106,9 @@ class LogMirror:
         self._renewal = renewal
         self.logs: dict[RequestKey, Mirrored] = {}
         self._dirty: dict[RequestKey, None] = {}
+        # Ended logs that Redis does not hold whole yet, oldest first, and their bytes.
+        self._ended: dict[RequestKey, Mirrored] = {}
+        self._ended_bytes = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -135,13 +138,11 @@ class LogMirror:
             self.forget(log.key)
             return
         self.changed(log)
-        waiting = [m for m in self.logs.values() if m.log.finished]
-        held = sum(m.log.held_bytes for m in waiting)
-        for oldest in waiting:
-            if held <= self._max_retained_bytes:
-                break
+        self._ended[log.key] = mirrored
+        self._ended_bytes += log.held_bytes
+        while self._ended_bytes > self._max_retained_bytes:
+            oldest = next(iter(self._ended.values()))
             logger.warning("ended log given up before redis held it", request_id=oldest.key[1])
-            held -= oldest.log.held_bytes
             self.forget(oldest.key)
 
     def check_all(self) -> None:
@@ -155,6 +156,9 @@ class LogMirror:
 
     def forget(self, key: RequestKey) -> None:
         self.logs.pop(key, None)
+        ended = self._ended.pop(key, None)
+        if ended is not None:
+            self._ended_bytes -= ended.log.held_bytes
         self._dirty.pop(key, None)
         if not self._dirty:
             self._idle.set()
