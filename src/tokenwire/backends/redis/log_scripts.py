@@ -11,6 +11,10 @@ writes), `annotations` (JSON), `ends_at` (when retention ends), `ended_by` (a
 node that wrote the end for a dead owner), `discarded` ("1": forgotten, a
 tombstone until it expires).
 
+Scripts touch one request's keys only (one hash tag: one Cluster slot), except that
+INTERRUPT reads the owner's lease; a user's index of requests (a sorted set, member
+the request id, score its start) is kept by plain commands sent alongside.
+
 Every script answers a short status word, so that the caller tells "done" from
 "Redis no longer holds what you think" without a second round trip.
 """
@@ -25,9 +29,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-# KEYS: meta, events, user index.
-# ARGV: epoch, origin, conversation_id, created_at, owner, now, request_id,
-#       running_ttl_ms, index_ttl_ms.
+# KEYS: meta, events. ARGV: epoch, origin, conversation_id, created_at, owner, now,
+#       running_ttl_ms.
 # A key is taken while its meta lives, unless it was discarded or its retention ended.
 CREATE = """
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'ends_at', 'discarded')
@@ -39,18 +42,15 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'origin', ARGV[2], 'conversation_id', ARGV[3],
   'created_at', ARGV[4], 'owner', ARGV[5], 'status', '', 'first_seq', '1', 'last_seq', '0',
   'batch', '0', 'annotations', '{}')
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[7])
-redis.call('PEXPIRE', KEYS[3], ARGV[9])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return 'ok'
 """
 
-# KEYS: meta, events, user index.
+# KEYS: meta, events.
 # ARGV: epoch, batch (how many Redis should hold), first_seq, annotations ("" unchanged),
 #       status ("" unless this batch holds the stream_end), ends_at, keep_ms (how long
 #       the keys outlive the end: the retention, and never less than followers elsewhere
-#       need to read the end), index_ttl_ms, request_id, count, then count times: seq,
-#       type, ts, data.
+#       need to read the end), count, then count times: seq, type, ts, data.
 # Refuses (changing nothing) when Redis's copy is not the one the owner built on.
 MIRROR = """
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'batch', 'ended_by', 'discarded')
@@ -58,16 +58,16 @@ if m[4] == '1' then return 'discarded' end
 if m[1] ~= ARGV[1] then return 'epoch' end
 if m[3] and m[3] ~= '' then return 'ended' end
 if tonumber(m[2]) ~= tonumber(ARGV[2]) then return 'lost' end
-local count = tonumber(ARGV[10])
+local count = tonumber(ARGV[8])
 local fields = {'batch', tostring(tonumber(ARGV[2]) + 1), 'first_seq', ARGV[3]}
 for i = 0, count - 1 do
-  local at = 11 + i * 4
+  local at = 9 + i * 4
   redis.call('XADD', KEYS[2], '0-' .. ARGV[at], 'seq', ARGV[at], 'type', ARGV[at + 1],
     'ts', ARGV[at + 2], 'data', ARGV[at + 3])
 end
 if count > 0 then
   table.insert(fields, 'last_seq')
-  table.insert(fields, ARGV[11 + (count - 1) * 4])
+  table.insert(fields, ARGV[9 + (count - 1) * 4])
   redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. ARGV[3])
 end
 if ARGV[4] ~= '' then
@@ -84,15 +84,13 @@ redis.call('HSET', KEYS[1], unpack(fields))
 if ARGV[5] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[7])
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
-  redis.call('PEXPIRE', KEYS[3], ARGV[8])
 end
 return 'ok'
 """
 
-# KEYS: meta, events, user index.
+# KEYS: meta, events.
 # ARGV: epoch (new), origin, conversation_id, created_at, owner, status, ends_at, ttl_ms,
-#       first_seq, last_seq, annotations, request_id, index_ttl_ms, count, then count
-#       times: seq, type, ts, data.
+#       first_seq, last_seq, annotations, count, then count times: seq, type, ts, data.
 # The owner's whole log under a new epoch, after Redis lost (some of) it; never over
 # an end another node wrote for it, nor over a discard.
 REWRITE = """
@@ -100,9 +98,9 @@ local m = redis.call('HMGET', KEYS[1], 'ended_by', 'discarded')
 if m[2] == '1' then return 'discarded' end
 if m[1] and m[1] ~= '' then return 'ended' end
 redis.call('DEL', KEYS[1], KEYS[2])
-local count = tonumber(ARGV[14])
+local count = tonumber(ARGV[12])
 for i = 0, count - 1 do
-  local at = 15 + i * 4
+  local at = 13 + i * 4
   redis.call('XADD', KEYS[2], '0-' .. ARGV[at], 'seq', ARGV[at], 'type', ARGV[at + 1],
     'ts', ARGV[at + 2], 'data', ARGV[at + 3])
 end
@@ -111,8 +109,6 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'origin', ARGV[2], 'conversation_i
   'first_seq', ARGV[9], 'last_seq', ARGV[10], 'batch', '1', 'annotations', ARGV[11])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 if count > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[8]) end
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[12])
-redis.call('PEXPIRE', KEYS[3], ARGV[13])
 return 'ok'
 """
 
@@ -139,15 +135,14 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 'ok'
 """
 
-# KEYS: meta, events, user index. ARGV: request_id, tombstone_ttl_ms.
+# KEYS: meta, events. ARGV: tombstone_ttl_ms.
 # Forgets the events at once; the meta stays as a tombstone, so that an owner that
 # still holds the log does not write it back.
 DISCARD = """
-redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'none' end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'discarded', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 'ok'
 """
 

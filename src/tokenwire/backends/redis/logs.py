@@ -35,9 +35,9 @@ from tokenwire.backends.redis.log_records import (
 from tokenwire.backends.redis.log_scripts import CREATE_SCRIPT, DISCARD_SCRIPT, run_scripts, text
 from tokenwire.backends.redis.mirror import (
     FOLLOWER_GRACE_SECONDS,
-    INDEX_KEEP_SECONDS,
     RUNNING_KEEP_SECONDS,
     LogMirror,
+    index_entry,
     new_epoch,
 )
 from tokenwire.backends.redis.replicas import Followed, ReplicaReader
@@ -133,15 +133,14 @@ class RedisLogStore:
             repr(created_at),
             self._backend.node_id,
             repr(created_at),
-            key.request_id,
             int(RUNNING_KEEP_SECONDS * 1000),
-            int((INDEX_KEEP_SECONDS + self._retention) * 1000),
         ]
         call = (CREATE_SCRIPT, self._keys(key), args)
+        # The lease renewed with it: followers elsewhere never find a new request ownerless.
+        listed = index_entry(self._backend, key, created_at, self._retention)
+        prelude = [self._lease.renewal(), *listed]
         try:
-            [answer] = await run_scripts(
-                self._backend.client, [call], prelude=[self._lease.renewal()]
-            )
+            [answer] = await run_scripts(self._backend.client, [call], prelude=prelude)
         except redis_errors:
             raise BackendUnavailable("redis is unreachable: no request can start") from None
         if answer != "ok":
@@ -177,10 +176,11 @@ class RedisLogStore:
         self._mirror.forget(key)
         self._replicas.drop(key)
         keep = max(self._retention, FOLLOWER_GRACE_SECONDS)
-        args: list[str | int] = [key.request_id, int(keep * 1000)]
+        args: list[str | int] = [int(keep * 1000)]
         call = (DISCARD_SCRIPT, self._keys(key), args)
+        unlisted = ("ZREM", self._backend.user_key(key.user_id, "requests"), key.request_id)
         try:
-            await run_scripts(self._backend.client, [call])
+            await run_scripts(self._backend.client, [call], prelude=[unlisted])
         except redis_errors:
             raise BackendUnavailable(
                 "redis is unreachable: the request cannot be dropped"
@@ -195,12 +195,7 @@ class RedisLogStore:
     # -- internals --------------------------------------------------------------
 
     def _keys(self, key: RequestKey) -> list[str]:
-        backend = self._backend
-        return [
-            backend.request_key(key, "meta"),
-            backend.request_key(key, "events"),
-            backend.user_key(key.user_id, "requests"),
-        ]
+        return [self._backend.request_key(key, "meta"), self._backend.request_key(key, "events")]
 
     def _local(self, key: RequestKey) -> EventLog | None:
         """The log if this node runs it (or holds its end that Redis lacks), in retention."""
@@ -215,7 +210,7 @@ class RedisLogStore:
 
     async def _from_redis(self, key: RequestKey) -> EventLog | None:
         client = self._backend.client
-        meta_key, events_key, _ = self._keys(key)
+        meta_key, events_key = self._keys(key)
         now = self._clock()
         followed = self._replicas.followed.get(key)
         if followed is not None:

@@ -86,6 +86,8 @@ class _Batch:
     upto: int
     annotations: dict[str, Any]
     rewrite_epoch: str | None = None
+    ends: bool = False
+    """The batch holds the request's `stream_end`."""
 
 
 class LogMirror:
@@ -208,7 +210,12 @@ class LogMirror:
 
     async def _write(self, logs: list[Mirrored]) -> None:
         batches = [self._batch(m) for m in logs if not m.detached]
-        answers = await run_scripts(self._backend.client, [b.call for b in batches])
+        # A user's index outlives their last request's end (a plain command: other slot).
+        ends = [b.mirrored.key for b in batches if b.ends]
+        indexes = [index_kept(self._backend, key, self._retention) for key in ends]
+        answers = await run_scripts(
+            self._backend.client, [b.call for b in batches], prelude=indexes
+        )
         rewrites: list[_Batch] = []
         for batch, answer in zip(batches, answers, strict=True):
             if answer == "ok":
@@ -224,7 +231,11 @@ class LogMirror:
         for batch in rewrites:
             logger.warning("redis lost a log; writing it anew", request_id=batch.mirrored.key[1])
         calls = [b.call for b in rewrites]
-        answers = await run_scripts(self._backend.client, calls, prelude=[self._renewal()])
+        prelude = [self._renewal()]
+        for batch in rewrites:
+            log = batch.mirrored.log
+            prelude += index_entry(self._backend, log.key, log.created_at, self._retention)
+        answers = await run_scripts(self._backend.client, calls, prelude=prelude)
         for batch, answer in zip(rewrites, answers, strict=True):
             if answer == "ok":
                 self._written(batch)
@@ -255,12 +266,7 @@ class LogMirror:
     # -- script arguments -------------------------------------------------------
 
     def _keys(self, key: RequestKey) -> list[str]:
-        backend = self._backend
-        return [
-            backend.request_key(key, "meta"),
-            backend.request_key(key, "events"),
-            backend.user_key(key.user_id, "requests"),
-        ]
+        return [self._backend.request_key(key, "meta"), self._backend.request_key(key, "events")]
 
     def _keep_millis(self, ends_at: float | None) -> int:
         if ends_at is None:
@@ -285,12 +291,11 @@ class LogMirror:
             (log.status or "") if ends else "",
             repr(ends_at) if ends_at is not None else "",
             self._keep_millis(ends_at),
-            int((INDEX_KEEP_SECONDS + self._retention) * 1000),
-            log.key.request_id,
             len(records),
             *record_args(records),
         ]
-        return _Batch(mirrored, (MIRROR_SCRIPT, self._keys(log.key), args), upto, annotations)
+        call = (MIRROR_SCRIPT, self._keys(log.key), args)
+        return _Batch(mirrored, call, upto, annotations, ends=ends)
 
     def _rewrite(self, mirrored: Mirrored) -> _Batch | None:
         log = mirrored.log
@@ -313,10 +318,27 @@ class LogMirror:
             log.first_held_seq,
             log.last_seq,
             orjson.dumps(annotations).decode(),
-            log.key.request_id,
-            int((INDEX_KEEP_SECONDS + self._retention) * 1000),
             len(records),
             *record_args(records),
         ]
         call = (REWRITE_SCRIPT, self._keys(log.key), args)
         return _Batch(mirrored, call, log.last_seq, annotations, rewrite_epoch=epoch)
+
+
+def index_entry(
+    backend: RedisBackend, key: RequestKey, created_at: float, retention_seconds: float
+) -> list[Sequence[str | int]]:
+    """The commands that list a request among its user's (kept if listed already)."""
+    index = backend.user_key(key.user_id, "requests")
+    return [
+        ("ZADD", index, "NX", repr(created_at), key.request_id),
+        index_kept(backend, key, retention_seconds),
+    ]
+
+
+def index_kept(
+    backend: RedisBackend, key: RequestKey, retention_seconds: float
+) -> Sequence[str | int]:
+    """The command that keeps a user's index past their latest request's start or end."""
+    index = backend.user_key(key.user_id, "requests")
+    return ("PEXPIRE", index, int((INDEX_KEEP_SECONDS + retention_seconds) * 1000))
