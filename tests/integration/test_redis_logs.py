@@ -465,6 +465,8 @@ async def test_the_owner_keeps_delivering_while_redis_is_down(own_redis: RedisSe
             await b.get(KEY)
         with pytest.raises(BackendUnavailable):
             await a.create(RequestKey("alice", "new"), None)
+        with pytest.raises(BackendUnavailable):
+            await b.of_user(KEY.user_id)
         assert await a.get(KEY) is log
 
         own_redis.start()

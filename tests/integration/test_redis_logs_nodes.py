@@ -1,6 +1,6 @@
 """Two gateways sharing their event logs through Redis: a request started on node A is
-resumed on node B, over the WebSocket and over SSE, with exactly the frames of an
-uninterrupted run. Only the log store is shared here (cancels and followers across
+resumed on node B, over the WebSocket, over SSE and through the Responses API, with
+exactly the events of an uninterrupted run. Only the log store is shared here (cancels and followers across
 nodes are the cluster's, tested on their own)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
@@ -157,3 +158,39 @@ async def test_an_sse_reattach_on_another_node_continues_after_last_event_id(
     assert [f["seq"] for f in after] == list(range(last_seq + 1, after[-1]["seq"] + 1))
     assert of_type(after, "stream_end")[0]["data"]["status"] == "completed"
     assert text_of(texts(before) + texts(after)) == whole
+
+
+async def test_a_background_response_resumes_on_another_node_with_starting_after(
+    shared_redis: RedisServer,
+) -> None:
+    async with two_gateways(shared_redis) as (a, b):
+        on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
+        on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
+        async with on_a, on_b:
+            stream = await on_a.responses.create(
+                model="simulated", input="a long story", stream=True, background=True
+            )
+            response_id, first = "", []
+            async for event in stream:
+                if event.type == "response.created":
+                    response_id = event.response.id
+                if event.type == "response.output_text.delta":
+                    first.append((event.sequence_number, event.delta))
+                    if len(first) == 10:
+                        break
+            await stream.close()  # the client leaves after ten deltas
+            resumed = await on_b.responses.retrieve(
+                response_id, stream=True, starting_after=first[-1][0]
+            )
+            rest = [
+                (e.sequence_number, e.delta)
+                async for e in resumed
+                if e.type == "response.output_text.delta"
+            ]
+            final = await on_b.responses.retrieve(response_id)
+
+    numbers = [n for n, _ in first + rest]
+    assert numbers == sorted(set(numbers))
+    assert len(first + rest) == 60
+    assert final.status == "completed"
+    assert final.output_text == "".join(d for _, d in first + rest)

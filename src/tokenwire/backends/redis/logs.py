@@ -215,10 +215,14 @@ class RedisLogStore:
         followed = self._replicas.followed.get(key)
         if followed is not None:
             meta = meta_of(await client.hgetall(meta_key))
-            if meta is not None and meta.epoch == followed.epoch and not meta.gone(now):
+            if meta is None or meta.epoch != followed.epoch:
+                self._replicas.drop(key, NotRecovered("redis no longer holds this copy of the log"))
+            elif meta.gone(now):
+                self._replicas.drop(key)
+                return None
+            else:
                 followed.log.annotations = dict(meta.annotations)
                 return followed.log
-            self._replicas.drop(key, NotRecovered("redis no longer holds this copy of the log"))
         pipe = client.pipeline(transaction=True)
         pipe.hgetall(meta_key)
         pipe.xrange(events_key)
