@@ -1,7 +1,7 @@
 """Two gateways sharing their event logs through Redis: a request started on node A is
 resumed on node B, over the WebSocket, over SSE and through the Responses API, with
-exactly the events of an uninterrupted run. Only the log store is shared here (cancels and followers across
-nodes are the cluster's, tested on their own)."""
+exactly the events of an uninterrupted run. Only the log store is shared here (cancels
+and followers across nodes are the cluster's, tested on their own)."""
 
 from __future__ import annotations
 
