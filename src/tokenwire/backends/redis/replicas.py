@@ -196,8 +196,15 @@ class ReplicaReader:
                     self._wake_id = text(entries[-1][0])
                 continue
             followed = self._by_stream.get(stream)
-            if followed is not None:
+            if followed is None:
+                continue
+            try:
                 self._ingest_into(followed, entries)
+            except Exception:
+                # An entry this node cannot read (another version wrote it?): this log
+                # cannot go on here, and must not stop the others.
+                logger.exception("a followed log's event is unreadable")
+                self.drop(followed.log.key, _lost_copy(followed.log.key))
 
     def _ingest_into(self, followed: Followed, entries: list[Any]) -> None:
         log = followed.log
