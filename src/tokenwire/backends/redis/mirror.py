@@ -161,9 +161,7 @@ class LogMirror:
         ended = self._ended.pop(key, None)
         if ended is not None:
             self._ended_bytes -= ended.log.held_bytes
-        self._dirty.pop(key, None)
-        if not self._dirty:
-            self._idle.set()
+        self._dirty.pop(key, None)  # `run` sets idle once no write is in flight
 
     def ends_at(self, mirrored: Mirrored) -> float | None:
         """When a finished log's retention ends (its end's time, plus the retention)."""
