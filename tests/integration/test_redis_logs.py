@@ -184,6 +184,21 @@ async def test_a_finished_request_replays_on_either_node_from_redis(
             assert held(again) == held(log)
 
 
+async def test_a_node_that_closes_leaves_redis_all_it_wrote(shared_redis: RedisServer) -> None:
+    prefix = private_prefix()
+    async with node(shared_redis, prefix) as b:
+        async with node(shared_redis, prefix) as a:
+            log = await a.create(KEY, None)
+            start(log)
+            tokens(log, 50)
+            end(log)
+            await a.finished(log)
+        # `a` closed at once: what it had not written yet was written before it stopped.
+        again = await b.get(KEY)
+        assert again is not None
+        assert held(again) == held(log)
+
+
 async def test_compact_hydration_on_a_replica_is_the_owners(shared_redis: RedisServer) -> None:
     async with two_nodes(shared_redis) as (a, b):
         log = await a.create(KEY, None)
