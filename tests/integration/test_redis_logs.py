@@ -92,6 +92,7 @@ async def node(
     retention_seconds: float = 300.0,
     max_log_bytes: int = 8 * MIB,
     clock: Callable[[], float] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> AsyncIterator[RedisLogStore]:
     """One node's log store, as a gateway would have it (redis-py retries off)."""
     client = Redis.from_url(
@@ -105,6 +106,7 @@ async def node(
         max_log_bytes=max_log_bytes,
         max_retained_bytes=64 * MIB,
         reconnect_max_seconds=0.5,
+        guard=guard,
         **extra,
     )
     await store.start()
@@ -504,3 +506,24 @@ async def test_an_idle_owner_writes_its_running_logs_anew_after_redis_restarts(
 
         again = await eventually_readable(b)
         assert held(again) == held(log)
+
+
+async def test_the_nodes_guard_refuses_at_once_what_needs_redis(shared_redis: RedisServer) -> None:
+    down = False
+
+    def guard() -> None:
+        if down:
+            raise BackendUnavailable("redis is down, as the node's monitor saw")
+
+    prefix = private_prefix()
+    async with node(shared_redis, prefix, guard=guard) as a:
+        log = await a.create(KEY, None)
+        down = True
+
+        with pytest.raises(BackendUnavailable):
+            await a.create(RequestKey("alice", "new"), None)
+        with pytest.raises(BackendUnavailable):
+            await a.get(RequestKey("alice", "elsewhere"))
+        with pytest.raises(BackendUnavailable):
+            await a.of_user("alice")
+        assert await a.get(KEY) is log  # its own running log needs no Redis

@@ -65,8 +65,12 @@ class RedisLogStore:
         clock: Callable[[], float] = time.time,
         *,
         reconnect_max_seconds: float = 5.0,
+        guard: Callable[[], None] | None = None,
     ) -> None:
+        """`guard`, if given, is called before each operation that needs Redis and raises
+        `BackendUnavailable` to refuse it at once (the node knows Redis is down)."""
         self._backend = backend
+        self._guard = guard or _no_guard
         self._retention = retention_seconds
         self._max_log_bytes = max_log_bytes
         self._clock = clock
@@ -124,6 +128,7 @@ class RedisLogStore:
     ) -> EventLog:
         if self._local(key) is not None:
             raise InvalidRequest(f"request_id {key.request_id!r} is already in use")
+        self._guard()
         epoch = new_epoch()
         created_at = self._clock()
         args: list[str | int] = [
@@ -161,6 +166,7 @@ class RedisLogStore:
         local = self._local(key)
         if local is not None:
             return local
+        self._guard()
         try:
             return await self._from_redis(key)
         except redis_errors:
@@ -175,6 +181,7 @@ class RedisLogStore:
     async def discard(self, key: RequestKey) -> None:
         self._mirror.forget(key)
         self._replicas.drop(key)
+        self._guard()
         keep = max(self._retention, FOLLOWER_GRACE_SECONDS)
         args: list[str | int] = [int(keep * 1000)]
         call = (DISCARD_SCRIPT, self._keys(key), args)
@@ -187,6 +194,7 @@ class RedisLogStore:
             ) from None
 
     async def of_user(self, user_id: str) -> list[EventLog]:
+        self._guard()
         try:
             return await self._listed(user_id)
         except redis_errors:
@@ -276,6 +284,10 @@ class RedisLogStore:
     def _redis_changed(self) -> None:
         self._mirror.check_all()
         self._replicas.check_epochs()
+
+
+def _no_guard() -> None:
+    return None
 
 
 async def stop(tasks: list[asyncio.Task[None]]) -> None:
