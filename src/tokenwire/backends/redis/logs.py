@@ -22,8 +22,7 @@ from collections.abc import Callable
 
 import structlog
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
-from tokenwire.backends.redis.lease import NodeLease
+from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.log_records import (
     LogMeta,
     entry_of,
@@ -38,9 +37,12 @@ from tokenwire.backends.redis.mirror import (
     RUNNING_KEEP_SECONDS,
     LogMirror,
     index_entry,
+    lease_renewal,
     new_epoch,
 )
+from tokenwire.backends.redis.node_lease import NodeLease
 from tokenwire.backends.redis.replicas import Followed, ReplicaReader
+from tokenwire.backends.redis.write_queue import unavailable_errors
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import BackendUnavailable, InvalidRequest, NotRecovered
@@ -74,14 +76,16 @@ class RedisLogStore:
         self._retention = retention_seconds
         self._max_log_bytes = max_log_bytes
         self._clock = clock
-        self._lease = NodeLease(backend, on_changed=self._redis_changed)
+        # Its marker is found missing when Redis lost what it held (or this node was
+        # cut off for longer than its lease): then every log is checked, and rewritten
+        # if need be.
+        self._lease = NodeLease(backend, "logs", restore=self._redis_changed)
         self._mirror = LogMirror(
             backend,
             retention_seconds,
             max_retained_bytes,
             reconnect_max_seconds,
             clock,
-            self._lease.renewal,
         )
         self._replicas = ReplicaReader(backend, retention_seconds, reconnect_max_seconds, clock)
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,22 +94,20 @@ class RedisLogStore:
 
     async def start(self) -> None:
         """Take the lease and begin mirroring, following and watching owners."""
-        with contextlib.suppress(*redis_errors):
-            await self._lease.renew()
+        with contextlib.suppress(*unavailable_errors):
+            await self._lease.held()  # and renewed from now on, Redis reachable or not
         self._tasks = [
-            asyncio.create_task(self._lease.keep(), name="redis lease"),
             asyncio.create_task(self._mirror.run(), name="redis log mirror"),
             asyncio.create_task(self._replicas.read(), name="redis log reader"),
             asyncio.create_task(self._replicas.watch_owners(), name="redis owner watch"),
         ]
 
     async def close(self) -> None:
-        """Write what Redis does not hold yet (for a few seconds at most), stop every
-        task and give the lease up."""
+        """Write what Redis does not hold yet (for a few seconds at most), then stop every
+        task. The lease is left to lapse (other parts of the node may still need it)."""
         if self._tasks and not await self._mirror.flush(CLOSE_FLUSH_SECONDS):
             logger.warning("closing with logs redis does not hold", logs=len(self._mirror.logs))
         await self.halt()
-        await self._lease.release()
         for key in list(self._replicas.followed):
             self._replicas.drop(key)
         self._mirror.logs.clear()
@@ -115,6 +117,7 @@ class RedisLogStore:
         what a node that dies leaves behind (other nodes end its requests)."""
         await stop(self._tasks)
         self._tasks = []
+        await self._lease.aclose()
         await self._replicas.close()
 
     # -- LogStore ---------------------------------------------------------------
@@ -143,10 +146,10 @@ class RedisLogStore:
         call = (CREATE_SCRIPT, self._keys(key), args)
         # The lease renewed with it: followers elsewhere never find a new request ownerless.
         listed = index_entry(self._backend, key, created_at, self._retention)
-        prelude = [self._lease.renewal(), *listed]
+        prelude = [lease_renewal(self._backend), *listed]
         try:
             [answer] = await run_scripts(self._backend.client, [call], prelude=prelude)
-        except redis_errors:
+        except unavailable_errors:
             raise BackendUnavailable("redis is unreachable: no request can start") from None
         if answer != "ok":
             raise InvalidRequest(f"request_id {key.request_id!r} is already in use")
@@ -169,7 +172,7 @@ class RedisLogStore:
         self._guard()
         try:
             return await self._from_redis(key)
-        except redis_errors:
+        except unavailable_errors:
             raise BackendUnavailable("redis is unreachable: the request cannot be read") from None
         except NotRecovered as exc:
             exc.request_id = key.request_id
@@ -188,7 +191,7 @@ class RedisLogStore:
         unlisted = ("ZREM", self._backend.user_key(key.user_id, "requests"), key.request_id)
         try:
             await run_scripts(self._backend.client, [call], prelude=[unlisted])
-        except redis_errors:
+        except unavailable_errors:
             raise BackendUnavailable(
                 "redis is unreachable: the request cannot be dropped"
             ) from None
@@ -197,7 +200,7 @@ class RedisLogStore:
         self._guard()
         try:
             return await self._listed(user_id)
-        except redis_errors:
+        except unavailable_errors:
             raise BackendUnavailable("redis is unreachable: requests cannot be listed") from None
 
     # -- internals --------------------------------------------------------------

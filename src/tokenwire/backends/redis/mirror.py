@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import structlog
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
+from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.log_records import optional_json, record_args
 from tokenwire.backends.redis.log_scripts import (
     MIRROR_SCRIPT,
@@ -31,6 +31,7 @@ from tokenwire.backends.redis.log_scripts import (
     ScriptCall,
     run_scripts,
 )
+from tokenwire.backends.redis.write_queue import unavailable_errors
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.events import EventType
@@ -98,14 +99,12 @@ class LogMirror:
         max_retained_bytes: int,
         reconnect_max_seconds: float,
         clock: Callable[[], float],
-        renewal: Callable[[], Sequence[str | int]],
     ) -> None:
         self._backend = backend
         self._retention = retention_seconds
         self._max_retained_bytes = max_retained_bytes
         self._reconnect_max = reconnect_max_seconds
         self._clock = clock
-        self._renewal = renewal
         self.logs: dict[RequestKey, Mirrored] = {}
         self._dirty: dict[RequestKey, None] = {}
         # Ended logs that Redis does not hold whole yet, oldest first, and their bytes.
@@ -187,7 +186,7 @@ class LogMirror:
                 except Exception as exc:
                     # Put back in front (order per log holds: one batch at a time).
                     self._dirty = dict.fromkeys(keys) | self._dirty
-                    if isinstance(exc, redis_errors):
+                    if isinstance(exc, unavailable_errors):
                         logger.warning("mirroring to redis failed; retrying", delay=delay)
                     else:
                         logger.exception("mirroring to redis failed; retrying", delay=delay)
@@ -229,7 +228,8 @@ class LogMirror:
         for batch in rewrites:
             logger.warning("redis lost a log; writing it anew", request_id=batch.mirrored.key[1])
         calls = [b.call for b in rewrites]
-        prelude = [self._renewal()]
+        # The lease renewed first: no follower may take a log written anew for ownerless.
+        prelude = [lease_renewal(self._backend)]
         for batch in rewrites:
             log = batch.mirrored.log
             prelude += index_entry(self._backend, log.key, log.created_at, self._retention)
@@ -340,3 +340,9 @@ def index_kept(
     """The command that keeps a user's index past their latest request's start or end."""
     index = backend.user_key(key.user_id, "requests")
     return ("PEXPIRE", index, int((INDEX_KEEP_SECONDS + retention_seconds) * 1000))
+
+
+def lease_renewal(backend: RedisBackend) -> Sequence[str | int]:
+    """The command that renews this node's lease (as `NodeLease` does), to send along."""
+    lease = backend.node_key(backend.node_id, "lease")
+    return ("SET", lease, "1", "PX", max(1, int(backend.lease_seconds * 1000)))

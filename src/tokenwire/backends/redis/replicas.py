@@ -29,10 +29,11 @@ import structlog
 from redis.asyncio import ConnectionPool, Redis
 from redis.typing import KeyT, StreamIdT
 
-from tokenwire.backends.redis.client import RedisBackend, redis_errors
+from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.log_records import entry_of
 from tokenwire.backends.redis.log_scripts import INTERRUPT_SCRIPT, ScriptCall, run_scripts, text
 from tokenwire.backends.redis.mirror import FIRST_RETRY_SECONDS, FOLLOWER_GRACE_SECONDS
+from tokenwire.backends.redis.write_queue import unavailable_errors
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import (
@@ -136,7 +137,7 @@ class ReplicaReader:
                     self._check_epochs = False
                     await self._verify_epochs()
                 reply = await self._read_once()
-            except redis_errors:
+            except unavailable_errors:
                 failures += 1
                 self._check_epochs = True
                 if failures > 1:
@@ -243,7 +244,7 @@ class ReplicaReader:
             await asyncio.sleep(self._backend.lease_seconds / 2)
             try:
                 await self.check_owners()
-            except redis_errors:
+            except unavailable_errors:
                 self._check_epochs = True
             except Exception:
                 logger.exception("checking owners of followed logs failed")
