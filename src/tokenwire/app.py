@@ -29,6 +29,7 @@ from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.cluster import RedisCluster
 from tokenwire.backends.redis.conversations import RedisConversationStore
 from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
+from tokenwire.backends.redis.logs import RedisLogStore
 from tokenwire.core.admission import Admission
 from tokenwire.core.attempts import AttemptPolicy
 from tokenwire.core.cluster import Cluster, SingleNode
@@ -142,6 +143,8 @@ class Backends:
     node_id: str = SingleNode.node_id
     redis: RedisBackend | None = None
     availability: RedisAvailability | None = None
+    starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """What runs tasks of its own on Redis (the log store's mirror and reader)."""
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """What holds Redis work of its own (queued releases), closed before the client."""
 
@@ -152,6 +155,8 @@ class Backends:
     async def start(self) -> None:
         if self.availability is not None:
             await self.availability.start()
+        for start in self.starters:
+            await start()
 
     async def close(self) -> None:
         # The gateway's shutdown closes the logs; what is left is the connection.
@@ -167,12 +172,12 @@ def backends_for(settings: Settings) -> Backends:
     """The memory backends, exactly as one process has always had them, or with `[redis]
     url` the Redis ones. Connects to nothing yet (`Backends.start` does)."""
     streams, policy = settings.streams, limit_policy(settings)
-    logs = MemoryLogStore(
-        retention_seconds=streams.log_retention_seconds,
-        max_log_bytes=streams.max_log_bytes,
-        max_retained_bytes=streams.max_retained_log_bytes,
-    )
     if settings.redis.url is None:
+        logs = MemoryLogStore(
+            retention_seconds=streams.log_retention_seconds,
+            max_log_bytes=streams.max_log_bytes,
+            max_retained_bytes=streams.max_retained_log_bytes,
+        )
         conversations = MemoryConversationStore(
             images=image_bounds(settings.limits),
             max_image_bytes=streams.max_conversation_image_bytes,
@@ -186,9 +191,16 @@ def backends_for(settings: Settings) -> Backends:
         redis.client.ping, reconnect_max_seconds=settings.redis.reconnect_max_seconds
     )
     quotas, connections = RedisQuotas(redis, policy), RedisConnections(redis, policy)
+    redis_logs = RedisLogStore(
+        redis,
+        retention_seconds=streams.log_retention_seconds,
+        max_log_bytes=streams.max_log_bytes,
+        max_retained_bytes=streams.max_retained_log_bytes,
+        reconnect_max_seconds=settings.redis.reconnect_max_seconds,
+        guard=availability.check,
+    )
     return Backends(
-        # plugged in by the merge: logs = RedisLogStore(redis, availability, ...)
-        logs=logs,
+        logs=redis_logs,
         conversations=RedisConversationStore(
             redis,
             availability,
@@ -209,6 +221,7 @@ def backends_for(settings: Settings) -> Backends:
         node_id=redis.node_id,
         redis=redis,
         availability=availability,
+        starters=[redis_logs.start],
         closers=[quotas.aclose, connections.aclose],
     )
 
