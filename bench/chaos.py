@@ -75,6 +75,7 @@ class Seen:
     status: str | None = None
     error_type: str | None = None
     at: float = 0.0  # time.monotonic() when it arrived
+    link: int = 0  # which of the request's connections brought it (0: the first)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Verdict:
 def check(record: Record, expected: str | None) -> Verdict:
     """What a client saw of one request, against what the contract promises."""
     last = 0
-    seen: set[int] = set()
+    seen: dict[int, Seen] = {}
     parts: list[str] = []
     verdict = Verdict(ending="unterminated")
     stream_error: str | None = None
@@ -127,10 +128,18 @@ def check(record: Record, expected: str | None) -> Verdict:
             verdict.problems.append(f"another request's {event.kind[8:]}")
             continue
         if event.seq is not None:
-            if event.seq in seen:
+            first = seen.get(event.seq)
+            if first is not None:
                 verdict.repeated += 1
+                verdict.problems.append(
+                    f"seq {event.seq} {event.kind} again on link {event.link} (node"
+                    f" {record.nodes[event.link]}), first on link {first.link} (node"
+                    f" {record.nodes[first.link]}), at {event.at:.2f} (monotonic)"
+                    if record.nodes
+                    else f"seq {event.seq} {event.kind} again"
+                )
                 continue
-            seen.add(event.seq)
+            seen[event.seq] = event
             if event.seq < last:
                 verdict.reordered += 1
                 continue
@@ -306,6 +315,7 @@ def parse(record: Record, raw: str | bytes) -> Seen | None:
         status=data.get("status"),
         error_type=data.get("error_type"),
         at=time.monotonic(),
+        link=len(record.nodes) - 1,
     )
 
 
@@ -529,6 +539,18 @@ def summarise(
         "wrong_text": sum(1 for _, v in verdicts if v.wrong_text),
         "other_problems": len(problems),
         "problem_samples": problems[:20],
+        # What the client saw of the first few requests with a problem, to find its cause.
+        "problem_records": {
+            r.request_id: {
+                "nodes": r.nodes,
+                "owner": r.owner,
+                "events": [(e.seq, e.kind, e.link, round(e.at, 3)) for e in r.events],
+            }
+            for r, v in verdicts
+            if v.problems
+        }
+        if len(problems) <= 20
+        else {},
     }
 
 
@@ -560,6 +582,7 @@ async def chaos(args: argparse.Namespace) -> dict[str, Any]:
         seconds=round(wall, 1),
         client_cpu_share=round(client_cpu / wall, 2) if wall else 0.0,
         chaos={k: round(v - t0, 1) for k, v in run.marks.items()},
+        chaos_monotonic={k: round(v, 2) for k, v in run.marks.items()},
         connect_failures=dict(run.connect_failures),
         inject=args.inject,
         seed=args.seed,

@@ -13,6 +13,8 @@ class Inbox:
         self.records: list[Record] = []
         self.frames: list[dict[str, Any]] = []
         self.arrived: list[float] = []
+        self.errors: list[Exception] = []
+        """What `lost` was told: the log could no longer be followed."""
 
     def deliver(self, record: Record) -> None:
         self.records.append(record)
@@ -20,6 +22,9 @@ class Inbox:
             {"event_type": record.event_type.value, "data": record.data, "seq": record.seq}
         )
         self.arrived.append(time.monotonic())
+
+    def lost(self, error: Exception) -> None:
+        self.errors.append(error)
 
     @property
     def seqs(self) -> list[int]:

@@ -154,3 +154,46 @@ def test_unsubscribed_inbox_gets_nothing_more() -> None:
     log.unsubscribe(inbox)
     log.append(EventType.CHUNK, {})
     assert inbox.records == []
+
+
+# -- a replica behind what its subscriber saw (found by bench/chaos.py) -----------------
+
+
+def replica_holding(last_seq: int) -> EventLog:
+    log = EventLog(KEY, "sess-1", 1 << 20, replica=True)
+    for seq in range(1, last_seq + 1):
+        log.ingest(seq, EventType.TOKEN, 1.0, json.dumps({"token": f"t{seq}"}))
+    return log
+
+
+def test_a_replica_sends_none_of_what_a_subscriber_holds_when_it_catches_up() -> None:
+    # A client saw seq 1-5 on the owner and resumed elsewhere, where the copy holds 1-4.
+    log, inbox = replica_holding(4), Inbox()
+    log.subscribe(inbox, after_seq=5)
+    for seq in (5, 6):
+        log.ingest(seq, EventType.TOKEN, 1.0, json.dumps({"token": f"t{seq}"}))
+    log.ingest(7, EventType.STREAM_END, 1.0, json.dumps({"status": "completed"}))
+
+    assert inbox.seqs == [6, 7]
+    assert inbox.errors == []
+
+
+def test_a_replica_that_ends_below_what_a_subscriber_saw_says_it_cannot_serve_it() -> None:
+    # The owner died after sending seq 5 and 6 that never reached the shared store: the
+    # copy ends at 6 with the interruption, which is not what the client holds as 6.
+    log, inbox = replica_holding(4), Inbox()
+    log.subscribe(inbox, after_seq=6)
+    log.ingest(5, EventType.ERROR, 1.0, json.dumps({"error_type": "stream_interrupted"}))
+    log.ingest(6, EventType.STREAM_END, 1.0, json.dumps({"status": "error"}))
+
+    assert inbox.seqs == []
+    assert [type(e) for e in inbox.errors] == [NotRecovered]
+
+
+def test_a_log_of_this_node_delivers_live_events_whatever_seq_a_subscriber_claims() -> None:
+    log, inbox = make_log(), Inbox()
+    log.append(EventType.TOKEN, {"token": "a"})
+    log.subscribe(inbox, after_seq=10)
+    log.append(EventType.TOKEN, {"token": "b"})
+
+    assert inbox.seqs == [2]

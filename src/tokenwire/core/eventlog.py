@@ -95,6 +95,7 @@ class EventLog:
         sink: LogSink | None = None,
         first_seq: int = 1,
         created_at: float | None = None,
+        replica: bool = False,
     ) -> None:
         self.key = key
         self.origin = origin
@@ -117,6 +118,12 @@ class EventLog:
         self._bytes = 0
         self._next_seq = first_seq
         self._subscribers: list[Subscriber] = []
+        self.replica = replica
+        """A copy of a log another node owns, filled as its store gets the owner's events:
+        it may lag behind what a client saw on the owner."""
+        # Subscribers (by id) that already hold events this copy has not got yet, with the
+        # last seq each holds: those events are not sent to them again when they come.
+        self._ahead: dict[int, int] = {}
         self.finished = False
         self.memo: dict[str, str] = {}
         """Per-request constants a transport's encoder keeps (its frame's fixed parts)."""
@@ -181,9 +188,31 @@ class EventLog:
             subscribers, self._subscribers = self._subscribers, []
         else:
             subscribers = self._subscribers
-        for subscriber in subscribers:
-            subscriber.deliver(record)
+        if self._ahead:
+            self._deliver_past_held(record, subscribers)
+        else:
+            for subscriber in subscribers:
+                subscriber.deliver(record)
         return record
+
+    def _deliver_past_held(self, record: Record, subscribers: list[Subscriber]) -> None:
+        for subscriber in subscribers:
+            held = self._ahead.get(id(subscriber))
+            if held is None:
+                subscriber.deliver(record)
+            elif record.seq > held:
+                del self._ahead[id(subscriber)]
+                subscriber.deliver(record)
+            elif record.event_type is EventType.STREAM_END:
+                # It saw more on the owner than the owner got into the shared store before
+                # the request ended (the owner died): what this copy holds is not what it saw.
+                del self._ahead[id(subscriber)]
+                subscriber.lost(
+                    NotRecovered(
+                        f"events up to seq {held} of request {self.key.request_id}"
+                        " were lost with the node that ran it"
+                    )
+                )
 
     def _drop_oldest(self) -> None:
         while self._bytes > self._max_bytes and len(self._data) > 1:
@@ -213,31 +242,36 @@ class EventLog:
 
     def subscribe(self, subscriber: Subscriber, after_seq: int = 0) -> None:
         """Replay the records after `after_seq`, then deliver new ones as they come."""
-        self.attach(subscriber, self.records(after_seq))
+        self.attach(subscriber, self.records(after_seq), after_seq)
 
-    def attach(self, subscriber: Subscriber, replay: Iterable[Record]) -> None:
+    def attach(self, subscriber: Subscriber, replay: Iterable[Record], after_seq: int = 0) -> None:
         """Deliver `replay` (records of this log, in seq order), then new ones as they come.
 
         Synchronous, so that no event can fall between the replay and the live ones. A
         subscriber attached already (a connection resuming what it follows) is attached
-        anew from the replay's point: it gets each record once."""
+        anew from the replay's point: it gets each record once. `after_seq` is the last
+        seq the subscriber holds: a replica behind it sends none of those again."""
         self.unsubscribe(subscriber)
         for record in replay:
             subscriber.deliver(record)
         if not self.finished:
             self._subscribers.append(subscriber)
+            if self.replica and after_seq > self.last_seq:
+                self._ahead[id(subscriber)] = after_seq
 
     def fail(self, error: TokenwireError) -> None:
         """This copy of the log cannot go on (see `Subscriber.lost`): every subscriber is
         told and let go; the log takes nothing more."""
         self.finished = True
         subscribers, self._subscribers = self._subscribers, []
+        self._ahead.clear()
         for subscriber in subscribers:
             subscriber.lost(error)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)
+            self._ahead.pop(id(subscriber), None)
 
     @property
     def subscriber_count(self) -> int:

@@ -279,7 +279,7 @@ class Gateway:
         except NotRecovered as exc:
             self.stats.not_recovered += 1
             raise _about(exc, key) from None
-        log.attach(subscriber, replay)
+        log.attach(subscriber, replay, after_seq)
         if not log.finished and follower is not None:
             if key not in self._runs and self.cluster.shared:
                 self._remote.follow(key, log, follower)

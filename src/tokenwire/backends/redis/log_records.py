@@ -88,6 +88,7 @@ def replica_of(
         conversation_id=meta.conversation_id,
         first_seq=first_seq,
         created_at=meta.created_at,
+        replica=True,
     )
     for seq, event_type, timestamp, data_json in held:
         log.ingest(seq, event_type, timestamp, data_json)
