@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.exceptions import HTTPException
@@ -230,8 +230,13 @@ def redis_backend(settings: RedisSettings) -> RedisBackend:
     """The handle on Redis. redis-py's own retries are off: a lost Redis is noticed at
     once and `RedisAvailability` does the backoff."""
     assert settings.url is not None
-    client = Redis.from_url(
+    # Blocking: past max_connections a command waits for a connection (as long as a
+    # command may take), where redis-py's default pool refuses at once at 100 (200
+    # clients starting together had half their requests refused backend_unavailable).
+    pool = BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_seconds,
         socket_timeout=settings.socket_timeout_seconds,
         socket_connect_timeout=settings.socket_timeout_seconds,
         # A pooled connection idle this long is PINGed before its next command, so that
@@ -239,6 +244,7 @@ def redis_backend(settings: RedisSettings) -> RedisBackend:
         health_check_interval=1,
         retry=Retry(NoBackoff(), retries=0),
     )
+    client = Redis.from_pool(pool)  # closing the client closes the pool
     return RedisBackend(client, prefix=settings.key_prefix, lease_seconds=settings.lease_seconds)
 
 

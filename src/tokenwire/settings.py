@@ -256,6 +256,10 @@ class RedisSettings(_Table):
     socket_timeout_seconds: Positive = 2.0
     # Reconnect backoff after Redis is lost: doubles from 0.1 s up to this.
     reconnect_max_seconds: Positive = 5.0
+    # Connections a node keeps to Redis for commands (a request's admission, its log's
+    # mirror, a cancel); more at once wait for one, up to socket_timeout_seconds. The
+    # log reader and the control channel hold one more each.
+    max_connections: Annotated[int, Field(ge=2, le=10_000)] = 64
 
     @field_validator("url")
     @classmethod
