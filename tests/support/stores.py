@@ -55,3 +55,22 @@ class SharedLogs:
 
     async def close(self) -> None:
         return None
+
+
+class SlowWrites:
+    """A conversation store whose writes take a while (as Redis's do), and that notes
+    what the request's log held when each write landed."""
+
+    def __init__(self, logs: MemoryLogStore) -> None:
+        self._logs = logs
+        self.turns: list[Message] = []
+        self.log_had_ended: list[bool] = []
+
+    async def history(self, user_id: str, conversation_id: str) -> tuple[Message, ...]:
+        return tuple(self.turns)
+
+    async def extend(self, user_id: str, conversation_id: str, turns: Sequence[Message]) -> None:
+        await asyncio.sleep(0.05)
+        logs = await self._logs.of_user(user_id)
+        self.log_had_ended.append(any(log.finished for log in logs))
+        self.turns = list(turns)

@@ -4,6 +4,7 @@ arrives when; requests belong to users; shutdown refuses before it cancels."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +15,9 @@ from tests.support.clock import LoopClock
 from tests.support.providers import WatchedProvider
 from tests.support.recording import Inbox
 from tests.support.server import gateway_with, simulated_settings
-from tests.support.stores import SlowHistory
+from tests.support.stores import SlowHistory, SlowWrites
 from tests.support.waiting import eventually
+from tokenwire.app import backends_for
 from tokenwire.backends.memory import MemoryLogStore
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.orchestrator import StreamRun
@@ -405,3 +407,21 @@ async def test_a_run_that_fails_on_a_defect_still_gives_its_admission_back(
     await gateway.start(ask())
     await finished(gateway)
     assert admission.running == 0
+
+
+async def test_a_completed_turn_is_saved_before_its_stream_end_goes_out() -> None:
+    # With Redis a client may continue at once on another node: the turn must be in the
+    # store by the time the client has the end (it was saved just after, and could be
+    # missed there).
+    backends = backends_for(simulated_settings())
+    assert isinstance(backends.logs, MemoryLogStore)
+    conversations = SlowWrites(backends.logs)
+    gateway = gateway_with(
+        WatchedProvider(), backends=dataclasses.replace(backends, conversations=conversations)
+    )
+    inbox = await started(gateway, ask("I am Ada", request_id="a", conversation_id="c"))
+    await finished(gateway)
+
+    assert ends(inbox)[0]["status"] == "completed"
+    assert conversations.log_had_ended == [False]
+    assert [m.role for m in conversations.turns] == ["user", "assistant"]

@@ -46,7 +46,6 @@ from tokenwire.protocol.errors import (
     TokenwireError,
     UnknownRequest,
 )
-from tokenwire.protocol.events import StreamStatus
 
 logger = structlog.get_logger("tokenwire.gateway")
 
@@ -445,7 +444,9 @@ class Gateway:
             self.cluster.ended(key)
             await self.logs.discard(key)
             raise ShuttingDown("the server is shutting down")
-        running = _Running(StreamRun(spec, route, log, self.config.tuning, self.observer))
+        before_end = self._remember_turn if spec.conversation_id is not None else None
+        run = StreamRun(spec, route, log, self.config.tuning, self.observer, before_end)
+        running = _Running(run)
         self._runs[key] = running
         task = asyncio.create_task(self._drive(key, running), name=f"stream {key.request_id}")
         running.task = task
@@ -477,17 +478,17 @@ class Gateway:
         self.stats.stream_ended(outcome)
         self.admission.release(run.spec, outcome)
         self._log_end(run, outcome)
-        if outcome.status is StreamStatus.COMPLETED and run.spec.conversation_id is not None:
-            await self._remember_turn(run, outcome)
         await self.logs.finished(run.log)
         if run.interrupted:
             raise asyncio.CancelledError
 
-    async def _remember_turn(self, run: StreamRun, outcome: StreamOutcome) -> None:
+    async def _remember_turn(self, run: StreamRun) -> None:
+        """Keep a completed answer in its conversation, before its `stream_end` goes out:
+        a client that continues at once, on any node, finds it there."""
         spec = run.spec
         assert spec.conversation_id is not None
-        # Only finished calls are in the outcome: one cut short is never kept.
-        answer = answer_turn(run.answer_text, outcome.tool_calls)
+        # Only finished calls are kept: one cut short is never.
+        answer = answer_turn(run.answer_text, run.tool_calls)
         # Continued from another conversation: that one's turns start this one.
         earlier = spec.history if spec.history_from is not None else ()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,8 +79,12 @@ class StreamRun:
         log: EventLog,
         tuning: StreamTuning,
         observer: AttemptObserver | None = None,
+        before_end: Callable[[StreamRun], Awaitable[None]] | None = None,
     ) -> None:
         self.spec = spec
+        # Awaited once a run has completed, before its `stream_end`: what a client may rely
+        # on as soon as it has the end (its conversation's new turn) is saved by then.
+        self._before_end = before_end
         self.route = route
         self.log = log
         self._tuning = tuning
@@ -146,6 +151,12 @@ class StreamRun:
         finally:
             self._closing = True
             self._stop_flush_timer()
+        if status is StreamStatus.COMPLETED and self._before_end is not None:
+            # Shielded: the run is complete, and a cancel now must not lose its end.
+            try:
+                await asyncio.shield(self._before_end(self))
+            except asyncio.CancelledError:
+                self.interrupted = True  # the loop is closing: end, then let it go on
         return self._close(status, error)
 
     def cancel(self, reason: str) -> None:
