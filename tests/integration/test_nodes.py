@@ -22,6 +22,7 @@ import httpx
 import openai
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.support.cluster import NodeProcess, gateway_cluster
 from tests.support.redis_server import RedisServer
@@ -73,7 +74,7 @@ def text_of(frames: list[dict[str, Any]]) -> str:
 
 
 def seqs(frames: list[dict[str, Any]]) -> list[int]:
-    return [f["seq"] for f in frames if "seq" in f and f.get("request_id")]
+    return [f["seq"] for f in frames if f.get("seq") is not None]
 
 
 async def whole_text(node: NodeProcess) -> str:
@@ -381,3 +382,101 @@ async def test_a_user_s_stream_cap_holds_over_nodes(
             refused = await first.recv(10)
     assert refused["event_type"] == "error"
     assert refused["data"]["error_type"] == "too_many_streams"
+
+
+# -- Redis restarted, several workers ----------------------------------------------------
+
+DOCUMENTED_ENDS = ("not_recovered", "stream_interrupted", "unknown_request", "backend_unavailable")
+
+
+async def resume_until_end(
+    nodes: list[NodeProcess], request_id: str, held: list[dict[str, Any]], within: float = 60
+) -> list[dict[str, Any]]:
+    """Resume `request_id` after the last seq of `held`, on each node in turn, until its
+    `stream_end` or an error that ends what can be had of it; what each attempt brought."""
+    deadline = time.monotonic() + within
+    frames = list(held)
+    attempt = 0
+    while time.monotonic() < deadline:
+        node = nodes[attempt % len(nodes)]
+        attempt += 1
+        try:
+            async with client_of(node) as client:
+                last = seqs(frames)[-1] if seqs(frames) else 0
+                await client.send({"type": "resume", "request_id": request_id, "last_seq": last})
+                while True:
+                    # A stall is a hang, never a reason to try again: it fails the test.
+                    try:
+                        frame = await client.recv(15)
+                    except TimeoutError:
+                        raise AssertionError(
+                            f"resume on node {nodes.index(node)} stalled after {frames[-3:]}"
+                        ) from None
+                    frames.append(frame)
+                    if frame["event_type"] == "stream_end":
+                        return frames
+                    if frame["event_type"] == "error" and frame.get("seq") is None:
+                        if frame["data"]["error_type"] == "backend_unavailable":
+                            frames.pop()  # Redis is not back yet: try again
+                            break
+                        return frames
+        except (ConnectionError, InvalidStatus):
+            pass  # a node refusing while Redis is away
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{request_id} neither ended nor failed within {within} s: {frames}")
+
+
+async def test_redis_restarted_mid_stream_ends_in_exact_text_or_a_typed_error(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    async with gateway_cluster(tmp_path, own_redis.url, tokens=100, delay_ms=30) as (a, b):
+        reference = await whole_text(a)
+        async with client_of(a) as laptop:
+            await laptop.send(ask("x1"))
+            held = await frames_until(laptop, 10)
+        own_redis.kill()
+        own_redis.start()  # empty: it keeps nothing on disk
+        frames = await resume_until_end([b, a], "x1", held)
+        # The nodes live and serve new requests once Redis is back.
+        async with client_of(b) as later:
+            fresh = await later.ask("hi", request_id="after", config={"options": {"tokens": 5}})
+    numbered = seqs(frames)
+    assert numbered == sorted(set(numbered)), "no repeat, no reordering"
+    assert numbered == list(range(1, numbered[-1] + 1)), "no gap"
+    end = frames[-1]
+    if end["event_type"] == "stream_end" and end["data"]["status"] == "completed":
+        assert text_of(frames) == reference
+    else:
+        error = [f for f in frames if f["event_type"] == "error"][-1]
+        assert error["data"]["error_type"] in DOCUMENTED_ENDS
+        assert reference.startswith(text_of(frames))
+    assert fresh[-1]["data"]["status"] == "completed"
+
+
+async def test_resumes_over_two_workers_are_exact_whichever_worker_takes_them(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with gateway_cluster(
+        tmp_path, shared_redis.url, nodes=1, tokens=200, delay_ms=20, args=["--workers", "2"]
+    ) as (node,):
+        reference = await whole_text(node)
+        frames: list[dict[str, Any]] = []
+        workers: set[str] = set()
+        async with client_of(node) as first:
+            await first.send(ask("w1"))
+            frames += await frames_until(first, 5)
+        # Each resume is a new connection, taken by whichever worker accepts it first.
+        while frames[-1]["event_type"] != "stream_end":
+            async with client_of(node) as again:
+                workers.add(again.ws.response.headers["tokenwire-node"])
+                last = seqs(frames)[-1]
+                await again.send({"type": "resume", "request_id": "w1", "last_seq": last})
+                count = len(of_type(frames, "token")) + 5
+                while len(of_type(frames, "token")) < count and frames[-1]["event_type"] != (
+                    "stream_end"
+                ):
+                    frames.append(await again.recv(30))
+    assert seqs(frames) == list(range(1, seqs(frames)[-1] + 1))
+    assert text_of(frames) == reference
+    assert frames[-1]["data"]["status"] == "completed"
+    assert len(workers) == 2, f"every resume landed on one worker: {workers}"

@@ -58,6 +58,8 @@ from tokenwire.transports.outbox import Outbox, utf8_size
 from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
 
+NODE_HEADER = b"tokenwire-node"
+
 logger = structlog.get_logger("tokenwire.websocket")
 
 
@@ -104,7 +106,12 @@ class Connection:
         user_id = user_of(self._ws)
         preferences = initial_preferences(query.get("language"), query.get("model_preference"))
         subprotocol = self._ws.scope.get(SUBPROTOCOL)
-        await self._ws.accept(subprotocol=subprotocol if isinstance(subprotocol, str) else None)
+        cluster = self._gateway.cluster
+        # Which node took the connection, for operators (and tests) behind a balancer.
+        node = [(NODE_HEADER, cluster.node_id.encode())] if cluster.shared else None
+        await self._ws.accept(
+            subprotocol=subprotocol if isinstance(subprotocol, str) else None, headers=node
+        )
         session = self._gateway.open_session(user_id, preferences, closer=self.close)
         self.session = session
         self._push_event(
