@@ -480,3 +480,32 @@ async def test_resumes_over_two_workers_are_exact_whichever_worker_takes_them(
     assert text_of(frames) == reference
     assert frames[-1]["data"]["status"] == "completed"
     assert len(workers) == 2, f"every resume landed on one worker: {workers}"
+
+
+async def test_another_node_lists_the_user_s_requests_and_cancels_a_background_response(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    async with (
+        gateway_cluster(tmp_path, shared_redis.url, tokens=600, delay_ms=DELAY_MS) as (a, b),
+        client_of(a) as laptop,
+        client_of(b) as phone,
+    ):
+        await laptop.send(ask("listed"))
+        await frames_until(laptop, 1)
+        on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
+        on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
+        try:
+            started = await on_a.responses.create(
+                model="simulated", input=STORY, background=True, user="ada"
+            )
+            cancelled = await on_b.responses.cancel(started.id)
+            final = await on_a.responses.retrieve(started.id)
+        finally:
+            await on_a.close()
+            await on_b.close()
+        await phone.send({"type": "list_requests"})
+        listing = await phone.recv(10)
+    assert cancelled.status == "cancelled"
+    assert final.status == "cancelled"
+    assert listing["data"]["status"] == "request_list"
+    assert "listed" in [r["request_id"] for r in listing["data"]["requests"]]

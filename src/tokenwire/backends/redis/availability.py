@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from tokenwire.backends.redis.client import redis_errors
+from tokenwire.backends.redis.tasks import stop_tasks
 from tokenwire.core.admission import Admission
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
@@ -73,9 +74,7 @@ class RedisAvailability:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task])
             self._task = None
 
     async def probe(self) -> bool:

@@ -36,6 +36,7 @@ from tokenwire.backends.redis.client import RedisBackend
 from tokenwire.backends.redis.control import ControlListener, ControlMessage
 from tokenwire.backends.redis.node_lease import NodeLease
 from tokenwire.backends.redis.nodes import NodeBoard, text
+from tokenwire.backends.redis.tasks import stop_tasks
 from tokenwire.backends.redis.write_queue import WriteQueue, unavailable_errors
 from tokenwire.core.cluster import LocalRuns, NodeReport
 from tokenwire.core.spec import RequestKey
@@ -111,9 +112,7 @@ class RedisCluster:
             timer.cancel()
         self._graces.clear()
         await self._writes.aclose(within=CLOSE_WAIT_SECONDS)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         self._tasks = []
         # The lease is left to lapse: other parts of this node may still need it.
         await self.lease.aclose()

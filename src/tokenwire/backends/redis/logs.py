@@ -42,6 +42,7 @@ from tokenwire.backends.redis.mirror import (
 )
 from tokenwire.backends.redis.node_lease import NodeLease
 from tokenwire.backends.redis.replicas import Followed, ReplicaReader
+from tokenwire.backends.redis.tasks import stop_tasks
 from tokenwire.backends.redis.write_queue import unavailable_errors
 from tokenwire.core.eventlog import EventLog
 from tokenwire.core.spec import RequestKey
@@ -115,7 +116,7 @@ class RedisLogStore:
     async def halt(self) -> None:
         """Stop every task at once, writing nothing more and leaving the lease to lapse:
         what a node that dies leaves behind (other nodes end its requests)."""
-        await stop(self._tasks)
+        await stop_tasks(self._tasks)
         self._tasks = []
         await self._lease.aclose()
         await self._replicas.close()
@@ -291,14 +292,3 @@ class RedisLogStore:
 
 def _no_guard() -> None:
     return None
-
-
-async def stop(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait for their end. Cancelled again until they end: redis-py
-    may swallow a cancellation that arrives while it drops a connection, and the task
-    would then run on (seen with a pipeline cancelled mid-reply)."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)

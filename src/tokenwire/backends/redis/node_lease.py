@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from tokenwire.backends.redis.client import RedisBackend
+from tokenwire.backends.redis.tasks import stop_tasks
 from tokenwire.backends.redis.write_queue import unavailable_errors
 
 log = structlog.get_logger("tokenwire.redis")
@@ -65,8 +66,7 @@ class NodeLease:
     async def aclose(self) -> None:
         # The lease itself is left to lapse: other parts of this node may still need it.
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task])
             self._task = None
 
     async def _renew(self) -> None:

@@ -10,6 +10,7 @@ import structlog
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from tokenwire.backends.redis.client import redis_errors
+from tokenwire.backends.redis.tasks import stop_tasks
 
 log = structlog.get_logger("tokenwire.redis")
 
@@ -71,8 +72,7 @@ class WriteQueue:
                 "redis writes left undone at close", writes=self._name, left=len(self._pending)
             )
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task])
             self._task = None
 
     async def _drain(self) -> None:
