@@ -15,6 +15,7 @@ can be deleted, which cancels it first if it still runs.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal
@@ -83,6 +84,10 @@ from tokenwire.transports.v1.running import (
 )
 
 MAX_TOOLS = 128
+# A copy of another node's log trails its owner by the owner's mirror (a batch, a few
+# milliseconds): a client continuing a response at once on another node waits this long
+# at most for the end its copy has not got yet, rather than be told it still runs.
+REPLICA_LAG_SECONDS = 2.0
 ONLY_FUNCTIONS = "only function tools are offered here (OpenAI's hosted tools are not)"
 
 router = APIRouter(
@@ -490,6 +495,23 @@ async def _stored(gateway: Gateway, key: RequestKey) -> EventLog:
     return log
 
 
+async def caught_up(log: EventLog, within: float) -> None:
+    """Until a copy of another node's log has its end, for `within` seconds at most; a log
+    of this node, or one that ended, at once (its state is the owner's own)."""
+    if log.finished or not log.replica:
+        return
+    feed = Feed()
+    log.attach(feed, ())
+    try:
+        async with asyncio.timeout(within):
+            async for _ in feed:  # until its stream_end
+                pass
+    except TimeoutError:
+        pass
+    finally:
+        log.unsubscribe(feed)
+
+
 async def _stopped(gateway: Gateway, log: EventLog, reason: str = "cancelled by client") -> None:
     """Cancel a running response, wherever it runs, and wait for its end (milliseconds); a
     finished one as is. `BackendUnavailable` if the node running it cannot be reached."""
@@ -547,6 +569,7 @@ async def _check_previous(gateway: Gateway, user: str, response_id: str) -> dict
         log = await _stored(gateway, RequestKey(user, response_id))
     except UnknownRequest:
         raise UnknownRequest("previous_response_id: no response with that id") from None
+    await caught_up(log, REPLICA_LAG_SECONDS)
     if not log.finished:
         raise InvalidRequest("previous_response_id: that response is still in progress")
     end = next(log.records(log.last_seq - 1)).data  # its stream_end: always held
