@@ -480,6 +480,67 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/providers/test_bedrock_tools.py::test_a_bedrock_call_reaches_the_sdk_as_a_tool_use_block",
         ),
     ),
+    # Issue 24: several nodes on Redis.
+    Mutant(
+        "replica-resends-held",
+        "core/eventlog.py",
+        "            if self.replica and after_seq > self.last_seq:",
+        "            if False:",
+        "a copy behind a resuming client sends it again what it saw on the owner",
+        (
+            "tests/unit/test_eventlog.py::test_a_replica_sends_none_of_what_a_subscriber_holds_when_it_catches_up",
+        ),
+    ),
+    Mutant(
+        "resume-forgets-held",
+        "core/gateway.py",
+        "        log.attach(subscriber, replay, after_seq)",
+        "        log.attach(subscriber, replay)",
+        "a resume does not tell the log what the client holds",
+        (
+            "tests/unit/test_gateway.py::test_a_resume_on_a_copy_behind_the_client_sends_nothing_it_already_has",
+        ),
+    ),
+    Mutant(
+        "redis-retention-not-checked",
+        "backends/redis/log_records.py",
+        "        return self.discarded or (self.ends_at is not None and now >= self.ends_at)",
+        "        return self.discarded",
+        "a log past its retention is served until Redis happens to expire it",
+        (
+            "tests/integration/test_redis_logs.py::test_a_log_past_its_retention_is_unknown_on_the_other_node",
+        ),
+    ),
+    Mutant(
+        "cancel-stays-local",
+        "core/gateway.py",
+        "            if self.cluster.shared and await self.cluster.cancel(key, reason):",
+        "            if False:",
+        "a cancel on another node than the owner's does nothing",
+        (
+            "tests/integration/test_redis_cluster.py::test_a_cancel_on_another_node_stops_the_provider_on_the_owner",
+        ),
+    ),
+    Mutant(
+        "turn-saved-after-end",
+        "core/orchestrator.py",
+        "        if status is StreamStatus.COMPLETED and self._before_end is not None:",
+        "        if False:",
+        "a completed answer's turn is not saved before its stream_end",
+        (
+            "tests/unit/test_gateway.py::test_a_completed_turn_is_saved_before_its_stream_end_goes_out",
+        ),
+    ),
+    Mutant(
+        "previous-response-not-awaited",
+        "transports/v1/responses.py",
+        "    await caught_up(log, REPLICA_LAG_SECONDS)",
+        "    pass",
+        "previous_response_id on a trailing copy says the response still runs",
+        (
+            "tests/unit/test_response_replicas.py::test_continuing_at_once_on_another_node_is_not_told_the_response_still_runs",
+        ),
+    ),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +20,13 @@ from tests.support.stores import SlowHistory, SlowWrites
 from tests.support.waiting import eventually
 from tokenwire.app import backends_for
 from tokenwire.backends.memory import MemoryLogStore
+from tokenwire.core.eventlog import EventLog
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.orchestrator import StreamRun
 from tokenwire.core.provider import Message, ProviderRequest
 from tokenwire.core.spec import Generation, RequestKey, RequestSpec
 from tokenwire.protocol.errors import InvalidRequest, ShuttingDown, UnknownRequest
+from tokenwire.protocol.events import EventType
 
 SLOW = {"tokens": 5000, "delay_ms": 5}
 GRACE = 10.0
@@ -425,3 +428,30 @@ async def test_a_completed_turn_is_saved_before_its_stream_end_goes_out() -> Non
     assert ends(inbox)[0]["status"] == "completed"
     assert conversations.log_had_ended == [False]
     assert [m.role for m in conversations.turns] == ["user", "assistant"]
+
+
+class OneCopy:
+    """A log store holding one copy of another node's log, as a node finds it in Redis."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    async def get(self, key: RequestKey) -> Any:
+        return self.log if key == self.log.key else None
+
+
+async def test_a_resume_on_a_copy_behind_the_client_sends_nothing_it_already_has() -> None:
+    # The client saw seq 1-5 on the owner; this node's copy holds 1-4 so far.
+    gateway = gateway_with(WatchedProvider())
+    key = RequestKey("ada", "elsewhere")
+    copy = EventLog(key, None, 1 << 20, replica=True)
+    for seq in range(1, 5):
+        copy.ingest(seq, EventType.TOKEN, 1.0, json.dumps({"token": str(seq)}))
+    gateway.logs = OneCopy(copy)  # type: ignore[assignment]
+    inbox = Inbox()
+
+    await gateway.resume(key, inbox, after_seq=5)
+    for seq in (5, 6):
+        copy.ingest(seq, EventType.TOKEN, 1.0, json.dumps({"token": str(seq)}))
+
+    assert inbox.seqs == [6]
