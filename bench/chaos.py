@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 # Endings the contract allows in place of the whole answer (never a silent gap).
 DOCUMENTED = ("not_recovered", "stream_interrupted", "backend_unavailable", "unknown_request")
 # Errors that end what a client can get of a request without a `stream_end`.
+KILL_ENDINGS = ("stream_interrupted", "unknown_request", "not_recovered")
 TERMINAL_ERRORS = ("not_recovered", "unknown_request", "backend_unavailable")
 TEXT_EVENTS = ("chunk", "token")
 # Every client here comes from 127.0.0.1, where a deployment's come from many addresses:
@@ -488,14 +489,18 @@ async def drive(run: Run, args: argparse.Namespace) -> list[Record]:
 
 def excused(record: Record, verdict: Verdict, marks: dict[str, float], killed: int) -> bool:
     """Whether a documented ending had a cause here: the owner's SIGKILL for
-    `stream_interrupted`, the Redis restart for any of them (leases, logs and
-    counters went with it). Without either (one memory node) none is excused."""
+    `stream_interrupted`, `unknown_request` or `not_recovered` after it, the Redis
+    restart for any of them (leases, logs and counters went with it). Without either
+    (one memory node) none is excused."""
     restart = marks.get("redis_restart")
     if restart is not None and verdict.ending_at >= restart:
         return True
     kill = marks.get("node_killed")
+    # A request whose owner was killed: followers elsewhere get stream_interrupted; a
+    # client that was on the owner and resumes elsewhere may find that Redis never heard
+    # of it (unknown_request) or holds less than it saw (not_recovered).
     return (
-        verdict.ending == "error:stream_interrupted"
+        verdict.ending.removeprefix("error:") in KILL_ENDINGS
         and kill is not None
         and record.owner == killed
         and verdict.ending_at >= kill
@@ -547,7 +552,7 @@ def summarise(
                 "events": [(e.seq, e.kind, e.link, round(e.at, 3)) for e in r.events],
             }
             for r, v in verdicts
-            if v.problems
+            if r.request_id in {request_id for request_id, _ in problems}
         }
         if len(problems) <= 20
         else {},
@@ -692,7 +697,9 @@ def selftest() -> None:
         ("before the Redis restart", excused(owned, gone, {"redis_restart": 6.0}, 2), False),
         ("its owner killed", excused(owned, cut_off, {"node_killed": 4.0}, 2), True),
         ("another node killed", excused(owned, cut_off, {"node_killed": 4.0}, 1), False),
-        ("not_recovered for a kill", excused(owned, gone, {"node_killed": 4.0}, 2), False),
+        ("not_recovered, owner killed", excused(owned, gone, {"node_killed": 4.0}, 2), True),
+        ("not_recovered before the kill", excused(owned, gone, {"node_killed": 6.0}, 2), False),
+        ("not_recovered, other killed", excused(owned, gone, {"node_killed": 4.0}, 1), False),
     ]
     failed += [name for name, got, want in excuses if got != want]
     if failed:
