@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
 
 from tests.support.browser import offline_page
 from tests.support.server import (
     RunningServer,
     WsClient,
+    dropping_client,
     of_type,
     running_server,
     simulated_settings,
@@ -151,13 +151,8 @@ async def test_a_websocket_resume_at_the_stream_end_has_nothing_to_send() -> Non
 
 @contextlib.asynccontextmanager
 async def device(server: RunningServer) -> AsyncIterator[WsClient]:
-    ws = await connect(server.ws_url + "?user_id=ada", max_size=2**24)
-    client = WsClient(ws)
-    client.hello = await client.recv()
-    try:
+    async with dropping_client(server.ws_url + "?user_id=ada") as client:
         yield client
-    finally:
-        ws.transport.abort()
 
 
 async def until_token(client: WsClient, index: int) -> list[dict[str, Any]]:

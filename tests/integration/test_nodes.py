@@ -21,12 +21,11 @@ from typing import Any
 import httpx
 import openai
 from httpx_sse import aconnect_sse
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.support.cluster import NodeProcess, gateway_cluster
 from tests.support.redis_server import RedisServer
-from tests.support.server import WsClient, of_type
+from tests.support.server import WsClient, dropping_client, of_type
 
 USER = "?user_id=ada"
 # Slow enough to act mid-stream on a loaded machine; 60 tokens take 3 s.
@@ -37,13 +36,8 @@ STORY = "tell me a long story"
 @contextlib.asynccontextmanager
 async def client_of(node: NodeProcess, user: str = USER) -> AsyncIterator[WsClient]:
     """A WebSocket client that the test may drop without a close frame."""
-    ws = await connect(node.ws_url + user, max_size=2**24)
-    client = WsClient(ws)
-    client.hello = await client.recv()
-    try:
+    async with dropping_client(node.ws_url + user) as client:
         yield client
-    finally:
-        ws.transport.abort()
 
 
 def ask(request_id: str, **fields: Any) -> dict[str, Any]:

@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from websockets.asyncio.client import connect
 
 from tests.support.gateway_nodes import Node, cluster_nodes
 from tests.support.redis_server import RedisServer
-from tests.support.server import RunningServer, WsClient, ws_client
+from tests.support.server import RunningServer, WsClient, dropping_client, ws_client
 from tests.support.waiting import AT_ONCE, eventually
 from tokenwire.core.spec import RequestKey
 from tokenwire.protocol.errors import BackendUnavailable, UnknownRequest
@@ -52,13 +51,8 @@ async def until(client: WsClient, event_type: str, timeout: float = 10.0) -> dic
 @contextlib.asynccontextmanager
 async def raw_client(server: RunningServer, query: str = ADA) -> AsyncIterator[WsClient]:
     """A client the test may drop without a close frame (`client.ws.transport.abort()`)."""
-    ws = await connect(server.ws_url + query, max_size=2**24)
-    client = WsClient(ws)
-    client.hello = await client.recv()
-    try:
+    async with dropping_client(server.ws_url + query) as client:
         yield client
-    finally:
-        ws.transport.abort()
 
 
 async def started_on(node: Node, client: WsClient, request_id: str) -> None:

@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 from httpx_sse import aconnect_sse
-from websockets.asyncio.client import connect
 
 from tests.fakes.openai_upstream import ScriptedUpstream, openai_answer
 from tests.support.server import (
     RunningServer,
     WsClient,
+    dropping_client,
     of_type,
     running_server,
     simulated_settings,
@@ -74,13 +74,8 @@ async def server_with(**streams: Any) -> AsyncIterator[RunningServer]:
 @contextlib.asynccontextmanager
 async def raw_client(server: RunningServer, query: str = "") -> AsyncIterator[WsClient]:
     """A client the test may drop without a close frame (`client.ws.transport.abort()`)."""
-    ws = await connect(server.ws_url + query, max_size=2**24)
-    client = WsClient(ws)
-    client.hello = await client.recv()
-    try:
+    async with dropping_client(server.ws_url + query) as client:
         yield client
-    finally:
-        ws.transport.abort()
 
 
 # -- dropped and resumed ---------------------------------------------------------

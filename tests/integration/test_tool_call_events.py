@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 from httpx_sse import aconnect_sse
-from websockets.asyncio.client import connect
 
 from tests.support.server import (
     RunningServer,
     WsClient,
+    dropping_client,
     of_type,
     running_server,
     simulated_settings,
@@ -50,13 +50,8 @@ def request(request_id: str) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def raw_client(server: RunningServer) -> AsyncIterator[WsClient]:
     """A client the test drops without a close frame (a lost link)."""
-    ws = await connect(server.ws_url)
-    client = WsClient(ws)
-    client.hello = await client.recv()
-    try:
+    async with dropping_client(server.ws_url) as client:
         yield client
-    finally:
-        ws.transport.abort()
 
 
 def check_tool_events(frames: list[dict[str, Any]]) -> None:

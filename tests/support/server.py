@@ -126,6 +126,20 @@ async def ws_client(
         yield client
 
 
+@contextlib.asynccontextmanager
+async def dropping_client(ws_url: str) -> AsyncIterator[WsClient]:
+    """A connected client that leaves without a close frame, as a lost link does: the test
+    may drop it at any point (`client.ws.transport.abort()`), and it is dropped so at the
+    end whatever happens."""
+    ws = await connect(ws_url, max_size=2**24)
+    client = WsClient(ws)
+    try:
+        client.hello = await client.recv()
+        yield client
+    finally:
+        ws.transport.abort()
+
+
 def of_type(frames: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
     return [f for f in frames if f.get("event_type") == event_type]
 
