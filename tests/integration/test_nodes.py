@@ -23,6 +23,7 @@ import openai
 from httpx_sse import aconnect_sse
 from websockets.exceptions import InvalidStatus
 
+from tests.support.background import left_after, resumed_after
 from tests.support.cluster import NodeProcess, gateway_cluster
 from tests.support.redis_server import RedisServer
 from tests.support.server import WsClient, dropping_client, of_type
@@ -163,26 +164,8 @@ async def test_a_background_response_resumes_and_continues_on_another_node(
         on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
         on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
         try:
-            stream = await on_a.responses.create(
-                model="simulated", input=STORY, stream=True, background=True
-            )
-            response_id, first = "", []
-            async for event in stream:
-                if event.type == "response.created":
-                    response_id = event.response.id
-                if event.type == "response.output_text.delta":
-                    first.append((event.sequence_number, event.delta))
-                    if len(first) == 10:
-                        break
-            await stream.close()
-            resumed = await on_b.responses.retrieve(
-                response_id, stream=True, starting_after=first[-1][0]
-            )
-            rest = [
-                (e.sequence_number, e.delta)
-                async for e in resumed
-                if e.type == "response.output_text.delta"
-            ]
+            response_id, first = await left_after(on_a, 10, STORY)
+            rest = await resumed_after(on_b, response_id, first[-1][0])
             final = await on_b.responses.retrieve(response_id)
             follow_up = await on_b.responses.create(
                 model="simulated", input="and then?", previous_response_id=response_id

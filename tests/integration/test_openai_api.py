@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.background import left_after, resumed_after
 from tests.support.providers import TroubledProvider, WatchedProvider
 from tests.support.server import RunningServer, gateway_with, running_server
 from tests.support.waiting import AT_ONCE, eventually
@@ -262,26 +263,8 @@ async def test_a_streamed_response_has_openai_s_events_with_gapless_sequence_num
 
 async def test_a_background_response_outlives_its_client_and_resumes_exactly() -> None:
     async with sdk() as (_, client):
-        stream = await client.responses.create(
-            model="simulated", input="a long story", stream=True, background=True
-        )
-        response_id, first = "", []
-        async for event in stream:
-            if event.type == "response.created":
-                response_id = event.response.id
-            if event.type == "response.output_text.delta":
-                first.append((event.sequence_number, event.delta))
-                if len(first) == 10:
-                    break
-        await stream.close()  # the client leaves after ten deltas
-        resumed = await client.responses.retrieve(
-            response_id, stream=True, starting_after=first[-1][0]
-        )
-        rest = [
-            (e.sequence_number, e.delta)
-            async for e in resumed
-            if e.type == "response.output_text.delta"
-        ]
+        response_id, first = await left_after(client, 10, "a long story")
+        rest = await resumed_after(client, response_id, first[-1][0])
         final = await client.responses.retrieve(response_id)
     numbers = [n for n, _ in first + rest]
     assert numbers == sorted(set(numbers))

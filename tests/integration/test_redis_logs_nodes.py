@@ -16,6 +16,7 @@ import pytest
 from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
+from tests.support.background import left_after, resumed_after
 from tests.support.redis_server import RedisServer, private_prefix
 from tests.support.server import RunningServer, of_type, running_server, simulated_settings
 from tests.support.server import ws_client as connected
@@ -167,26 +168,8 @@ async def test_a_background_response_resumes_on_another_node_with_starting_after
         on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
         on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
         async with on_a, on_b:
-            stream = await on_a.responses.create(
-                model="simulated", input="a long story", stream=True, background=True
-            )
-            response_id, first = "", []
-            async for event in stream:
-                if event.type == "response.created":
-                    response_id = event.response.id
-                if event.type == "response.output_text.delta":
-                    first.append((event.sequence_number, event.delta))
-                    if len(first) == 10:
-                        break
-            await stream.close()  # the client leaves after ten deltas
-            resumed = await on_b.responses.retrieve(
-                response_id, stream=True, starting_after=first[-1][0]
-            )
-            rest = [
-                (e.sequence_number, e.delta)
-                async for e in resumed
-                if e.type == "response.output_text.delta"
-            ]
+            response_id, first = await left_after(on_a, 10, "a long story")
+            rest = await resumed_after(on_b, response_id, first[-1][0])
             final = await on_b.responses.retrieve(response_id)
 
     numbers = [n for n, _ in first + rest]
