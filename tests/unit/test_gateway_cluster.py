@@ -14,7 +14,7 @@ from tests.support.server import gateway_with
 from tests.support.stores import SharedLogs
 from tests.support.waiting import AT_ONCE, eventually
 from tokenwire.backends.memory import MemoryLogStore
-from tokenwire.core.cluster import LocalRuns, NodeReport
+from tokenwire.core.cluster import NodeReport, SingleNode
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.provider import Message
 from tokenwire.core.spec import Generation, RequestKey, RequestSpec
@@ -25,8 +25,9 @@ SLOW = {"tokens": 5000, "delay_ms": 5}
 KEY = RequestKey("ada", "r1")
 
 
-class OtherNodes:
-    """A cluster whose other nodes are what the test says they are."""
+class OtherNodes(SingleNode):
+    """A cluster whose other nodes are what the test says they are (what it does not
+    override does nothing, as with no other nodes)."""
 
     node_id = "here"
 
@@ -42,18 +43,6 @@ class OtherNodes:
     @property
     def shared(self) -> bool:
         return True
-
-    async def start(self, local: LocalRuns) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def started(self, key: RequestKey) -> None:
-        return None
-
-    def ended(self, key: RequestKey) -> None:
-        return None
 
     async def cancel(self, key: RequestKey, reason: str) -> bool:
         self.asked.append("cancel")
