@@ -50,6 +50,10 @@ class SyncStreamClient:
         self.close()
 
     @property
+    def url(self) -> str:
+        return self._client.url
+
+    @property
     def session_id(self) -> str | None:
         return self._client.session_id
 

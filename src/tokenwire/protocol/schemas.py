@@ -19,9 +19,7 @@ DIRECTORY = "docs/schemas"
 
 def client_messages() -> dict[str, Any]:
     """What a client may send: one of the messages, told apart by `type`."""
-    adapter: TypeAdapter[Any] = TypeAdapter(
-        Annotated[ClientMessage, Field(discriminator="type")]
-    )
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[ClientMessage, Field(discriminator="type")])
     return _titled(adapter.json_schema(), "tokenwire client message (WebSocket, v1)")
 
 
