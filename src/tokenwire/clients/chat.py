@@ -10,6 +10,7 @@ so that the server answers with the history.
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -40,7 +41,7 @@ def run_chat(url: str, token: str | None, provider: str | None) -> int:
         client.connect()
     except ClientError as exc:
         client.close()
-        console.print(f"[red]tokenwire chat: {one_line(exc)}[/]")
+        print(f"tokenwire chat: {one_line(exc)}", file=sys.stderr)
         return 1
     try:
         return Chat(client, console, provider).run()
@@ -72,9 +73,9 @@ class Chat:
             try:
                 self.answer(prompt)
             except ServerError as exc:
-                self.console.print(f"[red]{one_line(exc)}[/]")
+                self.console.print(Text(one_line(exc), style="red"), soft_wrap=True)
             except ClientError as exc:
-                self.console.print(f"[red]tokenwire chat: {one_line(exc)}[/]")
+                print(f"tokenwire chat: {one_line(exc)}", file=sys.stderr)
                 return 1
 
     def answer(self, prompt: str) -> None:
