@@ -14,6 +14,7 @@ import pytest_asyncio
 from tests.support.auth import ADA_KEY, BOB_KEY, ENVIRON, api_key_settings
 from tests.support.server import RunningServer, running_server
 from tests.support.tcp_proxy import cuttable_proxy
+from tests.support.waiting import eventually
 from tokenwire.client import (
     AuthenticationRefused,
     Chunk,
@@ -109,6 +110,31 @@ async def test_a_link_cut_mid_answer_is_restored_and_every_token_arrives_exactly
     assert proxy.connections == 2
     assert stream.text == reference.text
     assert [e.data.index for e in events if isinstance(e, Token)] == list(range(120))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_request_lost_with_the_link_is_sent_again_and_answered_once(
+    server: RunningServer,
+) -> None:
+    port = urlsplit(server.ws_url).port
+    assert port is not None
+    async with StreamClient(url(server, "resent")) as client:
+        reference = client.stream("Hi", **QUICK)
+        await read_all(reference)
+    async with (
+        cuttable_proxy(port) as proxy,
+        StreamClient(url(server, "resent", proxy.port)) as client,
+    ):
+        proxy.swallowing = True
+        stream = client.stream("Hi", **QUICK)
+        first = asyncio.ensure_future(anext(stream))
+        await eventually(lambda: proxy.swallowed > 0)  # the ai_request went into the void
+        proxy.swallowing = False
+        proxy.cut()
+        events = [await first, *await read_all(stream)]
+
+    assert proxy.connections == 2
+    assert stream.text == reference.text
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 

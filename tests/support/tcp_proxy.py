@@ -16,6 +16,9 @@ class CuttableProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self.connections = 0
         """How many connections it has passed on (a reconnect makes one more)."""
+        self.swallowing = False
+        """While True, what clients send is dropped, as a link that dies on the way does."""
+        self.swallowed = 0
 
     @property
     def port(self) -> int:
@@ -53,18 +56,22 @@ class CuttableProxy:
             return
         self.connections += 1
         self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            pipe = asyncio.create_task(_pipe(source, sink))
+        for source, sink, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            pipe = asyncio.create_task(self._pipe(source, sink, upstream))
             self._pipes.add(pipe)
             pipe.add_done_callback(self._pipes.discard)
 
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    sink.close()  # the other side closed: pass that on (a cut resets both at once)
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, upstream: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await source.read(65536):
+                if upstream and self.swallowing:
+                    self.swallowed += len(data)
+                    continue
+                sink.write(data)
+                await sink.drain()
+        sink.close()  # the other side closed: pass that on (a cut resets both at once)
 
 
 @contextlib.asynccontextmanager
