@@ -230,6 +230,7 @@ class StreamClient:
                     waiter.set_exception(ServerError(frame.data))
             return
         if self._never_arrived(stream, frame):
+            stream.resuming = False
             self._spawn(self._send(stream.opening))
             return
         if stream.receive(frame):

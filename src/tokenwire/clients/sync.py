@@ -38,7 +38,11 @@ class SyncStreamClient:
         self._client: StreamClient = self._call(_build(url, token, options))
 
     def __enter__(self) -> SyncStreamClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()  # `__exit__` is not called when `__enter__` fails
+            raise
         return self
 
     def __exit__(
