@@ -72,7 +72,11 @@ class Stream:
             raise StopAsyncIteration
         if not self._opened:
             self._opened = True
-            await self._opener(self)
+            try:
+                await self._opener(self)
+            except BaseException:
+                self._done = True  # never sent: nothing will come
+                raise
         item = await self._queue.get()
         if isinstance(item, ClientError):
             self._done = True
