@@ -74,6 +74,9 @@ IMAGES = "tests/integration/test_images.py"
 FIELDS = "tests/integration/test_dialect_fields.py"
 ENDPOINTS = "tests/integration/test_v1_endpoints.py"
 TOOL_CALLS = "tests/unit/test_tool_calls.py"
+CLIENT = "tests/clients/test_stream_client.py"
+CHAT = "tests/clients/test_terminal_chat.py"
+EVENT_MODELS = "tests/integration/test_server_event_models.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -540,6 +543,86 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             "tests/unit/test_response_replicas.py::test_continuing_at_once_on_another_node_is_not_told_the_response_still_runs",
         ),
+    ),
+    Mutant(
+        "client-resumes-ahead",
+        "clients/stream_client.py",
+        '                "last_seq": stream.last_seq,',
+        '                "last_seq": stream.last_seq + 3,',
+        "a restored link resumes past what the client has: text is lost across the cut",
+        (f"{CLIENT}::test_a_link_cut_mid_answer_is_restored_and_every_token_arrives_exactly_once",),
+    ),
+    Mutant(
+        "client-forgets-last-seq",
+        "clients/stream.py",
+        "        self.last_seq = event.seq\n",
+        "        pass\n",
+        "the client never records what it has: a resume replays from the start, twice the text",
+        (f"{CLIENT}::test_a_link_cut_mid_answer_is_restored_and_every_token_arrives_exactly_once",),
+    ),
+    Mutant(
+        "client-never-resends",
+        "clients/stream_client.py",
+        "            and not stream.accepted\n",
+        "            and False\n",
+        "an ai_request lost with the link is never sent again: the stream is refused instead",
+        (f"{CLIENT}::test_a_request_lost_with_the_link_is_sent_again_and_answered_once",),
+    ),
+    Mutant(
+        "client-no-reconnect",
+        "clients/stream_client.py",
+        "        if self._streams:\n            self._restoring",
+        "        if False:\n            self._restoring",
+        "a dropped link is not restored while streams run",
+        (f"{CLIENT}::test_a_link_cut_mid_answer_is_restored_and_every_token_arrives_exactly_once",),
+    ),
+    Mutant(
+        "client-error-end-quiet",
+        "clients/stream.py",
+        'if event.data.status == "error":',
+        'if event.data.status == "failed":',
+        "a stream that ends in error raises nothing",
+        (f"{CLIENT}::test_a_failed_stream_yields_its_end_then_raises_stream_failed",),
+    ),
+    Mutant(
+        "client-token-not-bearer",
+        "clients/link.py",
+        'Subprotocol(f"bearer.{token}")',
+        'Subprotocol(f"bearer-{token}")',
+        "the credential goes in a subprotocol the server does not read",
+        (f"{CLIENT}::test_a_bad_credential_is_refused_and_a_good_one_streams_as_its_user",),
+    ),
+    Mutant(
+        "chat-no-cancel",
+        "clients/chat.py",
+        "        stream.cancel()\n",
+        "        pass\n",
+        "Ctrl-C in the chat stops showing the answer but never cancels it",
+        (f"{CHAT}::test_chat_answers_stops_on_ctrl_c_keeps_the_conversation_and_leaves_on_ctrl_d",),
+    ),
+    Mutant(
+        "chat-new-conversation-each-turn",
+        "clients/chat.py",
+        "            prompt, conversation_id=self.conversation_id, provider=self.provider",
+        "            prompt, provider=self.provider",
+        "the chat's turns are not one conversation",
+        (f"{CHAT}::test_chat_answers_stops_on_ctrl_c_keeps_the_conversation_and_leaves_on_ctrl_d",),
+    ),
+    Mutant(
+        "server-event-field-unmodelled",
+        "core/orchestrator.py",
+        '                "prompt_length": self._prompt_length(),',
+        '                "prompt_length": self._prompt_length(), "prompt_chars": 0,',
+        "the server sends a field the event models do not declare",
+        (f"{EVENT_MODELS}::test_every_frame_of_every_kind_of_stream_matches_the_models_exactly",),
+    ),
+    Mutant(
+        "schema-stale",
+        "protocol/messages.py",
+        "    last_seq: Annotated[int, Field(ge=0, le=2**53)] = 0",
+        "    last_seq: Annotated[int, Field(ge=0, le=2**52)] = 0",
+        "a client message changes and docs/schemas is not generated anew",
+        ("tests/unit/test_schemas.py::test_the_schema_file_is_what_the_models_give",),
     ),
 )
 

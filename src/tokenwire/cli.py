@@ -1,4 +1,4 @@
-"""The command line: `tokenwire serve`."""
+"""The command line: `tokenwire serve` and `tokenwire chat`."""
 
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
 
 from tokenwire import __version__
-from tokenwire.app import access_policy, backends_for, build_app, build_gateway, uvicorn_config
-from tokenwire.core.gateway import Gateway
 from tokenwire.logs import configure_logging
-from tokenwire.routing.classify import load_classifier
 from tokenwire.security.access import is_loopback
 from tokenwire.settings import PROVIDER_KINDS, ConfigError, Settings, load_settings
 from tokenwire.workers import CONFIG_ERROR, Supervisor
+
+if TYPE_CHECKING:
+    from tokenwire.core.gateway import Gateway
 
 # Kinds that cannot run without a model name, and what `--model` means for the others.
 MODEL_REQUIRED = {"openai", "anthropic", "bedrock"}
@@ -138,7 +138,29 @@ def parser() -> argparse.ArgumentParser:
         help='allow [auth] mode = "none" on an address other than loopback '
         "(anyone who reaches the port can then spend on the providers)",
     )
+    add_chat_command(commands)
     return root
+
+
+def add_chat_command(commands: Any) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="talk to a tokenwire server at the terminal",
+        description="A conversation with a tokenwire server over its WebSocket. Ctrl-C stops "
+        "an answer; Ctrl-D, or Ctrl-C at an empty prompt, leaves.",
+    )
+    chat.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8000/ws/ai-stream",
+        help="the server's full WebSocket URL (default ws://127.0.0.1:8000/ws/ai-stream; "
+        "add ?user_id=NAME when the server runs without authentication)",
+    )
+    chat.add_argument(
+        "--token",
+        help="an API key or JWT, when the server asks for one (default: the TOKENWIRE_TOKEN "
+        "environment variable)",
+    )
+    chat.add_argument("--provider", help="ask this provider by name (default: routing decides)")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -244,6 +266,9 @@ def graceful_server(
 ) -> GracefulServer:
     """The server of one process (or one worker) on `sock`: its own backends, gateway and
     app. Raises `ConfigError` before anything is served."""
+    # Here, not at the top: `tokenwire chat` and `--version` need none of the server.
+    from tokenwire.app import access_policy, backends_for, build_app, build_gateway, uvicorn_config
+
     backends = backends_for(settings)
     # Access first: a missing secret must not wait for a model to load.
     access = access_policy(settings, connections=backends.connections)
@@ -268,6 +293,9 @@ def announce(settings: Settings, host: str, port: int, **more: Any) -> None:
 
 def supervise(settings: Settings, sock: socket.socket) -> int:
     """`--workers N`: what would stop every worker is checked here first, once."""
+    from tokenwire.app import access_policy
+    from tokenwire.routing.classify import load_classifier
+
     try:
         access_policy(settings)
         load_classifier(settings.routing.classifier)
@@ -334,6 +362,10 @@ def tune_garbage_collector() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "chat":
+        from tokenwire.clients.chat import TOKEN_ENV, run_chat
+
+        return run_chat(args.url, args.token or os.environ.get(TOKEN_ENV) or None, args.provider)
     if args.command == "serve":
         try:
             settings = load_settings(args.config, flag_overrides(args))
