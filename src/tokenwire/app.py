@@ -6,6 +6,7 @@ settings model; this module reads the settings once and hands them down.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +40,12 @@ from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
+from tokenwire.core.telemetry import NoTelemetry
+from tokenwire.observability.metrics import (
+    MULTIPROCESS_VARIABLE,
+    PrometheusMetrics,
+    metrics_endpoint,
+)
 from tokenwire.protocol.errors import TokenwireError
 from tokenwire.providers.images import FetchPolicy
 from tokenwire.providers.registry import build_provider, default_concurrency
@@ -400,15 +407,29 @@ def build_app(
     access = access or access_policy(
         settings, environ, backends.connections if backends is not None else None
     )
+    node_id = backends.node_id if backends is not None else SingleNode.node_id
+    metrics = metrics_for(settings, gw, node_id) if settings.metrics.enabled else None
+    if metrics is not None:
+        access.telemetry = metrics
+        if isinstance(gw.telemetry, NoTelemetry):
+            gw.telemetry = metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if backends is not None:
             await backends.start()
         gw.start_background()
+        sampler = (
+            asyncio.create_task(metrics.sample_loop_lag(), name="loop lag")
+            if metrics is not None
+            else None
+        )
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
             if not gw.closing:
                 await gw.shutdown(settings.server.shutdown_grace_seconds)
             if backends is not None:
@@ -432,6 +453,7 @@ def build_app(
             WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
             Route("/ws/ai-stream", http.upgrade_required),
             *api_docs.routes(),
+            *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
         ],
         # FastAPI's own pages load from CDNs; api_docs serves Swagger UI from the package.
         docs_url=None,
@@ -454,11 +476,29 @@ def build_app(
         max_buffer_bytes=settings.limits.max_send_buffer_bytes,
         close_timeout=settings.limits.close_timeout_seconds,
     )
-    app.state.node_id = backends.node_id if backends is not None else SingleNode.node_id
+    app.state.node_id = node_id
+    app.state.metrics = metrics
     app.state.backend_readiness = backends.readiness if backends is not None else _always_ready
     health = gw.observer
     app.state.describe_health = health.describe if isinstance(health, HealthBook) else None
     return app
+
+
+def metrics_for(settings: Settings, gateway: Gateway, node_id: str) -> PrometheusMetrics:
+    """The Prometheus metrics of this process; with `--workers`, the supervisor's
+    `PROMETHEUS_MULTIPROC_DIR` (which prometheus-client itself reads) makes them shared."""
+    metrics = PrometheusMetrics(
+        node_id, gateway.slots, multiprocess_dir=os.environ.get(MULTIPROCESS_VARIABLE)
+    )
+    health = gateway.observer
+
+    def circuits() -> dict[str, str]:
+        if not isinstance(health, HealthBook):
+            return {}
+        return {name: health[name].state.value for name in gateway.slots}
+
+    metrics.watch(lambda: gateway.in_grace, circuits)
+    return metrics
 
 
 def _always_ready() -> str | None:
