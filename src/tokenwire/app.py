@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -40,7 +40,7 @@ from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
-from tokenwire.core.telemetry import NoTelemetry
+from tokenwire.core.telemetry import FanOut, NoTelemetry, Telemetry
 from tokenwire.observability.metrics import (
     MULTIPROCESS_VARIABLE,
     PrometheusMetrics,
@@ -81,6 +81,9 @@ from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 from tokenwire.transports.v1 import chat, messages, models, responses
 from tokenwire.transports.v1.errors import anthropic_error, openai_error
 from tokenwire.transports.v1.route import unrouted
+
+if TYPE_CHECKING:  # the optional `otel` extra: imported only when tracing is on
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 def provider_profile(settings: ProviderSettings) -> ProviderProfile:
@@ -409,10 +412,15 @@ def build_app(
     )
     node_id = backends.node_id if backends is not None else SingleNode.node_id
     metrics = metrics_for(settings, gw, node_id) if settings.metrics.enabled else None
-    if metrics is not None:
-        access.telemetry = metrics
+    traces = tracer_provider_for(settings) if settings.metrics.tracing else None
+    instruments: list[Telemetry] = [] if metrics is None else [metrics]
+    if traces is not None:
+        instruments.append(tracing_with(traces))
+    if instruments:
+        telemetry = instruments[0] if len(instruments) == 1 else FanOut(*instruments)
+        access.telemetry = telemetry
         if isinstance(gw.telemetry, NoTelemetry):
-            gw.telemetry = metrics
+            gw.telemetry = telemetry
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -434,6 +442,9 @@ def build_app(
                 await gw.shutdown(settings.server.shutdown_grace_seconds)
             if backends is not None:
                 await backends.close()
+            if traces is not None:
+                # The last spans go out (the exporter's own timeouts bound this).
+                await asyncio.to_thread(traces.shutdown)
 
     app = FastAPI(
         title="tokenwire",
@@ -499,6 +510,26 @@ def metrics_for(settings: Settings, gateway: Gateway, node_id: str) -> Prometheu
 
     metrics.watch(lambda: gateway.in_grace, circuits)
     return metrics
+
+
+def tracer_provider_for(settings: Settings) -> TracerProvider:
+    """The OpenTelemetry tracer provider `[metrics]` asks for; without the `otel` extra,
+    the one message that says what to install."""
+    try:
+        from tokenwire.observability.tracing import tracer_provider
+    except ImportError as exc:
+        raise ConfigError(
+            f"metrics.tracing: OpenTelemetry is not installed ({exc.name} is missing); "
+            "install the extra: pip install 'tokenwire[otel]'"
+        ) from None
+    metrics = settings.metrics
+    return tracer_provider(metrics.service_name, metrics.otlp_endpoint)
+
+
+def tracing_with(provider: TracerProvider) -> Telemetry:
+    from tokenwire.observability.tracing import Tracing
+
+    return Tracing(provider.get_tracer("tokenwire"))
 
 
 def _always_ready() -> str | None:

@@ -122,3 +122,64 @@ class NoTelemetry:
 
     def refused(self, error: TokenwireError) -> None:
         return None
+
+
+class FanOut:
+    """Several instruments as one (metrics and traces): each is told everything."""
+
+    def __init__(self, *parts: Telemetry) -> None:
+        self._parts = parts
+
+    def stream_started(self, request_id: str) -> StreamProbe:
+        return _FanOutProbe(tuple(part.stream_started(request_id) for part in self._parts))
+
+    def connection_opened(self, transport: str) -> None:
+        for part in self._parts:
+            part.connection_opened(transport)
+
+    def connection_closed(self, transport: str) -> None:
+        for part in self._parts:
+            part.connection_closed(transport)
+
+    def send_buffer_overflowed(self, transport: str) -> None:
+        for part in self._parts:
+            part.send_buffer_overflowed(transport)
+
+    def resumed(self, outcome: str) -> None:
+        for part in self._parts:
+            part.resumed(outcome)
+
+    def refused(self, error: TokenwireError) -> None:
+        for part in self._parts:
+            part.refused(error)
+
+
+class _FanOutProbe:
+    __slots__ = ("_probes",)
+
+    def __init__(self, probes: tuple[StreamProbe, ...]) -> None:
+        self._probes = probes
+
+    def routed(self, provider: str, strategy: str, task_type: str, model: str) -> None:
+        for probe in self._probes:
+            probe.routed(provider, strategy, task_type, model)
+
+    def attempt_started(self, provider: str) -> None:
+        for probe in self._probes:
+            probe.attempt_started(provider)
+
+    def attempt_ended(self, provider: str, error_type: str | None) -> None:
+        for probe in self._probes:
+            probe.attempt_ended(provider, error_type)
+
+    def first_output(self, provider: str, seconds: float) -> None:
+        for probe in self._probes:
+            probe.first_output(provider, seconds)
+
+    def text(self, deltas: int, size: int, gap: float | None) -> None:
+        for probe in self._probes:
+            probe.text(deltas, size, gap)
+
+    def ended(self, outcome: StreamOutcome | None) -> None:
+        for probe in self._probes:
+            probe.ended(outcome)
