@@ -8,6 +8,7 @@ each other's order.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.raw_ws import RawWebSocket
 from tests.support.server import (
     RunningServer,
     WsClient,
@@ -216,6 +218,31 @@ async def test_a_dropped_stream_waits_in_the_grace_and_its_resume_is_counted(
     assert value(resumed, "tokenwire_streams_in_resume_grace") == 0
     assert value(after, name, outcome="replayed") - value(before, name, outcome="replayed") == 1
     assert value(after, name, outcome="unknown") - value(before, name, outcome="unknown") == 1
+
+
+async def test_a_client_too_slow_to_read_is_counted_as_a_send_buffer_overflow() -> None:
+    settings = simulated_settings(
+        limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 0.5},
+        streams={"resume_grace_seconds": 0},
+    )
+    flood = {
+        "type": "ai_request",
+        "prompt": "x",
+        "stream_config": {"granularity": "token"},
+        "config": {"timeout": 60, "options": {"tokens": 1_000_000, "delay_ms": 0}},
+    }
+    async with running_server(settings) as slow:
+        port = int(slow.url.rsplit(":", 1)[1])
+        client = await RawWebSocket.connect(port, receive_buffer=4096)
+        try:
+            await client.send_text(json.dumps(flood).encode())
+            await eventually(lambda: len(slow.gateway.sessions) == 0, 20)
+            samples = await scrape(slow, headers={})
+        finally:
+            client.abort()
+
+    assert value(samples, "tokenwire_send_buffer_overflows_total", transport="websocket") == 1
+    assert value(samples, "tokenwire_send_buffer_overflows_total", transport="sse") == 0
 
 
 async def test_the_event_loop_lag_is_sampled(server: RunningServer) -> None:
