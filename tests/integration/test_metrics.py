@@ -27,6 +27,7 @@ from tests.support.server import (
     ws_client,
 )
 from tests.support.waiting import eventually
+from tokenwire.core.spec import RequestKey
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -180,6 +181,26 @@ async def test_the_connections_gauge_rises_with_a_connection_and_falls_when_it_g
 
     assert during == before + 1
     assert value(after, name, transport="websocket") == before
+
+
+async def test_an_sse_event_stream_counts_as_a_connection_while_it_is_open(
+    server: RunningServer,
+) -> None:
+    name = "tokenwire_connections"
+    before = value(await scrape(server), name, transport="sse")
+    body: dict[str, Any] = {"prompt": "hi", "request_id": "sse-1"}
+    body["config"] = {"provider": "sim_a", "options": SLOW}
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        http.stream("POST", "/api/streams", json=body, headers=AUTH) as events,
+    ):
+        assert events.status_code == 200
+        during = value(await scrape(server), name, transport="sse")
+    await server.gateway.cancel_anywhere(RequestKey("ada", "sse-1"))
+    after = await scraped_until(server, lambda s: value(s, name, transport="sse") == before)
+
+    assert during == before + 1
+    assert value(after, name, transport="sse") == before
 
 
 async def test_a_refusal_by_a_limit_is_counted_by_its_reason(server: RunningServer) -> None:
