@@ -7,13 +7,16 @@ writes each worker's values there, and whichever worker answers a scrape sums th
 all (gauges of what is live count only live workers). Several nodes: each serves
 its own `/metrics`; `tokenwire_node_info` names the node (docs/deployment.md).
 
-Per text event a stream costs two counter additions and one histogram observation
-on children bound when its first output came; nothing is looked up by label per token.
+Per text event a stream costs a few additions to plain integers of its own (and a
+bisect for the gap's bucket): no lock, no label lookup. What it holds goes into the
+shared metrics when it ends, at each loop-lag sample (twice a second) and at each
+scrape, so that a scrape always reads every stream up to that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -170,7 +173,9 @@ class PrometheusMetrics:
             process_collector.ProcessCollector(registry=self.registry)
             platform_collector.PlatformCollector(registry=self.registry)
             gc_collector.GCCollector(registry=self.registry)
-        self._refreshers: list[Callable[[], None]] = []
+        self._refreshers: list[Callable[[], None]] = [self._flush_streams]
+        self._streams: set[_Probe] = set()
+        """Running requests' probes, whose counts are added in at each refresh."""
 
     def _prepare(self, providers: list[str]) -> None:
         """Children made up front, so that every series exists (at 0) from the start."""
@@ -221,7 +226,20 @@ class PrometheusMetrics:
     # -- Telemetry ------------------------------------------------------------------------
 
     def stream_started(self, request_id: str) -> StreamProbe:
-        return _Probe(self)
+        probe = _Probe(self)
+        self._streams.add(probe)
+        return probe
+
+    def _flush_streams(self) -> None:
+        for probe in self._streams:
+            probe.flush()
+
+    def stream_ended(self, probe: _Probe, outcome: StreamOutcome | None) -> None:
+        self._streams.discard(probe)
+        probe.flush()
+        self.streams_active.dec()
+        if outcome is not None:
+            self.stream_outcome(outcome)
 
     def connection_opened(self, transport: str) -> None:
         self.connections.labels(transport).inc()
@@ -257,15 +275,28 @@ def metrics_endpoint(metrics: PrometheusMetrics) -> Callable[[Request], Awaitabl
 
 
 class _Probe:
-    """One request's metrics; children bound at its first output, used per text event."""
+    """One request's metrics: counted in plain integers per text event, added to the
+    shared metrics by `flush` (children bound once, at the first output)."""
 
-    __slots__ = ("_bytes", "_gap", "_metrics", "_tokens")
+    __slots__ = (
+        "_bytes",
+        "_gap_counts",
+        "_gap_sum",
+        "_metrics",
+        "_pending_bytes",
+        "_pending_tokens",
+        "_tokens",
+    )
 
     def __init__(self, metrics: PrometheusMetrics) -> None:
         self._metrics = metrics
-        self._gap = metrics.gap
         self._tokens: Counter | None = None
         self._bytes: Counter | None = None
+        self._pending_tokens = 0
+        self._pending_bytes = 0
+        # One slot per bucket of GAP_BUCKETS, and one for +Inf, as the histogram has.
+        self._gap_counts = [0] * (len(GAP_BUCKETS) + 1)
+        self._gap_sum = 0.0
         metrics.streams_active.inc()
 
     def routed(self, provider: str, strategy: str, task_type: str, model: str) -> None:
@@ -285,14 +316,38 @@ class _Probe:
         self._bytes = metrics.bytes_out.labels(provider)
 
     def text(self, deltas: int, size: int, gap: float | None) -> None:
-        if self._tokens is None or self._bytes is None:
-            return
-        self._tokens.inc(deltas)
-        self._bytes.inc(size)
+        self._pending_tokens += deltas
+        self._pending_bytes += size
         if gap is not None:
-            self._gap.observe(gap)
+            self._gap_counts[bisect_left(GAP_BUCKETS, gap)] += 1
+            self._gap_sum += gap
+
+    def flush(self) -> None:
+        tokens, size = self._tokens, self._bytes
+        pending = self._pending_tokens or self._pending_bytes
+        if pending and tokens is not None and size is not None:
+            tokens.inc(self._pending_tokens)
+            size.inc(self._pending_bytes)
+            self._pending_tokens = self._pending_bytes = 0
+        if self._gap_sum or any(self._gap_counts):
+            add_observations(self._metrics.gap, self._gap_counts, self._gap_sum)
+            self._gap_counts = [0] * len(self._gap_counts)
+            self._gap_sum = 0.0
 
     def ended(self, outcome: StreamOutcome | None) -> None:
-        self._metrics.streams_active.dec()
-        if outcome is not None:
-            self._metrics.stream_outcome(outcome)
+        self._metrics.stream_ended(self, outcome)
+
+
+def add_observations(histogram: Histogram, counts: list[int], total: float) -> None:
+    """Add observations already sorted into `histogram`'s buckets (`counts[i]` of them at
+    most its i-th bound, above the one before; the last slot for +Inf) summing to `total`.
+
+    prometheus-client offers one observation at a time only; this is the one place that
+    uses its histogram's own values (`_buckets`, `_sum`), and
+    tests/unit/test_metrics_adapter.py fails if they change.
+    """
+    buckets = histogram._buckets
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    histogram._sum.inc(total)
