@@ -49,3 +49,26 @@ def test_a_stream_s_text_reaches_the_metrics_when_it_ends_and_at_each_refresh() 
     assert 'tokenwire_text_bytes_out_total{provider="sim"} 24.0' in text
     assert "tokenwire_inter_token_gap_seconds_count 2.0" in text
     assert "tokenwire_streams_active 0.0" in text
+
+
+def test_a_stream_s_gaps_land_in_the_buckets_that_observing_them_would_give() -> None:
+    metrics = PrometheusMetrics("node-1", ["sim"])
+    probe = metrics.stream_started("r1")
+    probe.first_output("sim", 0.01)
+    for gap in GAPS:
+        probe.text(1, 1, gap)
+    probe.ended(None)
+    reference = CollectorRegistry()
+    histogram = Histogram(
+        "tokenwire_inter_token_gap_seconds", "Gaps.", buckets=GAP_BUCKETS, registry=reference
+    )
+    for gap in GAPS:
+        histogram.observe(gap)
+
+    def buckets(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        prefix = "tokenwire_inter_token_gap_seconds_"
+        lines = text.splitlines()
+        return [line for line in lines if line.startswith(prefix) and "created" not in line]
+
+    assert buckets(metrics.registry) == buckets(reference)
