@@ -6,11 +6,12 @@ settings model; this module reads the settings once and hands them down.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -39,6 +40,12 @@ from tokenwire.core.gateway import Gateway, GatewayConfig
 from tokenwire.core.images import ImageBounds
 from tokenwire.core.orchestrator import StreamTuning
 from tokenwire.core.route import ProviderProfile, ProviderSlot
+from tokenwire.core.telemetry import FanOut, NoTelemetry, Telemetry
+from tokenwire.observability.metrics import (
+    MULTIPROCESS_VARIABLE,
+    PrometheusMetrics,
+    metrics_endpoint,
+)
 from tokenwire.protocol.errors import TokenwireError
 from tokenwire.providers.images import FetchPolicy
 from tokenwire.providers.registry import build_provider, default_concurrency
@@ -74,6 +81,9 @@ from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 from tokenwire.transports.v1 import chat, messages, models, responses
 from tokenwire.transports.v1.errors import anthropic_error, openai_error
 from tokenwire.transports.v1.route import unrouted
+
+if TYPE_CHECKING:  # the optional `otel` extra: imported only when tracing is on
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 def provider_profile(settings: ProviderSettings) -> ProviderProfile:
@@ -400,19 +410,41 @@ def build_app(
     access = access or access_policy(
         settings, environ, backends.connections if backends is not None else None
     )
+    node_id = backends.node_id if backends is not None else SingleNode.node_id
+    metrics = metrics_for(settings, gw, node_id) if settings.metrics.enabled else None
+    traces = tracer_provider_for(settings) if settings.metrics.tracing else None
+    instruments: list[Telemetry] = [] if metrics is None else [metrics]
+    if traces is not None:
+        instruments.append(tracing_with(traces))
+    if instruments:
+        telemetry = instruments[0] if len(instruments) == 1 else FanOut(*instruments)
+        access.telemetry = telemetry
+        if isinstance(gw.telemetry, NoTelemetry):
+            gw.telemetry = telemetry
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if backends is not None:
             await backends.start()
         gw.start_background()
+        sampler = (
+            asyncio.create_task(metrics.sample_loop_lag(), name="loop lag")
+            if metrics is not None
+            else None
+        )
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
             if not gw.closing:
                 await gw.shutdown(settings.server.shutdown_grace_seconds)
             if backends is not None:
                 await backends.close()
+            if traces is not None:
+                # The last spans go out (the exporter's own timeouts bound this).
+                await asyncio.to_thread(traces.shutdown)
 
     app = FastAPI(
         title="tokenwire",
@@ -432,6 +464,7 @@ def build_app(
             WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
             Route("/ws/ai-stream", http.upgrade_required),
             *api_docs.routes(),
+            *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
         ],
         # FastAPI's own pages load from CDNs; api_docs serves Swagger UI from the package.
         docs_url=None,
@@ -454,11 +487,49 @@ def build_app(
         max_buffer_bytes=settings.limits.max_send_buffer_bytes,
         close_timeout=settings.limits.close_timeout_seconds,
     )
-    app.state.node_id = backends.node_id if backends is not None else SingleNode.node_id
+    app.state.node_id = node_id
+    app.state.metrics = metrics
     app.state.backend_readiness = backends.readiness if backends is not None else _always_ready
     health = gw.observer
     app.state.describe_health = health.describe if isinstance(health, HealthBook) else None
     return app
+
+
+def metrics_for(settings: Settings, gateway: Gateway, node_id: str) -> PrometheusMetrics:
+    """The Prometheus metrics of this process; with `--workers`, the supervisor's
+    `PROMETHEUS_MULTIPROC_DIR` (which prometheus-client itself reads) makes them shared."""
+    metrics = PrometheusMetrics(
+        node_id, gateway.slots, multiprocess_dir=os.environ.get(MULTIPROCESS_VARIABLE)
+    )
+    health = gateway.observer
+
+    def circuits() -> dict[str, str]:
+        if not isinstance(health, HealthBook):
+            return {}
+        return {name: health[name].state.value for name in gateway.slots}
+
+    metrics.watch(lambda: gateway.in_grace, circuits)
+    return metrics
+
+
+def tracer_provider_for(settings: Settings) -> TracerProvider:
+    """The OpenTelemetry tracer provider `[metrics]` asks for; without the `otel` extra,
+    the one message that says what to install."""
+    try:
+        from tokenwire.observability.tracing import tracer_provider
+    except ImportError as exc:
+        raise ConfigError(
+            f"metrics.tracing: OpenTelemetry is not installed ({exc.name} is missing); "
+            "install the extra: pip install 'tokenwire[otel]'"
+        ) from None
+    metrics = settings.metrics
+    return tracer_provider(metrics.service_name, metrics.otlp_endpoint)
+
+
+def tracing_with(provider: TracerProvider) -> Telemetry:
+    from tokenwire.observability.tracing import Tracing
+
+    return Tracing(provider.get_tracer("tokenwire"))
 
 
 def _always_ready() -> str | None:

@@ -283,7 +283,15 @@ class LoggingSettings(_Table):
 
 
 class MetricsSettings(_Table):
-    pass
+    # Serve Prometheus metrics at /metrics (a credential needed unless [auth] metrics_public).
+    enabled: bool = True
+    # OpenTelemetry spans of each request (routing, provider attempts); needs the `otel` extra.
+    tracing: bool = False
+    # Where spans go (OTLP over HTTP, e.g. http://collector:4318/v1/traces); unset with
+    # tracing on: the OpenTelemetry SDK's own environment (OTEL_EXPORTER_OTLP_*) decides.
+    otlp_endpoint: str | None = None
+    # The `service.name` of the spans.
+    service_name: str = "tokenwire"
 
 
 def default_providers() -> list[ProviderSettings]:

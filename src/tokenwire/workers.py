@@ -5,6 +5,8 @@ The supervisor binds the port, starts each worker (a fresh interpreter, as uvico
 worker serves. A worker that dies after it served is started again; one that cannot
 start stops them all (a configuration error: exit status 2, as in one process).
 SIGTERM or Ctrl-C stops every worker gracefully, then the supervisor exits 0.
+With metrics on, the workers share a private directory for prometheus-client's
+multiprocess mode (any worker's `/metrics` sums them all); it goes with the supervisor.
 
 Not uvicorn's `Multiprocess`: it runs a plain `uvicorn.Server` in each worker, with
 no hook for the server class, and each worker must run tokenwire's own
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -27,7 +32,9 @@ from types import FrameType
 from typing import Any
 
 import structlog
+from prometheus_client.multiprocess import mark_process_dead
 
+from tokenwire.observability.metrics import MULTIPROCESS_VARIABLE
 from tokenwire.settings import Settings
 
 logger = structlog.get_logger("tokenwire")
@@ -72,9 +79,16 @@ class Supervisor:
         self._stop = threading.Event()
         self._workers: list[_Running] = []
         self._announced = False
+        self._metrics_dir: str | None = None
 
     def run(self) -> int:
         """Serve until a stop signal (0), or until a worker cannot start (its status)."""
+        shared = shared_metrics() if self._settings.metrics.enabled else contextlib.nullcontext()
+        with shared as metrics_dir:
+            self._metrics_dir = metrics_dir
+            return self._serve()
+
+    def _serve(self) -> int:
         original = {sig: signal.signal(sig, self._stopping) for sig in STOP_SIGNALS}
         try:
             self._workers = [self._spawn() for _ in range(self._settings.server.workers)]
@@ -122,6 +136,9 @@ class Supervisor:
             if not running.served:
                 return CONFIG_ERROR if code == CONFIG_ERROR else 1
             logger.warning("worker died, starting another", pid=running.process.pid, code=code)
+            if self._metrics_dir is not None and running.process.pid is not None:
+                # Its live gauges (connections, active streams) died with it.
+                mark_process_dead(running.process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
             if time.monotonic() - running.since < RESTART_PAUSE_SECONDS:
                 time.sleep(RESTART_PAUSE_SECONDS)
             self._workers[i] = self._spawn()
@@ -143,3 +160,20 @@ class Supervisor:
                 running.process.kill()
                 running.process.join()
             running.started.close()
+
+
+@contextlib.contextmanager
+def shared_metrics() -> Iterator[str]:
+    """A private directory for the workers' metrics, named in the environment that each
+    worker starts with (prometheus-client reads it at import), and removed at the end."""
+    directory = tempfile.mkdtemp(prefix="tokenwire-metrics-")
+    before = os.environ.get(MULTIPROCESS_VARIABLE)
+    os.environ[MULTIPROCESS_VARIABLE] = directory
+    try:
+        yield directory
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROCESS_VARIABLE, None)
+        else:
+            os.environ[MULTIPROCESS_VARIABLE] = before
+        shutil.rmtree(directory, ignore_errors=True)

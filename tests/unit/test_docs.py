@@ -35,7 +35,9 @@ def test_the_example_configuration_loads_and_its_hosted_providers_build(
             assert build_provider(provider, index).name == provider.name
 
 
-@pytest.mark.parametrize("table", ["server", "streams", "routing", "auth", "limits", "logging"])
+@pytest.mark.parametrize(
+    "table", ["server", "streams", "routing", "auth", "limits", "logging", "metrics"]
+)
 def test_every_key_of_a_table_is_documented_with_its_default(table: str) -> None:
     from tokenwire.settings import Settings
 

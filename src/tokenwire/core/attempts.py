@@ -32,6 +32,7 @@ from tokenwire.core.deadlines import Timeouts
 from tokenwire.core.provider import Usage, estimate_tokens
 from tokenwire.core.route import AttemptObserver, AttemptOutcome, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
+from tokenwire.core.telemetry import NO_PROBE, StreamProbe
 from tokenwire.core.tool_calls import ToolCallAssembler, ToolCallEvent
 from tokenwire.core.tools import ToolCallDelta, ToolCallEnd, ToolCallPart
 from tokenwire.protocol.errors import (
@@ -72,8 +73,10 @@ class Attempts:
         on_text: TextSink,
         on_fallback: FallbackSink,
         on_tool: ToolSink,
+        probe: StreamProbe = NO_PROBE,
     ) -> None:
         self._spec = spec
+        self._probe = probe
         self._route = route
         self._policy = policy
         self._observer = observer
@@ -149,7 +152,9 @@ class Attempts:
         async with self._capacity(slot):
             self.slot = slot
             self._observer.attempt_started(slot.name)
+            self._probe.attempt_started(slot.name)
             outcome = AttemptOutcome.FAILED
+            failure: str | None = None
             began = time.monotonic()
             first_at: float | None = None
             deltas_before = self.deltas
@@ -162,11 +167,13 @@ class Attempts:
                 if self.cancelled_by_client or self._out_of_time():
                     outcome = AttemptOutcome.NEUTRAL
                 raise
-            except ProviderError as failure:
-                if not failure.counts_against_provider:
+            except ProviderError as exc:
+                failure = exc.error_type
+                if not exc.counts_against_provider:
                     outcome = AttemptOutcome.NEUTRAL
                 raise
-            except RequestTimeout:
+            except RequestTimeout as exc:
+                failure = exc.error_type
                 raise
             except TokenwireError:
                 outcome = AttemptOutcome.NEUTRAL
@@ -176,6 +183,7 @@ class Attempts:
                 self._observer.attempt_ended(
                     slot.name, outcome, self.deltas - deltas_before, streaming
                 )
+                self._probe.attempt_ended(slot.name, failure)
 
     @property
     def output_sent(self) -> bool:

@@ -37,6 +37,7 @@ from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Rout
 from tokenwire.core.sessions import Session, SessionCloser, SessionRegistry
 from tokenwire.core.spec import RequestKey, RequestSpec
 from tokenwire.core.stats import StreamingStats, StreamOutcome
+from tokenwire.core.telemetry import NoTelemetry, ResumeOutcome, Telemetry
 from tokenwire.protocol.errors import (
     BackendUnavailable,
     InvalidRequest,
@@ -98,8 +99,10 @@ class Gateway:
         observer: AttemptObserver | None = None,
         admission: Admission | None = None,
         cluster: Cluster | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
+        self.telemetry: Telemetry = telemetry or NoTelemetry()
         self.cluster: Cluster = cluster or SingleNode()
         self.observer = observer or NoObserver()
         self.admission = admission or AdmitAll()
@@ -263,6 +266,7 @@ class Gateway:
         after `after_seq` (merged, with `compact`), then live ones until its `stream_end`."""
         log = await self.logs.get(key)
         if log is None:
+            self.telemetry.resumed(ResumeOutcome.UNKNOWN)
             raise _about(UnknownRequest(f"no request with id {key.request_id!r} to resume"), key)
         if log.finished and after_seq > log.last_seq:
             raise _about(
@@ -277,6 +281,7 @@ class Gateway:
             replay = compacted(log, after_seq) if compact else log.records(after_seq)
         except NotRecovered as exc:
             self.stats.not_recovered += 1
+            self.telemetry.resumed(ResumeOutcome.NOT_RECOVERED)
             raise _about(exc, key) from None
         log.attach(subscriber, replay, after_seq)
         if not log.finished and follower is not None:
@@ -287,6 +292,7 @@ class Gateway:
             else:
                 self.add_follower(key, follower)
         self.stats.resumes_served += 1
+        self.telemetry.resumed(ResumeOutcome.REPLAYED)
         return log
 
     async def requests_of(self, user_id: str) -> list[dict[str, Any]]:
@@ -320,6 +326,7 @@ class Gateway:
         except TokenwireError as exc:
             self._starting.discard(key)
             exc.request_id = exc.request_id or key.request_id
+            self.telemetry.refused(exc)
             raise
         try:
             return await self._start(spec, key, follower)
@@ -445,7 +452,14 @@ class Gateway:
             await self.logs.discard(key)
             raise ShuttingDown("the server is shutting down")
         before_end = self._remember_turn if spec.conversation_id is not None else None
-        run = StreamRun(spec, route, log, self.config.tuning, self.observer, before_end)
+        probe = self.telemetry.stream_started(key.request_id)
+        probe.routed(
+            route.slot.name,
+            route.strategy.value,
+            route.task_type,
+            spec.generation.model or route.slot.provider.model,
+        )
+        run = StreamRun(spec, route, log, self.config.tuning, self.observer, before_end, probe)
         running = _Running(run)
         self._runs[key] = running
         task = asyncio.create_task(self._drive(key, running), name=f"stream {key.request_id}")
@@ -460,6 +474,7 @@ class Gateway:
 
     async def _drive(self, key: RequestKey, running: _Running) -> None:
         run = running.run
+        outcome: StreamOutcome | None = None
         try:
             outcome = await run.run()
         except BaseException:
@@ -475,6 +490,9 @@ class Gateway:
                 session = self.sessions.get(session_id)
                 if session is not None:
                     session.unfollow(key.request_id)
+            # Here, not below: a defect that ends the run must not leave it counted active.
+            run.probe.ended(outcome)
+        assert outcome is not None
         self.stats.stream_ended(outcome)
         self.admission.release(run.spec, outcome)
         self._log_end(run, outcome)

@@ -25,6 +25,7 @@ from tokenwire.core.route import AttemptObserver, NoObserver, ProviderSlot, Rout
 from tokenwire.core.spec import RequestSpec
 from tokenwire.core.stats import StreamOutcome
 from tokenwire.core.structured import Verdict, judge
+from tokenwire.core.telemetry import NO_PROBE, StreamProbe
 from tokenwire.core.tool_calls import CallEnded, CallStarted, ToolCallEvent
 from tokenwire.core.tools import ToolCallPart
 from tokenwire.protocol.errors import (
@@ -80,8 +81,10 @@ class StreamRun:
         tuning: StreamTuning,
         observer: AttemptObserver | None = None,
         before_end: Callable[[StreamRun], Awaitable[None]] | None = None,
+        probe: StreamProbe = NO_PROBE,
     ) -> None:
         self.spec = spec
+        self.probe = probe
         # Awaited once a run has completed, before its `stream_end`: what a client may rely
         # on as soon as it has the end (its conversation's new turn) is saved by then.
         self._before_end = before_end
@@ -96,6 +99,7 @@ class StreamRun:
             self._on_text,
             self._on_fallback,
             self._on_tool,
+            probe,
         )
         self.cancel_reason: str | None = None
         self.started = time.monotonic()
@@ -113,6 +117,8 @@ class StreamRun:
             else spec.delivery.progress_every
         )
         self._deltas = 0
+        self._deltas_reported = 0
+        self._last_text_at: float | None = None
         self._text_events = 0
         self._text_length = 0
         self._text_bytes = 0
@@ -230,6 +236,7 @@ class StreamRun:
         now = time.monotonic()
         if self.ttft is None:
             self.ttft = now - self.started
+            self.probe.first_output(slot.name, self.ttft)
         self._deltas += 1
         if self.answer_parts is not None:
             self.answer_parts.append(item)
@@ -247,6 +254,7 @@ class StreamRun:
         """One tool-call event: after the text that came before it, in its own frame."""
         if self.ttft is None:
             self.ttft = time.monotonic() - self.started
+            self.probe.first_output(self._attempts.slot.name, self.ttft)
         if isinstance(event, CallStarted):
             self._stop_flush_timer()
             self._flush_held_text()
@@ -384,8 +392,15 @@ class StreamRun:
     # -- text -----------------------------------------------------------------
 
     def _emit_text(self, text: str) -> None:
+        size = len(text) if text.isascii() else len(text.encode())
         self._text_length += len(text)
-        self._text_bytes += len(text) if text.isascii() else len(text.encode())
+        self._text_bytes += size
+        # Counted per text event (a chunk holds many deltas), never per delta.
+        now = time.monotonic()
+        gap = None if self._last_text_at is None else now - self._last_text_at
+        self._last_text_at = now
+        self.probe.text(self._deltas - self._deltas_reported, size, gap)
+        self._deltas_reported = self._deltas
         if self.spec.delivery.granularity is Granularity.TOKEN:
             self.log.append(EventType.TOKEN, {"token": text, "index": self._text_events})
         else:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, QueryParams
 
+from tokenwire.core.telemetry import NoTelemetry, Telemetry
 from tokenwire.protocol.errors import AuthenticationFailed
 from tokenwire.security.audit import audit
 from tokenwire.security.auth import Authenticator, Identity
@@ -43,6 +44,8 @@ class AccessPolicy:
     # Authentication off on a loopback address: only loopback host names are served, so
     # that a page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) is not.
     loopback_hosts_only: bool = False
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
+    """Told of every refusal (it counts those a limit made)."""
     cors_headers: tuple[str, ...] = field(
         default=(
             "authorization",

@@ -116,6 +116,7 @@ class AccessMiddleware:
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, error: TokenwireError
     ) -> None:
+        self._policy.telemetry.refused(error)
         response = self._render(scope["path"], error)
         if isinstance(error, AuthenticationFailed):
             response.headers["www-authenticate"] = "Bearer"
@@ -143,6 +144,7 @@ class AccessMiddleware:
                 else _nothing
             )
         except TokenwireError as exc:
+            policy.telemetry.refused(exc)
             await _refuse_handshake(receive, send, exc)
             return
         scope[SUBPROTOCOL] = chosen_subprotocol(scope.get("subprotocols") or ())

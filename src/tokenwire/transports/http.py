@@ -40,6 +40,7 @@ ABOUT = {
     "/v1/responses/{response_id}/cancel": "OpenAI Responses: cancel a background response",
     "/v1/messages": "Anthropic Messages",
     "/v1/messages/count_tokens": "Anthropic Messages: count a request's input tokens",
+    "/metrics": "Prometheus metrics (text format), docs/deployment.md",
     "/openapi.json": "the OpenAPI document of the HTTP APIs",
     "/docs": "interactive API docs (Swagger UI)",
     "/static/docs": "the API docs' scripts and styles",

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.spec import RequestKey
+from tokenwire.core.telemetry import Telemetry
 from tokenwire.protocol.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -59,6 +60,7 @@ logger = structlog.get_logger("tokenwire.sse")
 
 # What a client's EventSource waits before reconnecting, in milliseconds.
 RETRY_MS = 3000
+TRANSPORT = "sse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +80,15 @@ class _Follower:
         self.outbox = Outbox(max_bytes)
         self._gateway = gateway
         self.log: EventLog | None = None
+        self._overflow_told = False
 
     def deliver(self, record: Record) -> None:
         self.outbox.put(record.encoded(sse_event))
         if record.event_type is EventType.STREAM_END:
             self.outbox.close()
-        elif self.outbox.overflowed:
+        elif self.outbox.overflowed and not self._overflow_told:
+            self._overflow_told = True
+            self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
             # Not read: let go of the request (it waits for the grace), outside the fan-out.
             asyncio.get_running_loop().call_soon(self.leave, True)
 
@@ -91,6 +96,10 @@ class _Follower:
         request_id = self.log.request_id if self.log is not None else error.request_id
         self.outbox.put(_error_event(error, request_id))
         self.outbox.close()
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._gateway.telemetry
 
     def leave(self, lost: bool) -> None:
         log = self.log
@@ -214,9 +223,12 @@ class _EventStream(EventStreamResponse):
         self._hold = hold
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        telemetry = self._follower.telemetry
+        telemetry.connection_opened(TRANSPORT)
         try:
             await super().__call__(scope, receive, send)
         finally:
+            telemetry.connection_closed(TRANSPORT)
             # Ended before its stream_end: the client went away (the request gets the grace).
             self._follower.leave(lost=True)
             self._hold.release()

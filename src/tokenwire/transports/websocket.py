@@ -59,6 +59,7 @@ from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
 
 NODE_HEADER = b"tokenwire-node"
+TRANSPORT = "websocket"
 
 logger = structlog.get_logger("tokenwire.websocket")
 
@@ -129,6 +130,7 @@ class Connection:
             for timer in self._timers.values():
                 timer.cancel()
             if self._outbox.overflowed:
+                self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
                 self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
             self._end_session(session)
             for task in (reader, writer):
@@ -187,6 +189,7 @@ class Connection:
             frame = text if text is not None else message.get("bytes") or b""
             if _exceeds(frame, limit):
                 error = MessageTooLarge(f"message exceeds {limit} bytes (max_message_bytes)")
+                self._gateway.telemetry.refused(error)
                 self._begin_close(close_code(error), error.message)
                 continue
             await self._on_frame(frame)
@@ -320,6 +323,7 @@ class Connection:
             )
             error.request_id = request_id
             audit("limit hit", reason=error.error_type, user=self._user, client=self._client)
+            self._gateway.telemetry.refused(error)
             raise error
 
     def _renew(self, token: str) -> None:
@@ -394,4 +398,8 @@ async def ai_stream_endpoint(websocket: WebSocket) -> None:
     if gateway.closing:
         await websocket.close(code=1001, reason="server shutting down")
         return
-    await Connection(websocket, gateway, limits, access).serve()
+    gateway.telemetry.connection_opened(TRANSPORT)
+    try:
+        await Connection(websocket, gateway, limits, access).serve()
+    finally:
+        gateway.telemetry.connection_closed(TRANSPORT)

@@ -1,0 +1,1 @@
+"""What operators watch: metrics and traces, plugged into the core's `Telemetry`."""
