@@ -369,8 +369,8 @@ async def test_with_auth_on_a_bad_key_is_refused_and_a_good_one_connects(
             await token.fill(ADA_KEY)
             await page.get_by_test_id("token-submit").click()
             await expect(page.get_by_test_id("status")).to_have_text("Connected")
-            await ask(page, "hello")
-            await finished(page)
+            # /v1/models answered the credential too: the selector lists the provider.
+            await expect(page.get_by_test_id("provider").locator("option")).to_have_count(2)
             stored = await page.evaluate("() => sessionStorage.getItem('tokenwire.credential')")
         finally:
             await page.context.close()
@@ -450,3 +450,44 @@ async def test_the_es_module_streams_lists_and_reattaches_exactly(
     assert [result["requestId"], "completed"] in result["listed"]
     assert result["models"] == ["simulated", "slow", "hostile", "auto"]
     assert result["state"] == "closed"
+
+
+async def test_the_markdown_renderer_builds_each_block_and_leaves_html_as_text(
+    server: RunningServer, browser: OfflineBrowser
+) -> None:
+    page = (await browser.new_page()).page
+    await page.goto(server.url + "/api")  # a page of the server's origin, without the chat
+    cases = {
+        "# Title\n\nSome *em* and **strong** and `a<b>`": (
+            "<h1>Title</h1><p>Some <em>em</em> and <strong>strong</strong> and "
+            "<code>a&lt;b&gt;</code></p>"
+        ),
+        "- one\n- two\n\n1. first\n2. second": (
+            "<ul><li>one</li><li>two</li></ul><ol><li>first</li><li>second</li></ol>"
+        ),
+        "```js\nlet x = '<b>';\n```": (
+            "<pre><code data-language=\"js\">let x = '&lt;b&gt;';</code></pre>"
+        ),
+        "```\nstill streaming": "<pre><code>still streaming</code></pre>",
+        "[ok](http://a.example/) [no](data:text/html,x)": (
+            '<p><a href="http://a.example/" rel="noopener noreferrer" target="_blank">ok</a>'
+            " [no](data:text/html,x)</p>"
+        ),
+        "<b onmouseover=x>hi</b>\n> quoted": (
+            "<p>&lt;b onmouseover=x&gt;hi&lt;/b&gt;</p><blockquote><p>quoted</p></blockquote>"
+        ),
+    }
+
+    rendered = await page.evaluate(
+        """async (inputs) => {
+            const { renderMarkdown } = await import('/static/markdown.js');
+            return inputs.map((text) => {
+                const box = document.createElement('div');
+                box.append(renderMarkdown(text));
+                return box.innerHTML;
+            });
+        }""",
+        list(cases),
+    )
+
+    assert dict(zip(cases, rendered, strict=True)) == cases
