@@ -37,6 +37,8 @@ async def test_a_browser_gets_the_chat_page_under_a_policy_that_allows_no_inline
     assert scripts == ['<script type="module" src="/static/chat.js">']
     for hook in ("prompt", "send", "cancel", "status"):
         assert f'data-testid="{hook}"' in page.text
+    again = await http.get("/", headers={**HTML, "if-none-match": page.headers["etag"]})
+    assert again.status_code == 304
     assert {"/docs", "/api"} <= set(re.findall(r'href="(/[^"]*)"', page.text))
 
 

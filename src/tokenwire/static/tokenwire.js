@@ -341,8 +341,12 @@ export class TokenwireClient extends EventTarget {
   }
 
   _send(frame) {
-    if (this.state === "open" && this._ws) this._ws.send(JSON.stringify(frame));
-    else this._outbox.push(frame);
+    if (this.state === "open" && this._ws) {
+      this._ws.send(JSON.stringify(frame));
+      return;
+    }
+    this._outbox.push(frame);
+    if (!this._wanted) this.connect(); // asking implies connecting
   }
 
   _resumeOf(answer) {

@@ -84,7 +84,7 @@ async def front_page(request: Request) -> Response:
     """The chat page for a person who opened the address `make run` printed; the list of
     endpoints (`/api`) for a program (JSON unless the client asks for HTML)."""
     if wants_html(request):
-        return chat_page()
+        return chat_page(request)
     return _index_json(request)
 
 

@@ -9,6 +9,7 @@ seen at once without versioned file names.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib.resources import files
 
@@ -49,14 +50,19 @@ def static_mount() -> Mount:
     return Mount(STATIC, PackageFiles(packages=[("tokenwire", "static")]), name="static")
 
 
-def chat_page() -> Response:
+def chat_page(request: Request) -> Response:
     """The page itself; it asks for a credential itself when the server wants one."""
-    return Response(_page_bytes(), media_type="text/html", headers=PAGE_HEADERS)
+    body, etag = _page()
+    headers = {**PAGE_HEADERS, "etag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="text/html", headers=headers)
 
 
 @cache
-def _page_bytes() -> bytes:
-    return files("tokenwire").joinpath("static", PAGE).read_bytes()
+def _page() -> tuple[bytes, str]:
+    body = files("tokenwire").joinpath("static", PAGE).read_bytes()
+    return body, f'"{hashlib.sha256(body).hexdigest()[:16]}"'
 
 
 def wants_html(request: Request) -> bool:
