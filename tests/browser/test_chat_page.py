@@ -19,7 +19,13 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Page, WebSocketRoute, expect
 
-from tests.fakes.openai_upstream import ScriptedUpstream, openai_answer
+from tests.fakes.openai_upstream import (
+    Exchange,
+    Reply,
+    ScriptedUpstream,
+    openai_answer,
+    openai_error,
+)
 from tests.support.auth import ADA_KEY, ENVIRON, api_key_settings
 from tests.support.browser import OfflineBrowser, OfflinePage, offline_browser
 from tests.support.server import (
@@ -53,9 +59,16 @@ HOSTILE = [
 ARTIFACTS = Path(os.environ.get("TOKENWIRE_ARTIFACTS", "build/artifacts"))
 
 
+def hostile_or_busy(exchange: Exchange) -> Reply:
+    """The hostile answer; a 429 that asks for 30 s to a prompt that mentions it."""
+    if "429" in json.dumps(exchange.json()["messages"]):
+        return openai_error(429, "slow down", "rate_limit_error", {"retry-after": "30"})
+    return openai_answer(HOSTILE, 5, 40)(exchange)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server() -> AsyncIterator[RunningServer]:
-    async with ScriptedUpstream(openai_answer(HOSTILE, 5, 40)) as upstream:
+    async with ScriptedUpstream(hostile_or_busy) as upstream:
         hostile = {
             "name": "hostile",
             "kind": "openai",
@@ -211,6 +224,21 @@ async def test_model_output_with_html_renders_inert_while_its_markdown_renders(
     assert await links.get_attribute("rel") == "noopener noreferrer"
     assert "[a trap](javascript:" in shown
     assert offline.refused == []
+
+
+async def test_an_upstream_rate_limit_is_shown_plainly_with_when_to_retry(
+    server: RunningServer, browser: OfflineBrowser
+) -> None:
+    page = (await open_chat(browser, server.url)).page
+
+    await ask(page, "Answer 429 please", provider="hostile")
+    await finished(page, "error")
+
+    error = page.get_by_test_id("answer").get_by_test_id("error")
+    await expect(error).to_have_text(
+        "Rate limited. Upstream rate limit (429): slow down. Try again in 30 s."
+    )
+    await expect(page.get_by_test_id("answer")).to_have_attribute("data-state", "error")
 
 
 # -- stopping ---------------------------------------------------------------------------

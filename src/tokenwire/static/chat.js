@@ -187,8 +187,10 @@ const ERROR_LABELS = {
 /** @param {Record<string, any>} data an `error` event's data */
 export function describeError(data) {
   const label = ERROR_LABELS[data.error_type] || "Error";
+  const message = String(data.error || "").trim();
+  const said = message ? ` ${message[0].toUpperCase()}${message.slice(1)}${/[.!?]$/.test(message) ? "" : "."}` : "";
   const wait = data.retry_after != null ? ` Try again in ${Math.ceil(data.retry_after)} s.` : "";
-  return `${label}: ${data.error}${wait}`;
+  return `${label}.${said}${wait}`;
 }
 
 function showError(view, message) {
