@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group(
 
 # `simulated` answers in half a second; `slow` (by name only) in under two, time
 # enough to stop, cut or reload it part-way.
-FAST = {"name": "simulated", "kind": "simulated", "options": {"delay_ms": 25, "tokens": 20}}
+FAST = {"name": "simulated", "kind": "simulated", "options": {"delay_ms": 30, "tokens": 24}}
 SLOW = {
     "name": "slow",
     "kind": "simulated",
@@ -150,6 +150,33 @@ async def until(page: Page, condition: Any, timeout: float = 10.0) -> dict[str, 
             await asyncio.sleep(0.01)
 
 
+async def watch_the_answer(page: Page) -> None:
+    """Record, in the page, what the latest answer shows at each change (`window.seen`):
+    every step of its growth, however slowly the test reads."""
+    await page.evaluate(
+        """() => {
+            window.seen = [];
+            const status = document.querySelector('[data-testid=status]');
+            new MutationObserver(() => {
+                const answer = document.querySelector('[data-testid=answer]');
+                if (!answer) return;
+                const progress = answer.querySelector('progress');
+                window.seen.push({
+                    length: answer.querySelector('.content').innerText.length,
+                    streaming: status.dataset.answer === 'streaming',
+                    typing: !answer.querySelector('.typing').hidden,
+                    progress: progress.hidden ? 0 : progress.value,
+                });
+            }).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                       characterData: true});
+        }"""
+    )
+
+
+def of_type_sent(sent: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [frame for frame in sent if frame.get("type") == kind]
+
+
 async def user_of(page: Page) -> str:
     user: str = await page.evaluate("() => localStorage.getItem('tokenwire.user')")
     return user
@@ -176,19 +203,25 @@ async def screenshot(page: Page, name: str) -> None:
 async def test_an_answer_grows_as_it_streams_with_typing_and_progress_then_its_footer(
     server: RunningServer, browser: OfflineBrowser
 ) -> None:
-    offline = await open_chat(browser, server.url)
+    sent: list[dict[str, Any]] = []
+    offline = await open_chat(browser, server.url, sent)
     page = offline.page
+    await watch_the_answer(page)
 
+    await page.get_by_test_id("strategy").select_option("cost_optimized")
     await ask(page, "Tell me about sockets")
-    first = await until(page, lambda s: s["streaming"] and s["length"] > 0)
-    later = await until(page, lambda s: s["streaming"] and s["length"] > first["length"])
     shown = await finished(page)
 
-    assert first["typing"]
-    assert later["typing"]
-    assert first["progress"] is not None
-    assert later["progress"] >= first["progress"]
-    text, end = await logged(server, await user_of(page), later["requestId"])
+    seen = await page.evaluate("() => window.seen")
+    streaming = [s for s in seen if s["streaming"] and s["length"] > 0]
+    assert len({s["length"] for s in streaming}) >= 2  # it grew while streaming
+    assert [s["length"] for s in streaming] == sorted(s["length"] for s in streaming)
+    assert any(s["typing"] for s in streaming)
+    assert any(s["progress"] for s in streaming)
+    request = of_type_sent(sent, "ai_request")[0]
+    assert request["config"] == {"routing_strategy": "cost_optimized"}
+    assert request["conversation_id"].startswith("c-")
+    text, end = await logged(server, await user_of(page), request["request_id"])
     assert shown == text
     footer = await page.get_by_test_id("answer").locator(".meta").inner_text()
     assert footer.startswith("simulated · ")
