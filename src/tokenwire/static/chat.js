@@ -378,14 +378,23 @@ ui.credentialForm.addEventListener("submit", (event) => {
   start();
 });
 
+/** The server refused the credential (at start, or when it expired): ask for one. */
+function credentialRefused() {
+  const hadOne = Boolean(client.token);
+  sessionStorage.removeItem(CREDENTIAL_KEY);
+  askForCredential(hadOne ? "That credential was refused or has expired. Try another." : "");
+}
+
+client.addEventListener("state", () => {
+  if (client.state === "unauthorized") credentialRefused();
+});
+
 async function start() {
   try {
     await Promise.all([client.connect(), loadProviders()]);
   } catch (error) {
     if (!(error instanceof AuthenticationRequired)) throw error;
-    const hadOne = Boolean(client.token);
-    sessionStorage.removeItem(CREDENTIAL_KEY);
-    askForCredential(hadOne ? "That credential was refused. Try another." : "");
+    credentialRefused();
   }
 }
 

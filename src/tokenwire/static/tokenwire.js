@@ -188,8 +188,8 @@ export class TokenwireClient extends EventTarget {
       this._opened = {};
       this._opened.promise = new Promise((resolve, reject) => Object.assign(this._opened, { resolve, reject }));
       this._opened.promise.catch(() => {}); // callers that do not await it see no unhandled rejection
-      this._open();
     }
+    if (!this._ws) this._open(); // else the socket on its way will settle it
     return this._opened.promise;
   }
 
@@ -254,6 +254,7 @@ export class TokenwireClient extends EventTarget {
   // -- the socket ---------------------------------------------------------------------
 
   _open() {
+    clearTimeout(this._timer);
     this._setState(this._attempt ? "reconnecting" : "connecting");
     const url = this.userId ? `${this.url}?user_id=${encodeURIComponent(this.userId)}` : this.url;
     let ws;
