@@ -590,8 +590,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "module-attach-not-compact",
         "static/tokenwire.js",
-        "attach(requestId, { lastSeq = 0, compact = lastSeq === 0 } = {}) {",
-        "attach(requestId, { lastSeq = 0, compact = false } = {}) {",
+        "const compact = answer._compact || answer.lastSeq === 0;",
+        "const compact = answer._compact;",
         "a reloaded page re-attaches frame by frame, not with the text so far at once",
         (
             f"{PAGE}::test_a_reload_mid_answer_shows_it_at_once_and_finishes_it",

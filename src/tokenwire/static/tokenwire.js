@@ -224,12 +224,13 @@ export class TokenwireClient extends EventTarget {
 
   /**
    * Follow a request started elsewhere (another tab, before a reload): its events from
-   * `lastSeq` on; from 0, the text so far comes as one compacted `chunk`.
+   * `lastSeq` on; from 0, the text so far comes as one compacted `chunk` (`compact`
+   * asks for that form from a later `lastSeq` too).
    * @param {string} requestId
    * @param {{lastSeq?: number, compact?: boolean}} [options]
    * @returns {AnswerStream}
    */
-  attach(requestId, { lastSeq = 0, compact = lastSeq === 0 } = {}) {
+  attach(requestId, { lastSeq = 0, compact = false } = {}) {
     const answer = new AnswerStream(this, requestId);
     answer.lastSeq = lastSeq;
     answer._compact = compact;
@@ -351,7 +352,7 @@ export class TokenwireClient extends EventTarget {
   }
 
   _resumeOf(answer) {
-    // Never seen a text frame yet: the compact form shows a reloaded page everything at once.
+    // Nothing of it seen yet (a reloaded page): the text so far at once, as one chunk.
     const compact = answer._compact || answer.lastSeq === 0;
     return { type: "resume", request_id: answer.requestId, last_seq: answer.lastSeq, compact };
   }
