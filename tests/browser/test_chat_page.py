@@ -38,14 +38,21 @@ from tests.support.server import (
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("chat_page")]
 
-# `simulated` answers in half a second; `slow` (by name only) in under two, time
-# enough to stop, cut or reload it part-way.
+# `simulated` answers in under a second; `slow` (by name only) in under two, time
+# enough to cut or reload it part-way.
 FAST = {"name": "simulated", "kind": "simulated", "options": {"delay_ms": 30, "tokens": 24}}
 SLOW = {
     "name": "slow",
     "kind": "simulated",
     "auto": False,
     "options": {"delay_ms": 40, "tokens": 40},
+}
+# `endless` (by name only) outlasts any test: a stop always lands mid-answer.
+ENDLESS = {
+    "name": "endless",
+    "kind": "simulated",
+    "auto": False,
+    "options": {"delay_ms": 50, "tokens": 2000},
 }
 # Model output that tries to run script, beside markdown that should render.
 HOSTILE = [
@@ -76,7 +83,7 @@ async def server() -> AsyncIterator[RunningServer]:
             "base_url": upstream.url + "/v1",
             "auto": False,
         }
-        settings = simulated_settings(providers=[FAST, SLOW, hostile])
+        settings = simulated_settings(providers=[FAST, SLOW, ENDLESS, hostile])
         async with running_server(settings) as running:
             yield running
 
@@ -290,7 +297,7 @@ async def test_the_stop_button_stops_the_answer_and_the_server_agrees(
     page = (await open_chat(browser, server.url, sent)).page
     cancelled_before = (await stats(server)).get("cancelled", 0)
 
-    await ask(page, "A long story please", provider="slow")
+    await ask(page, "A long story please", provider="endless")
     running = await until(page, lambda s: s["streaming"] and s["length"] > 0)
     await page.get_by_test_id("cancel").click()
     shown = await finished(page, "cancelled")
@@ -299,7 +306,7 @@ async def test_the_stop_button_stops_the_answer_and_the_server_agrees(
     text, end = await logged(server, await user_of(page), running["requestId"])
     assert end["status"] == "cancelled"
     assert shown == text
-    assert 0 < len(shown) < 200
+    assert len(shown) > 0
     assert (await stats(server)).get("cancelled", 0) == cancelled_before + 1
     await expect(page.get_by_test_id("answer")).to_have_attribute("data-state", "cancelled")
     await expect(page.get_by_test_id("cancel")).to_be_hidden()
@@ -310,7 +317,7 @@ async def test_enter_sends_shift_enter_breaks_the_line_and_esc_stops(
 ) -> None:
     page = (await open_chat(browser, server.url)).page
     prompt = page.get_by_test_id("prompt")
-    await page.get_by_test_id("provider").select_option("slow")
+    await page.get_by_test_id("provider").select_option("endless")
 
     await prompt.press_sequentially("line one")
     await prompt.press("Shift+Enter")
@@ -512,7 +519,7 @@ async def test_the_es_module_streams_lists_and_reattaches_exactly(
     assert result["text"] == result["again"] == text
     assert result["compacted"] == 1
     assert [result["requestId"], "completed"] in result["listed"]
-    assert result["models"] == ["simulated", "slow", "hostile", "auto"]
+    assert result["models"] == ["simulated", "slow", "endless", "hostile", "auto"]
     assert result["state"] == "closed"
 
 
