@@ -77,6 +77,8 @@ TOOL_CALLS = "tests/unit/test_tool_calls.py"
 CLIENT = "tests/clients/test_stream_client.py"
 CHAT = "tests/clients/test_terminal_chat.py"
 EVENT_MODELS = "tests/integration/test_server_event_models.py"
+PAGE = "tests/browser/test_chat_page.py"
+PAGE_HTTP = "tests/integration/test_chat_page_http.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
@@ -623,6 +625,132 @@ MUTANTS: tuple[Mutant, ...] = (
         "    last_seq: Annotated[int, Field(ge=0, le=2**52)] = 0",
         "a client message changes and docs/schemas is not generated anew",
         ("tests/unit/test_schemas.py::test_the_schema_file_is_what_the_models_give",),
+    ),
+    # -- the chat page and tokenwire.js (issue 25) --
+    Mutant(
+        "markdown-code-as-html",
+        "static/markdown.js",
+        "  code.textContent = text;",
+        "  code.innerHTML = text;",
+        "a fenced code block's text is parsed as HTML: model output can inject markup",
+        (
+            f"{PAGE}::test_model_output_with_html_renders_inert_while_its_markdown_renders",
+            f"{PAGE}::test_the_markdown_renderer_builds_each_block_and_leaves_html_as_text",
+        ),
+    ),
+    Mutant(
+        "markdown-any-link-scheme",
+        "static/markdown.js",
+        'if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) {',
+        "if (!url) {",
+        "javascript: and data: links become clickable",
+        (f"{PAGE}::test_model_output_with_html_renders_inert_while_its_markdown_renders",),
+    ),
+    Mutant(
+        "module-no-dedup",
+        "static/tokenwire.js",
+        "      if (event.seq <= this.lastSeq) return; // already delivered before a reconnect\n",
+        "",
+        "a frame delivered before a reconnect is delivered again",
+        (f"{PAGE}::test_a_cut_socket_reconnects_and_the_answer_resumes_without_loss_or_repeat",),
+    ),
+    Mutant(
+        "module-resume-from-zero",
+        "static/tokenwire.js",
+        "last_seq: answer.lastSeq, compact };",
+        "last_seq: 0, compact };",
+        "a reconnect asks for the whole answer again instead of what it missed",
+        (f"{PAGE}::test_a_cut_socket_reconnects_and_the_answer_resumes_without_loss_or_repeat",),
+    ),
+    Mutant(
+        "module-no-reconnect",
+        "static/tokenwire.js",
+        "    this._timer = setTimeout(() => this._open(), delay);",
+        "",
+        "a lost link is never reconnected",
+        (f"{PAGE}::test_a_cut_socket_reconnects_and_the_answer_resumes_without_loss_or_repeat",),
+    ),
+    Mutant(
+        "module-attach-not-compact",
+        "static/tokenwire.js",
+        "const compact = answer._compact || answer.lastSeq === 0;",
+        "const compact = answer._compact;",
+        "a reloaded page re-attaches frame by frame, not with the text so far at once",
+        (
+            f"{PAGE}::test_a_reload_mid_answer_shows_it_at_once_and_finishes_it",
+            f"{PAGE}::test_the_es_module_streams_lists_and_reattaches_exactly",
+        ),
+    ),
+    Mutant(
+        "page-forgets-the-answer-under-way",
+        "static/chat.js",
+        "if (chat.pending) {",
+        "if (false) {",
+        "a reload loses the answer that was streaming",
+        (f"{PAGE}::test_a_reload_mid_answer_shows_it_at_once_and_finishes_it",),
+    ),
+    Mutant(
+        "page-stop-does-nothing",
+        "static/chat.js",
+        "  if (current) current.answer.cancel();",
+        "  if (current) return;",
+        "the Stop button and Esc send no cancel_request",
+        (
+            f"{PAGE}::test_the_stop_button_stops_the_answer_and_the_server_agrees",
+            f"{PAGE}::test_enter_sends_shift_enter_breaks_the_line_and_esc_stops",
+        ),
+    ),
+    Mutant(
+        "page-shift-enter-sends",
+        "static/chat.js",
+        'if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {',
+        'if (event.key === "Enter" && !event.isComposing) {',
+        "Shift+Enter sends instead of starting a new line",
+        (f"{PAGE}::test_enter_sends_shift_enter_breaks_the_line_and_esc_stops",),
+    ),
+    Mutant(
+        "page-no-typing-indicator",
+        "static/chat.js",
+        "        view.typing.hidden = !data.is_typing;",
+        "        view.typing.hidden = true;",
+        "the typing indicator never shows",
+        (f"{PAGE}::test_an_answer_grows_as_it_streams_with_typing_and_progress_then_its_footer",),
+    ),
+    Mutant(
+        "page-credential-in-url",
+        "static/tokenwire.js",
+        "?user_id=${encodeURIComponent(this.userId)}` : this.url;",
+        "?user_id=${encodeURIComponent(this.userId)}&access_token=${this.token}` : this.url;",
+        "the credential travels in the WebSocket URL, where proxies log it",
+        (f"{PAGE}::test_with_auth_on_a_bad_key_is_refused_and_a_good_one_connects",),
+    ),
+    Mutant(
+        "page-inline-script-allowed",
+        "transports/web.py",
+        "script-src 'self';",
+        "script-src 'self' 'unsafe-inline';",
+        "the page's policy lets inline script run",
+        (
+            f"{PAGE_HTTP}::test_a_browser_gets_the_chat_page_under_a_policy_that_allows_no_inline_script",
+        ),
+    ),
+    Mutant(
+        "page-files-cached-blindly",
+        "transports/web.py",
+        '            response.headers["cache-control"] = "no-cache"\n',
+        "",
+        "static files are cached without revalidation: a release is not seen",
+        (f"{PAGE_HTTP}::test_every_file_the_page_loads_is_served_and_revalidated_before_reuse",),
+    ),
+    Mutant(
+        "api-list-needs-a-credential",
+        "security/access.py",
+        'OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/api"})',
+        'OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})',
+        "with auth on, the list of endpoints that / answered openly now needs a credential",
+        (
+            f"{PAGE_HTTP}::test_with_auth_on_the_page_its_files_and_the_list_are_open_and_nothing_else",
+        ),
     ),
 )
 

@@ -75,7 +75,7 @@ from tokenwire.settings import (
     RedisSettings,
     Settings,
 )
-from tokenwire.transports import api_docs, http, sse, websocket
+from tokenwire.transports import api_docs, http, sse, web, websocket
 from tokenwire.transports.uvicorn_http import head_timeout_protocol
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 from tokenwire.transports.v1 import chat, messages, models, responses
@@ -452,6 +452,7 @@ def build_app(
         summary="Streams AI answers token by token; OpenAI- and Anthropic-compatible HTTP APIs.",
         routes=[
             Route("/", http.front_page),
+            Route("/api", http.api_index),
             Route("/healthz", http.healthz),
             Route("/readyz", http.readyz),
             Route("/api/streaming/stats", http.streaming_stats),
@@ -465,6 +466,7 @@ def build_app(
             Route("/ws/ai-stream", http.upgrade_required),
             *api_docs.routes(),
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
+            web.static_mount(),
         ],
         # FastAPI's own pages load from CDNs; api_docs serves Swagger UI from the package.
         docs_url=None,

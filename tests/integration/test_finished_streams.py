@@ -103,7 +103,9 @@ async def test_an_eventsource_left_open_after_stream_end_stops_reconnecting() ->
             "request",
             lambda r: seen.append(r.headers) if "/api/streams/f1/events" in r.url else None,
         )
-        await page.goto(server.url + "/")
+        # A page of the server's own origin that opens no connection of its own (the chat
+        # page at `/` holds a WebSocket).
+        await page.goto(server.url + "/api")
         # A page that reads to the end and never calls close(), as pages do.
         await page.evaluate(
             """url => {

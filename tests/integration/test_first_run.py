@@ -195,7 +195,7 @@ async def test_a_plain_get_on_the_websocket_endpoint_is_426() -> None:
 
 async def test_the_front_page_says_what_is_served_where() -> None:
     async with running_server() as server, httpx.AsyncClient() as http:
-        page = await http.get(server.url + "/", headers={"accept": "text/html"})
+        page = await http.get(server.url + "/api", headers={"accept": "text/html"})
         assert page.status_code == 200
         assert "/ws/ai-stream" in page.text
         assert "/readyz" in page.text

@@ -1,4 +1,5 @@
-"""`GET /`: every endpoint the app serves, what it is for, and where the API docs are."""
+"""`GET /` and `GET /api`: every endpoint the app serves, what it is for, and where the
+API docs are (JSON; `/` is the chat page for a browser, `/api` a page of links)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,18 @@ async def test_the_list_names_the_apis_the_docs_and_their_methods() -> None:
     assert front["docs"] == {"swagger_ui": "/docs", "openapi": "/openapi.json"}
 
 
-async def test_a_browser_gets_a_page_that_links_the_docs() -> None:
+async def test_api_answers_the_same_list_as_json() -> None:
     async with running_server() as server, httpx.AsyncClient() as http:
-        page = (await http.get(server.url + "/", headers={"accept": "text/html"})).text
+        front = (await http.get(server.url + "/")).json()
+        api = (await http.get(server.url + "/api")).json()
+
+    assert api == front
+
+
+async def test_a_browser_gets_a_page_of_the_endpoints_that_links_the_docs() -> None:
+    async with running_server() as server, httpx.AsyncClient() as http:
+        page = (await http.get(server.url + "/api", headers={"accept": "text/html"})).text
 
     links = set(re.findall(r'href="([^"]+)"', page))
-    assert {"/docs", "/openapi.json", "/healthz"} <= links
+    assert {"/", "/docs", "/openapi.json", "/healthz"} <= links
     assert "/v1/chat/completions" in page

@@ -24,8 +24,9 @@ from tokenwire.security.auth import Authenticator, Identity
 from tokenwire.security.limits import AddressThrottle, ConnectionLimit
 
 BEARER_PROTOCOL = "bearer."
-# Reachable without a credential (CONTRACT.md): probes and the page's static files.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+# Reachable without a credential (CONTRACT.md): probes, the chat page and its static
+# files, and the list of endpoints (which `/` answered JSON clients before it was the page).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/api"})
 OPEN_PREFIXES = ("/static/",)
 ADMIN_PATHS = frozenset({"/api/streaming/stats", "/api/streaming/sessions", "/api/providers"})
 

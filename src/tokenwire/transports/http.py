@@ -15,11 +15,13 @@ from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from tokenwire.core.gateway import Gateway
 from tokenwire.core.stats import cluster_sessions, cluster_snapshot, sessions_snapshot
 from tokenwire.protocol.errors import TokenwireError, http_status, retry_after_header
+from tokenwire.transports.web import chat_page, wants_html
 
 # What each path is for, as the front page says it; a route without an entry here is
 # a test failure (tests/integration/test_front_page.py), so that none goes unlisted.
 ABOUT = {
-    "/": "this list (JSON, or HTML for a browser)",
+    "/": "the chat page for a browser; this list as JSON for any other client",
+    "/api": "this list (JSON, or HTML for a browser)",
     "/healthz": "liveness: the process answers",
     "/readyz": "readiness: every provider can serve and Redis, if used, answers "
     "(503 with the reason otherwise)",
@@ -44,6 +46,7 @@ ABOUT = {
     "/openapi.json": "the OpenAPI document of the HTTP APIs",
     "/docs": "interactive API docs (Swagger UI)",
     "/static/docs": "the API docs' scripts and styles",
+    "/static": "the chat page's scripts and styles, and tokenwire.js (docs/clients.md)",
 }
 DOCS = {"swagger_ui": "/docs", "openapi": "/openapi.json"}
 
@@ -79,29 +82,39 @@ def _gateway(request: Request) -> Gateway:
 
 
 async def front_page(request: Request) -> Response:
-    """What is served where, for a person who opened the address `make run` printed and
-    for a program (JSON unless the client asks for HTML)."""
-    listed = endpoints(request.app.routes)
-    if "text/html" not in request.headers.get("accept", ""):
-        return JSONResponse(
-            {
-                "service": "tokenwire",
-                "version": request.app.version,
-                "docs": DOCS,
-                "endpoints": listed,
-            }
-        )
+    """The chat page for a person who opened the address `make run` printed; the list of
+    endpoints (`/api`) for a program (JSON unless the client asks for HTML)."""
+    if wants_html(request):
+        return chat_page(request)
+    return _index_json(request)
+
+
+async def api_index(request: Request) -> Response:
+    """What is served where: JSON, or a page with links for a browser."""
+    if not wants_html(request):
+        return _index_json(request)
     rows = "".join(
         f"<tr><td>{_link(path, entry['methods'])}</td><td>{' '.join(entry['methods'])}</td>"
         f"<td>{escape(entry['about'] or '')}</td></tr>"
-        for path, entry in listed.items()
+        for path, entry in endpoints(request.app.routes).items()
     )
     return HTMLResponse(
-        "<!doctype html><meta charset=utf-8><title>tokenwire</title>"
-        "<h1>tokenwire</h1><p>Streams AI answers token by token. API docs: "
-        '<a href="/docs">/docs</a> (Swagger UI) and <a href="/openapi.json">/openapi.json</a>. '
-        "Served here:</p>"
+        "<!doctype html><meta charset=utf-8><title>tokenwire: endpoints</title>"
+        '<h1>tokenwire</h1><p>Streams AI answers token by token. The chat page: <a href="/">/</a>. '
+        'API docs: <a href="/docs">/docs</a> (Swagger UI) and '
+        '<a href="/openapi.json">/openapi.json</a>. Served here:</p>'
         f"<table><tr><th>path</th><th>methods</th><th>what</th></tr>{rows}</table>"
+    )
+
+
+def _index_json(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {
+            "service": "tokenwire",
+            "version": request.app.version,
+            "docs": DOCS,
+            "endpoints": endpoints(request.app.routes),
+        }
     )
 
 
