@@ -79,3 +79,17 @@ def test_every_endpoint_the_docs_name_is_served_with_that_method() -> None:
     }
     assert named
     assert [n for n in sorted(named) if n[0] not in served.get(n[1], [])] == []
+
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize(
+    "page", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name
+)
+def test_every_relative_link_and_image_of_a_page_exists(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in targets if "://" not in t and not t.startswith(("#", "/"))]
+    missing = [t for t in local if t and not (page.parent / t).exists()]
+    assert missing == []
