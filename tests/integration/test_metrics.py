@@ -241,6 +241,20 @@ async def test_a_dropped_stream_waits_in_the_grace_and_its_resume_is_counted(
     assert value(after, name, outcome="unknown") - value(before, name, outcome="unknown") == 1
 
 
+async def test_a_resume_past_what_the_log_still_holds_is_counted_not_recovered() -> None:
+    settings = simulated_settings(streams={"max_log_bytes": 1024})
+    long_answer = {"options": {"tokens": 60, "delay_ms": 0}}
+    async with running_server(settings) as small, ws_client(small) as client:
+        await client.ask("hi", request_id="trimmed", config=long_answer)
+        await client.send({"type": "resume", "request_id": "trimmed", "last_seq": 0})
+        refused = await client.recv()
+        samples = await scrape(small, headers={})
+
+    assert refused["data"]["error_type"] == "not_recovered"
+    assert value(samples, "tokenwire_resumes_total", outcome="not_recovered") == 1
+    assert value(samples, "tokenwire_resumes_total", outcome="replayed") == 0
+
+
 async def test_a_client_too_slow_to_read_is_counted_as_a_send_buffer_overflow() -> None:
     settings = simulated_settings(
         limits={"max_send_buffer_bytes": 64 * 1024, "close_timeout_seconds": 0.5},

@@ -12,6 +12,7 @@ additions, never a lookup by name.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Protocol
 
 from tokenwire.core.stats import StreamOutcome
@@ -35,7 +36,7 @@ LIMIT_ERRORS: tuple[type[TokenwireError], ...] = (
 """The refusals that are a limit doing its job (counted by their `error_type`)."""
 
 
-class ResumeOutcome:
+class ResumeOutcome(StrEnum):
     REPLAYED = "replayed"
     NOT_RECOVERED = "not_recovered"
     UNKNOWN = "unknown"
@@ -74,8 +75,8 @@ class Telemetry(Protocol):
     def send_buffer_overflowed(self, transport: str) -> None:
         """A client too slow to read was disconnected."""
 
-    def resumed(self, outcome: str) -> None:
-        """A re-attach was answered (a `ResumeOutcome`)."""
+    def resumed(self, outcome: ResumeOutcome) -> None:
+        """A re-attach was answered, or refused as `unknown` or `not_recovered`."""
 
     def refused(self, error: TokenwireError) -> None:
         """A request or connection was refused; counted if a limit refused it."""
@@ -117,7 +118,7 @@ class NoTelemetry:
     def send_buffer_overflowed(self, transport: str) -> None:
         return None
 
-    def resumed(self, outcome: str) -> None:
+    def resumed(self, outcome: ResumeOutcome) -> None:
         return None
 
     def refused(self, error: TokenwireError) -> None:
@@ -145,7 +146,7 @@ class FanOut:
         for part in self._parts:
             part.send_buffer_overflowed(transport)
 
-    def resumed(self, outcome: str) -> None:
+    def resumed(self, outcome: ResumeOutcome) -> None:
         for part in self._parts:
             part.resumed(outcome)
 

@@ -182,7 +182,7 @@ class PrometheusMetrics:
         for transport in TRANSPORTS:
             self.connections.labels(transport)
             self.overflows.labels(transport)
-        for outcome in (ResumeOutcome.REPLAYED, ResumeOutcome.NOT_RECOVERED, ResumeOutcome.UNKNOWN):
+        for outcome in ResumeOutcome:
             self.resumes.labels(outcome)
         self._ended = {
             (provider, status): self.streams_ended.labels(provider, status.value)
@@ -250,7 +250,7 @@ class PrometheusMetrics:
     def send_buffer_overflowed(self, transport: str) -> None:
         self.overflows.labels(transport).inc()
 
-    def resumed(self, outcome: str) -> None:
+    def resumed(self, outcome: ResumeOutcome) -> None:
         self.resumes.labels(outcome).inc()
 
     def refused(self, error: TokenwireError) -> None:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from tokenwire.core.stats import StreamOutcome
-from tokenwire.core.telemetry import StreamProbe
+from tokenwire.core.telemetry import ResumeOutcome, StreamProbe
 from tokenwire.protocol.errors import TokenwireError
 from tokenwire.protocol.events import StreamStatus
 
@@ -48,7 +48,7 @@ class Tracing:
     def send_buffer_overflowed(self, transport: str) -> None:
         return None
 
-    def resumed(self, outcome: str) -> None:
+    def resumed(self, outcome: ResumeOutcome) -> None:
         return None
 
     def refused(self, error: TokenwireError) -> None:
