@@ -56,8 +56,9 @@ class WatchedProvider:
 async def simulated_answer(prompt: str, **options: Any) -> str:
     """The whole answer of the simulated provider with these options to a request of one
     user turn, as a gateway asks it: the reference that a stream resumed anywhere must
-    equal. Computed in-process on a virtual clock (in a thread of its own, beside the
-    test's loop), so that its pauses, which decide nothing of its text, take no time."""
+    equal. Computed in-process with the very options the nodes use (`delay_ms` among
+    them: the options seed the words) on a virtual clock, in a thread of its own beside
+    the test's loop, so that its pauses take no time."""
     provider = SimulatedProvider(ProviderSettings(name="simulated", kind="simulated"))
     request = ProviderRequest(messages=(Message(role="user", content=prompt),), options=options)
 
