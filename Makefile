@@ -40,10 +40,13 @@ typecheck: dev
 # as many as 2 cores still pays. `loadgroup` keeps a module that shares one llama.cpp
 # server or one loaded model on one worker (`xdist_group`) and spreads the rest test by
 # test. Here rather than in pytest's addopts, so that the conformance suite keeps its
-# plain serial run.
+# plain serial run. Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (as in
+# many container images): otherwise each worker compiles the tests and the package, and
+# pytest rewrites its plugins' asserts, on every run (about 14 s of CPU per worker
+# against 8 s), and so does every `tokenwire` process a test starts.
 TEST_WORKERS ?= 4
 test: dev lint typecheck
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The browser tests drive Debian's chromium through Playwright (whose own browser
 # download cannot work without the internet); installed once, as root, when missing.

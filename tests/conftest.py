@@ -8,6 +8,9 @@ import pytest
 
 from tests.support.redis_server import RedisServer, redis_server
 
+# Each `xdist_group` on one worker under `make test`'s `--dist loadgroup`.
+pytest_plugins = ["tests.support.xdist_groups"]
+
 
 @pytest.fixture(scope="session")
 def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

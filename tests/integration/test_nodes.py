@@ -4,8 +4,9 @@ on every transport, exactly as on one node; a node that dies or a Redis that res
 ends what it must with a typed error, never a gap, a repeat or a hang.
 
 Every node here is a real process (tests/support/cluster.py) on the simulated provider,
-whose answer to a prompt is the same on every node: the text of an uninterrupted run is
-what a resumed one must equal.
+whose answer to a prompt is the same on every node: its whole answer, computed in-process
+(`simulated_answer`), is what a resumed run must equal. The tests whose streams all end
+before they do share one pair of nodes (`pair`); the others start nodes configured for them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,37 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
+import pytest_asyncio
 from httpx_sse import aconnect_sse
 from websockets.exceptions import InvalidStatus
 
 from tests.support.background import left_after, resumed_after
 from tests.support.cluster import NodeProcess, gateway_cluster
+from tests.support.providers import simulated_answer
 from tests.support.redis_server import RedisServer
 from tests.support.server import WsClient, dropping_client, of_type
+
+# The pair of nodes lives as long as the module, so the module runs on one xdist worker.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("gateway_nodes")]
 
 USER = "?user_id=ada"
 # Slow enough to act mid-stream on a loaded machine; 60 tokens take 3 s.
 TOKENS, DELAY_MS = 60, 50.0
 STORY = "tell me a long story"
+# Per request, on the pair: an answer that would run 30 s.
+LONG = {"options": {"tokens": 600}}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pair(
+    tmp_path_factory: pytest.TempPathFactory, shared_redis: RedisServer
+) -> AsyncIterator[list[NodeProcess]]:
+    """Two nodes answering `TOKENS` words `DELAY_MS` apart, for the tests that leave no
+    stream running: each takes request ids of its own."""
+    workdir = tmp_path_factory.mktemp("pair")
+    async with gateway_cluster(workdir, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as pair:
+        yield pair
 
 
 @contextlib.asynccontextmanager
@@ -72,51 +92,44 @@ def seqs(frames: list[dict[str, Any]]) -> list[int]:
     return [f["seq"] for f in frames if f.get("seq") is not None]
 
 
-async def whole_text(node: NodeProcess) -> str:
-    """The answer of an uninterrupted run, the reference of every resumed one."""
-    async with client_of(node) as client:
-        await client.send(ask("reference"))
-        return text_of(await client.until_end("reference", timeout=60))
+async def whole_text(tokens: int = TOKENS, delay_ms: float = DELAY_MS) -> str:
+    """The answer of an uninterrupted run on nodes answering `tokens` words `delay_ms`
+    apart: the reference of every resumed one."""
+    return await simulated_answer(STORY, tokens=tokens, delay_ms=delay_ms)
 
 
 # -- resume anywhere -------------------------------------------------------------------
 
 
 async def test_a_client_dropped_on_one_node_resumes_on_another_exactly(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
-    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
-        a,
-        b,
-    ):
-        reference = await whole_text(a)
-        async with client_of(a) as phone:
-            await phone.send(ask("r1"))
-            before = await frames_until(phone, 10)
-        # The link is gone without a close frame; the phone comes back through node b.
-        async with client_of(b) as phone:
-            last = seqs(before)[-1]
-            await phone.send({"type": "resume", "request_id": "r1", "last_seq": last})
-            after = await phone.until_end("r1", timeout=60)
+    a, b = pair
+    reference = await whole_text()
+    async with client_of(a) as phone:
+        await phone.send(ask("r1"))
+        before = await frames_until(phone, 10)
+    # The link is gone without a close frame; the phone comes back through node b.
+    async with client_of(b) as phone:
+        last = seqs(before)[-1]
+        await phone.send({"type": "resume", "request_id": "r1", "last_seq": last})
+        after = await phone.until_end("r1", timeout=60)
     assert seqs(before) + seqs(after) == list(range(1, seqs(after)[-1] + 1))
     assert text_of(before) + text_of(after) == reference
     assert after[-1]["data"]["status"] == "completed"
 
 
 async def test_compact_resume_and_a_second_device_on_another_node(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
-    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
-        a,
-        b,
-    ):
-        reference = await whole_text(a)
-        async with client_of(a) as laptop, client_of(b) as phone:
-            await laptop.send(ask("r2"))
-            first = await frames_until(laptop, 10)
-            await phone.send({"type": "resume", "request_id": "r2", "last_seq": 0, "compact": True})
-            on_phone = await phone.until_end("r2", timeout=60)
-            on_laptop = await laptop.until_end("r2", timeout=60)
+    a, b = pair
+    reference = await whole_text()
+    async with client_of(a) as laptop, client_of(b) as phone:
+        await laptop.send(ask("r2"))
+        first = await frames_until(laptop, 10)
+        await phone.send({"type": "resume", "request_id": "r2", "last_seq": 0, "compact": True})
+        on_phone = await phone.until_end("r2", timeout=60)
+        on_laptop = await laptop.until_end("r2", timeout=60)
     # The phone gets the text so far as one chunk, then the live tokens, each once.
     assert on_phone[0]["event_type"] == "stream_start"
     assert of_type(on_phone, "chunk"), "compact replay merges the text so far"
@@ -126,13 +139,11 @@ async def test_compact_resume_and_a_second_device_on_another_node(
 
 
 async def test_sse_re_attaches_on_another_node_with_last_event_id(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
-    async with (
-        gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (a, b),
-        httpx.AsyncClient(timeout=60) as http,
-    ):
-        reference = await whole_text(a)
+    a, b = pair
+    reference = await whole_text()
+    async with httpx.AsyncClient(timeout=60) as http:
         body = {"prompt": STORY, "request_id": "s1", "stream_config": {"granularity": "token"}}
         first: list[tuple[str, dict[str, Any]]] = []
         async with aconnect_sse(http, "POST", f"{a.url}/api/streams{USER}", json=body) as events:
@@ -151,28 +162,25 @@ async def test_sse_re_attaches_on_another_node_with_last_event_id(
     assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
     assert text_of(frames) == reference
     assert frames[-1]["data"]["status"] == "completed"
-    assert "s1" in json.dumps(listed)
+    assert "s1" in [r["request_id"] for r in listed["requests"]]
 
 
 async def test_a_background_response_resumes_and_continues_on_another_node(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
-    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
-        a,
-        b,
-    ):
-        on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
-        on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
-        try:
-            response_id, first = await left_after(on_a, 10, STORY)
-            rest = await resumed_after(on_b, response_id, first[-1][0])
-            final = await on_b.responses.retrieve(response_id)
-            follow_up = await on_b.responses.create(
-                model="simulated", input="and then?", previous_response_id=response_id
-            )
-        finally:
-            await on_a.close()
-            await on_b.close()
+    a, b = pair
+    on_a = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0)
+    on_b = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="unused", max_retries=0)
+    try:
+        response_id, first = await left_after(on_a, 10, STORY)
+        rest = await resumed_after(on_b, response_id, first[-1][0])
+        final = await on_b.responses.retrieve(response_id)
+        follow_up = await on_b.responses.create(
+            model="simulated", input="and then?", previous_response_id=response_id
+        )
+    finally:
+        await on_a.close()
+        await on_b.close()
     numbers = [n for n, _ in first + rest]
     assert numbers == sorted(set(numbers))
     assert len(first + rest) == TOKENS
@@ -182,10 +190,10 @@ async def test_a_background_response_resumes_and_continues_on_another_node(
 
 
 async def test_another_user_s_request_is_unknown_on_every_node(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
+    a, b = pair
     async with (
-        gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (a, b),
         client_of(a) as owner,
         client_of(b, "?user_id=eve") as eve,
         httpx.AsyncClient(timeout=10) as http,
@@ -209,20 +217,17 @@ async def test_another_user_s_request_is_unknown_on_every_node(
 
 
 async def test_a_cancel_on_another_node_stops_the_request_where_it_runs(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
-    async with gateway_cluster(tmp_path, shared_redis.url, tokens=600, delay_ms=DELAY_MS) as (
-        a,
-        b,
-    ):
-        async with client_of(a) as laptop, client_of(b) as phone:
-            await laptop.send(ask("c1"))
-            await frames_until(laptop, 3)
-            sent = time.monotonic()
-            await phone.send({"type": "cancel_request", "request_id": "c1"})
-            ended = await laptop.until_end("c1", timeout=20)
-            took = time.monotonic() - sent
-        assert await streams_running(a) == 0
+    a, b = pair
+    async with client_of(a) as laptop, client_of(b) as phone:
+        await laptop.send(ask("c1", config=LONG))
+        await frames_until(laptop, 3)
+        sent = time.monotonic()
+        await phone.send({"type": "cancel_request", "request_id": "c1"})
+        ended = await laptop.until_end("c1", timeout=20)
+        took = time.monotonic() - sent
+    assert await streams_running(a) == 0
     assert ended[-1]["data"]["status"] == "cancelled"
     # 600 tokens 50 ms apart would run 30 s: it was stopped, not finished.
     assert took < 20
@@ -242,21 +247,18 @@ async def streams_running(node: NodeProcess, within: float = 10.0) -> int:
 
 
 async def test_a_request_followed_only_on_another_node_outlives_its_first_client(
-    tmp_path: Path, shared_redis: RedisServer
+    pair: list[NodeProcess],
 ) -> None:
-    async with gateway_cluster(tmp_path, shared_redis.url, tokens=TOKENS, delay_ms=DELAY_MS) as (
-        a,
-        b,
-    ):
-        reference = await whole_text(a)
-        async with client_of(b) as phone:
-            async with client_of(a) as laptop:
-                await laptop.send(ask("f1"))
-                await frames_until(laptop, 3)
-                await phone.send({"type": "resume", "request_id": "f1", "last_seq": 0})
-                await frames_until(phone, 5)
-                await laptop.ws.close(1000)  # on purpose: as a tab closed
-            rest = await phone.until_end("f1", timeout=60)
+    a, b = pair
+    reference = await whole_text()
+    async with client_of(b) as phone:
+        async with client_of(a) as laptop:
+            await laptop.send(ask("f1"))
+            await frames_until(laptop, 3)
+            await phone.send({"type": "resume", "request_id": "f1", "last_seq": 0})
+            await frames_until(phone, 5)
+            await laptop.ws.close(1000)  # on purpose: as a tab closed
+        rest = await phone.until_end("f1", timeout=60)
     assert rest[-1]["data"]["status"] == "completed"
     assert reference.endswith(text_of(rest)[-20:])
 
@@ -407,7 +409,7 @@ async def test_redis_restarted_mid_stream_ends_in_exact_text_or_a_typed_error(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
     async with gateway_cluster(tmp_path, own_redis.url, tokens=100, delay_ms=30) as (a, b):
-        reference = await whole_text(a)
+        reference = await whole_text(tokens=100, delay_ms=30)
         async with client_of(a) as laptop:
             await laptop.send(ask("x1"))
             held = await frames_until(laptop, 10)
@@ -436,7 +438,7 @@ async def test_resumes_over_two_workers_are_exact_whichever_worker_takes_them(
     async with gateway_cluster(
         tmp_path, shared_redis.url, nodes=1, tokens=200, delay_ms=20, args=["--workers", "2"]
     ) as (node,):
-        reference = await whole_text(node)
+        reference = await whole_text(tokens=200, delay_ms=20)
         frames: list[dict[str, Any]] = []
         workers: set[str] = set()
         async with client_of(node) as first:

@@ -1,7 +1,8 @@
 """Two gateways sharing their event logs through Redis: a request started on node A is
 resumed on node B, over the WebSocket, over SSE and through the Responses API, with
-exactly the events of an uninterrupted run. Only the log store is shared here (cancels
-and followers across nodes are the cluster's, tested on their own)."""
+exactly the events of an uninterrupted run, whose text is the simulated provider's whole
+answer (computed in-process). Only the log store is shared here (cancels and followers
+across nodes are the cluster's, tested on their own)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
 from tests.support.background import left_after, resumed_after
+from tests.support.providers import simulated_answer
 from tests.support.redis_server import RedisServer, private_prefix
 from tests.support.server import RunningServer, of_type, running_server, simulated_settings
 from tests.support.server import ws_client as connected
@@ -28,12 +30,13 @@ pytestmark = pytest.mark.timeout(120)
 
 # Still running well after the first node's client has gone, however busy the machine.
 LONG = {"options": {"tokens": 200, "delay_ms": 10}}
+STORY = "tell me a long story"
 
 
 def request(request_id: str) -> dict[str, Any]:
     return {
         "type": "ai_request",
-        "prompt": "tell me a long story",
+        "prompt": STORY,
         "request_id": request_id,
         "config": LONG,
         "stream_config": {"granularity": "token"},
@@ -78,10 +81,9 @@ async def two_gateways(server: RedisServer) -> AsyncIterator[tuple[RunningServer
         yield a, b
 
 
-async def reference_text(node: RunningServer) -> str:
-    async with connected(node) as client:
-        await client.send(request("whole"))
-        return text_of(texts(await client.until_end("whole")))
+async def reference_text() -> str:
+    """The text of an uninterrupted run of `request`."""
+    return await simulated_answer(STORY, **LONG["options"])
 
 
 async def until_token(client: Any, index: int) -> list[dict[str, Any]]:
@@ -97,7 +99,7 @@ async def test_a_websocket_resume_on_another_node_continues_exactly(
     shared_redis: RedisServer,
 ) -> None:
     async with two_gateways(shared_redis) as (a, b):
-        whole = await reference_text(a)
+        whole = await reference_text()
         async with connected(a) as phone:
             await phone.send(request("r1"))
             before = await until_token(phone, 20)
@@ -117,7 +119,7 @@ async def test_a_compact_resume_on_another_node_merges_what_was_held(
     shared_redis: RedisServer,
 ) -> None:
     async with two_gateways(shared_redis) as (a, b):
-        whole = await reference_text(a)
+        whole = await reference_text()
         async with connected(a) as phone:
             await phone.send(request("r1"))
             await until_token(phone, 30)
@@ -140,7 +142,7 @@ async def test_an_sse_reattach_on_another_node_continues_after_last_event_id(
     shared_redis: RedisServer,
 ) -> None:
     async with two_gateways(shared_redis) as (a, b):
-        whole = await reference_text(a)
+        whole = await reference_text()
         async with connected(a) as phone:
             await phone.send(request("r1"))
             before = await until_token(phone, 20)

@@ -27,7 +27,13 @@ from tokenwire.core.tools import ToolCallDelta, ToolCallEnd, ToolCallPart, ToolR
 from tokenwire.providers.openai_chat import OpenAIProvider
 from tokenwire.settings import ProviderSettings, load_settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+# One proxy for the module (it takes about 10 s of CPU to start), so one xdist worker for
+# the module (`--dist loadgroup`): spread test by test, each worker started its own.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.xdist_group("litellm_proxy"),
+]
 
 KEY_ENV = "TOKENWIRE_TEST_LITELLM_KEY"
 WEATHER = ToolSpec(name="get_weather", parameters={"type": "object"})

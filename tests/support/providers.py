@@ -7,7 +7,8 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from tokenwire.core.provider import ProviderEvent, ProviderRequest, Usage
+from tests.support.clock import run_on_virtual_clock
+from tokenwire.core.provider import Message, ProviderEvent, ProviderRequest, Usage
 from tokenwire.protocol.errors import ProviderError
 from tokenwire.providers.simulated import SimulatedProvider
 from tokenwire.settings import ProviderSettings
@@ -50,6 +51,21 @@ class WatchedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+async def simulated_answer(prompt: str, **options: Any) -> str:
+    """The whole answer of the simulated provider with these options to a request of one
+    user turn, as a gateway asks it: the reference that a stream resumed anywhere must
+    equal. Computed in-process with the very options the nodes use (`delay_ms` among
+    them: the options seed the words) on a virtual clock, in a thread of its own beside
+    the test's loop, so that its pauses take no time."""
+    provider = SimulatedProvider(ProviderSettings(name="simulated", kind="simulated"))
+    request = ProviderRequest(messages=(Message(role="user", content=prompt),), options=options)
+
+    async def answer() -> str:
+        return "".join([e async for e in provider.stream(request) if isinstance(e, str)])
+
+    return await asyncio.to_thread(lambda: run_on_virtual_clock(answer()))
 
 
 class TroubledProvider(WatchedProvider):
