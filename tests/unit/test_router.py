@@ -101,6 +101,7 @@ def test_the_classifier_on_its_labelled_table() -> None:
         ("What is 12 * 7?", TaskType.MATH, "an arithmetic expression"),
         ("Write a poem about the sea", TaskType.CREATIVE, "asks for a creative piece"),
         ("hello there", TaskType.CONVERSATION, "no task cue"),
+        ("why does parse_header() drop the last line", TaskType.CODE, "code syntax"),
     ],
 )
 def test_a_classification_names_the_cues_that_decided_it(
