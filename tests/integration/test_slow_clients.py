@@ -51,6 +51,7 @@ async def test_a_client_that_never_reads_is_sent_1013_and_cut_off_after_the_clos
     )
     async with running_server(settings, gateway=gateway_with(provider, settings=settings)) as s:
         client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
+        s.shrink_send_buffer(client.writer.get_extra_info("sockname"))
         await client.send_text(json.dumps(FLOOD).encode())
         # The overflow ends the session and the stream at once...
         await eventually(lambda: len(s.gateway.sessions) == 0, 20)
@@ -69,6 +70,7 @@ async def test_a_client_that_reads_again_in_time_sees_the_1013_close() -> None:
     )
     async with running_server(settings) as s:
         client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
+        s.shrink_send_buffer(client.writer.get_extra_info("sockname"))
         await client.send_text(json.dumps(FLOOD).encode())
         await eventually(lambda: len(s.gateway.sessions) == 0, 20)
         before_close, close = await client.recv_until_close(timeout=20)
@@ -83,6 +85,7 @@ async def test_the_websockets_client_library_sees_1013_when_it_reads_again() -> 
     settings = simulated_settings(limits={"max_send_buffer_bytes": 64 * 1024})
     async with running_server(settings) as s:
         ws = await connect(s.ws_url, max_queue=1, max_size=2**24)
+        s.shrink_send_buffer(ws.transport.get_extra_info("sockname"))
         await ws.recv()
         await ws.send(json.dumps(FLOOD))
         await eventually(lambda: len(s.gateway.sessions) == 0, 20)
@@ -115,6 +118,7 @@ async def test_the_resume_grace_of_a_client_too_slow_counts_from_its_1013() -> N
     )
     async with running_server(settings, gateway=gateway_with(provider, settings=settings)) as s:
         client = await RawWebSocket.connect(port_of(s), receive_buffer=4096)
+        s.shrink_send_buffer(client.writer.get_extra_info("sockname"))
         await client.send_text(json.dumps(FLOOD).encode())
         await eventually(lambda: len(s.gateway.sessions) == 0, 20)
         assert s.gateway.running == 1  # still streaming into its log, for a resume
@@ -148,12 +152,14 @@ async def test_a_server_close_completes_while_the_client_s_next_message_waits_un
         client.abort()
 
 
-async def never_reading(port: int, path: str, body: dict[str, object]) -> asyncio.StreamWriter:
+async def never_reading(
+    server: RunningServer, path: str, body: dict[str, object]
+) -> asyncio.StreamWriter:
     """POST `body` to `path` from a socket that reads the answer's head and then nothing."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(server)))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
     text = json.dumps(body)
     writer.write(
@@ -162,6 +168,7 @@ async def never_reading(port: int, path: str, body: dict[str, object]) -> asynci
     )
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
     writer.transport.pause_reading()
+    server.shrink_send_buffer(sock.getsockname())
     return writer
 
 
@@ -176,7 +183,7 @@ async def test_an_sse_client_that_never_reads_is_cut_off_and_gives_its_slot_back
     body = {"prompt": "x", "config": FLOOD["config"]}
     async with running_server(settings) as server:
         slots = server.server.config.app.state.access.connections
-        writer = await never_reading(port_of(server), "/api/streams", body)
+        writer = await never_reading(server, "/api/streams", body)
         await eventually(lambda: slots.total == 1)
         await eventually(lambda: slots.total == 0 and connections(server) == 0)
         writer.close()
@@ -196,7 +203,7 @@ async def test_a_v1_stream_whose_client_never_reads_lets_go_of_its_socket(dialec
     settings = simulated_settings(providers=[flood], limits={"close_timeout_seconds": 0.5})
     path, body = V1_STREAMS[dialect]
     async with running_server(settings) as server:
-        writer = await never_reading(port_of(server), path, {**body, "stream": True})
+        writer = await never_reading(server, path, {**body, "stream": True})
         await eventually(lambda: connections(server) == 0, timeout=20)
         # A foreground answer nobody can receive is cancelled, not generated to its end.
         await eventually(lambda: server.gateway.running == 0, timeout=5)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.providers import WatchedProvider
+from tests.support.raw_ws import RawWebSocket, client_frame
 from tests.support.server import (
     gateway_with,
     of_type,
@@ -106,6 +108,23 @@ async def test_a_client_close_frame_cancels_its_streams_at_once() -> None:
         # Not after the resume grace (10 s), nor at the stream's end (25 s).
         await asyncio.wait_for(provider.closed.wait(), AT_ONCE)
         assert provider.deltas_sent < 5000
+
+
+async def test_a_request_s_stream_start_comes_before_the_answer_to_the_next_message() -> None:
+    # Both in one write, so that the server reads them together: a client that closes
+    # once its ping is answered must have seen its requests start (test_ws_fuzz.py does).
+    async with running_server() as server:
+        ws = await RawWebSocket.connect(int(server.url.rsplit(":", 1)[1]))
+        await ws.recv()  # connection_status
+        request = b'{"type": "ai_request", "prompt": "x", "request_id": "first"}'
+        ping = b'{"type": "ping", "timestamp": "next"}'
+        ws.writer.write(client_frame(0x1, request) + client_frame(0x1, ping))
+        kinds = []
+        while "pong" not in kinds:
+            frame = json.loads((await ws.recv()).payload)
+            kinds.append(frame.get("event_type") or frame["type"])
+        assert kinds[:4] == ["stream_start", "typing_indicator", "metadata", "pong"], kinds
+        ws.abort()
 
 
 async def test_a_request_rejected_before_it_starts_gets_only_an_error() -> None:

@@ -24,6 +24,9 @@ from tokenwire.core.gateway import Gateway
 from tokenwire.core.tools import Capabilities
 from tokenwire.settings import Settings, load_settings
 
+# Bytes; the kernel doubles it and keeps a minimum of its own.
+SMALL_SEND_BUFFER = 4096
+
 
 def free_port() -> int:
     """A port free now, for what cannot be handed a bound socket; prefer port 0."""
@@ -45,6 +48,22 @@ class RunningServer:
         self.ws_url = url.replace("http", "ws", 1) + "/ws/ai-stream"
         self.gateway = gateway
         self.server = server
+
+    def shrink_send_buffer(self, client: tuple[str, int]) -> None:
+        """Give the server's end of the connection from `client` (the client socket's own
+        address) a send buffer of a few KiB, as a link whose window stays shut would.
+
+        On loopback the kernel grows a socket's send buffer to megabytes (`tcp_wmem`)
+        before a send waits: a test of a client that does not read would otherwise wait
+        for the server to produce that much, which takes seconds of CPU on a loaded
+        machine."""
+        for connection in list(self.server.server_state.connections):
+            transport = connection.transport
+            if transport is not None and transport.get_extra_info("peername") == client:
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_SEND_BUFFER)
+                return
+        raise AssertionError(f"no connection from {client}")
 
 
 @contextlib.asynccontextmanager

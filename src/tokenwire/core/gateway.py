@@ -460,6 +460,8 @@ class Gateway:
             spec.generation.model or route.slot.provider.model,
         )
         run = StreamRun(spec, route, log, self.config.tuning, self.observer, before_end, probe)
+        # Its stream_start is in the log before the caller answers the client's next message.
+        run.open()
         running = _Running(run)
         self._runs[key] = running
         task = asyncio.create_task(self._drive(key, running), name=f"stream {key.request_id}")

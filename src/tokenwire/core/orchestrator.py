@@ -71,6 +71,7 @@ class StreamRun:
     never cancelled before its body runs, which would skip every `finally`), a
     cancel during the stream interrupts it, and any failure, even in writing the
     opening events, becomes an error event and a `stream_end` with status error.
+    Whoever starts the run calls `open()` first, before it answers anything else.
     """
 
     def __init__(
@@ -129,13 +130,17 @@ class StreamRun:
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
         self.interrupted = False
+        self._opened = False
+        self._opening_error: Exception | None = None
 
     async def run(self) -> StreamOutcome:
         self._task = asyncio.current_task()
         status = StreamStatus.COMPLETED
         error: TokenwireError | None = None
         try:
-            self._emit_opening()
+            self.open()
+            if self._opening_error is not None:
+                raise self._opening_error
             if self.cancel_reason is None:
                 await self._pump()
             else:
@@ -183,6 +188,22 @@ class StreamRun:
     def tool_calls(self) -> tuple[ToolCallPart, ...]:
         """The calls of an answer that completed, by index (none otherwise)."""
         return self._attempts.tool_calls
+
+    def open(self) -> None:
+        """Write the opening events (stream_start, typing indicator, routing metadata).
+
+        Called when the request is accepted, before its task takes a step: a client
+        then gets its request's stream_start before the answer to anything it sent
+        after the request (a ping, a cancel, a close), whatever the load. A failure here
+        is the run's to report, as its first step.
+        """
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            self._emit_opening()
+        except Exception as exc:
+            self._opening_error = exc
 
     # -- phases ---------------------------------------------------------------
 
