@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.providers import WatchedProvider
-from tests.support.raw_ws import RawWebSocket
+from tests.support.raw_ws import RawWebSocket, client_frame
 from tests.support.server import RunningServer, gateway_with, running_server, simulated_settings
 from tests.support.stores import SlowHistory
 from tests.support.waiting import AT_ONCE, eventually
@@ -106,6 +106,21 @@ async def test_invalid_utf8_closes_1007_without_an_error_traceback(
         assert close.close_code == 1007
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         await eventually(lambda: len(s.gateway.sessions) == 0, 3)
+
+
+async def test_a_client_still_sending_behind_its_invalid_frame_reads_the_close_frame() -> None:
+    # Closed at once with the client's bytes unread, the socket would be reset and the
+    # close frame lost on the way: the client would see a reset, not why.
+    async with running_server() as s:
+        for _ in range(3):
+            client = await RawWebSocket.connect(port_of(s))
+            await client.recv()  # connection_status
+            bad = client_frame(0x1, b"\xff\xfe")
+            client.writer.write(bad + client_frame(0x1, b"x" * 60_000) * 20)
+            await eventually(lambda: len(s.gateway.sessions) == 0, 10)  # it has closed
+            _, close = await client.recv_until_close()
+            assert close.close_code == 1007
+            client.abort()
 
 
 async def test_the_resume_grace_of_a_client_too_slow_counts_from_its_1013() -> None:

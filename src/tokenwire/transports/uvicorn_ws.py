@@ -79,8 +79,17 @@ class TransportControl:
         return 0 if transport is None else transport.get_write_buffer_size()
 
 
+# How long a connection closed for a client's error reads and drops what the client still
+# sends, waiting for it to close, before it is aborted.
+LINGER_SECONDS = 5.0
+
+
 class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
+    _lingering = False
+
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after our close frame and EOF: read only so as not to reset
         super().data_received(data)
         if (
             self.conn.handshake_exc is not None
@@ -114,6 +123,32 @@ class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
                     self.handle_parser_exception()
                     return
         super().send_receive_event_to_app()
+
+    def handle_parser_exception(self) -> None:
+        # uvicorn closes the socket right behind the close frame. A client still sending
+        # then has bytes unread on our side, so the kernel answers with a reset, and a
+        # reset can reach the client before it has read the close frame: it sees the
+        # connection reset, not why. Close as a lingering close does instead: the close
+        # frame, then EOF, then read and drop until the client closes (or the linger ends).
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.stop_keepalive()
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._lingering = True
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
     async def send(self, message: Any) -> None:
         await super().send(message)
