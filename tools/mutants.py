@@ -752,6 +752,17 @@ MUTANTS: tuple[Mutant, ...] = (
             f"{PAGE_HTTP}::test_with_auth_on_the_page_its_files_and_the_list_are_open_and_nothing_else",
         ),
     ),
+    Mutant(
+        "ws-close-without-linger",
+        "transports/uvicorn_ws.py",
+        "        if not self.transport.can_write_eof():\n",
+        "        if True:\n",
+        "a connection closed for a client's error is closed at once: a client still sending"
+        " gets a reset, not the close frame",
+        (
+            "tests/integration/test_slow_clients.py::test_a_client_still_sending_behind_its_invalid_frame_reads_the_close_frame",
+        ),
+    ),
 )
 
 
