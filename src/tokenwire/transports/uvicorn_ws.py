@@ -63,13 +63,7 @@ class TransportControl:
         p.transport.write(b"".join(p.conn.data_to_send()))
         p.close_sent = True
         p.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        if p.read_paused:
-            # The client's closing frame must be read to complete the handshake.
-            p.read_paused = False
-            p.transport.resume_reading()
-        if p.close_timer is not None:
-            p.close_timer.cancel()
-        p.close_timer = p.loop.call_later(timeout, p.transport.abort)
+        p.read_until_closed(timeout)
         return True
 
     @property
@@ -143,12 +137,17 @@ class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
             return
         self.transport.write_eof()
+        self.read_until_closed(LINGER_SECONDS)
+
+    def read_until_closed(self, timeout: float) -> None:
+        """After our close frame: read on (the client's closing frame completes the
+        handshake) until the client closes, and abort if it has not within `timeout`."""
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
         if self.close_timer is not None:
             self.close_timer.cancel()
-        self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
+        self.close_timer = self.loop.call_later(timeout, self.transport.abort)
 
     async def send(self, message: Any) -> None:
         await super().send(message)
