@@ -419,7 +419,8 @@ def build_app(
     if instruments:
         telemetry = instruments[0] if len(instruments) == 1 else FanOut(*instruments)
         access.telemetry = telemetry
-        if isinstance(gw.telemetry, NoTelemetry):
+        # Only the silent default is replaced: a gateway built with instruments keeps them.
+        if type(gw.telemetry) is NoTelemetry:
             gw.telemetry = telemetry
 
     @asynccontextmanager

@@ -15,8 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from tokenwire.core.stats import StreamOutcome
-from tokenwire.core.telemetry import ResumeOutcome, StreamProbe
-from tokenwire.protocol.errors import TokenwireError
+from tokenwire.core.telemetry import NoTelemetry, StreamProbe
 from tokenwire.protocol.events import StreamStatus
 
 
@@ -30,29 +29,15 @@ def tracer_provider(service_name: str, otlp_endpoint: str | None) -> TracerProvi
     return provider
 
 
-class Tracing:
-    """Traces requests with `tracer`; connections and refusals make no spans."""
+class Tracing(NoTelemetry):
+    """Traces requests with `tracer`; connections and refusals make no spans (the
+    silent default's no-ops)."""
 
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
 
     def stream_started(self, request_id: str) -> StreamProbe:
         return _TraceProbe(self._tracer, request_id)
-
-    def connection_opened(self, transport: str) -> None:
-        return None
-
-    def connection_closed(self, transport: str) -> None:
-        return None
-
-    def send_buffer_overflowed(self, transport: str) -> None:
-        return None
-
-    def resumed(self, outcome: ResumeOutcome) -> None:
-        return None
-
-    def refused(self, error: TokenwireError) -> None:
-        return None
 
 
 class _TraceProbe:
