@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test lint typecheck browser clients-js litellm mutants conformance conformance-suite bench bench-security bench-compare bench-nodes bench-chaos clean
+.PHONY: install dev run test lint typecheck browser clients-js litellm mutants conformance conformance-suite bench bench-costs bench-security bench-compare bench-nodes bench-chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -107,9 +107,16 @@ conformance-suite:
 mutants: dev
 	$(BIN)/python tools/mutants.py $(MUTANTS_FLAGS) $(MUTANTS)
 
-bench: install
-	$(BIN)/python bench/ws_load.py --clients 1 100 1000
-	$(BIN)/python bench/tool_calls.py
+# Every figure of issue 26 against its reference, in one run (about 25 minutes): a table
+# printed, JSON in bench/results/. BENCH_FLAGS="--quick" runs toy sizes, "--write-docs"
+# puts the tables in docs/benchmarks.md, "--only ceiling,capacity" runs some parts.
+bench: install litellm
+	$(BIN)/python bench/suite.py $(BENCH_FLAGS)
+
+# Server instructions per token and per request (callgrind: the same on a busy machine),
+# compared with the last release recorded in bench/costs.json. A few minutes.
+bench-costs: install
+	$(BIN)/python bench/costs.py
 
 # What authentication and limit checks cost per call and per request.
 bench-security: install

@@ -72,7 +72,9 @@ def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) if i < len(row) else 0 for row in rows) for i in range(len(rows[0]))]
     lines = []
     for index, row in enumerate(rows):
-        cells = [cell.rjust(widths[i]) if i else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        cells = [
+            cell.rjust(widths[i]) if i else cell.ljust(widths[i]) for i, cell in enumerate(row)
+        ]
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
@@ -83,7 +85,8 @@ def format_target(target: Target) -> str:
     verdict = {True: "met", False: "NOT met", None: "not measured"}[target.met]
     sign = ">=" if target.better == "higher" else "<="
     measured = "-" if target.measured is None else f"{target.measured:,.3g}"
-    line = f"{target.name}: {measured}{target.unit} (target {sign} {target.limit:,.3g}{target.unit}) {verdict}"
+    limit = f"{sign} {target.limit:,.3g}{target.unit}"
+    line = f"{target.name}: {measured}{target.unit} (target {limit}) {verdict}"
     return f"{line}; {target.remark}" if target.remark else line
 
 
@@ -117,7 +120,10 @@ def machine() -> dict[str, Any]:
         mem_kb = 0
     try:
         commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
     except OSError:
         commit = ""
