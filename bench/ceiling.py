@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,9 +35,15 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
 }
 
 
-def sizes(options: report.Options) -> tuple[int, int, int]:
-    """Clients, tokens per stream, runs per server."""
-    return (5, 200, 1) if options.quick else (50, 2000, 3)
+@dataclass(frozen=True)
+class Sizes:
+    clients: int
+    tokens: int
+    runs: int  # per server
+
+    @classmethod
+    def of(cls, options: report.Options) -> Sizes:
+        return cls(5, 200, 1) if options.quick else cls(50, 2000, 3)
 
 
 def median(values: list[float | None]) -> float | None:
@@ -49,13 +55,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-async def measure_all(options: report.Options) -> dict[str, list[ws_load.RunResult]]:
-    clients, tokens, repeat = sizes(options)
-    load = servers.load_args(clients, tokens)
+async def measure_all(options: report.Options, sizes: Sizes) -> dict[str, list[ws_load.RunResult]]:
+    load = servers.load_args(sizes.clients, sizes.tokens)
     log_dir = Path(tempfile.mkdtemp(prefix="tokenwire-ceiling-"))
     runs: dict[str, list[ws_load.RunResult]] = {name: [] for name in SERVERS}
     # Alternating, so that a burst of outside load spreads over both servers.
-    for number in range(repeat):
+    for number in range(sizes.runs):
         for name, command in SERVERS.items():
             cmd = command(ws_load.free_port())
             async with servers.serving(cmd, log_dir) as (pid, url):
@@ -84,8 +89,8 @@ def summary(runs: list[ws_load.RunResult]) -> dict[str, float | int | None]:
     }
 
 
-def build_part(options: report.Options, runs: dict[str, list[ws_load.RunResult]]) -> report.Part:
-    clients, tokens, repeat = sizes(options)
+def build_part(sizes: Sizes, runs: dict[str, list[ws_load.RunResult]]) -> report.Part:
+    clients, tokens, repeat = sizes.clients, sizes.tokens, sizes.runs
     sums = {name: summary(found) for name, found in runs.items()}
     tw, relay = sums["tokenwire"], sums["relay"]
     speed = ratio(tw["tokens_per_s"], relay["tokens_per_s"])
@@ -172,19 +177,30 @@ def build_part(options: report.Options, runs: dict[str, list[ws_load.RunResult]]
 
 
 def run(options: report.Options) -> report.Part:
+    return run_sizes(options, Sizes.of(options))
+
+
+def run_sizes(options: report.Options, sizes: Sizes) -> report.Part:
     servers.require_installed()
-    clients, _, _ = sizes(options)
-    ws_load.raise_fd_limit(clients)
-    runs = servers.run_async(measure_all(options))
-    return build_part(options, runs)
+    ws_load.raise_fd_limit(sizes.clients)
+    runs = servers.run_async(measure_all(options, sizes))
+    return build_part(sizes, runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="5 x 200 tokens, 1 run each")
+    p.add_argument("--clients", type=int, help="WebSocket streams (default 50)")
+    p.add_argument("--tokens", type=int, help="tokens per stream (default 2,000)")
+    p.add_argument("--runs", type=int, help="runs per server (default 3)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
     args = p.parse_args(argv)
-    part = run(report.Options(quick=args.quick, wait_quiet_s=args.wait_quiet))
+    options = report.Options(quick=args.quick, wait_quiet_s=args.wait_quiet)
+    default = Sizes.of(options)
+    sizes = Sizes(
+        args.clients or default.clients, args.tokens or default.tokens, args.runs or default.runs
+    )
+    part = run_sizes(options, sizes)
     print(report.format_part(part))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     report.dump(report.RESULTS / f"{stamp}-ceiling.json", part)

@@ -13,7 +13,10 @@ stream_start, typing_indicator, metadata, one `token` frame per token (a progres
 frame every 10), typing_indicator, stream_end, each frame the v1 envelope encoded
 with orjson from a dict, one `await send(...)` per frame. Tokens are the simulated
 provider's words; `config.options.tokens` and `delay_ms` are read as the simulated
-provider reads them (the delay defaults to 0 here: no pacing unless asked for).
+provider reads them (the delay defaults to 0 here: no pacing unless asked for). Like the
+simulated provider, and like a relay reading its upstream's socket, it lets the event loop
+turn before each token even with no delay (`asyncio.sleep(0)`); `--burst` leaves that out,
+and then one stream's frames go out back to back while the others wait.
 Requests on one connection are served one after the other. It answers GET /healthz,
 so that `bench/ws_load.py --server-cmd` can start it:
 
@@ -49,6 +52,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 WS_PATH = "/ws/ai-stream"
 PROGRESS_EVERY = 10
+# Set by --burst: no loop turn between tokens when no delay is asked for.
+BURST = False
 DELTAS_PER_SECOND = 30.0  # only for stream_start's estimated_duration, as tokenwire guesses
 
 
@@ -119,7 +124,7 @@ async def stream(send: Send, session_id: str, message: dict[str, Any]) -> None:
     ttft: float | None = None
     length = 0
     for index in range(count):
-        if delay:
+        if delay or not BURST:
             await asyncio.sleep(delay)
         word = rng.choice(_WORDS)
         text = word if index == 0 else " " + word
@@ -223,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
+    p.add_argument(
+        "--burst", action="store_true", help="no loop turn between tokens when no delay is asked"
+    )
     args = p.parse_args(argv)
+    global BURST
+    BURST = args.burst
 
     import uvicorn
 
