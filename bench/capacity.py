@@ -121,6 +121,8 @@ class Step:
     errors: int
     server_cores: float | None
     client_cores: float
+    # what else kept the cores busy meanwhile (other processes on the machine)
+    other_cores: float | None
     passed: bool
     error_samples: list[str] = field(default_factory=list)
 
@@ -139,6 +141,7 @@ def step_of(n: int, result: ws_load.RunResult) -> Step:
         errors=result.errors,
         server_cores=server,
         client_cores=result.client_cpu_share,
+        other_cores=result.other_load_cores,
         passed=result.errors == 0 and gap_p99 is not None and gap_p99 < GAP_LIMIT_MS,
         error_samples=result.error_samples[:3],
     )
@@ -151,6 +154,7 @@ async def search(
     log_dir: Path,
     wait_quiet_s: float,
     reset: Callable[[], object] | None = None,
+    cpu: Callable[[int], float] = servers.tree_cpu_seconds,
 ) -> list[Step]:
     """Each N in turn, up to the first that fails; a fresh server per N unless
     `sizes.one_server` (quick: server start-up would be most of the time)."""
@@ -165,9 +169,7 @@ async def search(
                 cmd = cmd_for(ws_load.free_port())
                 pid, url = await stack.enter_async_context(servers.serving(cmd, log_dir))
             load = servers.load_args(n, sizes.tokens, DELAY_MS, STAGGER_MS)
-            result = await servers.measured_run(
-                url, pid, load, wait_quiet_s, servers.tree_cpu_seconds
-            )
+            result = await servers.measured_run(url, pid, load, wait_quiet_s, cpu)
             steps.append(step_of(n, result))
             print(
                 f"# {name}, N={n}: gap p99 {result.gap_ms.get('p99')} ms, "
@@ -207,6 +209,13 @@ async def measure_all(options: report.Options, sizes: Sizes) -> dict[str, Any]:
 
         client = redis.Redis.from_url(redis_server.url)
         two_args = ["--workers", "2", "--redis-url", redis_server.url]
+        assert redis_server.process is not None
+        redis_pid = redis_server.process.pid
+
+        def with_redis(pid: int) -> float:
+            # Redis works for these workers only: its CPU is theirs.
+            return servers.tree_cpu_seconds(pid) + ws_load.cpu_seconds(redis_pid)
+
         try:
             two = await search(
                 "2 workers, Redis",
@@ -215,6 +224,7 @@ async def measure_all(options: report.Options, sizes: Sizes) -> dict[str, Any]:
                 log_dir,
                 options.wait_quiet_s,
                 client.flushdb,  # what earlier runs' logs hold in Redis is no load of this one
+                with_redis,
             )
         finally:
             client.close()
@@ -263,7 +273,17 @@ def streams_targets(sizes: Sizes, one: list[Step], two: list[Step]) -> list[repo
 
 def build_part(sizes: Sizes, found: dict[str, Any]) -> report.Part:
     idle = found["idle"]
-    header = ["server", "N", "gap p50", "gap p99", "ttft p99", "errors", "srv cores", "client"]
+    header = [
+        "server",
+        "N",
+        "gap p50",
+        "gap p99",
+        "ttft p99",
+        "errors",
+        "srv cores",
+        "client",
+        "other",
+    ]
     table = [[*header, ""]]
     searches = (("1 worker", found["one_worker"]), ("2 workers, Redis", found["two_workers"]))
     for name, steps in searches:
@@ -278,6 +298,7 @@ def build_part(sizes: Sizes, found: dict[str, Any]) -> report.Part:
                     str(s.errors),
                     report.fmt(s.server_cores, 2),
                     report.fmt(s.client_cores, 2),
+                    report.fmt(s.other_cores, 2),
                     "ok" if s.passed else "FAIL",
                 ]
             )
@@ -285,7 +306,8 @@ def build_part(sizes: Sizes, found: dict[str, Any]) -> report.Part:
     notes = [
         f"streams: {sizes.tokens} tokens each at {DELAY_MS:g} ms apart, requests spread over "
         f"{STAGGER_MS / 1000:g} s, {servers_used}; times in ms; cores = CPU seconds / "
-        "streaming seconds (the server's over all its processes)",
+        "streaming seconds (the server's over all its processes, and with --redis-url "
+        "redis-server's); other = the rest of the machine's load meanwhile",
     ]
     for name, m in idle.items():
         notes.append(
