@@ -129,7 +129,8 @@ def build_part(sizes: Sizes, runs: dict[str, list[ws_load.RunResult]]) -> report
         f"clients (the servers' default: declined); median of {repeat} run(s) per server, "
         "alternating; server CPU is user + system of the server process while streaming",
         "relay: bench/relay.py, the same frames from a bare ASGI app on the same uvicorn "
-        "(WebSocket protocol class, options, GC tuning), one `await send` per frame",
+        "(WebSocket protocol class, options, GC tuning), one `await send` per frame and a "
+        "loop turn before each token, as the simulated provider takes",
     ]
     clients_busy = [s["client_cpu_share"] for s in sums.values()]
     if any(share is not None and share >= 0.9 for share in clients_busy):
