@@ -284,7 +284,7 @@ def build_part(sizes: Sizes, found: dict[str, Any]) -> report.Part:
         "client",
         "other",
     ]
-    table = [[*header, ""]]
+    table = [[*header, "result"]]
     searches = (("1 worker", found["one_worker"]), ("2 workers, Redis", found["two_workers"]))
     for name, steps in searches:
         for s in steps:
