@@ -39,6 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -668,9 +669,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def run_once(
-    args: argparse.Namespace, url: str, clients: int, server_pid: int | None
+    args: argparse.Namespace,
+    url: str,
+    clients: int,
+    server_pid: int | None,
+    cpu: Callable[[int], float] | None = None,
 ) -> RunResult:
+    """One run of N clients; `cpu` reads the server's CPU seconds (default `cpu_seconds`:
+    one process; several workers need their whole tree)."""
     loop = asyncio.get_running_loop()
+    # Looked up now, not bound as a default: nodes.py swaps `cpu_seconds` for its runs.
+    server_cpu = cpu or cpu_seconds
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     ws_url = f"ws://{host}:{port}{WS_PATH}"
@@ -728,7 +737,7 @@ async def run_once(
     stats.frames = stats.payload_bytes = stats.wire_bytes = 0
     connect_errors = stats.errors
 
-    cpu0 = cpu_seconds(server_pid) if server_pid else None
+    cpu0 = server_cpu(server_pid) if server_pid else None
     own0 = time.process_time()
     busy0 = machine_busy_seconds()
     start = clock()
@@ -748,7 +757,7 @@ async def run_once(
             timed_out = True
     elapsed = clock() - start
     own_cpu = time.process_time() - own0
-    cpu1 = cpu_seconds(server_pid) if server_pid else None
+    cpu1 = server_cpu(server_pid) if server_pid else None
     busy = machine_busy_seconds() - busy0
     if timed_out:
         stats.error(f"run timed out after {timeout:.0f} s with {stats.pending} clients unfinished")
