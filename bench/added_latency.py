@@ -1,0 +1,253 @@
+"""Part (2) of `make bench`: what tokenwire adds to the first token and to the gaps.
+
+    python bench/added_latency.py [--quick]
+
+One fake upstream (bench/fast_upstream.py, 50 tokens 20 ms apart) and one `tokenwire serve`
+in front of it (bench/servers.py). The same client (bench/stream_load.py) streams from the
+upstream directly (`/v1/chat/completions`, and `/v1/messages` for the Anthropic dialect) and
+through tokenwire on the WebSocket, its SSE transport (`POST /api/streams`),
+`/v1/chat/completions`, `/v1/responses` (these four to the `openai` provider) and
+`/v1/messages` (to the `anthropic` provider), at 1 stream (sequential requests), 100 streams
+starting over 1 s, and 1,000 starting at once. Added = through tokenwire minus direct, per
+percentile; the WebSocket and SSE are compared with the direct Chat Completions stream that
+their provider reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import report
+import servers
+import stream_load
+from fast_upstream import Upstream
+from report import Options, Part, Target, fmt
+from stream_load import CHAT, MESSAGES, RESPONSES, TOKENWIRE_SSE, Outcome, Plan
+
+KEY = "added_latency"
+TRANSPORTS = ("websocket", "sse", "chat", "responses", "messages")
+# The issue's targets: added TTFT p99 at 100 streams on these; TTFT p99 of 1,000 at once.
+ADDED_TTFT_TRANSPORTS = ("websocket", "chat", "responses", "messages")
+ADDED_TTFT_LIMIT_MS = 2.0
+BURST_TTFT_LIMIT_MS = 50.0
+
+
+@dataclass(frozen=True)
+class Level:
+    label: str
+    plan: Plan
+    # the level the issue's targets are stated for
+    role: str = ""
+
+
+def levels(quick: bool) -> list[Level]:
+    if quick:
+        return [Level("1", Plan(1, each=3)), Level("10 over 0.2 s", Plan(10, spread_s=0.2))]
+    return [
+        Level("1", Plan(1, each=10)),
+        Level("100 over 1 s", Plan(100, spread_s=1.0), "added"),
+        Level("1000 at once", Plan(1000), "burst"),
+    ]
+
+
+async def through(
+    transport: str, url: str, plan: Plan, tokens: int, pids: dict[str, int]
+) -> Outcome:
+    if transport == "websocket":
+        return await stream_load.run_websocket(url, servers.OPENAI_PROVIDER, plan, tokens, pids)
+    dialect = {"sse": TOKENWIRE_SSE, "chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}[
+        transport
+    ]
+    model = servers.ANTHROPIC_PROVIDER if transport == "messages" else servers.OPENAI_PROVIDER
+    return await stream_load.run_http(url, dialect, model, plan, tokens, pids)
+
+
+def added(a: dict[str, float], b: dict[str, float], key: str) -> float | None:
+    if key not in a or key not in b:
+        return None
+    return round(a[key] - b[key], 3)
+
+
+async def measure(options: Options) -> Part:
+    tokens, gap_ms = (20, 20.0) if options.quick else (50, 20.0)
+    plan_levels = levels(options.quick)
+    stream_load.raise_fd_limit(max(level.plan.streams for level in plan_levels))
+    upstream = Upstream(tokens, gap_ms)
+    log_dir = report.RESULTS / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        tokenwire = servers.Tokenwire(options.root, upstream.url, log_dir)
+    except Exception:
+        upstream.stop()
+        raise
+    pids = {"tokenwire": tokenwire.pid, "upstream": upstream.pid}
+    runs: list[dict[str, Any]] = []
+    try:
+        # First use of each path (imports, the SDK clients' pools) is not what is measured.
+        warm = Plan(4, each=2)
+        for transport in TRANSPORTS:
+            await through(transport, tokenwire.url, warm, tokens, pids)
+        for level in plan_levels:
+            if options.wait_quiet_s:
+                await stream_load.ws_load.wait_quiet(0.3, options.wait_quiet_s)
+            direct = {
+                "chat": await stream_load.run_http(
+                    upstream.url, CHAT, "m", level.plan, tokens, pids
+                ),
+                "messages": await stream_load.run_http(
+                    upstream.url, MESSAGES, "m", level.plan, tokens, pids
+                ),
+            }
+            for name, outcome in direct.items():
+                runs.append(
+                    {
+                        "level": level.label,
+                        "role": level.role,
+                        "path": f"direct {name}",
+                        **asdict(outcome),
+                    }
+                )
+            for transport in TRANSPORTS:
+                await asyncio.sleep(0.5)  # the last run's connections closing
+                outcome = await through(transport, tokenwire.url, level.plan, tokens, pids)
+                base = direct["messages" if transport == "messages" else "chat"]
+                runs.append(
+                    {
+                        "level": level.label,
+                        "role": level.role,
+                        "path": transport,
+                        **asdict(outcome),
+                        "added_ttft_ms": {
+                            k: added(outcome.ttft_ms, base.ttft_ms, k) for k in ("p50", "p99")
+                        },
+                        "added_gap_ms": {
+                            k: added(outcome.gap_ms, base.gap_ms, k) for k in ("p50", "p99")
+                        },
+                        "tokenwire_ms_per_1k_tokens": outcome.cpu_ms_per_1k_tokens("tokenwire"),
+                        "upstream_ms_per_1k_tokens": outcome.cpu_ms_per_1k_tokens("upstream"),
+                    }
+                )
+    finally:
+        tokenwire.stop()
+        upstream.stop()
+    return part(options, tokens, gap_ms, runs)
+
+
+def part(options: Options, tokens: int, gap_ms: float, runs: list[dict[str, Any]]) -> Part:
+    header = [
+        "path",
+        "streams",
+        "ttft p50",
+        "ttft p99",
+        "added p50",
+        "added p99",
+        "gap p50",
+        "gap p99",
+        "added gap p99",
+        "srv ms/1k tok",
+        "errors",
+    ]
+    table = [header]
+    for run in runs:
+        add = run.get("added_ttft_ms", {})
+        table.append(
+            [
+                run["path"],
+                run["level"],
+                fmt(run["ttft_ms"].get("p50")),
+                fmt(run["ttft_ms"].get("p99")),
+                fmt(add.get("p50")),
+                fmt(add.get("p99")),
+                fmt(run["gap_ms"].get("p50")),
+                fmt(run["gap_ms"].get("p99")),
+                fmt(run.get("added_gap_ms", {}).get("p99")),
+                fmt(run.get("tokenwire_ms_per_1k_tokens")),
+                str(run["errors"]),
+            ]
+        )
+    notes = [
+        f"{tokens} tokens {gap_ms:g} ms apart per stream from bench/fast_upstream.py; times in ms; "
+        "added = through tokenwire minus the upstream called directly by the same client",
+        "websocket, sse, chat, responses: the openai provider, compared with direct chat; "
+        "messages: the anthropic provider, compared with direct messages",
+        "srv ms/1k tok: tokenwire's CPU during the run per 1,000 tokens delivered",
+    ]
+    errors = [
+        f"{run['path']} {run['level']}: {run['error_samples'][:2]}" for run in runs if run["errors"]
+    ]
+    notes += errors
+    return Part(
+        key=KEY,
+        title="Added time to first token and inter-token gaps (fake upstream, direct vs through tokenwire)",
+        table=table,
+        targets=targets(options, runs),
+        data={"machine": report.machine(), "tokens": tokens, "gap_ms": gap_ms, "runs": runs},
+        notes=notes,
+    )
+
+
+def targets(options: Options, runs: list[dict[str, Any]]) -> list[Target]:
+    def find(role: str, path: str) -> dict[str, Any] | None:
+        return next((r for r in runs if r["role"] == role and r["path"] == path), None)
+
+    quick = "quick run: the issue's sizes were not run" if options.quick else ""
+    found: list[Target] = []
+    for transport in ADDED_TTFT_TRANSPORTS:
+        run = find("added", transport)
+        value = run["added_ttft_ms"]["p99"] if run and not run["errors"] else None
+        remark = quick or ("" if run and not run["errors"] else "errors in the run")
+        found.append(
+            Target(
+                f"added TTFT p99, 100 streams, {transport}",
+                value,
+                ADDED_TTFT_LIMIT_MS,
+                "lower",
+                " ms",
+                remark,
+            )
+        )
+    run = find("burst", "websocket")
+    value = run["ttft_ms"].get("p99") if run and not run["errors"] else None
+    found.append(
+        Target(
+            "TTFT p99, 1,000 WebSocket streams at once",
+            value,
+            BURST_TTFT_LIMIT_MS,
+            "lower",
+            " ms",
+            quick or "through tokenwire, the upstream's own included",
+        )
+    )
+    return found
+
+
+def run(options: Options) -> Part:
+    result: Part = stream_load.uvloop_runner()(measure(options))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks that the part runs"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="seconds to wait for a quiet machine per level",
+    )
+    args = parser.parse_args()
+    options = Options(quick=args.quick, wait_quiet_s=args.wait_quiet)
+    result = run(options)
+    print(report.format_part(result))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report.dump(report.RESULTS / f"{stamp}-{KEY}.json", result)
+
+
+if __name__ == "__main__":
+    main()
