@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -317,10 +318,8 @@ def main() -> None:
         run: Any = uvloop.run
     except ImportError:
         run = asyncio.run
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run(serve(args.host, args.port, args.tokens, args.gap_ms))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

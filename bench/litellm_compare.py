@@ -91,10 +91,12 @@ class LiteLLM:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"LiteLLM exited {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(self.url + "/health/liveliness", timeout=2) as response:
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(self.url + "/health/liveliness", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.5)  # polling a process that gives no other sign
         self.stop()
         raise RuntimeError(
@@ -138,8 +140,8 @@ async def measure(options: Options) -> Part:
         tokenwire = servers.Tokenwire(options.root, upstream.url, log_dir)
         if not litellm_path(options.root).exists():
             notes.append(
-                f"LiteLLM's proxy is not installed ({litellm_path(options.root)}): run `make litellm` "
-                "first; its figures and the targets against it are not measured"
+                f"LiteLLM's proxy is not installed ({litellm_path(options.root)}): run "
+                "`make litellm` first; its figures and the targets against it are not measured"
             )
         else:
             try:
@@ -245,15 +247,17 @@ def part(
             ]
         )
     notes = [
-        f"/v1/chat/completions, {tokens} tokens {gap_ms:g} ms apart per stream (bench/fast_upstream.py); "
-        "times in ms; added = through the gateway minus the upstream called directly by the same client",
-        "srv ms/1k tok: the gateway's CPU (LiteLLM: its process tree) during the run per 1,000 tokens delivered",
+        f"/v1/chat/completions, {tokens} tokens {gap_ms:g} ms apart per stream "
+        "(bench/fast_upstream.py); times in ms; added = through the gateway minus the upstream "
+        "called directly by the same client",
+        "srv ms/1k tok: the gateway's CPU (LiteLLM: its process tree) during the run per 1,000 "
+        "tokens delivered",
         *notes,
         *[f"{r['server']} x{r['streams']}: {r['error_samples'][:2]}" for r in runs if r["errors"]],
     ]
     return Part(
         key=KEY,
-        title="tokenwire against LiteLLM's proxy (/v1/chat/completions, same fake upstream, same client)",
+        title="tokenwire against LiteLLM's proxy (/v1/chat/completions, same upstream and client)",
         table=table,
         targets=targets(options, runs, with_litellm),
         data={"machine": report.machine(), "tokens": tokens, "gap_ms": gap_ms, "runs": runs},

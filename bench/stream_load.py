@@ -359,7 +359,7 @@ async def _measure(
     for index, start in enumerate(starters):
         loop.call_at(base + plan.spread_s * index / max(1, len(starters)), start)
     if finished:
-        done, pending = await asyncio.wait(finished, timeout=timeout)
+        _, pending = await asyncio.wait(finished, timeout=timeout)
         if pending:
             tally.error(f"{len(pending)} connections unfinished after {timeout:.0f} s")
     seconds = clock() - began
