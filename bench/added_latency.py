@@ -24,6 +24,7 @@ from typing import Any
 import report
 import servers
 import stream_load
+import ws_load
 from fast_upstream import Upstream
 from report import Options, Part, Target, fmt
 from stream_load import CHAT, MESSAGES, RESPONSES, TOKENWIRE_SSE, Outcome, Plan
@@ -96,7 +97,7 @@ async def measure(options: Options) -> Part:
             await through(transport, tokenwire.url, warm, tokens, pids)
         for level in plan_levels:
             if options.wait_quiet_s:
-                await stream_load.ws_load.wait_quiet(0.3, options.wait_quiet_s)
+                await ws_load.wait_quiet(0.3, options.wait_quiet_s)
             direct = {
                 "chat": await stream_load.run_http(
                     upstream.url, CHAT, "m", level.plan, tokens, pids

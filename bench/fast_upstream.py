@@ -31,7 +31,10 @@ from typing import Any, cast
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
 _CREATED = 1_767_225_600
-_JSON = {"separators": (",", ":")}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _chunked(frame: bytes) -> bytes:
@@ -75,7 +78,7 @@ def chat_answer(model: str, tokens: int, include_usage: bool) -> Answer:
             "choices": choices,
             "usage": usage,
         }
-        return _chunked(b"data: " + json.dumps(body, **_JSON).encode() + b"\n\n")  # type: ignore[arg-type]
+        return _chunked(b"data: " + _json(body) + b"\n\n")
 
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
@@ -91,11 +94,11 @@ def chat_answer(model: str, tokens: int, include_usage: bool) -> Answer:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return _chunked(f"event: {name}\ndata: {json.dumps(data, **_JSON)}\n\n".encode())  # type: ignore[arg-type]
+    return _chunked(b"event: " + name.encode() + b"\ndata: " + _json(data) + b"\n\n")
 
 
 def messages_answer(model: str, tokens: int) -> Answer:
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_bench",
         "type": "message",
         "role": "assistant",

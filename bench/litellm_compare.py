@@ -204,10 +204,11 @@ def _added(runs: list[dict[str, Any]], streams: int, server: str, key: str) -> f
 
 
 def _cpu_per_1k(run: dict[str, Any], process: str) -> float | None:
-    seconds = run["cpu_s"].get(process)
-    if seconds is None or not run["tokens"]:
+    seconds: float | None = run["cpu_s"].get(process)
+    tokens: int = run["tokens"]
+    if seconds is None or not tokens:
         return None
-    return round(seconds / run["tokens"] * 1e6, 1)
+    return round(seconds / tokens * 1e6, 1)
 
 
 def part(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -390,7 +391,7 @@ async def run_http(
     """`plan` against `url` in `dialect`; `pids` are the processes whose CPU is counted."""
     host, _, port_text = url.removeprefix("http://").partition(":")
     port = int(port_text.split("/")[0])
-    body = ws_load.json.dumps(dialect.body(model, tokens), separators=(",", ":")).encode()
+    body = json.dumps(dialect.body(model, tokens), separators=(",", ":")).encode()
     request = http_request(host, port, dialect.path, body, headers or {})
     tally = Tally(tokens)
     connector = Connector()
@@ -419,7 +420,7 @@ async def run_websocket(
     offering permessage-deflate as browsers do."""
     host, _, port_text = url.removeprefix("http://").partition(":")
     port = int(port_text)
-    request = ws_load.json.dumps(
+    request = json.dumps(
         {
             "type": "ai_request",
             "prompt": "Say something.",
