@@ -386,7 +386,7 @@ async def run_http(
     tokens: int,
     pids: dict[str, int],
     headers: dict[str, str] | None = None,
-    timeout: float = 120.0,
+    timeout: float = 300.0,
 ) -> Outcome:
     """`plan` against `url` in `dialect`; `pids` are the processes whose CPU is counted."""
     host, _, port_text = url.removeprefix("http://").partition(":")
@@ -414,7 +414,7 @@ async def run_http(
 
 
 async def run_websocket(
-    url: str, provider: str, plan: Plan, tokens: int, pids: dict[str, int], timeout: float = 120.0
+    url: str, provider: str, plan: Plan, tokens: int, pids: dict[str, int], timeout: float = 300.0
 ) -> Outcome:
     """`plan` on tokenwire's WebSocket (ai_requests to `provider`), by ws_load's client,
     offering permessage-deflate as browsers do."""
