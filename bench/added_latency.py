@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
+import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import report
@@ -38,6 +43,7 @@ BURST_TTFT_LIMIT_MS = 50.0
 # 20 tokens/s, as the issue measured it ("100 streams at 20 tokens/s"); part (3) uses 20 ms.
 TOKENS = 50
 GAP_MS = 50.0
+STAMP = time.strftime("%Y%m%d-%H%M%S")
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,34 @@ def added(a: dict[str, float], b: dict[str, float], key: str) -> float | None:
     return round(a[key] - b[key], 3)
 
 
+@contextlib.asynccontextmanager
+async def profiled(py_spy: str | None, pid: int, out: Path) -> AsyncIterator[None]:
+    """py-spy recording `pid` (collapsed stacks, `bench/stacks_top.py` sums them) while the
+    block runs; nothing when `py_spy` is None."""
+    if py_spy is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [py_spy, "record", "-r", "200", "--format", "raw", "-o", str(out), "--pid", str(pid)]
+    quiet = asyncio.subprocess.DEVNULL
+    spy = await asyncio.create_subprocess_exec(*command, stdout=quiet, stderr=quiet)
+    await asyncio.sleep(1.0)  # attached, or the first requests go unseen
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        await asyncio.wait_for(spy.wait(), 60)
+
+
 async def measure(
-    options: Options, paths: tuple[str, ...] = TRANSPORTS, only: tuple[str, ...] = ()
+    options: Options,
+    paths: tuple[str, ...] = TRANSPORTS,
+    only: tuple[str, ...] = (),
+    py_spy: str | None = None,
 ) -> Part:
-    """`paths` and `only` (level labels) narrow the run, for profiling one case."""
+    """`paths` and `only` (level labels) narrow the run, for profiling one case; `py_spy`
+    records the server during each measured run through it (figures then include py-spy's
+    own cost: a profile, not a benchmark)."""
     tokens, gap_ms = (20, 20.0) if options.quick else (TOKENS, GAP_MS)
     plan_levels = [level for level in levels(options.quick) if not only or level.label in only]
     stream_load.raise_fd_limit(max(level.plan.streams for level in plan_levels))
@@ -120,7 +150,10 @@ async def measure(
                 )
             for transport in paths:
                 await asyncio.sleep(0.5)  # the last run's connections closing
-                outcome = await through(transport, tokenwire.url, level.plan, tokens, pids)
+                label = re.sub(r"\W+", "-", level.label)
+                out = report.RESULTS / "profiles" / f"{STAMP}-{transport}-{label}.txt"
+                async with profiled(py_spy, tokenwire.pid, out):
+                    outcome = await through(transport, tokenwire.url, level.plan, tokens, pids)
                 base = direct["messages" if transport == "messages" else "chat"]
                 runs.append(
                     {
@@ -258,13 +291,17 @@ def main() -> None:
     parser.add_argument(
         "--levels", nargs="+", default=[], help='level labels to run, e.g. "100 over 1 s"'
     )
+    parser.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="py-spy's binary: profile the server in each measured run (bench/results/profiles/)",
+    )
     args = parser.parse_args()
     options = Options(quick=args.quick, wait_quiet_s=args.wait_quiet)
-    narrowed = measure(options, tuple(args.paths), tuple(args.levels))
+    narrowed = measure(options, tuple(args.paths), tuple(args.levels), args.py_spy)
     result: Part = stream_load.uvloop_runner()(narrowed)
     print(report.format_part(result))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    report.dump(report.RESULTS / f"{stamp}-{KEY}.json", result)
+    report.dump(report.RESULTS / f"{STAMP}-{KEY}.json", result)
 
 
 if __name__ == "__main__":
