@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import report
-import upstream_stack
 import stream_load
+import upstream_stack
 import ws_load
 from fast_upstream import Upstream
 from report import Options, Part, Target, fmt
@@ -68,11 +68,17 @@ async def through(
     transport: str, url: str, plan: Plan, tokens: int, pids: dict[str, int]
 ) -> Outcome:
     if transport == "websocket":
-        return await stream_load.run_websocket(url, upstream_stack.OPENAI_PROVIDER, plan, tokens, pids)
+        return await stream_load.run_websocket(
+            url, upstream_stack.OPENAI_PROVIDER, plan, tokens, pids
+        )
     dialect = {"sse": TOKENWIRE_SSE, "chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}[
         transport
     ]
-    model = upstream_stack.ANTHROPIC_PROVIDER if transport == "messages" else upstream_stack.OPENAI_PROVIDER
+    model = (
+        upstream_stack.ANTHROPIC_PROVIDER
+        if transport == "messages"
+        else upstream_stack.OPENAI_PROVIDER
+    )
     return await stream_load.run_http(url, dialect, model, plan, tokens, pids)
 
 

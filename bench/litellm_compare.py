@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import report
-import upstream_stack
 import stream_load
+import upstream_stack
 import ws_load
 from fast_upstream import Upstream
 from report import Options, Part, Target, fmt

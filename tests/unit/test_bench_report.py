@@ -35,7 +35,8 @@ def test_tables_line_up_and_json_carries_the_verdict() -> None:
     table = report.format_table([["server", "tokens/s"], ["tokenwire", "85,300"], ["relay", "1"]])
     lines = table.splitlines()
     assert [len(line) for line in lines[:3]] == [len(lines[1])] * 3
-    assert lines[2].endswith("85,300") and lines[3].endswith("1")
+    assert lines[2].endswith("85,300")
+    assert lines[3].endswith("1")
     part = report.Part("p", "P", [["a"]], targets=[report.Target("t", 3.0, 2.0, "lower")])
     assert report.to_json(part)["targets"][0]["met"] is False
 
@@ -67,8 +68,11 @@ def test_a_new_report_replaces_the_last_between_the_markers_only(
     suite.write_docs("first run\n## Targets")
     suite.write_docs("second run\n## Targets")
     text = docs.read_text()
-    assert "kept above" in text and "second run" in text and "first run" not in text
-    assert text.count(suite.START) == 1 and "### Targets" in text
+    assert "kept above" in text
+    assert "second run" in text
+    assert "first run" not in text
+    assert text.count(suite.START) == 1
+    assert "### Targets" in text
 
 
 def test_costs_are_compared_with_the_last_release_and_tabled_per_release() -> None:
@@ -82,4 +86,6 @@ def test_costs_are_compared_with_the_last_release_and_tabled_per_release() -> No
         {"release": "0.2.0", "commit": "def", "date": "2026-12-08", "figures": last["figures"]},
     ]
     table = costs.docs_table(record).splitlines()
-    assert len(table) == 4 and table[2].startswith("| 0.1.0 | abc") and "100,000" in table[3]
+    assert len(table) == 4
+    assert table[2].startswith("| 0.1.0 | abc")
+    assert "100,000" in table[3]
