@@ -75,6 +75,8 @@ class Run:
     tokens_per_s: float
     tokens: int
     prompt_tokens: int
+    # CPU of the whole process that served the run (every thread), per generated token
+    cpu_ms_per_token: float = 0.0
 
 
 # -- llama.cpp called directly, in a child process ---------------------------------
@@ -106,7 +108,7 @@ def _silent(level: int, text: bytes, user_data: Any) -> None:
 
 
 def direct_run(llm: Any, vocab: Any, max_tokens: int) -> Run:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
     llm.reset()  # from an empty cache, as the provider evaluates every prompt afresh
     first = last = 0.0
@@ -122,7 +124,8 @@ def direct_run(llm: Any, vocab: Any, max_tokens: int) -> Run:
             break
     if count == 0:
         raise RuntimeError("llama.cpp generated nothing")
-    return Run(first - started, rate(count, first, last), count, len(prompt))
+    cpu_ms = (time.process_time() - cpu) * 1000 / count
+    return Run(first - started, rate(count, first, last), count, len(prompt), cpu_ms)
 
 
 def rate(tokens: int, first: float, last: float) -> float:
@@ -209,14 +212,14 @@ class Gateway:
             self.process.wait()
 
 
-async def gateway_run(ws: ClientConnection, max_tokens: int) -> Run:
+async def gateway_run(ws: ClientConnection, max_tokens: int, pid: int) -> Run:
     request = {
         "type": "ai_request",
         "prompt": PROMPT,
         "config": {"provider": "local", "max_tokens": max_tokens, "temperature": 0},
         "stream_config": {"granularity": "token", "progress_every": 0},
     }
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), process_cpu_seconds(pid)
     await ws.send(json.dumps(request))
     first = last = 0.0
     while True:
@@ -233,9 +236,9 @@ async def gateway_run(ws: ClientConnection, max_tokens: int) -> Run:
                 raise RuntimeError(f"the gateway's stream did not complete: {data}")
             usage = data["usage"]
             tokens = int(usage["completion_tokens"])
-            return Run(
-                first - started, rate(tokens, first, last), tokens, int(usage["prompt_tokens"])
-            )
+            cpu_ms = (process_cpu_seconds(pid) - cpu) * 1000 / tokens
+            prompt_tokens = int(usage["prompt_tokens"])
+            return Run(first - started, rate(tokens, first, last), tokens, prompt_tokens, cpu_ms)
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -250,13 +253,15 @@ def machine_busy_seconds() -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (0 once it is gone)."""
+    """CPU of a process's live threads so far, in nanoseconds' resolution (0 once gone)."""
+    total = 0
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total / 1e9
 
 
 def wait_quiet(longest: float, threshold: float = 0.3) -> float:
@@ -275,7 +280,8 @@ async def alternate(
 ) -> tuple[list[Run], list[Run], float]:
     """The two sides in turn, `setup.runs` each, after one warm-up each; and the cores
     busy meanwhile with anything but these processes (rough: /proc/stat's tick)."""
-    await gateway_run(ws, 8)
+    pid = pids[0]
+    await gateway_run(ws, 8, pid)
     direct.run(8)
     gateway: list[Run] = []
     plain: list[Run] = []
@@ -288,11 +294,11 @@ async def alternate(
         # Who goes first alternates too: a run just after the other side's may find
         # the caches cold or the CPU's clock changed.
         if number % 2 == 0:
-            gateway.append(await gateway_run(ws, setup.max_tokens))
+            gateway.append(await gateway_run(ws, setup.max_tokens, pid))
             plain.append(direct.run(setup.max_tokens))
         else:
             plain.append(direct.run(setup.max_tokens))
-            gateway.append(await gateway_run(ws, setup.max_tokens))
+            gateway.append(await gateway_run(ws, setup.max_tokens, pid))
     other = (machine_busy_seconds() - busy - (ours() - own)) / (time.monotonic() - wall)
     return gateway, plain, max(0.0, other)
 
@@ -311,7 +317,7 @@ def measure(setup: Setup, root: Path) -> dict[str, Any]:
                 ws_url = gateway.url.replace("http", "ws", 1) + "/ws/ai-stream"
 
                 async def session() -> tuple[list[Run], list[Run], float]:
-                    async with connect(ws_url, max_size=2**24) as ws:
+                    async with connect(ws_url, max_size=2**24, ping_interval=None) as ws:
                         await ws.recv()  # connection_status
                         pids = [gateway.process.pid, direct.process.pid or 0]
                         return await alternate(setup, ws, direct, pids)
@@ -340,10 +346,16 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
 def summarise(data: dict[str, Any], quick: bool) -> report.Part:
     ttft = {side: median(data[side], "ttft_s") * 1000 for side in ("gateway", "direct")}
     speed = {side: median(data[side], "tokens_per_s") for side in ("gateway", "direct")}
+    cpu = {side: median(data[side], "cpu_ms_per_token") for side in ("gateway", "direct")}
     added_ms = ttft["gateway"] - ttft["direct"]
     added_pct = 100 * added_ms / ttft["direct"] if ttft["direct"] else None
-    data["medians"] = {"ttft_ms": ttft, "tokens_per_s": speed, "added_ttft_ms": added_ms}
-    table = [["path", "ttft ms (median)", "tokens/s (median)", "tokens", "prompt tokens"]]
+    data["medians"] = {
+        "ttft_ms": ttft,
+        "tokens_per_s": speed,
+        "cpu_ms_per_token": cpu,
+        "added_ttft_ms": added_ms,
+    }
+    table = [["path", "ttft ms", "tokens/s", "CPU ms/token", "tokens", "prompt tokens"]]
     for side, title in (
         ("direct", "llama.cpp called directly"),
         ("gateway", "through the gateway (WebSocket)"),
@@ -353,6 +365,7 @@ def summarise(data: dict[str, Any], quick: bool) -> report.Part:
                 title,
                 report.fmt(ttft[side], 1),
                 report.fmt(speed[side], 1),
+                report.fmt(cpu[side], 2),
                 str(data[side][0]["tokens"]),
                 str(data[side][0]["prompt_tokens"]),
             ]
@@ -364,6 +377,7 @@ def summarise(data: dict[str, Any], quick: bool) -> report.Part:
         f"{data['runs']} runs x {data['max_tokens']} tokens per side, alternating, "
         "after a warm-up each; "
         f"{data['threads']} llama.cpp thread(s), {buffers}, temperature 0",
+        "medians; CPU is the serving process's, all threads (the gateway's event loop too)",
         f"gateway's added time to first token: {added_ms:+.1f} ms",
         f"other load meanwhile: {data['other_load_cores']:.2f} cores (rough; anything above ~0.2 "
         "makes these figures pessimistic)",
