@@ -1,7 +1,8 @@
 """Part (5) of `make bench`: the local model through the gateway against llama.cpp called directly.
 
     .venv/bin/python -m bench.local_model [--quick] [--runs 5] [--max-tokens 128]
-        [--threads N] [--extra-buffers auto|on|off] [--wait-quiet SECONDS] [--save]
+        [--threads N] [--extra-buffers auto|on|off] [--model-path FILE.gguf]
+        [--wait-quiet SECONDS] [--save]
 
 Two processes hold the same model file with the same llama.cpp threads, context and CPU
 buffers: `tokenwire serve` with one `local` provider (prompt format `plain`), asked over its
@@ -16,7 +17,8 @@ one: the issue's targets are at least 80 tokens/s through the gateway and under 
 
 Without `--threads` and `--extra-buffers`, both sides use the provider's defaults (the usable
 CPUs but one; llama.cpp's extra CPU buffers where no CPU advertises AMX: see
-`tokenwire/providers/cpus.py`). `--quick` (2 runs x 16 tokens) only checks that it works.
+`tokenwire/providers/cpus.py`). `--model-path` measures another GGUF file on both sides. `--quick`
+(2 runs x 16 tokens) only checks that it works.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Setup:
     threads: int | None = None
     extra_buffers: Buffers = "auto"
     wait_quiet_s: float = 0.0
+    # another GGUF file instead of the packaged model (both sides)
+    model_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -82,16 +86,17 @@ class Run:
 # -- llama.cpp called directly, in a child process ---------------------------------
 
 
-def serve_direct(pipe: Connection, threads: int, extra_buffers: bool) -> None:
+def serve_direct(
+    pipe: Connection, threads: int, extra_buffers: bool, model_path: Path | None
+) -> None:
     """The child: load the model as the provider does, then answer ("run", max_tokens)."""
     from tokenwire.providers.gguf_package import packaged_model_path
     from tokenwire.providers.llama_library import open_model
 
     llama_cpp.llama_log_set(_silent, ctypes.c_void_p(0))  # the gateway's are off too (warning)
     # The provider's loader (no descriptors redirected), with the same parameters.
-    llm = open_model(
-        packaged_model_path(), n_ctx=N_CTX, threads=threads, extra_buffers=extra_buffers
-    )
+    path = model_path or packaged_model_path()
+    llm = open_model(path, n_ctx=N_CTX, threads=threads, extra_buffers=extra_buffers)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     pipe.send("ready")
     while True:
@@ -134,11 +139,11 @@ def rate(tokens: int, first: float, last: float) -> float:
 
 
 class Direct:
-    def __init__(self, threads: int, extra_buffers: bool) -> None:
+    def __init__(self, threads: int, extra_buffers: bool, model_path: Path | None) -> None:
         context = multiprocessing.get_context("spawn")
         self._pipe, theirs = context.Pipe()
         self.process = context.Process(
-            target=serve_direct, args=(theirs, threads, extra_buffers), daemon=True
+            target=serve_direct, args=(theirs, threads, extra_buffers, model_path), daemon=True
         )
         self.process.start()
         if not self._pipe.poll(120) or self._pipe.recv() != "ready":
@@ -167,11 +172,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_config(threads: int, extra_buffers: bool, max_tokens: int) -> str:
+def gateway_config(
+    threads: int, extra_buffers: bool, max_tokens: int, model_path: Path | None
+) -> str:
+    path = f"model_path = {json.dumps(str(model_path))}, " if model_path else ""
     return (
         "[[providers]]\n"
         'name = "local"\nkind = "local"\n'
-        f"options = {{ threads = {threads}, extra_buffers = {str(extra_buffers).lower()}, "
+        f"options = {{ {path}threads = {threads}, "
+        f"extra_buffers = {str(extra_buffers).lower()}, "
         f'prompt_format = "plain", n_ctx = {N_CTX}, max_tokens = {max_tokens} }}\n'
     )
 
@@ -309,10 +318,10 @@ def measure(setup: Setup, root: Path) -> dict[str, Any]:
     quiet = wait_quiet(setup.wait_quiet_s) if setup.wait_quiet_s > 0 else None
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "tokenwire.toml"
-        config.write_text(gateway_config(threads, buffers, setup.max_tokens))
+        config.write_text(gateway_config(threads, buffers, setup.max_tokens, setup.model_path))
         gateway = Gateway(root, config)
         try:
-            direct = Direct(threads, buffers)
+            direct = Direct(threads, buffers, setup.model_path)
             try:
                 ws_url = gateway.url.replace("http", "ws", 1) + "/ws/ai-stream"
 
@@ -332,6 +341,7 @@ def measure(setup: Setup, root: Path) -> dict[str, Any]:
         "extra_buffers": buffers,
         "runs": setup.runs,
         "max_tokens": setup.max_tokens,
+        "model_path": str(setup.model_path) if setup.model_path else None,
         "other_load_cores": round(other, 2),
         "other_load_before_cores": quiet,
         "gateway": [asdict(r) for r in through],
@@ -421,6 +431,7 @@ def run(options: report.Options, setup: Setup | None = None) -> report.Part:
             threads=setup.threads,
             extra_buffers=setup.extra_buffers,
             wait_quiet_s=0.0,
+            model_path=setup.model_path,
         )
     return summarise(measure(setup, options.root), options.quick)
 
@@ -442,10 +453,18 @@ def main() -> None:
         "--extra-buffers", type=parse_buffers, default="auto", metavar="auto|on|off"
     )
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--model-path", type=Path, default=None, help="another GGUF file")
     parser.add_argument("--save", action="store_true", help="JSON to bench/results/")
     args = parser.parse_args()
     options = report.Options(quick=args.quick, wait_quiet_s=args.wait_quiet)
-    setup = Setup(args.runs, args.max_tokens, args.threads, args.extra_buffers, args.wait_quiet)
+    setup = Setup(
+        args.runs,
+        args.max_tokens,
+        args.threads,
+        args.extra_buffers,
+        args.wait_quiet,
+        args.model_path,
+    )
     part = run(options, setup)
     print(report.format_part(part))
     if args.save:
