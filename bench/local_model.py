@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.local_model [--quick] [--runs 5] [--max-tokens 128]
         [--threads N] [--extra-buffers auto|on|off] [--model-path FILE.gguf]
-        [--wait-quiet SECONDS] [--save]
+        [--busy] [--wait-quiet SECONDS] [--save]
 
 Two processes hold the same model file with the same llama.cpp threads, context and CPU
 buffers: `tokenwire serve` with one `local` provider (prompt format `plain`), asked over its
@@ -18,7 +18,8 @@ one: the issue's targets are at least 80 tokens/s through the gateway and under 
 Without `--threads` and `--extra-buffers`, both sides use the provider's defaults (the usable
 CPUs but one; llama.cpp's extra CPU buffers where no CPU advertises AMX: see
 `tokenwire/providers/cpus.py`). `--model-path` measures another GGUF file on both sides. `--quick`
-(2 runs x 16 tokens) only checks that it works.
+(2 runs x 16 tokens) only checks that it works. `--busy` keeps one core busy with another
+process meanwhile (a neighbour on a shared machine, or the gateway's other streams).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -71,6 +73,8 @@ class Setup:
     wait_quiet_s: float = 0.0
     # another GGUF file instead of the packaged model (both sides)
     model_path: Path | None = None
+    # one core held by a busy loop meanwhile (a neighbour, or the gateway's other streams)
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,11 +316,25 @@ async def alternate(
     return gateway, plain, max(0.0, other)
 
 
+@contextlib.contextmanager
+def neighbour(busy: bool) -> Iterator[None]:
+    """With `busy`, another process keeps one core busy meanwhile."""
+    if not busy:
+        yield
+        return
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
 def measure(setup: Setup, root: Path) -> dict[str, Any]:
     threads = setup.threads or default_threads(1)
     buffers = choose_extra_buffers(setup.extra_buffers)
     quiet = wait_quiet(setup.wait_quiet_s) if setup.wait_quiet_s > 0 else None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, neighbour(setup.busy):
         config = Path(tmp) / "tokenwire.toml"
         config.write_text(gateway_config(threads, buffers, setup.max_tokens, setup.model_path))
         gateway = Gateway(root, config)
@@ -342,6 +360,7 @@ def measure(setup: Setup, root: Path) -> dict[str, Any]:
         "runs": setup.runs,
         "max_tokens": setup.max_tokens,
         "model_path": str(setup.model_path) if setup.model_path else None,
+        "busy": setup.busy,
         "other_load_cores": round(other, 2),
         "other_load_before_cores": quiet,
         "gateway": [asdict(r) for r in through],
@@ -383,10 +402,11 @@ def summarise(data: dict[str, Any], quick: bool) -> report.Part:
     buffers = (
         "extra CPU buffers (weight repacking)" if data["extra_buffers"] else "no extra CPU buffers"
     )
+    held = "; one core held by a busy loop" if data["busy"] else ""
     notes = [
         f"{data['runs']} runs x {data['max_tokens']} tokens per side, alternating, "
         "after a warm-up each; "
-        f"{data['threads']} llama.cpp thread(s), {buffers}, temperature 0",
+        f"{data['threads']} llama.cpp thread(s), {buffers}, temperature 0{held}",
         "medians; CPU is the serving process's, all threads (the gateway's event loop too)",
         f"gateway's added time to first token: {added_ms:+.1f} ms",
         f"other load meanwhile: {data['other_load_cores']:.2f} cores (rough; anything above ~0.2 "
@@ -432,6 +452,7 @@ def run(options: report.Options, setup: Setup | None = None) -> report.Part:
             extra_buffers=setup.extra_buffers,
             wait_quiet_s=0.0,
             model_path=setup.model_path,
+            busy=setup.busy,
         )
     return summarise(measure(setup, options.root), options.quick)
 
@@ -454,6 +475,7 @@ def main() -> None:
     )
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--model-path", type=Path, default=None, help="another GGUF file")
+    parser.add_argument("--busy", action="store_true", help="hold one core busy meanwhile")
     parser.add_argument("--save", action="store_true", help="JSON to bench/results/")
     args = parser.parse_args()
     options = report.Options(quick=args.quick, wait_quiet_s=args.wait_quiet)
@@ -464,6 +486,7 @@ def main() -> None:
         args.extra_buffers,
         args.wait_quiet,
         args.model_path,
+        args.busy,
     )
     part = run(options, setup)
     print(report.format_part(part))
