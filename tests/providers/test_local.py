@@ -37,7 +37,7 @@ from tokenwire.providers.gguf_package import (
     packaged_model,
 )
 from tokenwire.providers.llama_text import AnswerText, prompt_segments
-from tokenwire.providers.local import PROMPT_SLICE, LocalProvider
+from tokenwire.providers.local import PROMPT_SLICE, LocalProvider, choose_extra_buffers
 from tokenwire.providers.registry import build_provider
 from tokenwire.settings import ConfigError, ProviderSettings, load_settings
 
@@ -75,6 +75,15 @@ def provider() -> Iterator[LocalProvider]:
     local = LocalProvider(local_settings(threads=1))
     yield local
     asyncio.run(local.aclose())
+
+
+async def test_the_model_is_loaded_with_the_extra_buffers_the_option_resolves_to(
+    provider: LocalProvider,
+) -> None:
+    await provider._ready()
+    # "auto" here: on where no CPU advertises AMX (tests/unit/test_cpus.py fakes the CPUs).
+    assert provider.extra_buffers is choose_extra_buffers("auto")
+    assert provider._instances[0].model_params.use_extra_bufts is provider.extra_buffers
 
 
 def test_a_request_with_an_image_is_refused_as_unsupported_feature(

@@ -7,6 +7,9 @@ token, so a thread whose core is taken by anyone else (the gateway's own event
 loop, streaming the answer, included) stalls them all: measured on 2 cores
 (docs/benchmarks.md), 2 threads fall to a fraction of 1 thread's speed as soon as
 another process holds a core. So the default leaves one usable core free.
+
+It also decides whether llama.cpp may use its extra CPU buffer types (see
+`extra_buffers_by_default`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from pathlib import Path
 CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+CPUINFO = Path("/proc/cpuinfo")
+
+# The lines of /proc/cpuinfo that list a CPU's features: x86's and Arm's.
+_FLAG_KEYS = ("flags", "features")
 
 
 def usable_cpus() -> int:
@@ -53,3 +60,45 @@ def default_threads(parallelism: int, cpus: int | None = None) -> int:
     """llama.cpp threads per model instance: the usable CPUs but one, shared out."""
     available = usable_cpus() if cpus is None else cpus
     return max(1, (available - 1) // parallelism) if available > 1 else 1
+
+
+def read_cpuinfo(path: Path = CPUINFO) -> str | None:
+    """/proc/cpuinfo's text, or None where there is none (not Linux, a sandbox)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
+    """Every feature flag any CPU lists, or None when no line lists them."""
+    flags: set[str] = set()
+    found = False
+    for line in cpuinfo.splitlines():
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() in _FLAG_KEYS:
+            found = True
+            flags.update(value.split())
+    return frozenset(flags) if found else None
+
+
+def extra_buffers_by_default(cpuinfo: str | None) -> bool:
+    """Whether llama.cpp's extra CPU buffer types are safe here: only when the CPUs'
+    flags are known and none is AMX's (`amx_tile`, `amx_int8`, `amx_bf16`, ...).
+
+    The extra buffers are ggml's weight repacking (CPU_REPACK) and, in a build made for
+    AMX, its AMX buffer type, whose kernels crash the process (SIGILL) on some virtual
+    machines that advertise AMX. ggml hands the AMX buffer type out only after Linux
+    grants the process the AMX tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA)` in ggml-cpu/amx/amx.cpp), and Linux grants it only where it
+    has enabled AMX, which is where /proc/cpuinfo lists `amx_tile`. Without an AMX
+    flag, then, the extra buffers are the repacking alone, whose kernels use the
+    instructions the rest of the library is built for. Unknown flags (no
+    /proc/cpuinfo, no flags line) count as unsafe.
+    """
+    if cpuinfo is None:
+        return False
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return False
+    return not any(flag.startswith("amx") for flag in flags)

@@ -2,8 +2,9 @@
 
 `Llama()` has no argument for what the local provider needs of it:
 
-- llama.cpp's extra CPU buffers (weight repacking, AMX) off: on some virtual
-  machines that advertise AMX, its kernels kill the process (SIGILL). llama.cpp's
+- llama.cpp's extra CPU buffers (weight repacking, AMX) off where asked: on some
+  virtual machines that advertise AMX, its kernels kill the process (SIGILL), so the
+  local provider turns them off wherever a CPU advertises AMX (`cpus.py`). llama.cpp's
   `use_extra_bufts` is set on the library's default model parameters.
 - the process's file descriptors left alone: with `verbose=False`, `Llama()`
   points descriptors 1 and 2 at /dev/null while it loads (`suppress_stdout_stderr`),

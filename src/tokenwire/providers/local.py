@@ -5,7 +5,7 @@ By default this is the Gemma 3 270M that ships as a Python package (see
 `model_path` (any GGUF file instead), `n_ctx` (2048), `threads` (the usable CPUs
 but one, divided by `parallelism`: see `cpus.py`), `parallelism` (generations at once, one model
 instance each; 1), `temperature` (0), `max_tokens` (256), `prompt_format`,
-`extra_buffers` (false), and the defaults of the per-request options `stop`,
+`extra_buffers` ("auto"), and the defaults of the per-request options `stop`,
 `top_p`, `top_k`, `repeat_penalty`, `frequency_penalty`, `presence_penalty` and
 `seed` (which the dialects' fields of those names set too; any other option is
 refused, as a model here cannot honour it).
@@ -42,7 +42,7 @@ from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import llama_cpp
 import structlog
@@ -55,7 +55,7 @@ from tokenwire.protocol.errors import (
     TokenwireError,
     UnsupportedFeature,
 )
-from tokenwire.providers.cpus import default_threads
+from tokenwire.providers.cpus import default_threads, extra_buffers_by_default, read_cpuinfo
 from tokenwire.providers.gguf_package import (
     MODEL_NAME,
     ModelFileError,
@@ -105,9 +105,10 @@ class LocalOptions(SamplingOptions):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     max_tokens: Annotated[int, Field(ge=1)] = 256
     prompt_format: PromptFormat = "qa"
-    # llama.cpp's weight repacking and AMX buffers: off, because on some virtual
-    # machines that advertise AMX the AMX kernels kill the process (SIGILL).
-    extra_buffers: bool = False
+    # llama.cpp's extra CPU buffers (weight repacking, AMX): about twice the tokens/s,
+    # but on some virtual machines that advertise AMX the AMX kernels kill the process
+    # (SIGILL). "auto": on only where no CPU advertises AMX (`cpus.py`).
+    extra_buffers: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class LocalProvider:
         self._model = settings.model or default_model
         parallelism = self._options.parallelism
         self._threads = self._options.threads or default_threads(parallelism)
+        self._extra_buffers = choose_extra_buffers(self._options.extra_buffers)
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._instances: list[Any] = []
         self._jobs: set[_Job] = set()
@@ -180,6 +182,11 @@ class LocalProvider:
     def threads(self) -> int:
         """llama.cpp threads per model instance."""
         return self._threads
+
+    @property
+    def extra_buffers(self) -> bool:
+        """Whether llama.cpp's extra CPU buffers (weight repacking) are used."""
+        return self._extra_buffers
 
     @property
     def started_generations(self) -> int:
@@ -307,7 +314,7 @@ class LocalProvider:
                     path,
                     n_ctx=self._options.n_ctx,
                     threads=self._threads,
-                    extra_buffers=self._options.extra_buffers,
+                    extra_buffers=self._extra_buffers,
                 )
                 _warm_up(llm)
                 self._instances.append(llm)
@@ -321,6 +328,7 @@ class LocalProvider:
             path=str(path),
             instances=self._options.parallelism,
             threads=self._threads,
+            extra_buffers=self._extra_buffers,
             seconds=round(time.monotonic() - started, 3),
         )
 
@@ -420,6 +428,14 @@ def token_bytes(vocab: Any, token: int) -> bytes:
 
 
 # -- loading ------------------------------------------------------------------
+
+
+def choose_extra_buffers(setting: bool | Literal["auto"], cpuinfo: str | None = None) -> bool:
+    """The `extra_buffers` option resolved: as set, or for "auto" by this machine's CPU
+    flags (`cpuinfo` is /proc/cpuinfo's text, read when not given)."""
+    if setting != "auto":
+        return setting
+    return extra_buffers_by_default(read_cpuinfo() if cpuinfo is None else cpuinfo)
 
 
 def _model_source(model_path: str | None) -> tuple[Callable[[], Path], str]:
