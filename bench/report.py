@@ -81,11 +81,18 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def figure(value: float) -> str:
+    """Three significant digits without an exponent: 2,000, 85.3, 1.2, 0.36."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def format_target(target: Target) -> str:
     verdict = {True: "met", False: "NOT met", None: "not measured"}[target.met]
     sign = ">=" if target.better == "higher" else "<="
-    measured = "-" if target.measured is None else f"{target.measured:,.3g}"
-    limit = f"{sign} {target.limit:,.3g}{target.unit}"
+    measured = "-" if target.measured is None else figure(target.measured)
+    limit = f"{sign} {figure(target.limit)}{target.unit}"
     line = f"{target.name}: {measured}{target.unit} (target {limit}) {verdict}"
     return f"{line}; {target.remark}" if target.remark else line
 

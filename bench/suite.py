@@ -65,9 +65,9 @@ def targets_table(parts: list[report.Part]) -> str:
     for part in parts:
         for t in part.targets:
             sign = ">=" if t.better == "higher" else "<="
-            measured = "-" if t.measured is None else f"{t.measured:,.3g}{t.unit}"
+            measured = "-" if t.measured is None else f"{report.figure(t.measured)}{t.unit}"
             verdict = {True: "yes", False: "NO", None: "not measured"}[t.met]
-            rows.append([t.name, measured, f"{sign} {t.limit:,.3g}{t.unit}", verdict])
+            rows.append([t.name, measured, f"{sign} {report.figure(t.limit)}{t.unit}", verdict])
     return report.format_table(rows)
 
 

@@ -27,7 +27,9 @@ def test_a_target_is_met_only_on_its_own_side_of_the_limit() -> None:
     assert report.Target("ttft p99", 2.0, 2.0, "lower").met is True
     assert report.Target("ttft p99", 2.01, 2.0, "lower").met is False
     assert report.Target("not run", None, 2.0, "lower").met is None
-    assert "NOT met" in report.format_target(report.Target("gap p99", 120.0, 100.0, "lower", " ms"))
+    line = report.format_target(report.Target("streams", 1500.0, 2000.0, "higher"))
+    assert line == "streams: 1,500 (target >= 2,000) NOT met"
+    assert report.figure(0.3612) == "0.361"
 
 
 def test_tables_line_up_and_json_carries_the_verdict() -> None:
