@@ -31,7 +31,11 @@ import ws_load
 
 SERVERS: dict[str, Callable[[int], list[str]]] = {
     "tokenwire": servers.tokenwire_cmd,
-    "relay": servers.relay_cmd,
+    # the issue's reference: frames as fast as the socket takes them, one stream's after
+    # another's (no loop turn between tokens, so the first stream's client is served first)
+    "relay": lambda port: [*servers.relay_cmd(port), "--burst"],
+    # the same relay turning the loop before each token, as any provider's stream does
+    "relay, turning": servers.relay_cmd,
 }
 
 
@@ -92,9 +96,11 @@ def summary(runs: list[ws_load.RunResult]) -> dict[str, float | int | None]:
 def build_part(sizes: Sizes, runs: dict[str, list[ws_load.RunResult]]) -> report.Part:
     clients, tokens, repeat = sizes.clients, sizes.tokens, sizes.runs
     sums = {name: summary(found) for name, found in runs.items()}
-    tw, relay = sums["tokenwire"], sums["relay"]
+    tw, relay, turning = sums["tokenwire"], sums["relay"], sums["relay, turning"]
     speed = ratio(tw["tokens_per_s"], relay["tokens_per_s"])
     cpu = ratio(tw["server_cpu_ms_per_1k_tokens"], relay["server_cpu_ms_per_1k_tokens"])
+    speed_turning = ratio(tw["tokens_per_s"], turning["tokens_per_s"])
+    cpu_turning = ratio(tw["server_cpu_ms_per_1k_tokens"], turning["server_cpu_ms_per_1k_tokens"])
     table = [
         [
             "server",
@@ -124,18 +130,23 @@ def build_part(sizes: Sizes, runs: dict[str, list[ws_load.RunResult]]) -> report
             ]
         )
     table.append(["tokenwire / relay", report.fmt(speed, 3), report.fmt(cpu, 3)] + [""] * 6)
+    table.append(
+        ["tokenwire / relay, turning", report.fmt(speed_turning, 3), report.fmt(cpu_turning, 3)]
+        + [""] * 6
+    )
     notes = [
         f"{clients} WebSocket streams x {tokens:,} tokens, no pause, deflate offered by the "
         f"clients (the servers' default: declined); median of {repeat} run(s) per server, "
         "alternating; server CPU is user + system of the server process while streaming",
-        "relay: bench/relay.py, the same frames from a bare ASGI app on the same uvicorn "
-        "(WebSocket protocol class, options, GC tuning), one `await send` per frame and a "
-        "loop turn before each token, as the simulated provider takes",
+        "relay: bench/relay.py --burst, the same frames from a bare ASGI app on the same "
+        "uvicorn (WebSocket protocol class, options, GC tuning), one `await send` per frame, "
+        "no loop turn between tokens (the targets' reference); relay, turning: the same with "
+        "a loop turn before each token, as the simulated provider (and any upstream) takes",
     ]
     clients_busy = [s["client_cpu_share"] for s in sums.values()]
     if any(share is not None and share >= 0.9 for share in clients_busy):
         notes.append("the load generator used >= 90% of a core: it, not the server, may limit")
-    if tw["errors"] or relay["errors"]:
+    if any(s["errors"] for s in sums.values()):
         samples = [e for found in runs.values() for r in found for e in r.error_samples[:2]]
         notes.append(f"errors: {samples[:4]}")
     targets = [
@@ -163,7 +174,12 @@ def build_part(sizes: Sizes, runs: dict[str, list[ws_load.RunResult]]) -> report
     data = {
         "load": {"clients": clients, "tokens": tokens, "delay_ms": 0, "runs_per_server": repeat},
         "summaries": sums,
-        "ratios": {"tokens_per_s": speed, "server_cpu_per_token": cpu},
+        "ratios": {
+            "tokens_per_s": speed,
+            "server_cpu_per_token": cpu,
+            "tokens_per_s_turning": speed_turning,
+            "server_cpu_per_token_turning": cpu_turning,
+        },
         "runs": {name: [asdict(r) for r in found] for name, found in runs.items()},
         "machine": report.machine(),
     }
