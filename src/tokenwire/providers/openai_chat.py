@@ -151,9 +151,9 @@ class OpenAIProvider:
             base_url=settings.base_url or DEFAULT_BASE_URL,
             api_key=settings.api_key() or "unused",
             max_retries=0,
-            # The SDK's aiohttp transport: a quarter less CPU per streamed token than its
-            # default (httpx's pool polls every idle connection at each request), and no
-            # cap on the connections kept alive (httpx's 100 would churn under more streams).
+            # The SDK's aiohttp transport: about a quarter less CPU per streamed token than
+            # its default (httpx's pool polls every idle connection at each request), and
+            # every idle connection kept alive (httpx kept 100: more streams would churn).
             http_client=openai.DefaultAioHttpClient(),
         )
 
