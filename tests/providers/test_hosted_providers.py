@@ -82,6 +82,8 @@ class ProviderFlavour:
     # Frames up to and including the first text delta, when the answer is ["partial"].
     first_text_frames: int
     not_json_frame: bytes
+    # JSON, but not the object every event is (chunks are read as plain JSON).
+    not_object_frame: bytes
     error_mid_stream: Callable[[list[str]], Reply]
     error_mid_stream_says: str
     # Where to cut ["a", "b", "c"] mid-answer, and the clean ends before the end marker.
@@ -134,6 +136,7 @@ OPENAI = ProviderFlavour(
     api_key="sk-test-0123456789abcdefSECRET",
     first_text_frames=2,
     not_json_frame=b"data: {not json\n\n",
+    not_object_frame=b"data: [1, 2]\n\n",
     error_mid_stream=openai_error_mid_stream,
     error_mid_stream_says="The model is overloaded",
     cut_after=3,
@@ -171,6 +174,7 @@ ANTHROPIC = ProviderFlavour(
     api_key="sk-ant-api03-0123456789abcdefSECRET",
     first_text_frames=4,
     not_json_frame=b"event: content_block_delta\ndata: {not json\n\n",
+    not_object_frame=b'event: content_block_delta\ndata: "text"\n\n',
     error_mid_stream=overloaded_mid_stream,
     error_mid_stream_says="overloaded_error",
     cut_after=4,
@@ -390,6 +394,18 @@ async def test_an_event_that_is_not_json_is_a_provider_error(
 
     assert type(error) is ProviderError
     assert "not JSON" in error.message
+
+
+async def test_an_event_that_is_not_a_json_object_is_a_provider_error(
+    provider: Provider, upstream: ScriptedUpstream, flavour: ProviderFlavour
+) -> None:
+    frames = flavour.frames(["partial"], 1, 1)[: flavour.first_text_frames]
+    upstream.reply = Reply(frames=[*frames, flavour.not_object_frame])
+
+    error = await failure(provider)
+
+    assert type(error) is ProviderError
+    assert "not a JSON object" in error.message
 
 
 def test_an_sdk_timeout_is_a_request_timeout(flavour: ProviderFlavour) -> None:

@@ -7,6 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import aiohttp
+import httpx2
+import openai
 import pytest
 
 from tests.fakes.openai_upstream import (
@@ -28,9 +31,10 @@ from tokenwire.protocol.errors import (
     InvalidRequest,
     ProviderError,
     RateLimited,
+    RequestTimeout,
     TokenwireError,
 )
-from tokenwire.providers.openai_chat import OpenAIProvider
+from tokenwire.providers.openai_chat import OpenAIProvider, upstream_error
 from tokenwire.providers.registry import build_provider
 from tokenwire.providers.upstream import END_MARKER_MISSING
 from tokenwire.settings import ConfigError, ProviderSettings, load_settings
@@ -299,3 +303,29 @@ async def gateway(upstream: ScriptedUpstream) -> AsyncIterator[RunningServer]:
     }
     async with running_server(load_settings(None, {"providers": [provider]})) as server:
         yield server
+
+
+def sdk_timeout_caused_by(cause: Exception) -> openai.APITimeoutError:
+    """What the SDK raises over its aiohttp transport: aiohttp's exception, mapped to an
+    httpx2 one, under the SDK's own (as `raise ... from` chains them)."""
+    mapped = httpx2.ReadTimeout(str(cause))
+    mapped.__cause__ = cause
+    error = openai.APITimeoutError(
+        request=httpx2.Request("POST", "http://upstream.invalid/v1/chat/completions")
+    )
+    error.__cause__ = mapped
+    return error
+
+
+def test_a_read_timeout_over_aiohttp_is_a_request_timeout() -> None:
+    error = upstream_error(sdk_timeout_caused_by(aiohttp.SocketTimeoutError("read")), KEY)
+
+    assert isinstance(error, RequestTimeout)
+
+
+def test_a_hang_up_the_sdk_calls_a_timeout_is_a_connection_failure() -> None:
+    # The SDK's aiohttp transport maps every ClientConnectionError to ConnectTimeout.
+    error = upstream_error(sdk_timeout_caused_by(aiohttp.ServerDisconnectedError()), KEY)
+
+    assert type(error) is ProviderError
+    assert "upstream connection failed: Server disconnected" in error.message

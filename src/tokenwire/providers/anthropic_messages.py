@@ -20,8 +20,10 @@ call, keyed by its block index: `input_json_delta` fragments, then its end at
 `content_block_stop` (input that is not a JSON object by then is an error, named
 `max_tokens` where the answer stopped there).
 
-SDK 2.14 has no `temperature`, `top_p` or `top_k` argument on `messages.create`;
-they go in the body through `extra_body`. The SDK ends a stream silently when the
+The body is built here and sent with the SDK's `client.post` (its headers, errors and
+SSE decoding), each event read as plain JSON: `messages.create` would build a typed
+model per event, and SDK 2.14's has no `temperature`, `top_p` or `top_k` argument
+anyway. The SDK ends a stream silently when the
 connection drops cleanly before `message_stop`, and lets transport errors met
 mid-stream through unwrapped (as `httpx2` exceptions); both are handled here.
 """
@@ -38,7 +40,6 @@ from anthropic.types import (
     CacheControlEphemeralParam,
     ContentBlockParam,
     MessageParam,
-    RawMessageStreamEvent,
     TextBlockParam,
     ToolChoiceParam,
     ToolParam,
@@ -131,6 +132,9 @@ class AnthropicProvider:
             api_key=settings.api_key() or "unused",
             max_retries=0,
             open_telemetry={},
+            # The SDK's aiohttp transport: less CPU per request and per token than its
+            # default (httpx's pool polls every idle connection at each request).
+            http_client=anthropic.DefaultAioHttpClient(),
         )
 
     @property
@@ -158,18 +162,17 @@ class AnthropicProvider:
         options = merged_options(self._defaults, RequestOptions, request, self)
         answer = _Answer()
         try:
-            # Leaving this block by any path (end, error, aclose, cancel) closes the response.
-            async with await self._client.messages.create(
-                model=request.model or self._model,
-                max_tokens=request.max_tokens or options.max_tokens or DEFAULT_MAX_TOKENS,
-                messages=_messages(request.messages),
-                system=_system(request.messages) or anthropic.omit,
-                stop_sequences=list(request.stop) or options.stop_sequences or anthropic.omit,
-                tools=_tools(request) or anthropic.omit,
-                tool_choice=_tool_choice(request) or anthropic.omit,
+            # The SDK's own request, errors and SSE decoding, but each event as the plain
+            # JSON object it is: `messages.create` builds a typed model per event.
+            stream = await self._client.post(
+                "/v1/messages",
+                body=_body(request, options, self._model),
+                cast_to=object,
                 stream=True,
-                extra_body=_sampling(request, options),
-            ) as events:
+                stream_cls=anthropic.AsyncStream[object],
+            )
+            # Leaving this block by any path (end, error, aclose, cancel) closes the response.
+            async with stream as events:
                 async for event in events:
                     for news in answer.read(event):
                         yield news
@@ -206,27 +209,40 @@ class _Answer:
         self.stop_sequence: str | None = None
         self.calls = CallBlocks()
 
-    def read(self, event: RawMessageStreamEvent) -> list[ProviderEvent]:
-        if event.type == "content_block_delta":
-            if event.delta.type == "text_delta":
-                return [event.delta.text] if event.delta.text else []
-            if event.delta.type == "input_json_delta":
-                return self.calls.fragment(event.index, event.delta.partial_json)
-        elif event.type == "content_block_start" and event.content_block.type == "tool_use":
-            block = event.content_block
-            return self.calls.start(event.index, block.id, block.name)
-        elif event.type == "content_block_stop" and event.index in self.calls:
-            return self.calls.stop(event.index)
-        elif event.type == "message_start":
-            self.input_tokens = event.message.usage.input_tokens
-            self.output_tokens = event.message.usage.output_tokens
-        elif event.type == "message_delta":
-            self._stopping(event.delta.stop_reason, event.delta.stop_sequence)
+    def read(self, event: object) -> list[ProviderEvent]:
+        """The events one SSE event brings. Read as the JSON object it is, leniently, as
+        the SDK's models read it: a field absent or of another type counts as not sent."""
+        if not isinstance(event, dict):
+            raise ProviderError("upstream sent an event that is not a JSON object")
+        kind = event.get("type")
+        index = event.get("index")
+        if kind == "content_block_delta":
+            delta = _object(event.get("delta"))
+            if delta.get("type") == "text_delta":
+                text = delta.get("text")
+                return [text] if isinstance(text, str) and text else []
+            if delta.get("type") == "input_json_delta" and isinstance(index, int):
+                return self.calls.fragment(index, _text(delta.get("partial_json")) or "")
+        elif kind == "content_block_start":
+            block = _object(event.get("content_block"))
+            if block.get("type") == "tool_use" and isinstance(index, int):
+                return self.calls.start(index, _text(block.get("id")), _text(block.get("name")))
+        elif kind == "content_block_stop" and isinstance(index, int) and index in self.calls:
+            return self.calls.stop(index)
+        elif kind == "message_start":
+            usage = _object(_object(event.get("message")).get("usage"))
+            self.input_tokens = _count(usage, "input_tokens")
+            self.output_tokens = _count(usage, "output_tokens") or 0
+        elif kind == "message_delta":
+            delta = _object(event.get("delta"))
+            self._stopping(_text(delta.get("stop_reason")), _text(delta.get("stop_sequence")))
             # Counts in message_delta are cumulative: the latest one is the total.
-            self.output_tokens = event.usage.output_tokens
-            if event.usage.input_tokens is not None:
-                self.input_tokens = event.usage.input_tokens
-        elif event.type == "message_stop":
+            usage = _object(event.get("usage"))
+            self.output_tokens = _count(usage, "output_tokens") or 0
+            input_tokens = _count(usage, "input_tokens")
+            if input_tokens is not None:
+                self.input_tokens = input_tokens
+        elif kind == "message_stop":
             self.stopped = True
         return []
 
@@ -248,6 +264,20 @@ class _Answer:
             finish_reason=self.finish_reason,
             stop_sequence=self.stop_sequence,
         )
+
+
+def _object(value: object) -> dict[str, Any]:
+    """A JSON object field, or an empty one where it is absent or something else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(usage: dict[str, Any], key: str) -> int | None:
+    value = usage.get(key)
+    return value if isinstance(value, int) else None
 
 
 def _messages(messages: tuple[Message, ...]) -> list[MessageParam]:
@@ -385,6 +415,24 @@ def _tool_choice(request: ProviderRequest) -> ToolChoiceParam | None:
     if request.parallel_tool_calls is False:
         picked["disable_parallel_tool_use"] = True
     return picked
+
+
+def _body(request: ProviderRequest, options: ProviderOptions, model: str) -> dict[str, Any]:
+    """The request body `messages.create` would send (the same JSON object; only options
+    it also names come later in it): those not given left out, sampling and options last."""
+    given: dict[str, Any] = {
+        "max_tokens": request.max_tokens or options.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": _messages(request.messages),
+        "model": request.model or model,
+        "stop_sequences": list(request.stop) or options.stop_sequences or None,
+        "stream": True,
+        "system": _system(request.messages) or None,
+        "tool_choice": _tool_choice(request) or None,
+        "tools": _tools(request) or None,
+    }
+    body = {key: value for key, value in given.items() if value is not None}
+    body.update(_sampling(request, options) or {})
+    return body
 
 
 def _sampling(request: ProviderRequest, options: ProviderOptions) -> dict[str, Any] | None:

@@ -38,20 +38,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
+import aiohttp
 import openai
 from openai.types.chat import (
-    ChatCompletionChunk,
     ChatCompletionContentPartParam,
     ChatCompletionMessageParam,
     ChatCompletionMessageToolCallParam,
     ChatCompletionToolChoiceOptionParam,
     ChatCompletionToolParam,
 )
-from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from openai.types.chat.chat_completion_content_part_image_param import ImageURL
-from openai.types.completion_usage import CompletionUsage
 from openai.types.shared_params import (
     FunctionDefinition,
     ResponseFormatJSONObject,
@@ -96,7 +94,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 Label = Annotated[str, Field(min_length=1, max_length=512)]
-_T = TypeVar("_T")
 
 
 class RequestOptions(BaseModel):
@@ -154,6 +151,10 @@ class OpenAIProvider:
             base_url=settings.base_url or DEFAULT_BASE_URL,
             api_key=settings.api_key() or "unused",
             max_retries=0,
+            # The SDK's aiohttp transport: about a quarter less CPU per streamed token than
+            # its default (httpx's pool polls every idle connection at each request), and
+            # every idle connection kept alive (httpx kept 100: more streams would churn).
+            http_client=openai.DefaultAioHttpClient(),
         )
 
     @property
@@ -177,24 +178,20 @@ class OpenAIProvider:
         options = merged_options(self._defaults, RequestOptions, request, self)
         answer = _Answer()
         try:
-            # Leaving this block by any path (end, error, aclose, cancel) closes the response.
-            async with await self._client.chat.completions.create(
-                model=request.model or self._model,
-                messages=_messages(request.messages),
+            # The SDK's own request, errors and SSE decoding, but each chunk as the plain
+            # JSON object it is: `chat.completions.create` builds a typed model per chunk
+            # and walks the parameters' types per request, which cost this path more CPU
+            # than all the rest of the gateway (docs/benchmarks.md).
+            stream = await self._client.post(
+                "/chat/completions",
+                body=_body(request, options, self._model),
+                options={"security": {"bearer_auth": True}},
+                cast_to=object,
                 stream=True,
-                stream_options={"include_usage": True},
-                max_tokens=_given(request.max_tokens or options.max_tokens),
-                temperature=_given(
-                    options.temperature if request.temperature is None else request.temperature
-                ),
-                top_p=_given(options.top_p if request.top_p is None else request.top_p),
-                stop=_given(list(request.stop) if request.stop else options.stop),
-                response_format=_given(_response_format(request.response_format)),
-                tools=_given([_tool(t) for t in request.tools] or None),
-                tool_choice=_given(_tool_choice(request.tool_choice) if request.tools else None),
-                parallel_tool_calls=_given(request.parallel_tool_calls if request.tools else None),
-                extra_body=_passed(options),
-            ) as chunks:
+                stream_cls=openai.AsyncStream[object],
+            )
+            # Leaving this block by any path (end, error, aclose, cancel) closes the response.
+            async with stream as chunks:
                 async for chunk in chunks:
                     for event in answer.read(chunk):
                         yield event
@@ -207,30 +204,39 @@ class OpenAIProvider:
 
 
 class _Answer:
-    """What has arrived of one streamed answer, and whether it is whole."""
+    """What has arrived of one streamed answer, and whether it is whole.
+
+    Chunks are read as the JSON objects they are, leniently, as the SDK's models read
+    them: a field that is absent, null or of another type counts as not sent."""
 
     def __init__(self) -> None:
         self.finished = False
         self.finish_reason: FinishReason = "stop"
-        self.reported: CompletionUsage | None = None
+        self.reported: tuple[int, int] | None = None  # the upstream's (prompt, completion)
         self.text: list[str] = []
         self.calls = _Calls()
 
-    def read(self, chunk: ChatCompletionChunk) -> list[ProviderEvent]:
+    def read(self, chunk: object) -> list[ProviderEvent]:
         """The events one chunk brings: text, call fragments, and at the finish the ends."""
-        if chunk.usage is not None:
-            self.reported = chunk.usage
+        if not isinstance(chunk, dict):
+            raise ProviderError("upstream sent an event that is not a JSON object")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.reported = (_count(usage, "prompt_tokens"), _count(usage, "completion_tokens"))
         events: list[ProviderEvent] = []
-        for choice in chunk.choices:
-            if choice.index != 0:
+        for choice in _objects(chunk.get("choices")):
+            if choice.get("index", 0) != 0:
                 continue
-            if choice.delta is not None and choice.delta.content:
-                self.text.append(choice.delta.content)
-                events.append(choice.delta.content)
-            if choice.delta is not None and choice.delta.tool_calls:
-                events += [self.calls.fragment(call) for call in choice.delta.tool_calls]
-            if choice.finish_reason is not None and not self.finished:
-                events += self._finish(choice.finish_reason)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    self.text.append(content)
+                    events.append(content)
+                events += [self.calls.fragment(call) for call in _objects(delta.get("tool_calls"))]
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and not self.finished:
+                events += self._finish(reason)
         return events
 
     def _finish(self, reason: str) -> list[ProviderEvent]:
@@ -257,11 +263,8 @@ class _Answer:
                 estimated=True,
                 finish_reason=self.finish_reason,
             )
-        return Usage(
-            self.reported.prompt_tokens,
-            self.reported.completion_tokens,
-            finish_reason=self.finish_reason,
-        )
+        prompt_tokens, completion_tokens = self.reported
+        return Usage(prompt_tokens, completion_tokens, finish_reason=self.finish_reason)
 
 
 class _Calls:
@@ -272,14 +275,21 @@ class _Calls:
         self._current: dict[int, str | int] = {}  # upstream index -> key of its latest call
         self._ids: dict[str | int, str] = {}  # key -> the upstream id it came with
 
-    def fragment(self, call: ChoiceDeltaToolCall) -> ToolCallDelta:
-        key = self._key(call.index, call.id)
-        function = call.function
+    def fragment(self, call: dict[str, Any]) -> ToolCallDelta:
+        index = call.get("index")
+        upstream_id = call.get("id")
+        upstream_id = upstream_id if isinstance(upstream_id, str) else None
+        key = self._key(index if isinstance(index, int) else 0, upstream_id)
+        function = call.get("function")
+        if not isinstance(function, dict):
+            return ToolCallDelta(key=key, upstream_id=upstream_id, name=None, arguments="")
+        name = function.get("name")
+        arguments = function.get("arguments")
         return ToolCallDelta(
             key=key,
-            upstream_id=call.id,
-            name=function.name if function is not None else None,
-            arguments=(function.arguments or "") if function is not None else "",
+            upstream_id=upstream_id,
+            name=name if isinstance(name, str) else None,
+            arguments=arguments if isinstance(arguments, str) else "",
         )
 
     def _key(self, index: int, upstream_id: str | None) -> str | int:
@@ -296,6 +306,18 @@ class _Calls:
         if upstream_id:
             self._ids[key] = upstream_id
         return key
+
+
+def _objects(value: object) -> list[dict[str, Any]]:
+    """The JSON objects in a list field (none if it is absent or not a list)."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    value = usage.get(key)
+    return value if isinstance(value, int) else 0
 
 
 def _message(message: Message) -> ChatCompletionMessageParam:
@@ -386,15 +408,30 @@ def _response_format(
     return {"type": "json_schema", "json_schema": schema}
 
 
-def _passed(options: RequestOptions) -> dict[str, Any] | None:
-    """The options sent on unchanged, in the body: only those set."""
-    body = options.model_dump(include=set(_PASSED), exclude_none=True)
-    return body or None
-
-
-def _given(value: _T | None) -> _T | openai.Omit:
-    """`omit` leaves a parameter out of the body; None would send a JSON null."""
-    return openai.omit if value is None else value
+def _body(request: ProviderRequest, options: ProviderOptions, model: str) -> dict[str, Any]:
+    """The request body, as `chat.completions.create` would send it: the parameters in
+    its order, those not given left out (never sent as null), the options last."""
+    temperature = options.temperature if request.temperature is None else request.temperature
+    top_p = options.top_p if request.top_p is None else request.top_p
+    tools = request.tools
+    given: dict[str, Any] = {
+        "model": request.model or model,
+        "stream": True,
+        "messages": _messages(request.messages),
+        "max_tokens": request.max_tokens or options.max_tokens,
+        # OpenAI refuses these two without tools.
+        "parallel_tool_calls": request.parallel_tool_calls if tools else None,
+        "response_format": _response_format(request.response_format),
+        "stop": list(request.stop) if request.stop else options.stop,
+        "stream_options": {"include_usage": True},
+        "temperature": temperature,
+        "tool_choice": _tool_choice(request.tool_choice) if tools else None,
+        "tools": [_tool(t) for t in tools] or None,
+        "top_p": top_p,
+    }
+    body = {key: value for key, value in given.items() if value is not None}
+    body.update(options.model_dump(include=set(_PASSED), exclude_none=True))
+    return body
 
 
 def upstream_error(
@@ -403,15 +440,30 @@ def upstream_error(
     """The gateway's error for what the SDK raised; the message never carries the key."""
     if isinstance(exc, json.JSONDecodeError):
         return ProviderError("upstream sent an event that is not JSON")
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and _timed_out(exc):
         return RequestTimeout("upstream did not answer in time")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
         cause = scrub(str(exc.__cause__ or exc), api_key)
         return ProviderError(f"upstream connection failed: {cause}")
     message = scrub(_upstream_message(exc), api_key)
     if not isinstance(exc, openai.APIStatusError):
         return ProviderError(f"upstream error: {message}")
     return status_error(exc.status_code, message, exc.response.headers)
+
+
+def _timed_out(exc: openai.APITimeoutError) -> bool:
+    """Whether the SDK's timeout was one. Over aiohttp the SDK calls a refused connection
+    or a hang-up a timeout too (its transport maps aiohttp's `ClientConnectionError` to
+    `ConnectTimeout`): aiohttp's own exception, down the chain of causes, tells them apart.
+    tests/providers/test_hosted_providers.py fails if that mapping changes."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return True
+        if isinstance(cause, aiohttp.ClientError):
+            return False
+        cause = cause.__cause__
+    return True
 
 
 def _upstream_message(exc: openai.APIError) -> str:
