@@ -83,3 +83,19 @@ async def test_discard_drops_the_backlog_without_ending() -> None:
     outbox.put("stale")
     outbox.discard()
     assert (len(outbox), outbox.queued_bytes, outbox.overflowed) == (0, 0, False)
+
+
+async def test_take_all_empties_the_outbox_in_order_and_ends_like_take() -> None:
+    outbox = Outbox(max_bytes=1000)
+    waiting = asyncio.create_task(outbox.take_all())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    for frame in ("a", "b", "c"):
+        outbox.put(frame)
+    assert await asyncio.wait_for(waiting, 1) == ["a", "b", "c"]
+    assert outbox.queued_bytes == 0
+    assert len(outbox) == 0
+    outbox.put("last")
+    outbox.close()
+    assert await outbox.take_all() == ["last"]
+    assert await outbox.take_all() is None

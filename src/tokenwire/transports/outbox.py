@@ -52,6 +52,18 @@ class Outbox:
         self._bytes -= len(frame) if frame.isascii() else len(frame.encode())
         return frame
 
+    async def take_all(self) -> list[str] | None:
+        """Every queued frame, in order, waiting for one; None as `take` returns None."""
+        while not self._frames:
+            if self.overflowed or self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
     def discard(self) -> None:
         """Drop every queued frame (the connection is closing without them)."""
         self._frames.clear()

@@ -196,9 +196,16 @@ class Connection:
 
     async def _write_loop(self) -> None:
         send = self._ws.send
-        take = self._outbox.take
-        while (frame := await take()) is not None:
-            await send({"type": "websocket.send", "text": frame})
+        take_all = self._outbox.take_all
+        control = self._control
+        while (frames := await take_all()) is not None:
+            # What queued meanwhile goes out in one write, straight to the transport while
+            # the socket takes it; through ASGI (which waits for a full buffer to drain)
+            # when it does not, or when the server is not uvicorn.
+            if control is not None and control.send_texts(frames):
+                continue
+            for frame in frames:
+                await send({"type": "websocket.send", "text": frame})
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
