@@ -99,3 +99,21 @@ async def test_take_all_empties_the_outbox_in_order_and_ends_like_take() -> None
     outbox.close()
     assert await outbox.take_all() == ["last"]
     assert await outbox.take_all() is None
+
+
+async def test_a_take_cancelled_while_waiting_leaves_the_outbox_usable() -> None:
+    outbox = Outbox(max_bytes=1000)
+    waiting = asyncio.create_task(outbox.take_all())
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    outbox.put("after")
+    assert await asyncio.wait_for(outbox.take_all(), 1) == ["after"]
+
+
+async def test_an_overflow_wakes_a_waiting_take() -> None:
+    outbox = Outbox(max_bytes=4)
+    waiting = asyncio.create_task(outbox.take_all())
+    await asyncio.sleep(0.01)
+    outbox.put("too long")
+    assert await asyncio.wait_for(waiting, 1) is None

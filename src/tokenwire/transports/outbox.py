@@ -4,7 +4,8 @@ Request logs put frames here without waiting; the connection's writer takes
 them out as fast as the client reads. A client that stops reading makes the
 queue grow, and past `max_bytes` (UTF-8 bytes, as they go on the wire) the
 outbox overflows: it drops what it holds and the connection is ended, so one
-lagging client cannot take the server's memory.
+lagging client cannot take the server's memory. One consumer takes (the
+connection's writer, an event stream's body).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class Outbox:
         self._max_bytes = max_bytes
         self._frames: deque[str] = deque()
         self._bytes = 0
-        self._ready = asyncio.Event()
+        # The one consumer's wait, made only while it waits: an Event (and its deque of
+        # waiters) would cost every idle connection close to a kilobyte.
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self.closed = False
 
@@ -39,30 +42,39 @@ class Outbox:
             self.overflowed = True
             self._frames.clear()
             self._bytes = 0
-        self._ready.set()
+        if self._waiter is not None:
+            self._wake()
 
     async def take(self) -> str | None:
         """The next frame, waiting for one; None once overflowed, or closed and drained."""
-        while not self._frames:
-            if self.overflowed or self.closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
+        if not self._frames and not await self._ready():
+            return None
         frame = self._frames.popleft()
         self._bytes -= len(frame) if frame.isascii() else len(frame.encode())
         return frame
 
     async def take_all(self) -> list[str] | None:
         """Every queued frame, in order, waiting for one; None as `take` returns None."""
-        while not self._frames:
-            if self.overflowed or self.closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
+        if not self._frames and not await self._ready():
+            return None
         frames = list(self._frames)
         self._frames.clear()
         self._bytes = 0
         return frames
+
+    async def _ready(self) -> bool:
+        """Wait for a frame: True once one is queued, False once none will come."""
+        while not self._frames:
+            if self.overflowed or self.closed:
+                return False
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return True
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def discard(self) -> None:
         """Drop every queued frame (the connection is closing without them)."""
@@ -73,7 +85,7 @@ class Outbox:
         """No more frames: later ones are dropped, and `take` returns None once the queue
         is drained."""
         self.closed = True
-        self._ready.set()
+        self._wake()
 
     def __len__(self) -> int:
         return len(self._frames)
