@@ -30,7 +30,7 @@ closed rather than left open without an answer, as uvicorn leaves it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -125,6 +125,10 @@ LINGER_SECONDS = 5.0
 
 class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
     _lingering = False
+    on_handshake: Callable[[], None] | None = None
+    """Called once, when the handshake is complete: the HTTP protocol that handed the
+    connection over disarms its deadline, whose timer would otherwise hold it (parser,
+    buffers: some 7 KB) for the rest of `handshake_timeout_seconds`."""
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -200,6 +204,9 @@ class TokenwireWebSocketProtocol(WebSocketsSansIOProtocol):
         # uvicorn would log an error for each one (Kludex/uvicorn#3138).
         if message["type"] == "websocket.http.response.body" and self.close_sent:
             self.handshake_complete = True
+        if self.handshake_complete and self.on_handshake is not None:
+            done, self.on_handshake = self.on_handshake, None
+            done()
 
     def keepalive_timeout(self) -> None:
         # uvicorn writes a close frame and calls `transport.close()`, which waits for the
