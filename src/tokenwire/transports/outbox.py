@@ -11,7 +11,6 @@ connection's writer, an event stream's body).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 
 def utf8_size(text: str) -> int:
@@ -22,7 +21,9 @@ def utf8_size(text: str) -> int:
 class Outbox:
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
-        self._frames: deque[str] = deque()
+        # A list, not a deque: taken whole (`take_all`), and an empty deque's first block
+        # would cost every idle connection half a kilobyte.
+        self._frames: list[str] = []
         self._bytes = 0
         # The one consumer's wait, made only while it waits: an Event (and its deque of
         # waiters) would cost every idle connection close to a kilobyte.
@@ -45,20 +46,12 @@ class Outbox:
         if self._waiter is not None:
             self._wake()
 
-    async def take(self) -> str | None:
-        """The next frame, waiting for one; None once overflowed, or closed and drained."""
-        if not self._frames and not await self._ready():
-            return None
-        frame = self._frames.popleft()
-        self._bytes -= len(frame) if frame.isascii() else len(frame.encode())
-        return frame
-
     async def take_all(self) -> list[str] | None:
-        """Every queued frame, in order, waiting for one; None as `take` returns None."""
+        """Every queued frame, in order, waiting for one; None once overflowed, or closed
+        and drained."""
         if not self._frames and not await self._ready():
             return None
-        frames = list(self._frames)
-        self._frames.clear()
+        frames, self._frames = self._frames, []
         self._bytes = 0
         return frames
 
@@ -82,7 +75,7 @@ class Outbox:
         self._bytes = 0
 
     def close(self) -> None:
-        """No more frames: later ones are dropped, and `take` returns None once the queue
+        """No more frames: later ones are dropped, and `take_all` returns None once the queue
         is drained."""
         self.closed = True
         self._wake()
