@@ -56,7 +56,10 @@ async def _run(streams: int, tokens: int) -> float:
                 self.outbox.close()
 
     async def drain(connection: Connection) -> None:
-        while await connection.outbox.take() is not None:
+        # `take_all` since the batched writes; `take` (one frame) before.
+        outbox: Any = connection.outbox
+        take = getattr(outbox, "take_all", None) or outbox.take
+        while await take() is not None:
             pass
 
     connections = [Connection() for _ in range(streams)]

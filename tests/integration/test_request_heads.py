@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -29,6 +30,7 @@ from tests.support.server import RunningServer, running_server, simulated_settin
 from tests.support.waiting import AT_ONCE, eventually
 from tokenwire.app import uvicorn_config
 from tokenwire.transports.request_head import MAX_FIELDS, MAX_HEAD_BYTES, MAX_LINE_BYTES
+from tokenwire.transports.uvicorn_http import HeadTimeoutProtocol
 
 HEAD_TIMEOUT = 1.0
 OVER = {"fields": MAX_FIELDS + 1, "line": MAX_LINE_BYTES + 1, "size": MAX_HEAD_BYTES + 1}
@@ -270,3 +272,12 @@ async def test_hundreds_of_heads_that_never_end_are_closed_and_others_served_mea
         await eventually(lambda: descriptors(process) <= baseline)
         for _, writer in sockets:
             writer.close()
+
+
+async def test_a_completed_websocket_handshake_lets_the_http_protocol_go() -> None:
+    # Its head's deadline (a timer holding it) is over once the handshake is complete.
+    async with running_server() as server, connect(server.ws_url) as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), AT_ONCE))
+        assert hello["data"]["status"] == "connected"
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, HeadTimeoutProtocol)]

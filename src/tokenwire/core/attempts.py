@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from tokenwire.core.deadlines import Timeouts
+from tokenwire.core.deadlines import Silence, Timeouts
 from tokenwire.core.provider import Usage, estimate_tokens
 from tokenwire.core.route import AttemptObserver, AttemptOutcome, ProviderSlot, Route
 from tokenwire.core.spec import RequestSpec
@@ -218,8 +218,9 @@ class Attempts:
         calls = ToolCallAssembler()
         usage: Usage | None = None
         # Armed for the first output; every delta (text or a call's) re-arms it for the
-        # silence that may follow.
+        # silence that may follow (`Silence`: a delta notes its time, the timer catches up).
         quiet = asyncio.timeout(first_token)
+        silent = Silence(quiet, silence)
         try:
             async with contextlib.aclosing(slot.provider.stream(request)) as events, quiet:
                 async for item in events:
@@ -237,6 +238,8 @@ class Attempts:
                     if first_at is None:
                         first_at = time.monotonic()
                         self._observer.first_text(slot.name, first_at - began)
+                        silent.last = loop.time()
+                        silent.start()
                     if isinstance(item, str):
                         self.deltas += 1
                         on_text(item, slot)
@@ -244,7 +247,7 @@ class Attempts:
                         self._relay_call(item, calls)
                     if limited:
                         self._check_cost(slot)
-                    quiet.reschedule(loop.time() + silence)
+                    silent.last = loop.time()
                     self._loop_turned = False
                     loop.call_soon(self._note_loop_turn)
             self.usage = self._settled(usage, calls)
@@ -259,6 +262,8 @@ class Attempts:
             raise RequestTimeout(
                 f"provider {slot.name} sent nothing for {silence:g} s", deadline="silence"
             ) from None
+        finally:
+            silent.stop()
         return first_at
 
     def _relay_call(self, item: ToolCallDelta | ToolCallEnd, calls: ToolCallAssembler) -> None:

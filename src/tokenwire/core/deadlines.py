@@ -26,6 +26,7 @@ request may ask for each deadline up to the server's maximum; more is
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from tokenwire.protocol.errors import InvalidRequest
@@ -66,3 +67,41 @@ class Deadlines:
 def check_deadline(name: str, seconds: float | None, maximum: float) -> None:
     if seconds is not None and seconds > maximum:
         raise InvalidRequest(f"{name}: at most {maximum:g} seconds on this server")
+
+
+class Silence:
+    """The `silence` deadline kept on an `asyncio.timeout`, re-armed lazily.
+
+    `Timeout.reschedule` on every delta cancels one timer and makes another each time
+    (flat out, 13% of the server's CPU per token). Here a delta only notes its time in
+    `last`; the one timer, when it fires, re-arms itself for the time still left, and
+    expires the timeout only once `seconds` have passed since the last delta.
+    """
+
+    def __init__(self, timeout: asyncio.Timeout, seconds: float) -> None:
+        self._timeout = timeout
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """The first output came: from now on only silence ends the wait."""
+        self._timeout.reschedule(None)
+        self._handle = self._loop.call_at(self.last + self._seconds, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = self.last + self._seconds
+        # Within a millisecond counts as due: uvloop's timers are in whole milliseconds,
+        # and re-arming for less would only spin.
+        if due - now < 0.001:
+            self._handle = None
+            self._timeout.reschedule(now)  # expires now: the task gets its TimeoutError
+        else:
+            self._handle = self._loop.call_at(due, self._check)

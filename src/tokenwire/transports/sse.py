@@ -254,7 +254,8 @@ def _event_stream(
 async def _events(
     follower: _Follower, request_id: str, heartbeat: float, hold: _Hold
 ) -> AsyncIterator[str]:
-    take = follower.outbox.take
+    outbox = follower.outbox
+    take_all = outbox.take_all
     first = True
     try:
         while True:
@@ -271,14 +272,20 @@ async def _events(
                     yield _expired_event(request_id)
                     return
                 wait = min(wait, left)
-            try:
-                frame = await asyncio.wait_for(take(), wait)
-            except TimeoutError:
-                if hold.expires_at is None or time.time() < hold.expires_at:
-                    yield ": heartbeat\n\n"
-                continue
-            if frame is None:
+            if len(outbox):
+                # What queued meanwhile goes out as one body part (one write); no timer.
+                frames = await take_all()
+            else:
+                try:
+                    async with asyncio.timeout(wait):
+                        frames = await take_all()
+                except TimeoutError:
+                    if hold.expires_at is None or time.time() < hold.expires_at:
+                        yield ": heartbeat\n\n"
+                    continue
+            if frames is None:
                 return
+            frame = frames[0] if len(frames) == 1 else "".join(frames)
             if first:
                 # Inside the first event's block: a block of its own, with no data,
                 # reads as an empty event in some client libraries.

@@ -40,6 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tokenwire.transports.request_head import HeadScanner, HeadTooLarge
+from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 
 logger = structlog.get_logger("tokenwire.http")
 
@@ -118,6 +119,13 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._in_head = True
         self._disarm_body()
         super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        protocol = self.transport.get_protocol()
+        if isinstance(protocol, TokenwireWebSocketProtocol):
+            # The deadline is met once the handshake is: this protocol can go then.
+            protocol.on_handshake = self._disarm
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

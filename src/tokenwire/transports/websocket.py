@@ -59,6 +59,9 @@ from tokenwire.transports.requests import spec_from_ai_request
 from tokenwire.transports.uvicorn_ws import EXTENSION, TransportControl
 
 NODE_HEADER = b"tokenwire-node"
+# The shortest time between two writes to one connection while its frames keep coming
+# (see `_write_loop`); a frame after a quieter spell goes out at once.
+WRITE_INTERVAL = 0.005
 TRANSPORT = "websocket"
 
 logger = structlog.get_logger("tokenwire.websocket")
@@ -196,9 +199,23 @@ class Connection:
 
     async def _write_loop(self) -> None:
         send = self._ws.send
-        take = self._outbox.take
-        while (frame := await take()) is not None:
-            await send({"type": "websocket.send", "text": frame})
+        take_all = self._outbox.take_all
+        control = self._control
+        clock = asyncio.get_running_loop().time
+        last_write = float("-inf")
+        while (frames := await take_all()) is not None:
+            # What queued meanwhile goes out in one write, straight to the transport while
+            # the socket takes it; through ASGI (which waits for a full buffer to drain)
+            # when it does not, or when the server is not uvicorn.
+            if control is None or not control.send_texts(frames):
+                for frame in frames:
+                    await send({"type": "websocket.send", "text": frame})
+            now = clock()
+            if now - last_write < WRITE_INTERVAL:
+                # Frames coming faster than this (a stream flat out, several at once) wait
+                # for the next write together: a write costs more than the frames it holds.
+                await asyncio.sleep(WRITE_INTERVAL)
+            last_write = now
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
