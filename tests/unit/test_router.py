@@ -424,3 +424,20 @@ def test_with_no_provider_routing_may_choose_a_request_must_name_one() -> None:
     with pytest.raises(InvalidRequest, match=r"auto = false.*\(a, b\)"):
         fleet.router.choose(spec())
     assert fleet.order(spec(provider="b")) == ["b"]
+
+
+def test_the_error_rate_is_that_of_the_last_window_of_outcomes() -> None:
+    # Kept as outcomes come and go (not counted at each read): after every attempt it is
+    # the share of failures among the last `window` ones that said anything of the provider.
+    book = HealthBook([("p", None)], HealthPolicy(window=5, failure_threshold=100))
+    outcomes = [AttemptOutcome.FAILED] * 3 + [AttemptOutcome.OK] * 6 + [AttemptOutcome.FAILED]
+    outcomes += [AttemptOutcome.NEUTRAL, AttemptOutcome.OK, AttemptOutcome.FAILED] * 3
+    said: list[bool] = []
+    assert book["p"].error_rate == 0.0
+    for outcome in outcomes:
+        book.attempt_started("p")
+        book.attempt_ended("p", outcome, 0, 0.0)
+        if outcome is not AttemptOutcome.NEUTRAL:
+            said.append(outcome is AttemptOutcome.OK)
+        window = said[-5:]
+        assert book["p"].error_rate == window.count(False) / len(window)

@@ -55,8 +55,13 @@ class ProviderSlot:
         ) / 1_000_000
 
     def estimated_cost_usd(self, prompt_tokens: int, answer_tokens: int) -> float:
-        """The most a request can cost here: its prompt, and its whole answer budget."""
-        return self.cost_usd(Usage(prompt_tokens=prompt_tokens, completion_tokens=answer_tokens))
+        """The most a request can cost here: its prompt, and its whole answer budget
+        (`cost_usd`'s sum, with no `Usage` built for it on every request's routing)."""
+        profile = self.profile
+        return (
+            prompt_tokens * profile.input_cost_per_mtok
+            + answer_tokens * profile.output_cost_per_mtok
+        ) / 1_000_000
 
     def provider_request(self, spec: RequestSpec) -> ProviderRequest:
         generation = spec.generation
