@@ -16,6 +16,9 @@ their own. Each figure is the difference of two phases that differ only in what 
     ws request      10 clients x 10 one-token requests less 10 x 5, per extra request
     chat token      10 streaming /v1/chat/completions x 600 tokens less x 100, per token
     chat request    40 streaming one-token /v1/chat/completions less 20, per extra request
+    openai token    as chat token, through the openai provider to a fake upstream
+                    (bench/fast_upstream.py, another process, not counted)
+    openai request  as chat request, through the openai provider
 
 The figures of each release are in bench/costs.json and in docs/benchmarks.md ("Cost per
 release"); every run prints the change against the last recorded release, so that a
@@ -46,12 +49,28 @@ import ws_load
 RECORD = report.ROOT / "bench" / "costs.json"
 DOCS = report.ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- bench-costs:start -->", "<!-- bench-costs:end -->"
-FIGURES = ("ws_token", "ws_request", "chat_token", "chat_request")
+FIGURES = (
+    "ws_token",
+    "ws_request",
+    "chat_token",
+    "chat_request",
+    "openai_token",
+    "openai_request",
+)
 CONFIG = """
 [[providers]]
 name = "simulated"
 kind = "simulated"
-options = { delay_ms = 0, tokens = 100000 }
+options = {{ delay_ms = 0, tokens = 100000 }}
+
+[[providers]]
+name = "up"
+kind = "openai"
+model = "m"
+base_url = "{upstream}/v1"
+
+[routing]
+default_provider = "simulated"
 """
 
 
@@ -61,8 +80,8 @@ options = { delay_ms = 0, tokens = 100000 }
 class CountedServer:
     """`tokenwire serve` from `src` under callgrind; `dump()` closes a phase."""
 
-    def __init__(self, src: Path, workdir: Path) -> None:
-        self.src, self.workdir = src, workdir
+    def __init__(self, src: Path, workdir: Path, upstream: str) -> None:
+        self.src, self.workdir, self.upstream = src, workdir, upstream
         self.port = ws_load.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.out = workdir / "callgrind.out"
@@ -71,7 +90,7 @@ class CountedServer:
 
     def start(self) -> None:
         config = self.workdir / "tokenwire.toml"
-        config.write_text(CONFIG)
+        config.write_text(CONFIG.format(upstream=self.upstream))
         code = (
             f"import sys; sys.path.insert(0, {str(self.src)!r}); "
             "from tokenwire.cli import main; sys.exit(main())"
@@ -166,9 +185,9 @@ async def websocket_load(base: str, clients: int, requests: int, tokens: int) ->
         raise RuntimeError(f"WebSocket phase failed: {result.error_samples[:3]}")
 
 
-async def chat_stream(base: str, client: Any, max_tokens: int) -> None:
+async def chat_stream(base: str, client: Any, max_tokens: int, model: str) -> None:
     body = {
-        "model": "simulated",
+        "model": model,
         "stream": True,
         "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": "Count the cost of each token."}],
@@ -186,17 +205,20 @@ async def chat_stream(base: str, client: Any, max_tokens: int) -> None:
         raise RuntimeError(f"/v1/chat/completions streamed {chunks} chunks for {max_tokens} tokens")
 
 
-async def chat_load(base: str, streams: int, max_tokens: int) -> None:
+async def chat_load(base: str, streams: int, max_tokens: int, model: str = "simulated") -> None:
     import httpx
 
     async with httpx.AsyncClient(timeout=900) as client:
-        await asyncio.gather(*(chat_stream(base, client, max_tokens) for _ in range(streams)))
+        await asyncio.gather(
+            *(chat_stream(base, client, max_tokens, model) for _ in range(streams))
+        )
 
 
 async def measure(server: CountedServer) -> dict[str, float]:
     base = server.base
     await websocket_load(base, 10, 2, 20)  # warm-up: imports, caches, first-use paths
     await chat_load(base, 4, 20)
+    await chat_load(base, 4, 20, "up")
     server.dump()
     phases = {}
     for name, load in (
@@ -208,6 +230,10 @@ async def measure(server: CountedServer) -> dict[str, float]:
         ("chat_token_large", chat_load(base, 10, 600)),
         ("chat_request_small", chat_load(base, 20, 1)),
         ("chat_request_large", chat_load(base, 40, 1)),
+        ("openai_token_small", chat_load(base, 10, 100, "up")),
+        ("openai_token_large", chat_load(base, 10, 600, "up")),
+        ("openai_request_small", chat_load(base, 20, 1, "up")),
+        ("openai_request_large", chat_load(base, 40, 1, "up")),
     ):
         await load
         await asyncio.sleep(0.5)  # let the server finish the phase's closes before counting
@@ -218,6 +244,8 @@ async def measure(server: CountedServer) -> dict[str, float]:
         "ws_request": (phases["ws_request_large"] - phases["ws_request_small"]) / (10 * 5),
         "chat_token": (phases["chat_token_large"] - phases["chat_token_small"]) / (10 * 500),
         "chat_request": (phases["chat_request_large"] - phases["chat_request_small"]) / 20,
+        "openai_token": (phases["openai_token_large"] - phases["openai_token_small"]) / (10 * 500),
+        "openai_request": (phases["openai_request_large"] - phases["openai_request_small"]) / 20,
     }
 
 
@@ -243,8 +271,11 @@ def source_of(rev: str | None) -> Iterator[Path]:
 
 
 def count(src: Path) -> dict[str, float]:
+    from fast_upstream import Upstream
+
+    upstream = Upstream(tokens=100_000, gap_ms=0.0)
     with tempfile.TemporaryDirectory(prefix="tokenwire-callgrind-") as tmp:
-        server = CountedServer(src, Path(tmp))
+        server = CountedServer(src, Path(tmp), upstream.url)
         server.start()
         try:
             try:
@@ -255,6 +286,7 @@ def count(src: Path) -> dict[str, float]:
                 return asyncio.run(measure(server))
         finally:
             server.stop()
+            upstream.stop()
 
 
 # -- the record ---------------------------------------------------------------------------
@@ -281,9 +313,10 @@ def comparison(figures: dict[str, float], last: dict[str, Any] | None) -> list[l
     rows = [["figure", "instructions"] + ([last["release"], "change"] if last else [])]
     for name in FIGURES:
         row = [name.replace("_", " "), f"{figures[name]:,.0f}"]
+        before = last["figures"].get(name) if last else None
         if last:
-            before = last["figures"][name]
-            row += [f"{before:,.0f}", f"{100 * (figures[name] / before - 1):+.1f}%"]
+            change = f"{100 * (figures[name] / before - 1):+.1f}%" if before else "-"
+            row += [f"{before:,.0f}" if before else "-", change]
         rows.append(row)
     return rows
 
@@ -291,14 +324,9 @@ def comparison(figures: dict[str, float], last: dict[str, Any] | None) -> list[l
 def docs_table(record: list[dict[str, Any]]) -> str:
     rows = [["release", "commit", "date", *(name.replace("_", " ") for name in FIGURES)]]
     for entry in record:
-        rows.append(
-            [
-                entry["release"],
-                entry["commit"],
-                entry["date"],
-                *(f"{entry['figures'][n]:,.0f}" for n in FIGURES),
-            ]
-        )
+        figures = entry["figures"]
+        cells = [f"{figures[n]:,.0f}" if n in figures else "-" for n in FIGURES]
+        rows.append([entry["release"], entry["commit"], entry["date"], *cells])
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -348,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             f"recorded as {args.record} in {RECORD.relative_to(report.ROOT)} and docs/benchmarks.md"
         )
     if last and not args.record:
-        worse = [n for n in FIGURES if figures[n] > last["figures"][n] * (1 + args.tolerance / 100)]
+        limit = 1 + args.tolerance / 100
+        worse = [n for n in FIGURES if figures[n] > last["figures"].get(n, float("inf")) * limit]
         if worse:
             print(f"more than {args.tolerance:g}% above {last['release']}: {', '.join(worse)}")
             return 1

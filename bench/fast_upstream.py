@@ -7,7 +7,8 @@ Speaks the streaming wire formats of OpenAI Chat Completions (`POST /v1/chat/com
 asks for it, `data: [DONE]`) and Anthropic Messages (`POST /v1/messages`: `message_start`
 ... `message_stop`, each event with its `event:` line, which the anthropic SDK needs), in
 shapes the official SDKs parse (the same as tests/fakes/, which bench does not import).
-Every answer is `--tokens` deltas `--gap-ms` apart, the first at once.
+Every answer is `--tokens` deltas `--gap-ms` apart, the first at once (fewer when the
+request's `max_tokens` or `max_completion_tokens` is lower).
 
 Raw HTTP/1.1 with keep-alive on an `asyncio.Protocol` (uvloop when installed); every
 response is encoded once per model name and kept, so a token costs one timer and one
@@ -155,7 +156,12 @@ class Answers:
 
     def __init__(self, tokens: int) -> None:
         self.tokens = tokens
-        self._cache: dict[tuple[str, str, bool], Answer] = {}
+        self._cache: dict[tuple[str, str, bool, int], Answer] = {}
+
+    def _tokens_for(self, request: dict[str, Any]) -> int:
+        """`--tokens`, or fewer when the request's token limit is lower, as a model stops."""
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        return min(self.tokens, limit) if isinstance(limit, int) and limit > 0 else self.tokens
 
     def for_request(self, path: str, body: bytes) -> Answer | bytes:
         """The streamed answer to a request, or a whole response (errors, models)."""
@@ -167,16 +173,17 @@ class Answers:
                 {"error": {"message": "body is not JSON", "type": "invalid_request_error"}},
             )
         model = str(request.get("model") or "m")
+        tokens = self._tokens_for(request)
         if path == CHAT_PATH and request.get("stream"):
             usage = bool((request.get("stream_options") or {}).get("include_usage"))
-            key = ("chat", model, usage)
+            key = ("chat", model, usage, tokens)
             if key not in self._cache:
-                self._cache[key] = chat_answer(model, self.tokens, usage)
+                self._cache[key] = chat_answer(model, tokens, usage)
             return self._cache[key]
         if path == MESSAGES_PATH and request.get("stream"):
-            key = ("messages", model, False)
+            key = ("messages", model, False, tokens)
             if key not in self._cache:
-                self._cache[key] = messages_answer(model, self.tokens)
+                self._cache[key] = messages_answer(model, tokens)
             return self._cache[key]
         if path.endswith("/models"):
             return _plain(

@@ -78,3 +78,17 @@ async def test_anthropic_sdk_builds_the_final_message(upstream: Upstream) -> Non
     assert message.content[0].text == ANSWER  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn"
     assert message.usage.output_tokens == TOKENS
+
+
+async def test_a_lower_token_limit_cuts_the_answer_as_a_model_stops(upstream: Upstream) -> None:
+    client = openai.AsyncOpenAI(base_url=upstream.url + "/v1", api_key="unused", max_retries=0)
+    async with client:
+        for limit in (2, 100):
+            stream = await client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                max_tokens=limit,
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == "".join(token_text(i) for i in range(min(limit, TOKENS)))
