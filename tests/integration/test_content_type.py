@@ -4,11 +4,13 @@ is told, in its own error shape, to send `Content-Type: application/json`."""
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+import starlette.requests
 
 from tests.support.server import RunningServer, running_server, simulated_settings
 
@@ -103,3 +105,17 @@ async def test_a_post_that_takes_no_body_needs_no_content_type(server: RunningSe
         response_id = created.json()["id"]
         cancelled = await http.post(f"/v1/responses/{response_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(BODIES) if p.startswith("/v1/")])
+async def test_a_dialect_s_body_is_parsed_once_by_its_checks_and_not_again(
+    server: RunningServer, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starlette's `Request.json()` (what FastAPI reads the body through) would parse it
+    # again with the standard library's json: the value the checks decoded is handed on.
+    def again(*args: object) -> object:
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(starlette.requests, "json", types.SimpleNamespace(loads=again))
+    answer = await post(server, path, {"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text

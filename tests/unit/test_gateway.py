@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -455,3 +456,15 @@ async def test_a_resume_on_a_copy_behind_the_client_sends_nothing_it_already_has
         copy.ingest(seq, EventType.TOKEN, 1.0, json.dumps({"token": str(seq)}))
 
     assert inbox.seqs == [6]
+
+
+async def test_a_request_keeps_its_own_id_and_one_without_is_given_a_uuid() -> None:
+    gateway = gateway_with(WatchedProvider())
+    named = await gateway.start(ask(request_id="mine"))
+    unnamed = await gateway.start(ask())
+    blank = await gateway.start(ask(request_id=""))
+    await finished(gateway)
+    assert named.key.request_id == "mine"
+    for log in (unnamed, blank):
+        assert uuid.UUID(log.key.request_id).version == 4
+    assert unnamed.key.request_id != blank.key.request_id

@@ -72,3 +72,22 @@ def test_a_stream_s_gaps_land_in_the_buckets_that_observing_them_would_give() ->
         return [line for line in lines if line.startswith(prefix) and "created" not in line]
 
     assert buckets(metrics.registry) == buckets(reference)
+
+
+def test_each_provider_s_output_lands_in_its_own_series_from_its_first_output() -> None:
+    # The labelled children are looked up once per provider and kept: every later stream
+    # of that provider, and only of that one, counts in them.
+    metrics = PrometheusMetrics("node-1", ["sim", "other"])
+    assert 'tokenwire_tokens_out_total{provider="sim"}' not in metrics.exposition().decode()
+    for provider, tokens in [("sim", 3), ("other", 5), ("sim", 2), ("late", 7)]:
+        probe = metrics.stream_started("r")
+        probe.first_output(provider, 0.01)
+        probe.text(tokens, tokens * 2, None)
+        probe.ended(None)
+    text = metrics.exposition().decode()
+    assert 'tokenwire_tokens_out_total{provider="sim"} 5.0' in text
+    assert 'tokenwire_tokens_out_total{provider="other"} 5.0' in text
+    assert 'tokenwire_tokens_out_total{provider="late"} 7.0' in text
+    assert 'tokenwire_text_bytes_out_total{provider="sim"} 10.0' in text
+    assert 'tokenwire_time_to_first_token_seconds_count{provider="sim"} 2.0' in text
+    assert 'tokenwire_time_to_first_token_seconds_count{provider="other"} 1.0' in text

@@ -15,7 +15,14 @@ from tokenwire.core.spec import Generation, RequestSpec, Routing
 from tokenwire.protocol.errors import CostLimitExceeded, InvalidRequest, ProviderUnavailable
 from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.providers.simulated import SimulatedProvider
-from tokenwire.routing.classify import TaskType, classify, load_classifier
+from tokenwire.routing.classify import (
+    MEMO_SIZE,
+    SCAN_CHARS,
+    TaskType,
+    _classify_start,
+    classify,
+    load_classifier,
+)
 from tokenwire.routing.health import CircuitState, HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
 from tokenwire.routing.strategies import LOAD_WEIGHT
@@ -114,6 +121,27 @@ def test_a_classification_names_the_cues_that_decided_it(
 
 def test_only_the_start_of_a_huge_prompt_is_read() -> None:
     assert classify("hello " * 100_000 + "translate this").task is TaskType.CONVERSATION
+
+
+def test_a_prompt_classified_again_gets_the_same_answer_from_the_memo() -> None:
+    # Long prompts that share their first thousands of characters: the memo tells them
+    # apart by everything the classifier reads, and only by that.
+    shared = "hello there " * 300
+    near_the_end = shared + "translate this into French"
+    assert classify(shared).task is TaskType.CONVERSATION
+    assert classify(near_the_end).task is TaskType.TRANSLATION
+    assert classify(shared).task is TaskType.CONVERSATION
+    past_the_end = "hello " * (SCAN_CHARS // 6 + 1)
+    assert classify(past_the_end + "summarize") == classify(past_the_end + "translate")
+    assert classify(near_the_end) == classify(near_the_end)
+
+
+def test_the_classification_memo_is_bounded() -> None:
+    info = _classify_start.cache_info()
+    assert info.maxsize == MEMO_SIZE
+    for n in range(MEMO_SIZE + 10):
+        classify(f"prompt number {n}")
+    assert _classify_start.cache_info().currsize <= MEMO_SIZE
 
 
 def test_a_deployment_s_own_classifier_replaces_the_rules() -> None:
@@ -396,3 +424,20 @@ def test_with_no_provider_routing_may_choose_a_request_must_name_one() -> None:
     with pytest.raises(InvalidRequest, match=r"auto = false.*\(a, b\)"):
         fleet.router.choose(spec())
     assert fleet.order(spec(provider="b")) == ["b"]
+
+
+def test_the_error_rate_is_that_of_the_last_window_of_outcomes() -> None:
+    # Kept as outcomes come and go (not counted at each read): after every attempt it is
+    # the share of failures among the last `window` ones that said anything of the provider.
+    book = HealthBook([("p", None)], HealthPolicy(window=5, failure_threshold=100))
+    outcomes = [AttemptOutcome.FAILED] * 3 + [AttemptOutcome.OK] * 6 + [AttemptOutcome.FAILED]
+    outcomes += [AttemptOutcome.NEUTRAL, AttemptOutcome.OK, AttemptOutcome.FAILED] * 3
+    said: list[bool] = []
+    assert book["p"].error_rate == 0.0
+    for outcome in outcomes:
+        book.attempt_started("p")
+        book.attempt_ended("p", outcome, 0, 0.0)
+        if outcome is not AttemptOutcome.NEUTRAL:
+            said.append(outcome is AttemptOutcome.OK)
+        window = said[-5:]
+        assert book["p"].error_rate == window.count(False) / len(window)

@@ -132,6 +132,19 @@ def test_a_provider_without_parallel_calls_takes_a_tools_request_told_not_to() -
     )
 
 
+def test_a_slot_builds_each_spec_s_own_request_however_they_alternate() -> None:
+    # The request built last is kept for the spec it was built from, and for no other.
+    serial = slot("serial", Capabilities(tools=True))
+    plain, with_tools = spec(max_tokens=7), spec(tools=(WEATHER,), max_tokens=9)
+    first = serial.provider_request(plain)
+    assert serial.provider_request(plain) is first
+    for asked in (with_tools, plain, with_tools, spec(max_tokens=7)):
+        sent = serial.provider_request(asked)
+        assert sent.max_tokens == asked.generation.max_tokens
+        assert sent.tools == asked.generation.tools
+        assert sent.parallel_tool_calls is (False if asked.generation.tools else None)
+
+
 def test_no_tools_provider_to_choose_is_unsupported_feature() -> None:
     r = router(slot("local", Capabilities()))
     with pytest.raises(UnsupportedFeature, match="no provider that routing may choose calls"):

@@ -43,6 +43,8 @@ class ProviderSlot:
         self.gate = asyncio.Semaphore(profile.max_concurrency) if profile.max_concurrency else None
         self.waiting = 0
         """Requests queued for this provider's gate."""
+        self._last: tuple[RequestSpec, ProviderRequest] | None = None
+        """The last request built, and the spec it was built from (both frozen)."""
 
     @property
     def name(self) -> str:
@@ -55,10 +57,25 @@ class ProviderSlot:
         ) / 1_000_000
 
     def estimated_cost_usd(self, prompt_tokens: int, answer_tokens: int) -> float:
-        """The most a request can cost here: its prompt, and its whole answer budget."""
-        return self.cost_usd(Usage(prompt_tokens=prompt_tokens, completion_tokens=answer_tokens))
+        """The most a request can cost here: its prompt, and its whole answer budget
+        (`cost_usd`'s sum, with no `Usage` built for it on every request's routing)."""
+        profile = self.profile
+        return (
+            prompt_tokens * profile.input_cost_per_mtok
+            + answer_tokens * profile.output_cost_per_mtok
+        ) / 1_000_000
 
     def provider_request(self, spec: RequestSpec) -> ProviderRequest:
+        # Asked for the same spec two or three times per request (validation, the
+        # expected length, the attempt): built once while no other request came between.
+        last = self._last
+        if last is not None and last[0] is spec:
+            return last[1]
+        request = self._build_request(spec)
+        self._last = (spec, request)
+        return request
+
+    def _build_request(self, spec: RequestSpec) -> ProviderRequest:
         generation = spec.generation
         parallel = generation.parallel_tool_calls
         if generation.tools and not self.profile.capabilities.parallel_tool_calls:

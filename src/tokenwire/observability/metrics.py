@@ -53,6 +53,9 @@ LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 LOOP_LAG_INTERVAL_SECONDS = 0.5
 """How often the loop-lag task wakes (each wake is one histogram observation)."""
 
+# A provider's time-to-first-token histogram, tokens and bytes counters (labelled children).
+_OutputChildren = tuple[Histogram, Counter, Counter]
+
 
 class PrometheusMetrics:
     """Every tokenwire metric; `multiprocess_dir` set: the workers' shared directory."""
@@ -190,6 +193,23 @@ class PrometheusMetrics:
             for status in StreamStatus
         }
         self._circuits = {provider: self.circuit.labels(provider) for provider in providers}
+        # Not made up front: these series appear with a provider's first output, as before.
+        self._outputs: dict[str, _OutputChildren] = {}
+
+    def _output_children(self, provider: str) -> _OutputChildren:
+        return (
+            self.first_token.labels(provider),
+            self.tokens_out.labels(provider),
+            self.bytes_out.labels(provider),
+        )
+
+    def output_children(self, provider: str) -> _OutputChildren:
+        """A provider's first-token, tokens and bytes children, looked up once (`labels()`
+        takes a lock and builds its key on every call: three of them per request)."""
+        children = self._outputs.get(provider)
+        if children is None:
+            children = self._outputs[provider] = self._output_children(provider)
+        return children
 
     # -- what the gateway cannot push: read when sampled and when scraped ---------------
 
@@ -310,10 +330,8 @@ class _Probe:
             self._metrics.provider_errors.labels(provider, error_type).inc()
 
     def first_output(self, provider: str, seconds: float) -> None:
-        metrics = self._metrics
-        metrics.first_token.labels(provider).observe(seconds)
-        self._tokens = metrics.tokens_out.labels(provider)
-        self._bytes = metrics.bytes_out.labels(provider)
+        first_token, self._tokens, self._bytes = self._metrics.output_children(provider)
+        first_token.observe(seconds)
 
     def text(self, deltas: int, size: int, gap: float | None) -> None:
         self._pending_tokens += deltas

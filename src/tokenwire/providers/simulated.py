@@ -26,6 +26,7 @@ fragments as deltas.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
@@ -118,6 +119,12 @@ class SimulatedOptions(BaseModel):
     """Text before the scripted calls, sent a word at a time."""
     fragment_chars: Annotated[int, Field(ge=1, le=1 << 20)] = 8
     interleave: bool = False
+
+    @functools.cached_property
+    def seed_json(self) -> str:
+        """These options as `_seed` writes them: once per options (they are frozen, and
+        the same few are asked again and again), not once per answer."""
+        return json.dumps(self.model_dump(), sort_keys=True)
 
 
 class SimulatedProvider:
@@ -318,8 +325,10 @@ async def _play(
 
 
 def _seed(request: ProviderRequest, options: SimulatedOptions) -> int:
-    material = json.dumps(
-        [[m.role, m.content] for m in request.messages] + [options.model_dump()],
-        sort_keys=True,
+    # The JSON of `[[role, content], ..., options]` (sort_keys): a list's JSON is its
+    # items' own JSON joined by ", ", so the options' part is spliced in from their memo.
+    turns = [[m.role, m.content] for m in request.messages]
+    material = (
+        f"{json.dumps(turns)[:-1]}, {options.seed_json}]" if turns else f"[{options.seed_json}]"
     )
     return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")

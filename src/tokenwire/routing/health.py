@@ -53,6 +53,9 @@ class ProviderHealth:
         self.ttft_ms: float | None = None
         self.tokens_per_s: float | None = None
         self._outcomes: deque[bool] = deque(maxlen=policy.window)
+        self._failed_in_window = 0
+        """Failures among `_outcomes`, kept as they come and go: every request's routing
+        reads the error rate, and counting the window each time cost it a loop."""
         self.in_flight = 0
         self._failures_in_a_row = 0
         self._opened_at: float | None = None
@@ -83,7 +86,7 @@ class ProviderHealth:
     def error_rate(self) -> float:
         if not self._outcomes:
             return 0.0
-        return sum(1 for ok in self._outcomes if not ok) / len(self._outcomes)
+        return self._failed_in_window / len(self._outcomes)
 
     @property
     def measured(self) -> bool:
@@ -109,7 +112,7 @@ class ProviderHealth:
         self.in_flight = max(0, self.in_flight - 1)
         probe, self._probing = self._probing, False
         if outcome is AttemptOutcome.OK:
-            self._outcomes.append(True)
+            self._record(True)
             self._failures_in_a_row = 0
             self._opened_at = None
             if deltas > 1 and streaming_seconds > 0:
@@ -117,10 +120,18 @@ class ProviderHealth:
                     self.tokens_per_s, (deltas - 1) / streaming_seconds
                 )
         elif outcome is AttemptOutcome.FAILED:
-            self._outcomes.append(False)
+            self._record(False)
             self._failures_in_a_row += 1
             if probe or self._failures_in_a_row >= self._policy.failure_threshold:
                 self._opened_at = self._clock()
+
+    def _record(self, ok: bool) -> None:
+        outcomes = self._outcomes
+        if outcomes and len(outcomes) == outcomes.maxlen and not outcomes[0]:
+            self._failed_in_window -= 1  # the oldest, a failure, leaves the window
+        outcomes.append(ok)
+        if not ok:
+            self._failed_in_window += 1
 
     def describe(self) -> dict[str, Any]:
         return {
