@@ -15,14 +15,7 @@ from tokenwire.core.spec import Generation, RequestSpec, Routing
 from tokenwire.protocol.errors import CostLimitExceeded, InvalidRequest, ProviderUnavailable
 from tokenwire.protocol.messages import RoutingStrategy
 from tokenwire.providers.simulated import SimulatedProvider
-from tokenwire.routing.classify import (
-    MEMO_SIZE,
-    SCAN_CHARS,
-    TaskType,
-    _classify_start,
-    classify,
-    load_classifier,
-)
+from tokenwire.routing.classify import TaskType, classify, load_classifier
 from tokenwire.routing.health import CircuitState, HealthBook, HealthPolicy
 from tokenwire.routing.router import RoutingPolicy, StrategyRouter
 from tokenwire.routing.strategies import LOAD_WEIGHT
@@ -121,27 +114,6 @@ def test_a_classification_names_the_cues_that_decided_it(
 
 def test_only_the_start_of_a_huge_prompt_is_read() -> None:
     assert classify("hello " * 100_000 + "translate this").task is TaskType.CONVERSATION
-
-
-def test_a_prompt_classified_again_gets_the_same_answer_from_the_memo() -> None:
-    # Long prompts that share their first thousands of characters: the memo tells them
-    # apart by everything the classifier reads, and only by that.
-    shared = "hello there " * 300
-    near_the_end = shared + "translate this into French"
-    assert classify(shared).task is TaskType.CONVERSATION
-    assert classify(near_the_end).task is TaskType.TRANSLATION
-    assert classify(shared).task is TaskType.CONVERSATION
-    past_the_end = "hello " * (SCAN_CHARS // 6 + 1)
-    assert classify(past_the_end + "summarize") == classify(past_the_end + "translate")
-    assert classify(near_the_end) == classify(near_the_end)
-
-
-def test_the_classification_memo_is_bounded() -> None:
-    info = _classify_start.cache_info()
-    assert info.maxsize == MEMO_SIZE
-    for n in range(MEMO_SIZE + 10):
-        classify(f"prompt number {n}")
-    assert _classify_start.cache_info().currsize <= MEMO_SIZE
 
 
 def test_a_deployment_s_own_classifier_replaces_the_rules() -> None:

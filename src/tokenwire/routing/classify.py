@@ -15,7 +15,6 @@ names a function from the prompt's text to one of the `TaskType` values.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import re
 from collections.abc import Callable
@@ -37,10 +36,6 @@ class TaskType(StrEnum):
 SCAN_CHARS = 4000
 # Below this total weight the prompt is small talk, whatever faint cue it has.
 THRESHOLD = 1.0
-# Distinct prompt starts whose classification is remembered: a prompt sent again (a retry,
-# a regenerate, a template's fixed text, a load test) costs a dict lookup, not 14 regular
-# expressions; at most SCAN_CHARS characters each, so a few MB at worst.
-MEMO_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +179,7 @@ _CUES: tuple[_Cue, ...] = (
 
 def classify(text: str) -> Classification:
     """The task a prompt asks for, with the cues that decided it."""
-    return _classify_start(text[:SCAN_CHARS])
-
-
-@functools.lru_cache(maxsize=MEMO_SIZE)
-def _classify_start(start: str) -> Classification:
-    """`classify` of a prompt's first SCAN_CHARS characters: all it looks at, so the
-    memo's key (a `Classification` is frozen, so one may be handed out many times)."""
-    sample = start.lower()
+    sample = text[:SCAN_CHARS].lower()
     scores: dict[TaskType, float] = {}
     cues: dict[TaskType, list[str]] = {}
     for cue in _CUES:
