@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
@@ -77,6 +77,28 @@ class WebSocketLimits:
 
 
 class Connection:
+    # Slots: one of these lives as long as its connection, idle ones included.
+    __slots__ = (
+        "_access",
+        "_asgi_closing",
+        "_client",
+        "_client_closed_on_purpose",
+        "_close_frame_out",
+        "_close_waiter",
+        "_closing",
+        "_control",
+        "_disconnect_reason",
+        "_gateway",
+        "_identity",
+        "_limits",
+        "_logs",
+        "_outbox",
+        "_timers",
+        "_writer",
+        "_ws",
+        "session",
+    )
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -90,14 +112,16 @@ class Connection:
         self._access = access
         self._identity = identity_of(websocket.scope)
         self._client = client_of(websocket)
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.TimerHandle] | None = None  # made at the first timer
         self._outbox = Outbox(limits.max_send_buffer_bytes)
         extensions = websocket.scope.get("extensions") or {}
         control = extensions.get(EXTENSION)
         self._control = control if isinstance(control, TransportControl) else None
         self._closing: tuple[int, str] | None = None
-        self._close_sent = asyncio.Event()
-        self._close_frame_out = False  # `_close_sent.is_set()`, cheaper on the per-token path
+        self._close_frame_out = False
+        # What `close` waits on, made only when it waits (an Event would cost every idle
+        # connection close to a kilobyte).
+        self._close_waiter: asyncio.Future[None] | None = None
         self._disconnect_reason = "client disconnected"
         self._client_closed_on_purpose = False
         self._logs: list[EventLog] = []
@@ -126,19 +150,19 @@ class Connection:
         session.state = SessionState.CONNECTED
         writer = asyncio.create_task(self._write_loop(), name=f"writer {session.session_id}")
         self._writer = writer
-        reader = asyncio.create_task(self._read_loop(), name=f"reader {session.session_id}")
+        # The reading runs here, not in a task of its own: whatever ends the writing (a
+        # client too slow, the close, a defect) sends a close frame, and the reader then
+        # sees the disconnect.
+        writer.add_done_callback(self._writer_ended)
         try:
-            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            await self._read_loop()
         finally:
-            for timer in self._timers.values():
+            for timer in (self._timers or {}).values():
                 timer.cancel()
-            if self._outbox.overflowed:
-                self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
-                self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
+            writer.remove_done_callback(self._writer_ended)
             self._end_session(session)
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
             if self._asgi_closing is not None:
                 await asyncio.wait([self._asgi_closing], timeout=self._limits.close_timeout)
                 self._asgi_closing.cancel()
@@ -159,11 +183,16 @@ class Connection:
         """
         self._begin_close(code, reason)
         try:
-            await asyncio.wait_for(self._close_sent.wait(), self._limits.close_timeout)
+            if not self._close_frame_out:
+                if self._close_waiter is None:
+                    self._close_waiter = asyncio.get_running_loop().create_future()
+                # Shielded: the waiter is shared by every caller, and a timeout cancels.
+                waiting = asyncio.shield(self._close_waiter)
+                await asyncio.wait_for(waiting, self._limits.close_timeout)
         except TimeoutError:
             pass
         finally:
-            if not self._close_sent.is_set():
+            if not self._close_frame_out:
                 self._outbox.discard()
                 if self._writer is not None:
                     self._writer.cancel()
@@ -177,7 +206,7 @@ class Connection:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
                 code = message.get("code")
-                if self._closing is None and not self._close_sent.is_set():
+                if self._closing is None and not self._close_frame_out:
                     # The client closed, or the link was lost: only a 1000 is on purpose.
                     self._client_closed_on_purpose = code == 1000
                     self._disconnect_reason = (
@@ -219,9 +248,8 @@ class Connection:
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
-        self._send_close_now(code, reason)
         # The reader sees the disconnect and ends the connection.
-        await asyncio.Event().wait()
+        self._send_close_now(code, reason)
 
     # -- closing --------------------------------------------------------------
 
@@ -242,10 +270,11 @@ class Connection:
         self._send_close_now(close_code(error), error.message)
 
     def _send_close_now(self, code: int, reason: str) -> None:
-        if self._close_sent.is_set():
+        if self._close_frame_out:
             return
-        self._close_sent.set()
         self._close_frame_out = True
+        if self._close_waiter is not None and not self._close_waiter.done():
+            self._close_waiter.set_result(None)
         if self._control is not None:
             self._control.close(code, reason, self._limits.close_timeout)
         else:
@@ -368,6 +397,8 @@ class Connection:
         self._begin_close(close_code(error), "credential expired")
 
     def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        if self._timers is None:
+            self._timers = {}
         previous = self._timers.pop(name, None)
         if previous is not None:
             previous.cancel()
@@ -393,10 +424,28 @@ class Connection:
         if outbox.overflowed or self._close_frame_out:
             return
         outbox.put(frame)
-        if outbox.overflowed and self._writer is not None:
-            # The writer is stuck in a send the client does not read: stopping it ends
-            # the connection (`serve` sends the 1013 and ends the session).
-            self._writer.cancel()
+        if outbox.overflowed:
+            # The writer is stuck in a send the client does not read: it stops, the 1013
+            # goes out behind what the socket holds, and the reader sees the end.
+            if self._writer is not None:
+                self._writer.cancel()
+            self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
+            self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
+
+    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
+        """The writer ended while the reader reads. It ends after a close frame (its own,
+        or the 1013 of an overflow), or on a lost link (which the reader hears of too),
+        but for a defect: the reader, which only a close ends, would read on unanswered."""
+        if writer.cancelled():
+            return
+        error = writer.exception()
+        if error is not None and not isinstance(error, (WebSocketDisconnect, OSError)):
+            logger.error(
+                "the WebSocket writer failed",
+                session_id=self.session.session_id if self.session else None,
+                exc_info=error,
+            )
+            self._force_close(InternalError("internal error while sending"))
 
 
 def _exceeds(frame: str | bytes, limit: int) -> bool:
