@@ -90,6 +90,7 @@ class Connection:
         "_disconnect_reason",
         "_gateway",
         "_identity",
+        "_last_write",
         "_limits",
         "_logs",
         "_outbox",
@@ -126,7 +127,10 @@ class Connection:
         self._client_closed_on_purpose = False
         self._logs: list[EventLog] = []
         self.session: Session | None = None
+        # Running while there is something to write, or a stream this connection follows
+        # runs (`_write_loop`); an idle connection has none.
         self._writer: asyncio.Task[None] | None = None
+        self._last_write = float("-inf")
         self._asgi_closing: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
@@ -148,21 +152,19 @@ class Connection:
         )
         self._watch_expiry()
         session.state = SessionState.CONNECTED
-        writer = asyncio.create_task(self._write_loop(), name=f"writer {session.session_id}")
-        self._writer = writer
-        # The reading runs here, not in a task of its own: whatever ends the writing (a
-        # client too slow, the close, a defect) sends a close frame, and the reader then
-        # sees the disconnect.
-        writer.add_done_callback(self._writer_ended)
         try:
+            # The reading runs here, not in a task of its own: whatever ends the writing
+            # (a client too slow, the close, a defect) sends a close frame, and the reader
+            # then sees the disconnect.
             await self._read_loop()
         finally:
             for timer in (self._timers or {}).values():
                 timer.cancel()
-            writer.remove_done_callback(self._writer_ended)
             self._end_session(session)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            writer = self._writer
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
             if self._asgi_closing is not None:
                 await asyncio.wait([self._asgi_closing], timeout=self._limits.close_timeout)
                 self._asgi_closing.cancel()
@@ -227,29 +229,58 @@ class Connection:
             await self._on_frame(frame)
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write()
+        except (WebSocketDisconnect, OSError):
+            pass  # the link is gone: the reader hears of it too
+        except Exception:
+            # The reader, which only a close ends, would otherwise read on unanswered.
+            logger.exception(
+                "the WebSocket writer failed",
+                session_id=self.session.session_id if self.session else None,
+            )
+            self._force_close(InternalError("internal error while sending"))
+
+    async def _write(self) -> None:
+        outbox = self._outbox
         send = self._ws.send
-        take_all = self._outbox.take_all
         control = self._control
         clock = asyncio.get_running_loop().time
-        last_write = float("-inf")
-        while (frames := await take_all()) is not None:
+        while True:
+            if not outbox and not outbox.closed and not self._following():
+                # Nothing to write and no stream to wait for: an idle connection holds no
+                # task (`_push_frame` starts one again).
+                self._writer = None
+                return
+            frames = await outbox.take_all()
+            if frames is None:
+                break
             # What queued meanwhile goes out in one write, straight to the transport while
             # the socket takes it; through ASGI (which waits for a full buffer to drain)
             # when it does not, or when the server is not uvicorn.
             if control is None or not control.send_texts(frames):
                 for frame in frames:
                     await send({"type": "websocket.send", "text": frame})
+            del frames  # not held while waiting: the last batch would stay with an idle writer
             now = clock()
-            if now - last_write < WRITE_INTERVAL:
+            if now - self._last_write < WRITE_INTERVAL:
                 # Frames coming faster than this (a stream flat out, several at once) wait
                 # for the next write together: a write costs more than the frames it holds.
                 await asyncio.sleep(WRITE_INTERVAL)
-            last_write = now
+            self._last_write = now
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
         # The reader sees the disconnect and ends the connection.
         self._send_close_now(code, reason)
+
+    def _following(self) -> bool:
+        """Whether a stream this connection follows still runs (its frames will come)."""
+        return any(not log.finished for log in self._logs)
+
+    def _start_writer(self) -> None:
+        if self._writer is None and not self._close_frame_out:
+            self._writer = asyncio.create_task(self._write_loop())
 
     # -- closing --------------------------------------------------------------
 
@@ -258,6 +289,7 @@ class Connection:
             self._closing = (code, reason)
             self._disconnect_reason = reason or f"closed by the server ({code})"
             self._outbox.close()
+            self._start_writer()  # it drains the outbox, then sends the close frame
 
     def _force_close(self, error: TokenwireError) -> None:
         logger.warning(
@@ -431,21 +463,8 @@ class Connection:
                 self._writer.cancel()
             self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
             self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
-
-    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
-        """The writer ended while the reader reads. It ends after a close frame (its own,
-        or the 1013 of an overflow), or on a lost link (which the reader hears of too),
-        but for a defect: the reader, which only a close ends, would read on unanswered."""
-        if writer.cancelled():
-            return
-        error = writer.exception()
-        if error is not None and not isinstance(error, (WebSocketDisconnect, OSError)):
-            logger.error(
-                "the WebSocket writer failed",
-                session_id=self.session.session_id if self.session else None,
-                exc_info=error,
-            )
-            self._force_close(InternalError("internal error while sending"))
+        elif self._writer is None:
+            self._start_writer()
 
 
 def _exceeds(frame: str | bytes, limit: int) -> bool:
