@@ -163,3 +163,30 @@ async def test_an_idle_connection_holds_no_writer_and_still_answers_and_closes()
         await conn.close(1000, "bye")
         await eventually(lambda: client.close_message is not None)
     assert client.close_message == {"type": "websocket.close", "code": 1000, "reason": "bye"}
+
+
+async def test_a_writer_that_fails_on_a_defect_closes_its_connection_with_1011() -> None:
+    # Given a connection whose sends of text fail on a defect (not a lost link)
+    gateway = gateway_with(WatchedProvider())
+    client = FakeClient()
+    real_send = client.websocket.send
+
+    async def failing(message: Any) -> None:
+        if message["type"] == "websocket.send":
+            raise RuntimeError("a defect")
+        await real_send(message)
+
+    client.websocket.send = failing  # type: ignore[method-assign]
+    async with serving(gateway, client) as conn:
+        # When it sends its greeting, then the connection is closed, saying why
+        await eventually(lambda: client.close_message is not None)
+        assert client.close_message == {
+            "type": "websocket.close",
+            "code": 1011,
+            "reason": "internal error while sending",
+        }
+        # and its session ends once the client has gone
+        session = conn.session
+        assert session is not None
+        client.disconnect(1011)
+        await eventually(lambda: gateway.sessions.get(session.session_id) is None)
