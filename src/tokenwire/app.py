@@ -76,6 +76,7 @@ from tokenwire.settings import (
     Settings,
 )
 from tokenwire.transports import api_docs, http, sse, web, websocket
+from tokenwire.transports.stream_socket import STREAM_PATH, TokenwireApp, stream_socket
 from tokenwire.transports.uvicorn_http import head_timeout_protocol
 from tokenwire.transports.uvicorn_ws import TokenwireWebSocketProtocol
 from tokenwire.transports.v1 import chat, messages, models, responses
@@ -447,7 +448,7 @@ def build_app(
                 # The last spans go out (the exporter's own timeouts bound this).
                 await asyncio.to_thread(traces.shutdown)
 
-    app = FastAPI(
+    app = TokenwireApp(
         title="tokenwire",
         version=__version__,
         summary="Streams AI answers token by token; OpenAI- and Anthropic-compatible HTTP APIs.",
@@ -463,7 +464,8 @@ def build_app(
             Route("/api/streams", sse.list_streams, methods=["GET"]),
             Route("/api/streams/{request_id}/events", sse.attach_stream, methods=["GET"]),
             Route("/api/streams/{request_id}", sse.cancel_stream, methods=["DELETE"]),
-            WebSocketRoute("/ws/ai-stream", websocket.ai_stream_endpoint),
+            # Served by `app.stream_socket` (stream_socket.py); listed for the route table.
+            WebSocketRoute(STREAM_PATH, websocket.ai_stream_endpoint),
             Route("/ws/ai-stream", http.upgrade_required),
             *api_docs.routes(),
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
@@ -481,6 +483,7 @@ def build_app(
     app.state.v1_routes = [route for router in dialects for route in router.routes]
     app.add_exception_handler(HTTPException, unrouted)
     app.add_middleware(AccessMiddleware, policy=access, render=refusal)
+    app.stream_socket = AccessMiddleware(stream_socket, policy=access, render=refusal)
     app.state.access = access
     app.state.gateway = gw
     app.state.ws_limits = websocket_limits(settings)

@@ -137,3 +137,56 @@ async def test_the_frame_queued_before_a_close_is_the_last_the_client_gets() -> 
     assert client.close_message is not None
     assert client.close_message["code"] == 1008
     assert max(f["seq"] or 0 for f in before_close) <= seq_at_close
+
+
+async def test_an_idle_connection_holds_no_writer_and_still_answers_and_closes() -> None:
+    # Given a greeted connection that follows no stream
+    gateway = gateway_with(WatchedProvider())
+    client = FakeClient()
+    async with serving(gateway, client) as conn:
+        await eventually(lambda: len(client.texts()) == 1)
+
+        # Then it holds no writer task (an idle connection's memory: issue 26)
+        await eventually(lambda: conn._writer is None)
+
+        # When the client pings, the pong still goes out, and the writer goes again
+        client.send_json({"type": "ping", "timestamp": 1})
+        await eventually(lambda: any(f.get("type") == "pong" for f in client.texts()))
+        await eventually(lambda: conn._writer is None)
+
+        # When a request streams, the writer stays for it, then goes with its end
+        client.send_json(ask("short", config={"options": {"tokens": 3}}))
+        await eventually(lambda: any(f.get("event_type") == "stream_end" for f in client.texts()))
+        await eventually(lambda: conn._writer is None)
+
+        # When the server closes it, the close frame goes out
+        await conn.close(1000, "bye")
+        await eventually(lambda: client.close_message is not None)
+    assert client.close_message == {"type": "websocket.close", "code": 1000, "reason": "bye"}
+
+
+async def test_a_writer_that_fails_on_a_defect_closes_its_connection_with_1011() -> None:
+    # Given a connection whose sends of text fail on a defect (not a lost link)
+    gateway = gateway_with(WatchedProvider())
+    client = FakeClient()
+    real_send = client.websocket.send
+
+    async def failing(message: Any) -> None:
+        if message["type"] == "websocket.send":
+            raise RuntimeError("a defect")
+        await real_send(message)
+
+    client.websocket.send = failing  # type: ignore[method-assign]
+    async with serving(gateway, client) as conn:
+        # When it sends its greeting, then the connection is closed, saying why
+        await eventually(lambda: client.close_message is not None)
+        assert client.close_message == {
+            "type": "websocket.close",
+            "code": 1011,
+            "reason": "internal error while sending",
+        }
+        # and its session ends once the client has gone
+        session = conn.session
+        assert session is not None
+        client.disconnect(1011)
+        await eventually(lambda: gateway.sessions.get(session.session_id) is None)

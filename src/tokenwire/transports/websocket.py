@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tokenwire.core.eventlog import EventLog, Record
 from tokenwire.core.gateway import Gateway
@@ -77,6 +77,29 @@ class WebSocketLimits:
 
 
 class Connection:
+    # Slots: one of these lives as long as its connection, idle ones included.
+    __slots__ = (
+        "_access",
+        "_asgi_closing",
+        "_client",
+        "_client_closed_on_purpose",
+        "_close_frame_out",
+        "_close_waiter",
+        "_closing",
+        "_control",
+        "_disconnect_reason",
+        "_gateway",
+        "_identity",
+        "_last_write",
+        "_limits",
+        "_logs",
+        "_outbox",
+        "_timers",
+        "_writer",
+        "_ws",
+        "session",
+    )
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -90,19 +113,24 @@ class Connection:
         self._access = access
         self._identity = identity_of(websocket.scope)
         self._client = client_of(websocket)
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.TimerHandle] | None = None  # made at the first timer
         self._outbox = Outbox(limits.max_send_buffer_bytes)
         extensions = websocket.scope.get("extensions") or {}
         control = extensions.get(EXTENSION)
         self._control = control if isinstance(control, TransportControl) else None
         self._closing: tuple[int, str] | None = None
-        self._close_sent = asyncio.Event()
-        self._close_frame_out = False  # `_close_sent.is_set()`, cheaper on the per-token path
+        self._close_frame_out = False
+        # What `close` waits on, made only when it waits (an Event would cost every idle
+        # connection close to a kilobyte).
+        self._close_waiter: asyncio.Future[None] | None = None
         self._disconnect_reason = "client disconnected"
         self._client_closed_on_purpose = False
         self._logs: list[EventLog] = []
         self.session: Session | None = None
+        # Running while there is something to write, or a stream this connection follows
+        # runs (`_write_loop`); an idle connection has none.
         self._writer: asyncio.Task[None] | None = None
+        self._last_write = float("-inf")
         self._asgi_closing: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
@@ -124,21 +152,19 @@ class Connection:
         )
         self._watch_expiry()
         session.state = SessionState.CONNECTED
-        writer = asyncio.create_task(self._write_loop(), name=f"writer {session.session_id}")
-        self._writer = writer
-        reader = asyncio.create_task(self._read_loop(), name=f"reader {session.session_id}")
         try:
-            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            # The reading runs here, not in a task of its own: whatever ends the writing
+            # (a client too slow, the close, a defect) sends a close frame, and the reader
+            # then sees the disconnect.
+            await self._read_loop()
         finally:
-            for timer in self._timers.values():
+            for timer in (self._timers or {}).values():
                 timer.cancel()
-            if self._outbox.overflowed:
-                self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
-                self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
             self._end_session(session)
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            writer = self._writer
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
             if self._asgi_closing is not None:
                 await asyncio.wait([self._asgi_closing], timeout=self._limits.close_timeout)
                 self._asgi_closing.cancel()
@@ -159,11 +185,16 @@ class Connection:
         """
         self._begin_close(code, reason)
         try:
-            await asyncio.wait_for(self._close_sent.wait(), self._limits.close_timeout)
+            if not self._close_frame_out:
+                if self._close_waiter is None:
+                    self._close_waiter = asyncio.get_running_loop().create_future()
+                # Shielded: the waiter is shared by every caller, and a timeout cancels.
+                waiting = asyncio.shield(self._close_waiter)
+                await asyncio.wait_for(waiting, self._limits.close_timeout)
         except TimeoutError:
             pass
         finally:
-            if not self._close_sent.is_set():
+            if not self._close_frame_out:
                 self._outbox.discard()
                 if self._writer is not None:
                     self._writer.cancel()
@@ -177,7 +208,7 @@ class Connection:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
                 code = message.get("code")
-                if self._closing is None and not self._close_sent.is_set():
+                if self._closing is None and not self._close_frame_out:
                     # The client closed, or the link was lost: only a 1000 is on purpose.
                     self._client_closed_on_purpose = code == 1000
                     self._disconnect_reason = (
@@ -198,30 +229,58 @@ class Connection:
             await self._on_frame(frame)
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write()
+        except (WebSocketDisconnect, OSError):
+            pass  # the link is gone: the reader hears of it too
+        except Exception:
+            # The reader, which only a close ends, would otherwise read on unanswered.
+            logger.exception(
+                "the WebSocket writer failed",
+                session_id=self.session.session_id if self.session else None,
+            )
+            self._force_close(InternalError("internal error while sending"))
+
+    async def _write(self) -> None:
+        outbox = self._outbox
         send = self._ws.send
-        take_all = self._outbox.take_all
         control = self._control
         clock = asyncio.get_running_loop().time
-        last_write = float("-inf")
-        while (frames := await take_all()) is not None:
+        while True:
+            if not outbox and not outbox.closed and not self._following():
+                # Nothing to write and no stream to wait for: an idle connection holds no
+                # task (`_push_frame` starts one again).
+                self._writer = None
+                return
+            frames = await outbox.take_all()
+            if frames is None:
+                break
             # What queued meanwhile goes out in one write, straight to the transport while
             # the socket takes it; through ASGI (which waits for a full buffer to drain)
             # when it does not, or when the server is not uvicorn.
             if control is None or not control.send_texts(frames):
                 for frame in frames:
                     await send({"type": "websocket.send", "text": frame})
+            del frames  # not held while waiting: the last batch would stay with an idle writer
             now = clock()
-            if now - last_write < WRITE_INTERVAL:
+            if now - self._last_write < WRITE_INTERVAL:
                 # Frames coming faster than this (a stream flat out, several at once) wait
                 # for the next write together: a write costs more than the frames it holds.
                 await asyncio.sleep(WRITE_INTERVAL)
-            last_write = now
+            self._last_write = now
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
-        self._send_close_now(code, reason)
         # The reader sees the disconnect and ends the connection.
-        await asyncio.Event().wait()
+        self._send_close_now(code, reason)
+
+    def _following(self) -> bool:
+        """Whether a stream this connection follows still runs (its frames will come)."""
+        return any(not log.finished for log in self._logs)
+
+    def _start_writer(self) -> None:
+        if self._writer is None and not self._close_frame_out:
+            self._writer = asyncio.create_task(self._write_loop())
 
     # -- closing --------------------------------------------------------------
 
@@ -230,6 +289,7 @@ class Connection:
             self._closing = (code, reason)
             self._disconnect_reason = reason or f"closed by the server ({code})"
             self._outbox.close()
+            self._start_writer()  # it drains the outbox, then sends the close frame
 
     def _force_close(self, error: TokenwireError) -> None:
         logger.warning(
@@ -242,10 +302,11 @@ class Connection:
         self._send_close_now(close_code(error), error.message)
 
     def _send_close_now(self, code: int, reason: str) -> None:
-        if self._close_sent.is_set():
+        if self._close_frame_out:
             return
-        self._close_sent.set()
         self._close_frame_out = True
+        if self._close_waiter is not None and not self._close_waiter.done():
+            self._close_waiter.set_result(None)
         if self._control is not None:
             self._control.close(code, reason, self._limits.close_timeout)
         else:
@@ -368,6 +429,8 @@ class Connection:
         self._begin_close(close_code(error), "credential expired")
 
     def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        if self._timers is None:
+            self._timers = {}
         previous = self._timers.pop(name, None)
         if previous is not None:
             previous.cancel()
@@ -393,10 +456,15 @@ class Connection:
         if outbox.overflowed or self._close_frame_out:
             return
         outbox.put(frame)
-        if outbox.overflowed and self._writer is not None:
-            # The writer is stuck in a send the client does not read: stopping it ends
-            # the connection (`serve` sends the 1013 and ends the session).
-            self._writer.cancel()
+        if outbox.overflowed:
+            # The writer is stuck in a send the client does not read: it stops, the 1013
+            # goes out behind what the socket holds, and the reader sees the end.
+            if self._writer is not None:
+                self._writer.cancel()
+            self._gateway.telemetry.send_buffer_overflowed(TRANSPORT)
+            self._force_close(SendBufferOverflow("client too slow: send buffer overflow"))
+        elif self._writer is None:
+            self._start_writer()
 
 
 def _exceeds(frame: str | bytes, limit: int) -> bool:
