@@ -207,6 +207,7 @@ def backends_for(settings: Settings) -> Backends:
         max_log_bytes=streams.max_log_bytes,
         max_retained_bytes=streams.max_retained_log_bytes,
         reconnect_max_seconds=settings.redis.reconnect_max_seconds,
+        mirror_interval_seconds=settings.redis.mirror_interval_seconds,
         guard=availability.check,
     )
     return Backends(

@@ -47,7 +47,8 @@ return 'ok'
 """
 
 # KEYS: meta, events.
-# ARGV: epoch, batch (how many Redis should hold), first_seq, annotations ("" unchanged),
+# ARGV: epoch, batch (how many Redis should hold), first_seq ("" unchanged: nothing to
+#       trim), annotations ("" unchanged),
 #       status ("" unless this batch holds the stream_end), ends_at, keep_ms (how long
 #       the keys outlive the end: the retention, and never less than followers elsewhere
 #       need to read the end), count, then count times: seq, type, ts, data.
@@ -59,7 +60,7 @@ if m[1] ~= ARGV[1] then return 'epoch' end
 if m[3] and m[3] ~= '' then return 'ended' end
 if tonumber(m[2]) ~= tonumber(ARGV[2]) then return 'lost' end
 local count = tonumber(ARGV[8])
-local fields = {'batch', tostring(tonumber(ARGV[2]) + 1), 'first_seq', ARGV[3]}
+local fields = {'batch', tostring(tonumber(ARGV[2]) + 1)}
 for i = 0, count - 1 do
   local at = 9 + i * 4
   redis.call('XADD', KEYS[2], '0-' .. ARGV[at], 'seq', ARGV[at], 'type', ARGV[at + 1],
@@ -68,6 +69,10 @@ end
 if count > 0 then
   table.insert(fields, 'last_seq')
   table.insert(fields, ARGV[9 + (count - 1) * 4])
+end
+if ARGV[3] ~= '' then
+  table.insert(fields, 'first_seq')
+  table.insert(fields, ARGV[3])
   redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. ARGV[3])
 end
 if ARGV[4] ~= '' then

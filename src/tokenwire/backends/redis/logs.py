@@ -34,6 +34,7 @@ from tokenwire.backends.redis.log_records import (
 from tokenwire.backends.redis.log_scripts import CREATE_SCRIPT, DISCARD_SCRIPT, run_scripts, text
 from tokenwire.backends.redis.mirror import (
     FOLLOWER_GRACE_SECONDS,
+    MIRROR_INTERVAL_SECONDS,
     RUNNING_KEEP_SECONDS,
     LogMirror,
     index_entry,
@@ -68,6 +69,7 @@ class RedisLogStore:
         clock: Callable[[], float] = time.time,
         *,
         reconnect_max_seconds: float = 5.0,
+        mirror_interval_seconds: float = MIRROR_INTERVAL_SECONDS,
         guard: Callable[[], None] | None = None,
     ) -> None:
         """`guard`, if given, is called before each operation that needs Redis and raises
@@ -87,6 +89,7 @@ class RedisLogStore:
             max_retained_bytes,
             reconnect_max_seconds,
             clock,
+            mirror_interval_seconds,
         )
         self._replicas = ReplicaReader(backend, retention_seconds, reconnect_max_seconds, clock)
         self._tasks: list[asyncio.Task[None]] = []
