@@ -7,11 +7,13 @@ while changes keep coming, a round of writes starts at most once per
 `interval`, so that each script carries several events of its log rather than
 one (a stream at 20 tokens/s gives one every 50 ms: the script, not the event,
 is what costs). Clients on this node read the log itself and never wait for it;
-other nodes' copies run up to `interval` behind. A script refuses a batch when Redis's copy is not
-the one the owner built on (Redis restarted or failed over and lost writes): the
-owner then writes the whole log it still holds anew, under a new epoch, so that
-other nodes never serve a copy with a hole in it. While Redis is unreachable the
-logs keep serving this node's clients; the mirror retries with backoff.
+other nodes' copies run up to `interval` behind.
+
+A script refuses a batch when Redis's copy is not the one the owner built on
+(Redis restarted or failed over and lost writes): the owner then writes the
+whole log it still holds anew, under a new epoch, so that other nodes never
+serve a copy with a hole in it. While Redis is unreachable the logs keep
+serving this node's clients; the mirror retries with backoff.
 
 A log stays here until its `stream_end` is in Redis; from then on every node,
 this one too, reads it from Redis (one copy, one retention, one answer).
