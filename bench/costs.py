@@ -3,6 +3,8 @@
     .venv/bin/python bench/costs.py                      # measure the working tree, compare
     .venv/bin/python bench/costs.py --rev 0a1b2c3        # measure a commit instead
     .venv/bin/python bench/costs.py --record 0.2.0       # measure, then record as a release
+    .venv/bin/python bench/costs.py --redis              # the same against a Redis-backed server
+    .venv/bin/python bench/costs.py --redis-url redis://127.0.0.1:6390/0 --only ws
     make bench-costs                                     # the first line
 
 Timings on a shared 2-core machine spread by tens of percent between runs; instructions
@@ -24,6 +26,12 @@ The figures of each release are in bench/costs.json and in docs/benchmarks.md ("
 release"); every run prints the change against the last recorded release, so that a
 regression shows in the change that makes it. Exit status 1 when a figure is more than
 `--tolerance` (5%) above the last release.
+
+With `--redis` (a private redis-server on a free port) or `--redis-url`, the server runs
+with `--redis-url`: the same phases then count the owner's mirroring, the admission and
+create scripts. redis-server's own CPU is outside callgrind's count: it is printed per
+phase (`INFO cpu`, user + sys) and per token / request beside the instructions, not
+compared with a release (Redis figures are not recorded).
 """
 
 from __future__ import annotations
@@ -80,8 +88,11 @@ default_provider = "simulated"
 class CountedServer:
     """`tokenwire serve` from `src` under callgrind; `dump()` closes a phase."""
 
-    def __init__(self, src: Path, workdir: Path, upstream: str) -> None:
+    def __init__(
+        self, src: Path, workdir: Path, upstream: str, redis_url: str | None = None
+    ) -> None:
         self.src, self.workdir, self.upstream = src, workdir, upstream
+        self.redis_url = redis_url
         self.port = ws_load.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.out = workdir / "callgrind.out"
@@ -109,6 +120,7 @@ class CountedServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *(["--redis-url", self.redis_url] if self.redis_url else []),
         ]
         env = {
             **os.environ,
@@ -155,6 +167,18 @@ class CountedServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """redis-server's CPU so far (user + sys, main thread and children), from `INFO cpu`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info: dict[str, Any] = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def callgrind_total(path: Path) -> int:
@@ -214,14 +238,16 @@ async def chat_load(base: str, streams: int, max_tokens: int, model: str = "simu
         )
 
 
-async def measure(server: CountedServer) -> dict[str, float]:
+async def measure(server: CountedServer, only: str | None = None) -> dict[str, float]:
     base = server.base
     await websocket_load(base, 10, 2, 20)  # warm-up: imports, caches, first-use paths
     await chat_load(base, 4, 20)
     await chat_load(base, 4, 20, "up")
     server.dump()
     phases = {}
-    for name, load in (
+    redis_cpu: dict[str, float] = {}
+    cpu_before = redis_cpu_seconds(server.redis_url) if server.redis_url else 0.0
+    loads = (
         ("ws_token_small", websocket_load(base, 10, 1, 100)),
         ("ws_token_large", websocket_load(base, 10, 1, 600)),
         ("ws_request_small", websocket_load(base, 10, 5, 1)),
@@ -234,19 +260,62 @@ async def measure(server: CountedServer) -> dict[str, float]:
         ("openai_token_large", chat_load(base, 10, 600, "up")),
         ("openai_request_small", chat_load(base, 20, 1, "up")),
         ("openai_request_large", chat_load(base, 40, 1, "up")),
-    ):
+    )
+    for name, load in loads:
+        if only is not None and not name.startswith(only):
+            load.close()  # never awaited: not run
+            continue
         await load
         await asyncio.sleep(0.5)  # let the server finish the phase's closes before counting
         phases[name] = server.dump()
-        print(f"  {name}: {phases[name]:,} instructions", file=sys.stderr, flush=True)
+        note = ""
+        if server.redis_url:
+            cpu_after = redis_cpu_seconds(server.redis_url)
+            redis_cpu[name], cpu_before = cpu_after - cpu_before, cpu_after
+            note = f", redis-server {redis_cpu[name] * 1000:.0f} ms CPU"
+        print(f"  {name}: {phases[name]:,} instructions{note}", file=sys.stderr, flush=True)
+    if redis_cpu:
+        print_redis_cpu(redis_cpu)
     return {
-        "ws_token": (phases["ws_token_large"] - phases["ws_token_small"]) / (10 * 500),
-        "ws_request": (phases["ws_request_large"] - phases["ws_request_small"]) / (10 * 5),
-        "chat_token": (phases["chat_token_large"] - phases["chat_token_small"]) / (10 * 500),
-        "chat_request": (phases["chat_request_large"] - phases["chat_request_small"]) / 20,
-        "openai_token": (phases["openai_token_large"] - phases["openai_token_small"]) / (10 * 500),
-        "openai_request": (phases["openai_request_large"] - phases["openai_request_small"]) / 20,
+        figure: (phases[f"{figure}_large"] - phases[f"{figure}_small"]) / extra
+        for figure, extra in EXTRA.items()
+        if f"{figure}_large" in phases
     }
+
+
+EXTRA = {
+    "ws_token": 10 * 500,
+    "ws_request": 10 * 5,
+    "chat_token": 10 * 500,
+    "chat_request": 20,
+    "openai_token": 10 * 500,
+    "openai_request": 20,
+}
+
+
+def print_redis_cpu(cpu: dict[str, float]) -> None:
+    """redis-server's CPU per extra token / request, as the instructions are figured."""
+    for figure, extra in EXTRA.items():
+        large, small = cpu.get(f"{figure}_large"), cpu.get(f"{figure}_small")
+        if large is None or small is None:
+            continue
+        per = (large - small) / extra * 1e6
+        print(f"  redis-server CPU per {figure.replace('_', ' ')}: {per:.0f} us", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of its own on a free port (as the tests and bench/nodes.py start it)."""
+    sys.path.insert(0, str(report.ROOT))
+    from tests.support.redis_server import RedisServer
+
+    with tempfile.TemporaryDirectory(prefix="tokenwire-costs-redis-") as tmp:
+        server = RedisServer(Path(tmp))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @contextlib.contextmanager
@@ -270,20 +339,20 @@ def source_of(rev: str | None) -> Iterator[Path]:
             )
 
 
-def count(src: Path) -> dict[str, float]:
+def count(src: Path, redis_url: str | None = None, only: str | None = None) -> dict[str, float]:
     from fast_upstream import Upstream
 
     upstream = Upstream(tokens=100_000, gap_ms=0.0)
     with tempfile.TemporaryDirectory(prefix="tokenwire-callgrind-") as tmp:
-        server = CountedServer(src, Path(tmp), upstream.url)
+        server = CountedServer(src, Path(tmp), upstream.url, redis_url)
         server.start()
         try:
             try:
                 import uvloop
 
-                return uvloop.run(measure(server))
+                return uvloop.run(measure(server, only))
             except ImportError:
-                return asyncio.run(measure(server))
+                return asyncio.run(measure(server, only))
         finally:
             server.stop()
             upstream.stop()
@@ -311,7 +380,7 @@ def describe(rev: str | None) -> str:
 
 def comparison(figures: dict[str, float], last: dict[str, Any] | None) -> list[list[str]]:
     rows = [["figure", "instructions"] + ([last["release"], "change"] if last else [])]
-    for name in FIGURES:
+    for name in (n for n in FIGURES if n in figures):
         row = [name.replace("_", " "), f"{figures[name]:,.0f}"]
         before = last["figures"].get(name) if last else None
         if last:
@@ -352,15 +421,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tolerance", type=float, default=5.0, help="percent above the last release that fails"
     )
+    p.add_argument("--redis-url", help="run the server on this Redis (--redis-url)")
+    p.add_argument("--redis", action="store_true", help="run the server on a private redis-server")
+    p.add_argument(
+        "--only",
+        choices=("ws", "chat", "openai"),
+        help="only these phases (quicker; nothing recorded or compared)",
+    )
     args = p.parse_args(argv)
+    if (args.redis or args.redis_url or args.only) and args.record:
+        p.error("--record takes the full in-memory run (no --redis, --redis-url, --only)")
     record = load_record()
-    last = record[-1] if record else None
+    # Redis figures are not the release's: shown, never compared (they would fail it).
+    last = record[-1] if record and not (args.redis or args.redis_url) else None
     print(
         f"# counting instructions of {describe(args.rev)} under callgrind (a few minutes)",
         file=sys.stderr,
     )
-    with source_of(args.rev) as src:
-        figures = count(src)
+    with contextlib.ExitStack() as stack, source_of(args.rev) as src:
+        redis_url = args.redis_url
+        if args.redis:
+            redis_url = stack.enter_context(private_redis())
+        figures = count(src, redis_url, args.only)
     print(report.format_table(comparison(figures, last)))
     if args.record:
         entry = {
@@ -377,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if last and not args.record:
         limit = 1 + args.tolerance / 100
-        worse = [n for n in FIGURES if figures[n] > last["figures"].get(n, float("inf")) * limit]
+        worse = [n for n in figures if figures[n] > last["figures"].get(n, float("inf")) * limit]
         if worse:
             print(f"more than {args.tolerance:g}% above {last['release']}: {', '.join(worse)}")
             return 1

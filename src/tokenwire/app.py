@@ -27,7 +27,7 @@ from tokenwire import __version__
 from tokenwire.backends.memory import MemoryConversationStore, MemoryLogStore
 from tokenwire.backends.redis.availability import AdmitWhileReachable, RedisAvailability
 from tokenwire.backends.redis.client import RedisBackend
-from tokenwire.backends.redis.cluster import RedisCluster
+from tokenwire.backends.redis.cluster import RedisCluster, owner_record_seconds
 from tokenwire.backends.redis.conversations import RedisConversationStore
 from tokenwire.backends.redis.limits import RedisConnections, RedisQuotas
 from tokenwire.backends.redis.logs import RedisLogStore
@@ -208,7 +208,11 @@ def backends_for(settings: Settings) -> Backends:
         max_log_bytes=streams.max_log_bytes,
         max_retained_bytes=streams.max_retained_log_bytes,
         reconnect_max_seconds=settings.redis.reconnect_max_seconds,
+        mirror_interval_seconds=settings.redis.mirror_interval_seconds,
         guard=availability.check,
+        owner_record_seconds=owner_record_seconds(
+            streams.max_request_timeout_seconds, streams.log_retention_seconds
+        ),
     )
     return Backends(
         logs=redis_logs,
@@ -226,6 +230,7 @@ def backends_for(settings: Settings) -> Backends:
             retention_seconds=streams.log_retention_seconds,
             max_run_seconds=streams.max_request_timeout_seconds,
             availability=availability,
+            owner_recorded_by_logs=True,
         ),
         admission=AdmitWhileReachable(quotas, availability),
         connections=connections,

@@ -260,6 +260,11 @@ class RedisSettings(_Table):
     # mirror, a cancel); more at once wait for one, up to socket_timeout_seconds. The
     # log reader and the control channel hold one more each.
     max_connections: Annotated[int, Field(ge=2, le=10_000)] = 64
+    # While a node's requests keep streaming, it copies their logs to Redis at most this
+    # often, several events per log and write (a quiet spell's first event at once). Its
+    # own clients never wait for it; other nodes' copies run up to this far behind, and
+    # a node that dies takes up to this much of what its clients saw with it.
+    mirror_interval_seconds: Annotated[float, Field(ge=0, le=1)] = 0.1
 
     @field_validator("url")
     @classmethod

@@ -93,6 +93,7 @@ async def node(
     max_log_bytes: int = 8 * MIB,
     clock: Callable[[], float] | None = None,
     guard: Callable[[], None] | None = None,
+    mirror_interval_seconds: float = 0.1,
 ) -> AsyncIterator[RedisLogStore]:
     """One node's log store, as a gateway would have it (redis-py retries off)."""
     client = Redis.from_url(
@@ -106,6 +107,7 @@ async def node(
         max_log_bytes=max_log_bytes,
         max_retained_bytes=64 * MIB,
         reconnect_max_seconds=0.5,
+        mirror_interval_seconds=mirror_interval_seconds,
         guard=guard,
         **extra,
     )
@@ -215,6 +217,35 @@ async def test_compact_hydration_on_a_replica_is_the_owners(shared_redis: RedisS
 
         assert shown(compacted(replica, 3)) == shown(compacted(log, 3))
         assert any(r.event_type is EventType.CHUNK for r in compacted(replica, 3))
+
+
+async def test_while_events_keep_coming_the_owner_writes_them_a_round_per_interval(
+    shared_redis: RedisServer,
+) -> None:
+    """A quiet log's event is written at once; events that come while a write is in
+    flight wait for the interval and go in one script; closing writes them at once."""
+    prefix = private_prefix()
+    async with Redis.from_url(shared_redis.url) as other:
+        meta = RedisBackend(other, prefix=prefix).request_key(KEY, "meta")
+
+        async def in_redis() -> tuple[int, int]:
+            last_seq, batch = await other.hmget(meta, ["last_seq", "batch"])
+            return int(last_seq), int(batch)
+
+        async with node(shared_redis, prefix, mirror_interval_seconds=30.0) as a:
+            log = await a.create(KEY, None)
+            start(log)
+            tokens(log, 1)
+            await asyncio.sleep(0)  # the mirror takes both and is writing them...
+            tokens(log, 2, first=1)  # ...when these come: flat out
+            deadline = asyncio.get_running_loop().time() + 10
+            while await in_redis() != (2, 1):
+                assert asyncio.get_running_loop().time() < deadline, await in_redis()
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            assert await in_redis() == (2, 1)  # held back for the interval
+        # Closing does not wait out the interval: the rest goes at once, in one batch.
+        assert await in_redis() == (4, 2)
 
 
 async def test_a_resume_that_needs_a_trimmed_event_is_not_recovered_on_a_replica(

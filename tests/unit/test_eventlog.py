@@ -197,3 +197,17 @@ def test_a_log_of_this_node_delivers_live_events_whatever_seq_a_subscriber_claim
     log.append(EventType.TOKEN, {"token": "b"})
 
     assert inbox.seqs == [2]
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 20, 40 * (ENVELOPE_BYTES + 20)])
+def test_records_after_any_seq_are_exactly_the_held_ones_after_it(max_bytes: int) -> None:
+    """From the front or (a short tail) from the end: the same records either way."""
+    log = make_log(max_bytes)
+    for i in range(100):
+        log.append(EventType.TOKEN, {"token": f"t{i:03}"})
+    first = log.first_held_seq
+    everything = [(r.seq, r.data["token"]) for r in log.records(first - 1)]
+    assert everything == [(seq, f"t{seq - 1:03}") for seq in range(first, 101)]
+    for after in range(first - 1, 103):
+        got = [(r.seq, r.data["token"]) for r in log.records(after)]
+        assert got == [e for e in everything if e[0] > after], after

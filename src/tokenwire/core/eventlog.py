@@ -234,9 +234,23 @@ class EventLog:
         Iterate without awaiting in between: an append would change what is held."""
         self.check_held(after_seq)
         skip = max(0, after_seq + 1 - self._first_seq)
-        held = zip(self._types, self._times, self._data, strict=True)
+        count = len(self._data) - skip
+        held: Iterable[tuple[EventType, float, str]]
+        if count < skip:
+            # A tail (what a mirror or a live resume asks for): walked from the end, since
+            # skipping to it from the front costs the whole log each time.
+            held = zip(
+                _last(self._types, count),
+                _last(self._times, count),
+                _last(self._data, count),
+                strict=True,
+            )
+        else:
+            held = itertools.islice(
+                zip(self._types, self._times, self._data, strict=True), skip, None
+            )
         for seq, (event_type, timestamp, data_json) in enumerate(
-            itertools.islice(held, skip, None), start=self._first_seq + skip
+            held, start=self._first_seq + skip
         ):
             yield Record(self, seq, event_type, timestamp, data_json)
 
@@ -276,6 +290,13 @@ class EventLog:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+
+def _last(values: deque[Any], count: int) -> list[Any]:
+    """The last `count` values, in order (from the right end: a deque's cheap side)."""
+    tail = list(itertools.islice(reversed(values), max(count, 0)))
+    tail.reverse()
+    return tail
 
 
 class LogStore(Protocol):

@@ -59,7 +59,11 @@ class RedisCluster:
         max_run_seconds: float = 3600.0,
         availability: RedisAvailability | None = None,
         clock: Callable[[], float] = time.time,
+        owner_recorded_by_logs: bool = False,
     ) -> None:
+        """`owner_recorded_by_logs`: the log store writes a request's owner record as it
+        creates the log (`RedisLogStore(owner_record_seconds=owner_record_seconds(...))`),
+        so that `started` needs no round trip of its own."""
         if ":" in backend.node_id:
             raise ValueError(f"a node id may not hold ':' (got {backend.node_id!r})")
         self.node_id = backend.node_id
@@ -70,7 +74,8 @@ class RedisCluster:
         self._grace = resume_grace_seconds
         self._clock = clock
         # A request's keys outlive its longest run and then its log's retention.
-        self._ttl_ms = max(1, int((max_run_seconds + retention_seconds) * 1000))
+        self._ttl_ms = max(1, int(owner_record_seconds(max_run_seconds, retention_seconds) * 1000))
+        self._owner_recorded_by_logs = owner_recorded_by_logs
         self.period = backend.lease_seconds / 3
         self.board = NodeBoard(backend, clock)
         self.control = ControlListener(backend, self._take, poll=self.period)
@@ -125,6 +130,8 @@ class RedisCluster:
 
     async def started(self, key: RequestKey) -> None:
         self._owned.add(key)
+        if self._owner_recorded_by_logs:
+            return  # written with the log, in the same script
         try:
             await self.backend.client.set(self._owner(key), self.node_id, px=self._ttl_ms)
         except unavailable_errors as exc:
@@ -316,6 +323,12 @@ class RedisCluster:
         if not self._out_of_reach:
             logger.warning("Redis out of reach", error=str(exc))
             self._out_of_reach = True
+
+
+def owner_record_seconds(max_run_seconds: float, retention_seconds: float) -> float:
+    """How long a request's owner record (and followers) live: its longest run, then its
+    log's retention (an owner that died leaves them behind)."""
+    return max_run_seconds + retention_seconds
 
 
 def _counts(value: str, now: float) -> bool:

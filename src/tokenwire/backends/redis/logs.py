@@ -34,6 +34,7 @@ from tokenwire.backends.redis.log_records import (
 from tokenwire.backends.redis.log_scripts import CREATE_SCRIPT, DISCARD_SCRIPT, run_scripts, text
 from tokenwire.backends.redis.mirror import (
     FOLLOWER_GRACE_SECONDS,
+    MIRROR_INTERVAL_SECONDS,
     RUNNING_KEEP_SECONDS,
     LogMirror,
     index_entry,
@@ -68,10 +69,18 @@ class RedisLogStore:
         clock: Callable[[], float] = time.time,
         *,
         reconnect_max_seconds: float = 5.0,
+        mirror_interval_seconds: float = MIRROR_INTERVAL_SECONDS,
         guard: Callable[[], None] | None = None,
+        owner_record_seconds: float | None = None,
     ) -> None:
         """`guard`, if given, is called before each operation that needs Redis and raises
-        `BackendUnavailable` to refuse it at once (the node knows Redis is down)."""
+        `BackendUnavailable` to refuse it at once (the node knows Redis is down).
+        `owner_record_seconds`, if given, has `create` write the request's owner record
+        (`RedisCluster`'s, kept this long) in the same script, for a cluster built with
+        `owner_recorded_by_logs`."""
+        self._owner_record_ms = (
+            None if owner_record_seconds is None else max(1, int(owner_record_seconds * 1000))
+        )
         self._backend = backend
         self._guard = guard or _no_guard
         self._retention = retention_seconds
@@ -87,6 +96,7 @@ class RedisLogStore:
             max_retained_bytes,
             reconnect_max_seconds,
             clock,
+            mirror_interval_seconds,
         )
         self._replicas = ReplicaReader(backend, retention_seconds, reconnect_max_seconds, clock)
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,7 +154,11 @@ class RedisLogStore:
             repr(created_at),
             int(RUNNING_KEEP_SECONDS * 1000),
         ]
-        call = (CREATE_SCRIPT, self._keys(key), args)
+        keys = self._keys(key)
+        if self._owner_record_ms is not None:
+            keys.append(self._backend.request_key(key, "owner"))
+            args.append(self._owner_record_ms)
+        call = (CREATE_SCRIPT, keys, args)
         # The lease renewed with it: followers elsewhere never find a new request ownerless.
         listed = index_entry(self._backend, key, created_at, self._retention)
         prelude = [lease_renewal(self._backend), *listed]

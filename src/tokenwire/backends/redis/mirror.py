@@ -2,11 +2,18 @@
 
 An append only marks its log dirty (appends stay synchronous and cost no I/O);
 one task per store writes every dirty log in one pipelined round trip, one
-script per log, each atomic. A script refuses a batch when Redis's copy is not
-the one the owner built on (Redis restarted or failed over and lost writes): the
-owner then writes the whole log it still holds anew, under a new epoch, so that
-other nodes never serve a copy with a hole in it. While Redis is unreachable the
-logs keep serving this node's clients; the mirror retries with backoff.
+script per log, each atomic. A change after a quiet spell is written at once;
+while changes keep coming, a round of writes starts at most once per
+`interval`, so that each script carries several events of its log rather than
+one (a stream at 20 tokens/s gives one every 50 ms: the script, not the event,
+is what costs). Clients on this node read the log itself and never wait for it;
+other nodes' copies run up to `interval` behind.
+
+A script refuses a batch when Redis's copy is not the one the owner built on
+(Redis restarted or failed over and lost writes): the owner then writes the
+whole log it still holds anew, under a new epoch, so that other nodes never
+serve a copy with a hole in it. While Redis is unreachable the logs keep
+serving this node's clients; the mirror retries with backoff.
 
 A log stays here until its `stream_end` is in Redis; from then on every node,
 this one too, reads it from Redis (one copy, one retention, one answer).
@@ -15,6 +22,7 @@ this one too, reads it from Redis (one copy, one retention, one answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +56,8 @@ INDEX_KEEP_SECONDS = 24 * 3600.0
 """A user's list of requests lives this long past their last request's start or end."""
 LOGS_PER_BATCH = 256
 FIRST_RETRY_SECONDS = 0.1
+MIRROR_INTERVAL_SECONDS = 0.1
+"""The default `interval`: rounds of writes while changes keep coming."""
 
 
 def new_epoch() -> str:
@@ -60,8 +70,12 @@ class Mirrored:
 
     log: EventLog
     epoch: str
+    keys: list[str] = field(default_factory=list)
+    """The log's keys in Redis (meta, events), named once (each name is a hash)."""
     batch: int = 0
     """How many batches Redis holds (its meta's `batch`)."""
+    first_seq: int = 1
+    """The first seq Redis holds (its meta's `first_seq`): trimmed only when it moves."""
     upto: int = 0
     """The last seq Redis holds."""
     annotations: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +100,7 @@ class _Batch:
     call: ScriptCall
     upto: int
     annotations: dict[str, Any]
+    first_seq: int
     rewrite_epoch: str | None = None
     ends: bool = False
     """The batch holds the request's `stream_end`."""
@@ -99,8 +114,10 @@ class LogMirror:
         max_retained_bytes: int,
         reconnect_max_seconds: float,
         clock: Callable[[], float],
+        interval: float = MIRROR_INTERVAL_SECONDS,
     ) -> None:
         self._backend = backend
+        self._interval = interval
         self._retention = retention_seconds
         self._max_retained_bytes = max_retained_bytes
         self._reconnect_max = reconnect_max_seconds
@@ -111,6 +128,8 @@ class LogMirror:
         self._ended: dict[RequestKey, Mirrored] = {}
         self._ended_bytes = 0
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Set by `flush`: the next round starts at once, not an interval after the last."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -118,7 +137,7 @@ class LogMirror:
 
     def add(self, log: EventLog, epoch: str) -> None:
         """A log created in Redis with `epoch` (meta written, nothing else)."""
-        self.logs[log.key] = Mirrored(log, epoch)
+        self.logs[log.key] = Mirrored(log, epoch, self._keys(log.key))
 
     def changed(self, log: EventLog) -> None:
         mirrored = self.logs.get(log.key)
@@ -174,35 +193,60 @@ class LogMirror:
     async def run(self) -> None:
         """Write dirty logs until cancelled; never raises for a Redis lost."""
         delay = FIRST_RETRY_SECONDS
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
-                keys = list(self._dirty)[:LOGS_PER_BATCH]
-                for key in keys:
-                    del self._dirty[key]
-                try:
-                    await self._write([self.logs[k] for k in keys if k in self.logs])
-                except Exception as exc:
-                    # Put back in front (order per log holds: one batch at a time).
-                    self._dirty = dict.fromkeys(keys) | self._dirty
-                    if isinstance(exc, unavailable_errors):
-                        logger.warning("mirroring to redis failed; retrying", delay=delay)
-                    else:
-                        logger.exception("mirroring to redis failed; retrying", delay=delay)
+                started = loop.time()
+                failed = await self._write_round()
+                if failed is not None:
+                    exc_info = None if isinstance(failed, unavailable_errors) else failed
+                    logger.warning(
+                        "mirroring to redis failed; retrying", delay=delay, exc_info=exc_info
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._reconnect_max)
                     self.check_all()
                     continue
                 delay = FIRST_RETRY_SECONDS
+                if self._dirty:
+                    # Changes came while writing: flat out. Let each log gather more events
+                    # for its next script (unless `flush` wants them now).
+                    await self._pause(started + self._interval - loop.time())
             self._idle.set()
 
+    async def _write_round(self) -> BaseException | None:
+        """Write what is dirty now, `LOGS_PER_BATCH` logs a round trip; the error if a
+        write failed (its logs put back in front, dirty again: order per log holds)."""
+        round_keys = list(self._dirty)
+        for start in range(0, len(round_keys), LOGS_PER_BATCH):
+            keys = [k for k in round_keys[start : start + LOGS_PER_BATCH] if k in self._dirty]
+            for key in keys:
+                del self._dirty[key]
+            try:
+                await self._write([self.logs[k] for k in keys if k in self.logs])
+            except Exception as exc:
+                self._dirty = dict.fromkeys(keys) | self._dirty
+                return exc
+        return None
+
+    async def _pause(self, seconds: float) -> None:
+        if seconds <= 0 or self._hurry.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), seconds)
+
     async def flush(self, within: float) -> bool:
-        """Wait (at most `within` seconds) until Redis holds every change; True if so."""
+        """Wait (at most `within` seconds) until Redis holds every change; True if so.
+        Rounds of writes follow each other at once meanwhile (no `interval` between)."""
+        self._hurry.set()
         try:
             await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             return False
+        finally:
+            self._hurry.clear()
         return True
 
     async def _write(self, logs: list[Mirrored]) -> None:
@@ -247,6 +291,7 @@ class LogMirror:
             mirrored.batch = 0
         mirrored.batch += 1
         mirrored.upto = batch.upto
+        mirrored.first_seq = batch.first_seq
         mirrored.annotations = batch.annotations
         log = mirrored.log
         if log.finished and mirrored.upto == log.last_seq and self.logs.get(log.key) is mirrored:
@@ -284,7 +329,8 @@ class LogMirror:
         args: list[str | int] = [
             mirrored.epoch,
             mirrored.batch,
-            log.first_held_seq,
+            # "": Redis's copy starts where it did (nothing to trim)
+            log.first_held_seq if log.first_held_seq != mirrored.first_seq else "",
             orjson.dumps(annotations).decode() if changed else "",
             (log.status or "") if ends else "",
             repr(ends_at) if ends_at is not None else "",
@@ -292,8 +338,8 @@ class LogMirror:
             len(records),
             *record_args(records),
         ]
-        call = (MIRROR_SCRIPT, self._keys(log.key), args)
-        return _Batch(mirrored, call, upto, annotations, ends=ends)
+        call = (MIRROR_SCRIPT, mirrored.keys, args)
+        return _Batch(mirrored, call, upto, annotations, log.first_held_seq, ends=ends)
 
     def _rewrite(self, mirrored: Mirrored) -> _Batch | None:
         log = mirrored.log
@@ -319,8 +365,9 @@ class LogMirror:
             len(records),
             *record_args(records),
         ]
-        call = (REWRITE_SCRIPT, self._keys(log.key), args)
-        return _Batch(mirrored, call, log.last_seq, annotations, rewrite_epoch=epoch)
+        call = (REWRITE_SCRIPT, mirrored.keys, args)
+        first_seq = log.first_held_seq
+        return _Batch(mirrored, call, log.last_seq, annotations, first_seq, rewrite_epoch=epoch)
 
 
 def index_entry(
