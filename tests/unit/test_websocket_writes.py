@@ -57,15 +57,17 @@ async def test_frames_that_keep_coming_wait_for_the_next_write_together(
     # Long enough that no stall of the machine ends it between two loop turns.
     monkeypatch.setattr(websocket, "WRITE_INTERVAL", 1.0)
     conn, control, writer = await writing()
-    conn._push_frame("a")
-    await eventually(lambda: len(control.batches) == 1)
-    conn._push_frame("b")  # right behind: the connection is now writing often
-    await eventually(lambda: len(control.batches) == 2)
-    for frame in ("c", "d", "e"):
+    for count, frame in enumerate(("a", "b", "c"), start=1):
+        # A request's opening frames, then its first text right behind them: each goes
+        # out at once (a stream's first token must not wait for the interval).
+        conn._push_frame(frame)
+        await turns(3)
+        assert len(control.batches) == count
+    for frame in ("d", "e", "f"):
         conn._push_frame(frame)
         await turns(3)  # the writer would have taken each alone
-    await eventually(lambda: len(control.batches) == 3)
-    assert control.batches == [["a"], ["b"], ["c", "d", "e"]]
+    await eventually(lambda: len(control.batches) == 4)
+    assert control.batches == [["a"], ["b"], ["c"], ["d", "e", "f"]]
     writer.cancel()
 
 

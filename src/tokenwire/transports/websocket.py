@@ -96,6 +96,7 @@ class Connection:
         "_outbox",
         "_timers",
         "_writer",
+        "_writes_close_behind",
         "_ws",
         "session",
     )
@@ -131,6 +132,7 @@ class Connection:
         # runs (`_write_loop`); an idle connection has none.
         self._writer: asyncio.Task[None] | None = None
         self._last_write = float("-inf")
+        self._writes_close_behind = 0
         self._asgi_closing: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
@@ -263,11 +265,16 @@ class Connection:
                     await send({"type": "websocket.send", "text": frame})
             del frames  # not held while waiting: the last batch would stay with an idle writer
             now = clock()
-            if now - self._last_write < WRITE_INTERVAL:
-                # Frames coming faster than this (a stream flat out, several at once) wait
-                # for the next write together: a write costs more than the frames it holds.
-                await asyncio.sleep(WRITE_INTERVAL)
+            # Two writes in a row each close behind the last: the frames keep coming (a
+            # stream flat out, several at once), and what comes next waits for the next
+            # write together: a write costs more than the frames it holds. Only from the
+            # third, so that a stream's first text, right behind its opening frames, does
+            # not wait. (Close: under twice the interval, which a write after the wait is.)
+            close_behind = now - self._last_write < 2 * WRITE_INTERVAL
+            self._writes_close_behind = self._writes_close_behind + 1 if close_behind else 0
             self._last_write = now
+            if self._writes_close_behind >= 2:
+                await asyncio.sleep(WRITE_INTERVAL)
         if self._outbox.overflowed:
             return
         code, reason = self._closing or (1000, "")
