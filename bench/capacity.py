@@ -7,11 +7,11 @@ bare ASGI app on the same uvicorn and WebSocket options). 10,000 connections (qu
 This process raises its file-descriptor limit, which the servers inherit.
 
 (b) The most streams at 20 tokens/s (a 50 ms pause between tokens, 200 tokens each, the
-requests spread over 1 s) that keep the gap between a stream's tokens under 100 ms at the
-99th percentile, with no errors: N = 500, 1,000, 2,000, 3,000, 4,000 in turn (quick: 50,
-100, with 20 tokens), a fresh server each, stopping at the first N that fails; for one worker
-in memory, then `--workers 2 --redis-url` on a private redis-server. Per N: gap p50/p99, time
-to first token p99, errors, the server's CPU (all its processes) and the load generator's,
+requests spread over 1 s) that keep the gap between a stream's tokens under 100 ms at the 99th
+percentile, with no errors: N = 500, 1,000, 1,500, 2,000, 2,500, 3,000, 4,000 in turn (quick:
+50, 100, with 20 tokens), a fresh server each, stopping at the first N that fails; for one
+worker in memory, then `--workers 2 --redis-url` on a private redis-server. Per N: gap p50/p99,
+time to first token p99, errors, the server's CPU (all its processes) and the load generator's,
 in cores. The load generator is this one process on the same cores as the server.
 
     .venv/bin/python bench/capacity.py
@@ -56,7 +56,9 @@ class Sizes:
     def of(cls, options: report.Options) -> Sizes:
         if options.quick:
             return cls(connections=200, streams=(50, 100), tokens=20, one_server=True)
-        return cls(connections=10_000, streams=(500, 1000, 2000, 3000, 4000), tokens=200)
+        return cls(
+            connections=10_000, streams=(500, 1000, 1500, 2000, 2500, 3000, 4000), tokens=200
+        )
 
 
 # -- (a) memory per idle connection ---------------------------------------------------
