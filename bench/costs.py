@@ -25,7 +25,7 @@ their own. Each figure is the difference of two phases that differ only in what 
 The figures of each release are in bench/costs.json and in docs/benchmarks.md ("Cost per
 release"); every run prints the change against the last recorded release, so that a
 regression shows in the change that makes it. Exit status 1 when a figure is more than
-`--tolerance` (5%) above the last release.
+`--tolerance` (10%: per request the counts spread by up to 8% between runs) above the last release.
 
 With `--redis` (a private redis-server on a free port) or `--redis-url`, the server runs
 with `--redis-url`: the same phases then count the owner's mirroring, the admission and
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rev", help="measure this commit (default: the working tree)")
     p.add_argument("--record", metavar="RELEASE", help="record the figures as this release's")
     p.add_argument(
-        "--tolerance", type=float, default=5.0, help="percent above the last release that fails"
+        "--tolerance", type=float, default=10.0, help="percent above the last release that fails"
     )
     p.add_argument("--redis-url", help="run the server on this Redis (--redis-url)")
     p.add_argument("--redis", action="store_true", help="run the server on a private redis-server")
